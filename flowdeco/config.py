@@ -1,0 +1,125 @@
+"""Options and configuration.
+
+Plugins declare options once (``flowdeco_addoption``); each option is both a
+CLI flag and a keyword argument of :func:`flowdeco.run` under its ``dest``.
+Declaring records a small :class:`Option`; an ``argparse`` parser is built
+only when the CLI needs one, so a Python ``run()`` pays nothing for argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterable, Mapping
+
+import attrs
+import pluggy
+
+from .clock import Clock
+from .errors import UsageError, suggest
+
+_NOTSET = object()
+
+
+@attrs.frozen
+class Option:
+    flags: tuple[str, ...]
+    dest: str
+    default: Any = None
+    help: str = ""
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+    group: str = "general"
+
+
+class Parser:
+    """Collects options declared by plugins (``parser.addoption(...)``)."""
+
+    def __init__(self) -> None:
+        self.options: list[Option] = []
+        self._by_dest: dict[str, Option] = {}
+        self._flags: set[str] = set()
+
+    def addoption(self, *flags: str, dest: str, default: Any = None, help: str = "",
+                  group: str = "general", **kwargs: Any) -> None:
+        """Declare an option.  ``kwargs`` go to ``argparse.add_argument`` (``type``, ``action``,
+        ``choices``, ``metavar``, ``nargs``); ``group`` titles the ``--help`` section."""
+        if dest in self._by_dest:
+            raise ValueError(f"option {dest!r} declared twice")
+        clash = self._flags.intersection(flags)
+        if clash:
+            raise ValueError(f"option flag(s) {sorted(clash)} declared twice")
+        opt = Option(tuple(flags), dest, default, help, dict(kwargs), group)
+        self.options.append(opt)
+        self._by_dest[dest] = opt
+        self._flags.update(flags)
+
+    def defaults(self) -> dict[str, Any]:
+        return {o.dest: o.default for o in self.options}
+
+    def __contains__(self, dest: str) -> bool:
+        return dest in self._by_dest
+
+    def argparser(self, prog: str = "flowdeco", description: str = "",
+                  epilog: str = "") -> argparse.ArgumentParser:
+        ap = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("target", nargs="?", help="a file path, a module name, or module:flow")
+        groups: dict[str, Any] = {}
+        for o in self.options:
+            if not o.flags:
+                continue
+            g = groups.get(o.group)
+            if g is None:
+                g = groups[o.group] = ap.add_argument_group(o.group)
+            g.add_argument(*o.flags, dest=o.dest, default=o.default, help=o.help, **o.kwargs)
+        return ap
+
+
+class Config:
+    """The configuration of one invocation: plugin manager, option values, clock."""
+
+    def __init__(self, pluginmanager: pluggy.PluginManager, parser: Parser,
+                 values: Mapping[str, Any], clock: Clock | None = None,
+                 from_cli: bool = False):
+        self.pluginmanager = pluginmanager
+        self.hook = pluginmanager.hook
+        self.parser = parser
+        self.option = argparse.Namespace(**values)
+        self.clock = clock or Clock()
+        self.from_cli = from_cli
+        #: plugin state that lives as long as the configuration, keyed by plugin
+        self.stash: dict[Any, Any] = {}
+
+    def getoption(self, name: str, default: Any = _NOTSET) -> Any:
+        try:
+            return getattr(self.option, name)
+        except AttributeError:
+            if default is not _NOTSET:
+                return default
+            raise ValueError(f"no option named {name!r}") from None
+
+
+def merge_options(parser: Parser, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Option defaults overlaid with ``given``; an unknown name is a :class:`UsageError`."""
+    values = parser.defaults()
+    for key, value in given.items():
+        if key not in values:
+            hint = suggest(key, list(values))
+            raise UsageError(
+                f"run() got an unknown option {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + " (a plugin that provides it may be disabled or not installed)")
+        values[key] = value
+    return values
+
+
+def parse_params(pairs: Iterable[str]) -> dict[str, str]:
+    """``["k=v", ...]`` from ``--param`` into a dict (values stay strings)."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(
+                f"--param {pair!r}: expected NAME=VALUE with NAME a Python identifier")
+        out[key] = value
+    return out

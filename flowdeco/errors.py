@@ -1,0 +1,83 @@
+"""Every error flowdeco raises on purpose derives from :class:`FlowError`.
+
+The CLI turns a ``FlowError`` into one line on stderr and exit code 4 (usage or
+collection error); anything else escaping the engine is an internal error
+(exit 3).  Messages name the thing that is wrong (task, parameter, file, run
+id) and say what to do, so they are meant to be shown to users verbatim.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Sequence
+
+
+class FlowError(Exception):
+    """Base class of all flowdeco errors."""
+
+
+class UsageError(FlowError):
+    """A bad argument, option or parameter given by the user."""
+
+
+class CollectionError(FlowError):
+    """The target could not be loaded or its tasks could not be collected."""
+
+
+class TaskDefinitionError(CollectionError):
+    """A ``@task`` declaration is invalid (raised at decoration time)."""
+
+
+class CycleError(CollectionError):
+    """The dependency graph has a cycle; ``cycle`` lists it, first node repeated last."""
+
+    def __init__(self, cycle: Sequence[str]):
+        self.cycle = list(cycle)
+        super().__init__(
+            "dependency cycle: " + " -> ".join(self.cycle)
+            + "; break it by removing one of these dependencies"
+        )
+
+
+class MissingDependencyError(CollectionError):
+    """A task depends on a name that is not a task, run parameter or default."""
+
+    def __init__(self, task: str, name: str, kind: str, candidates: Iterable[str]):
+        self.task = task
+        self.name = name
+        self.suggestions = suggest(name, candidates)
+        hint = f"; did you mean {_quote_list(self.suggestions)}?" if self.suggestions else ""
+        if kind == "parameter":
+            what = (f"task {task!r}: parameter {name!r} matches no task, run parameter "
+                    f"or default{hint} (pass it with --param {name}=VALUE, give it a "
+                    f"default, or define a task named {name!r})")
+        else:
+            what = f"task {task!r}: after= names unknown task {name!r}{hint}"
+        super().__init__(what)
+
+
+class DuplicateTaskError(CollectionError):
+    """Two tasks of one flow share a name."""
+
+    def __init__(self, name: str, where: Sequence[str]):
+        self.name = name
+        super().__init__(
+            f"two tasks are named {name!r} ({' and '.join(where)}); "
+            "rename one or give it @task(name=...)"
+        )
+
+
+class SecretRevealError(FlowError):
+    """Raised when a :class:`flowdeco.Secret` is used where its value would leak."""
+
+
+def suggest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Closest names to ``name`` (difflib), for "did you mean" hints."""
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+
+
+def _quote_list(names: Sequence[str]) -> str:
+    quoted = [repr(n) for n in names]
+    if len(quoted) == 1:
+        return quoted[0]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]

@@ -1,0 +1,395 @@
+"""The dependency graph, built and validated once at collection.
+
+Building has three phases (like doit's ``control.py``):
+
+1. *declare*: every task and sub-flow node gets a vertex with its qualified
+   name (``validate.check_format``); duplicate names in one flow are refused;
+2. *resolve*: each parameter becomes a data dependency (a task of the flow, of
+   an enclosing flow, or an imported task), a run parameter, ``ctx``, or keeps
+   its default; ``after=`` entries become ordering dependencies;
+3. *check*: a topological order is computed; a cycle is reported with its path.
+
+Vertices are numbered in declaration order, which is also the tie-break among
+ready tasks of equal priority.  The runner works on these integer indices only.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import CollectionError, CycleError, DuplicateTaskError, MissingDependencyError
+from .flow import Flow, SubflowNode
+from .task import CTX, TaskSpec, get_spec
+
+TASK = "task"
+SUBFLOW = "subflow"
+
+
+class Vertex:
+    """One node of the compiled graph: a task, or the completion point of a sub-flow node."""
+
+    __slots__ = ("index", "name", "kind", "spec", "fn", "deps", "args", "consts",
+                 "wants_ctx", "priority", "tags", "members", "sinks", "node")
+
+    def __init__(self, index: int, name: str, kind: str, spec: TaskSpec | None,
+                 priority: int, tags: frozenset[str], node: SubflowNode | None = None):
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.spec = spec
+        self.fn: Callable[..., Any] | None = spec.fn if spec is not None else None
+        self.deps: tuple[int, ...] = ()
+        #: (parameter, upstream vertex) pairs: the data dependencies
+        self.args: tuple[tuple[str, int], ...] = ()
+        #: parameters bound to run parameters
+        self.consts: dict[str, Any] = {}
+        self.wants_ctx = False
+        self.priority = priority
+        self.tags = tags
+        #: sub-flow vertices: every inner vertex, and the sinks with their inner names
+        self.members: tuple[int, ...] = ()
+        self.sinks: tuple[tuple[str, int], ...] = ()
+        self.node = node
+
+    def __repr__(self) -> str:
+        return f"<Vertex {self.index} {self.name!r} {self.kind}>"
+
+
+class Graph:
+    """A validated DAG of :class:`Vertex` objects in declaration order."""
+
+    def __init__(self, name: str, vertices: list[Vertex]):
+        self.name = name
+        self.vertices = vertices
+        self.by_name = {v.name: v.index for v in vertices}
+        succs: list[list[int]] = [[] for _ in vertices]
+        for v in vertices:
+            for d in v.deps:
+                succs[d].append(v.index)
+        self.succs: list[tuple[int, ...]] = [tuple(s) for s in succs]
+        self.order = _toposort(self)
+
+    def __len__(self) -> int:
+        return len(self.vertices)
+
+    def __iter__(self):
+        return iter(self.vertices)
+
+    def __getitem__(self, name: str) -> Vertex:
+        return self.vertices[self.by_name[name]]
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.vertices]
+
+    def ancestors(self, indices: Iterable[int]) -> set[int]:
+        """``indices`` plus everything they (transitively) depend on."""
+        seen: set[int] = set()
+        stack = list(indices)
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            stack.extend(self.vertices[i].deps)
+        return seen
+
+    def descendants(self, indices: Iterable[int]) -> set[int]:
+        """``indices`` plus everything that (transitively) depends on them."""
+        seen: set[int] = set()
+        stack = list(indices)
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            stack.extend(self.succs[i])
+        return seen
+
+    def subgraph(self, keep: Iterable[int]) -> "Graph":
+        """A new graph of the kept vertices (dependencies must be kept too)."""
+        keep_sorted = sorted(set(keep))
+        remap = {old: new for new, old in enumerate(keep_sorted)}
+        out: list[Vertex] = []
+        for old in keep_sorted:
+            v = self.vertices[old]
+            w = Vertex(remap[old], v.name, v.kind, v.spec, v.priority, v.tags, v.node)
+            w.fn = v.fn
+            w.deps = tuple(remap[d] for d in v.deps if d in remap)
+            w.args = tuple((p, remap[d]) for p, d in v.args)
+            w.consts = v.consts
+            w.wants_ctx = v.wants_ctx
+            w.members = tuple(remap[m] for m in v.members if m in remap)
+            w.sinks = tuple((n, remap[m]) for n, m in v.sinks if m in remap)
+            out.append(w)
+        return Graph(self.name, out)
+
+
+def _toposort(graph: Graph) -> list[int]:
+    """Kahn's algorithm (declaration order among ties); raises :class:`CycleError`."""
+    indeg = [len(v.deps) for v in graph.vertices]
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for s in graph.succs[i]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(ready, s)
+    if len(order) != len(graph.vertices):
+        left = {i for i, d in enumerate(indeg) if d > 0}
+        raise CycleError([graph.vertices[i].name for i in _find_cycle(graph, left)])
+    return order
+
+
+def _find_cycle(graph: Graph, left: set[int]) -> list[int]:
+    """A cycle among ``left`` (vertices Kahn could not order), upstream first."""
+    # Walk dependencies from any vertex left over; every one of them has a
+    # dependency that is also left over, so the walk must revisit a vertex.
+    start = min(left)
+    path: list[int] = []
+    pos: dict[int, int] = {}
+    i = start
+    while i not in pos:
+        pos[i] = len(path)
+        path.append(i)
+        i = next(d for d in graph.vertices[i].deps if d in left)
+    cycle = path[pos[i]:] + [i]
+    cycle.reverse()  # deps point upstream; report in the direction work flows
+    return cycle
+
+
+# --------------------------------------------------------------------------- building
+
+
+class _Scope:
+    """Names visible inside one flow while building: its members, then its parents'."""
+
+    def __init__(self, flow: Flow | None, flow_name: str, prefix: str, parent: "_Scope | None",
+                 bind: Mapping[str, str], node: SubflowNode | None):
+        self.flow = flow
+        self.flow_name = flow_name
+        self.prefix = prefix
+        self.parent = parent
+        self.bind = bind
+        self.node = node
+        self.after: tuple[int, ...] = ()   # vertices every member waits for (a node's after=)
+        self.local: dict[str, int] = {}
+
+    def visible(self) -> list[str]:
+        names: list[str] = []
+        s: _Scope | None = self
+        while s is not None:
+            names.extend(s.local)
+            s = s.parent
+        return names
+
+    def flows(self) -> list[str]:
+        out: list[str] = []
+        s: _Scope | None = self
+        while s is not None:
+            if s.flow is not None:
+                out.append(s.flow.name)
+            s = s.parent
+        return out[::-1]
+
+
+class GraphBuilder:
+    """Turns a root flow's members into a validated :class:`Graph`."""
+
+    def __init__(self, name: str, params: Mapping[str, Any], root_flow: Flow | None = None):
+        self.name = name
+        self.params = params
+        self.vertices: list[Vertex] = []
+        self._tasks: list[tuple[int, _Scope]] = []
+        self._nodes: list[tuple[int, _Scope, _Scope]] = []
+        self._origin: dict[int, str] = {}
+        self._root = _Scope(root_flow, name, "", None, {}, None)
+
+    def build(self, members: Sequence[Any]) -> Graph:
+        self._declare(self._root, members)
+        for index, outer, inner in self._nodes:          # parents before children
+            node = self.vertices[index].node
+            assert node is not None
+            inner.after = outer.after + tuple(
+                self._lookup_after(outer, a, self.vertices[index].name) for a in node.after)
+        i = 0
+        while i < len(self._tasks):                      # imported tasks are appended as found
+            index, scope = self._tasks[i]
+            self._resolve_task(self.vertices[index], scope)
+            i += 1
+        for index, _outer, inner in self._nodes:
+            self._resolve_node(self.vertices[index], inner)
+        return Graph(self.name, self.vertices)
+
+    # -- phase 1: declare
+    def _declare(self, scope: _Scope, members: Sequence[Any]) -> None:
+        for m in members:
+            if isinstance(m, SubflowNode):
+                self._declare_node(scope, m)
+            else:
+                spec = m if isinstance(m, TaskSpec) else get_spec(m)
+                if spec is None:
+                    raise CollectionError(f"flow {scope.flow_name!r}: {m!r} is not a task")
+                self._add_task(scope, spec)
+
+    def _claim(self, scope: _Scope, name: str, origin: str) -> int:
+        if name in scope.local:
+            other = self._origin[scope.local[name]]
+            raise DuplicateTaskError(scope.prefix + name, [other, origin])
+        index = len(self.vertices)
+        scope.local[name] = index
+        self._origin[index] = origin
+        return index
+
+    def _add_task(self, scope: _Scope, spec: TaskSpec) -> int:
+        index = self._claim(scope, spec.name, spec.source_name)
+        self.vertices.append(Vertex(index, scope.prefix + spec.name, TASK, spec,
+                                    spec.priority, spec.tags))
+        self._tasks.append((index, scope))
+        return index
+
+    def _declare_node(self, scope: _Scope, node: SubflowNode) -> None:
+        chain = scope.flows()
+        if node.flow.name in chain:
+            cyc = chain[chain.index(node.flow.name):] + [node.flow.name]
+            raise CycleError(cyc)
+        index = self._claim(scope, node.name, f"sub-flow node of flow {node.flow.name!r}")
+        vertex = Vertex(index, scope.prefix + node.name, SUBFLOW, None, node.priority,
+                        node.tags, node)
+        self.vertices.append(vertex)
+        inner = _Scope(node.flow, node.flow.name, vertex.name + ".", scope, node.bind, node)
+        self._nodes.append((index, scope, inner))
+        start = len(self.vertices)
+        self._declare(inner, node.flow.members)
+        vertex.members = tuple(range(start, len(self.vertices)))
+
+    # -- phase 2: resolve
+    def _lookup(self, scope: _Scope, name: str) -> int | None:
+        s: _Scope | None = scope
+        while s is not None:
+            if name in s.local:
+                return s.local[name]
+            if name in s.bind and s.parent is not None:
+                found = self._lookup(s.parent, s.bind[name])
+                if found is None:
+                    raise MissingDependencyError(
+                        s.prefix.rstrip("."), s.bind[name], "parameter", s.parent.visible())
+                return found
+            s = s.parent
+        return None
+
+    def _lookup_qualified(self, scope: _Scope, name: str) -> int | None:
+        s: _Scope | None = scope
+        while s is not None:
+            for v in self.vertices:
+                if v.name == s.prefix + name:
+                    return v.index
+            s = s.parent
+        return None
+
+    def _import(self, spec: TaskSpec) -> int:
+        """Add a task defined outside the flow (imported) that something depends on."""
+        found = self._root.local.get(spec.name)
+        if found is not None:
+            return found
+        return self._add_task(self._root, spec)
+
+    def _lookup_after(self, scope: _Scope, entry: Any, who: str) -> int:
+        spec = None
+        if isinstance(entry, SubflowNode):
+            name = entry.name
+        elif isinstance(entry, str):
+            name = entry
+        else:
+            spec = get_spec(entry)
+            if spec is None:
+                raise CollectionError(f"task {who!r}: after= entry {entry!r} is not a task")
+            name = spec.name
+        found = self._lookup_qualified(scope, name) if "." in name else self._lookup(scope, name)
+        if found is None and spec is not None and spec.owner is None:
+            found = self._import(spec)
+        if found is None:
+            raise MissingDependencyError(who, name, "after", scope.visible())
+        return found
+
+    def _resolve_task(self, v: Vertex, scope: _Scope) -> None:
+        spec = v.spec
+        assert spec is not None
+        args: list[tuple[str, int]] = []
+        deps: list[int] = []
+        for p in spec.params:
+            if p.name == CTX:
+                v.wants_ctx = True
+                continue
+            found = self._lookup(scope, p.name)
+            if found is None:
+                imported = get_spec((getattr(spec.fn, "__globals__", None) or {}).get(p.name))
+                if imported is not None and imported.owner is None:
+                    found = self._import(imported)
+            if found is not None:
+                if found == v.index:
+                    raise CycleError([v.name, v.name])
+                args.append((p.name, found))
+                deps.append(found)
+            elif p.name in self.params:
+                v.consts[p.name] = coerce_param(v.name, p.name, self.params[p.name], p.annotation)
+            elif not p.has_default:
+                raise MissingDependencyError(
+                    v.name, p.name, "parameter", scope.visible() + list(self.params) + [CTX])
+        for a in spec.after:
+            found = self._lookup_after(scope, a, v.name)
+            if found == v.index:
+                raise CycleError([v.name, v.name])
+            deps.append(found)
+        deps.extend(scope.after)
+        v.args = tuple(args)
+        v.deps = tuple(dict.fromkeys(deps))
+
+    def _resolve_node(self, v: Vertex, inner: _Scope) -> None:
+        members = set(v.members)
+        depended_on = {d for m in v.members for d in self.vertices[m].deps if d in members}
+        sinks = sorted(i for i in inner.local.values() if i not in depended_on)
+        v.sinks = tuple((self.vertices[i].name[len(inner.prefix):], i) for i in sinks)
+        v.deps = tuple(dict.fromkeys(v.members + inner.after))
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def coerce_param(task: str, name: str, value: Any, annotation: Any) -> Any:
+    """Convert a string run parameter for a parameter annotated int, float, bool or Path."""
+    if not isinstance(value, str) or annotation is None:
+        return value
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            low = value.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(value)
+        if kind in ("Path", "pathlib.Path"):
+            from pathlib import Path
+            return Path(value)
+    except ValueError:
+        from .errors import UsageError
+        raise UsageError(
+            f"run parameter {name}={value!r}: task {task!r} declares {name}: {kind}, "
+            f"and {value!r} is not a valid {kind}") from None
+    return value
+
+
+def build_graph(name: str, members: Sequence[Any], params: Mapping[str, Any] | None = None,
+                root_flow: Flow | None = None) -> Graph:
+    """Build and validate the graph of ``members`` (tasks and sub-flow nodes)."""
+    return GraphBuilder(name, params or {}, root_flow).build(members)

@@ -1,0 +1,199 @@
+"""Every hook flowdeco calls, in the order a run calls them.
+
+A plugin is any object (usually a module) with functions named like these,
+marked with :data:`flowdeco.hookimpl`.  An implementation may accept fewer
+arguments than the spec lists, so specs can grow without breaking plugins.
+
+How one run unfolds (the narrative the individual docstrings refer to):
+
+1. ``flowdeco_addoption(parser)``: plugins declare options (CLI flags, and
+   keyword arguments of :func:`flowdeco.run`).
+2. ``flowdeco_configure(config)``: options are known; a plugin that is enabled
+   registers its stateful object here (``config.pluginmanager.register``).
+3. The target is collected into a graph; ``flowdeco_task_options()`` tells
+   which ``@task`` options some active plugin handles, so a task using an
+   option nobody handles is a collection error, not a silent no-op.
+4. ``flowdeco_make_executor(config, workers)`` picks where task bodies run.
+5. ``flowdeco_run_start(run)``; then once per task ``flowdeco_task_wrap(run,
+   task)`` composes the per-attempt wrappers (timeout, circuit breaker) -- both
+   before any worker thread starts.
+6. The scheduler loop: when a task becomes ready, ``flowdeco_task_restore``
+   may supply its result without running it (resume, caching), else
+   ``flowdeco_task_delay`` may hold it back without holding a worker; then an
+   attempt runs on a worker; when it ends ``flowdeco_attempt_done`` decides
+   whether to run it again (retry, next interval iteration) after a delay.
+   Every state change is reported with ``flowdeco_report(run, event)``, and
+   ``flowdeco_report_flush(run)`` is called after each batch of reports,
+   before tasks that depend on them start.
+7. ``flowdeco_run_finish(run, result)``; ``flowdeco_unconfigure(config)``.
+
+Threads: hooks of steps 1-5 and 7, ``flowdeco_task_restore``,
+``flowdeco_task_delay``, ``flowdeco_attempt_done``, ``flowdeco_report`` and
+``flowdeco_report_flush`` are called from the scheduler thread only, so
+plugins need no locks for them.  Only the wrappers returned by
+``flowdeco_task_wrap`` run on worker threads (or in worker processes).
+
+Cost: the runner calls a per-task hook only when some plugin implements it,
+so a plugin that is off (not registered) costs nothing per task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Executor
+
+    from .config import Config, Parser
+    from .graph import Graph, Vertex
+    from .outcome import Attempt, Event, Finish, Reschedule, Restored, RunResult
+    from .runner import Run
+
+hookspec = pluggy.HookspecMarker("flowdeco")
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@hookspec
+def flowdeco_addoption(parser: "Parser") -> None:
+    """Declare options with ``parser.addoption("--flag", dest="name", default=..., help=...)``.
+
+    Called once per configuration, before options are read, for every
+    registered plugin.  Each option is a CLI flag and, under its ``dest``
+    name, a keyword argument of :func:`flowdeco.run`; read it with
+    ``config.getoption("name")``.
+    """
+
+
+@hookspec
+def flowdeco_configure(config: "Config") -> None:
+    """Called once options are known and before the target is collected.
+
+    A feature that is switched on registers its stateful plugin object here
+    (``config.pluginmanager.register(obj, "name")``); one that is off
+    registers nothing and so costs nothing during the run.
+    """
+
+
+@hookspec
+def flowdeco_unconfigure(config: "Config") -> None:
+    """Called once at the very end, also after errors.  Release resources here."""
+
+
+@hookspec
+def flowdeco_task_options() -> list[str]:
+    """Return the names of ``@task`` options this plugin implements.
+
+    Results of all plugins are joined.  A task that sets an option no active
+    plugin claims (for example ``retries=`` while ``-p no:retry``) is a
+    collection error naming the task and the option.
+    """
+
+
+@hookspec
+def flowdeco_collection_finish(config: "Config", graph: "Graph") -> None:
+    """Called after the graph is built, validated and narrowed by ``-k``.
+
+    Plugins validate task options here (raise :class:`flowdeco.FlowError`
+    with a message naming the task).
+    """
+
+
+@hookspec(firstresult=True)
+def flowdeco_make_executor(config: "Config", name: str, workers: int) -> "Optional[Executor]":
+    """Return a ``concurrent.futures.Executor`` for executor ``name``, or None.
+
+    Stops at first non-None result.  The core implements ``thread``,
+    ``process`` and ``sync``; executor plugins (``flowdeco-dask``) add names.
+    The runner shuts the executor down at the end of the run.
+    """
+
+
+# ------------------------------------------------------------------ running
+
+
+@hookspec
+def flowdeco_run_start(run: "Run") -> None:
+    """Called on the scheduler thread after the graph is final, before any task starts.
+
+    ``run`` exposes ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
+    ``state_dir`` (None with ``--no-state``) and ``emit``.  A plugin that
+    must see a task's completion before its dependents start (durable state)
+    sets ``run.inline_successors = False`` here.
+    """
+
+
+@hookspec
+def flowdeco_task_wrap(run: "Run", task: "Vertex") -> "Optional[Callable[[Callable[[dict], Any]], Callable[[dict], Any]]]":
+    """Return a decorator for ``task``'s attempts, or None to leave it alone.
+
+    Called once per task at run start (not per attempt).  The decorator
+    receives ``call(kwargs) -> result`` (one attempt: calling the task
+    function with its arguments) and returns a callable of the same shape,
+    which runs on the worker.  Raising from it fails the attempt: that is how
+    a timeout (``TaskTimeout``) or an open circuit (``CircuitOpenError``)
+    fails an attempt.  Decorators compose in plugin registration order, the
+    last registered outermost.
+    """
+
+
+@hookspec(firstresult=True)
+def flowdeco_task_restore(run: "Run", task: "Vertex") -> "Optional[Restored]":
+    """Return ``Restored(result)`` to complete a ready task without running it.
+
+    Stops at first non-None result.  Called when the task becomes ready
+    (all dependencies done), from the scheduler thread; used by resume and
+    input caching.  The task is then reported ``task_restored``.
+    """
+
+
+@hookspec(firstresult=True)
+def flowdeco_task_delay(run: "Run", task: "Vertex") -> Optional[float]:
+    """Return seconds to wait before ``task``'s first attempt once it is ready, or None.
+
+    Stops at first non-None result.  Waiting happens in the scheduler (on
+    ``run.clock``), so it holds no worker.
+    """
+
+
+@hookspec(firstresult=True)
+def flowdeco_attempt_done(run: "Run", task: "Vertex", attempt: "Attempt") -> "Optional[Reschedule | Finish]":
+    """Decide what follows an attempt.  Stops at first non-None result.
+
+    Return ``Reschedule(delay, attempt=..., iteration=...)`` to run the task
+    again after ``delay`` seconds without holding a worker (a retry after a
+    failed attempt is reported ``task_retrying``), ``Finish(result=...)`` or
+    ``Finish(error=...)`` to end the task with that outcome (an interval task
+    ending with the list of its results), or None to end it with the
+    attempt's own result or error.  This is the attempt loop: the retry
+    plugin owns it by answering here.
+    """
+
+
+@hookspec
+def flowdeco_report(run: "Run", event: "Event") -> None:
+    """Called for every audit event (``run_started``, ``task_started``, ...), in order.
+
+    Always on the scheduler thread.  ``event.name`` is the contract event
+    name, ``event.task`` the qualified task name or None, ``event.fields`` the
+    rest (``attempt``, ``error``, ``reason``, ``status``, ...); an event for a
+    task that ended carries ``event.outcome``.  Reporting plugins (audit,
+    metrics, progress, state) implement this.
+    """
+
+
+@hookspec
+def flowdeco_report_flush(run: "Run") -> None:
+    """Called after a batch of reports and before any task that depends on them starts.
+
+    Batch expensive work here (one transaction or one file flush for all
+    tasks that finished together) without losing durability ordering.
+    """
+
+
+@hookspec
+def flowdeco_run_finish(run: "Run", result: "RunResult") -> None:
+    """Called once when the run has ended (also when interrupted), before ``run`` returns."""

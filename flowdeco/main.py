@@ -1,0 +1,54 @@
+"""The core's own options (an essential plugin: ``-p no:main`` is refused)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .manager import hookimpl
+
+
+def _workers(text: str) -> int:
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of workers >= 1, got {n}")
+    return n
+
+
+@hookimpl
+def flowdeco_addoption(parser: Any) -> None:
+    g = "running"
+    parser.addoption("-w", "--workers", dest="workers", default=None, type=_workers, metavar="N",
+                     group=g, help="how many tasks run at once (default: CPU count + 4 for "
+                                   "threads, CPU count for processes)")
+    parser.addoption("-x", "--exitfirst", dest="stop_on_error", default=False, action="store_true",
+                     group=g, help="start nothing new after the first failure")
+    parser.addoption("--executor", dest="executor", default="thread", metavar="NAME", group=g,
+                     help="where tasks run: thread (default), process, sync, or an executor "
+                          "plugin's name (dask)")
+    parser.addoption("--param", dest="param", default=[], action="append", metavar="NAME=VALUE",
+                     group=g, help="a run parameter (repeatable)")
+    parser.addoption("--run-id", dest="run_id", default=None, metavar="ID", group=g,
+                     help="name this run ([A-Za-z0-9._-], up to 128 characters)")
+    g = "selection"
+    parser.addoption("-k", dest="select", default=None, metavar="EXPR", group=g,
+                     help="run tasks whose names match EXPR (substrings with and/or/not, "
+                          "like pytest), plus the tasks they need")
+    parser.addoption("--collect-only", "--co", dest="collect_only", default=False,
+                     action="store_true", group=g,
+                     help="list tasks and their dependencies, run nothing")
+    parser.addoption("--graph", dest="graph", default=None, choices=("mermaid", "dot"), group=g,
+                     help="print the graph as Mermaid or Graphviz dot, run nothing")
+    g = "state and output"
+    parser.addoption("--state-dir", dest="state_dir", default=".flowdeco", metavar="DIR", group=g,
+                     help="where state and audit trails live (default: .flowdeco)")
+    parser.addoption("--no-state", dest="no_state", default=False, action="store_true", group=g,
+                     help="keep nothing: write no state and no audit files")
+    parser.addoption("-q", "--quiet", dest="quiet", default=0, action="count", group=g,
+                     help="less output (-q: no per-task lines)")
+    parser.addoption("-p", dest="plugins", default=[], action="append", metavar="NAME", group="plugins",
+                     help="load plugin NAME (a built-in, an installed plugin or a module); "
+                          "-p no:NAME disables it")

@@ -1,0 +1,108 @@
+"""Building the plugin manager: built-ins, entry points, ``-p`` and ``-p no:``.
+
+Built-in plugins are ordinary modules registered under short names, exactly
+like third-party ones; ``-p no:NAME`` blocks any of them except the essential
+core ones.  Third-party plugins come from the ``flowdeco`` entry-point group.
+The scan of installed distributions is done once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import UsageError, suggest
+
+#: core plugins that cannot be disabled
+ESSENTIAL_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("main", "flowdeco.main"),
+    ("executors", "flowdeco.executors"),
+)
+
+#: built-in plugins, on by default, each blockable with ``-p no:NAME``
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("audit", "flowdeco.plugins.audit"),
+)
+
+hookimpl = pluggy.HookimplMarker("flowdeco")
+
+
+@functools.lru_cache(maxsize=None)
+def entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+    """Installed ``flowdeco`` entry points (scanned once per process)."""
+    return tuple(importlib.metadata.entry_points(group="flowdeco"))
+
+
+def builtin_names() -> list[str]:
+    return [name for name, _ in DEFAULT_PLUGINS]
+
+
+def make_pluginmanager(plugins: Iterable[Any] = (), disable: Iterable[str] = (),
+                       load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with core, built-in, entry-point and requested plugins.
+
+    ``plugins`` are plugin objects or names (``-p NAME``: a built-in, an entry
+    point, or an importable module); ``disable`` are names to block
+    (``-p no:NAME``).
+    """
+    pm = pluggy.PluginManager("flowdeco")
+    pm.add_hookspecs(hookspecs)
+    blocked = set(disable)
+    essential = {name for name, _ in ESSENTIAL_PLUGINS}
+    refused = blocked & essential
+    if refused:
+        raise UsageError(f"-p no:{sorted(refused)[0]}: this core plugin cannot be disabled")
+    for name in blocked:
+        pm.set_blocked(name)
+    for name, modname in ESSENTIAL_PLUGINS + DEFAULT_PLUGINS:
+        if not pm.is_blocked(name):
+            pm.register(importlib.import_module(modname), name)
+    eps = entry_points() if load_entrypoints else ()
+    for ep in eps:
+        if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise UsageError(
+                f"flowdeco plugin {ep.name!r} ({ep.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}; uninstall it or disable it with -p no:{ep.name}") from None
+        pm.register(plugin, ep.name)
+    for plugin in plugins:
+        if isinstance(plugin, str):
+            _load_named(pm, plugin, eps)
+        elif not pm.is_registered(plugin):
+            pm.register(plugin)
+    return pm
+
+
+def _load_named(pm: pluggy.PluginManager, name: str, eps: Iterable[Any]) -> None:
+    if pm.is_blocked(name):
+        return
+    if pm.get_plugin(name) is not None:
+        return
+    known = dict(ESSENTIAL_PLUGINS + DEFAULT_PLUGINS)
+    if name in known:
+        pm.register(importlib.import_module(known[name]), name)
+        return
+    for ep in eps:
+        if ep.name == name:
+            pm.register(ep.load(), name)
+            return
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        if getattr(exc, "name", None) and not name.startswith(str(exc.name)):
+            raise UsageError(f"-p {name}: importing it failed: {exc}") from None
+        candidates = builtin_names() + [ep.name for ep in eps]
+        hint = suggest(name, candidates)
+        raise UsageError(
+            f"-p {name}: unknown plugin; not a built-in ({', '.join(builtin_names())}), "
+            "not an installed flowdeco plugin, and no module of that name"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")) from None
+    pm.register(module, name)

@@ -1,0 +1,213 @@
+"""What a run produces: outcomes, results, events, exit codes (contract §3, §6).
+
+All frozen attrs classes.  Timestamps are kept as POSIX floats internally
+(cheap on the hot path) and exposed as timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from functools import cached_property
+from typing import Any, Literal, Mapping
+
+import attrs
+
+from .clock import UTC
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes (pytest's)."""
+
+    OK = 0
+    TASKS_FAILED = 1
+    INTERRUPTED = 2
+    INTERNAL_ERROR = 3
+    USAGE_ERROR = 4
+    NO_TASKS_COLLECTED = 5
+
+
+Status = Literal["succeeded", "failed", "skipped", "restored", "interrupted"]
+RunStatus = Literal["succeeded", "failed", "interrupted"]
+SkipReason = Literal["upstream", "stopped", "condition", "trigger"]
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"
+RESTORED = "restored"
+INTERRUPTED = "interrupted"
+STATUSES = (SUCCEEDED, FAILED, SKIPPED, RESTORED, INTERRUPTED)
+
+
+def to_datetime(ts: float | None) -> _dt.datetime | None:
+    return None if ts is None else _dt.datetime.fromtimestamp(ts, UTC)
+
+
+def format_error(exc: BaseException) -> str:
+    """``"ExcType: message"`` (contract form of ``TaskOutcome.error``)."""
+    msg = str(exc)
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+@attrs.frozen
+class TaskOutcome:
+    """How one task ended.
+
+    ``status`` is one of ``succeeded``, ``failed``, ``skipped`` (see
+    ``reason``), ``restored``, ``interrupted``; ``result`` the return value
+    (None unless succeeded or restored); ``error`` ``"ExcType: message"`` or
+    None; ``attempts`` the number of attempts started.
+    """
+
+    status: Status
+    result: Any = None
+    error: str | None = None
+    attempts: int = 0
+    started: float | None = attrs.field(default=None, repr=False)
+    finished: float | None = attrs.field(default=None, repr=False)
+    duration: float = 0.0
+    reason: SkipReason | None = None
+    exception: BaseException | None = attrs.field(default=None, repr=False, eq=False)
+    worker: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def started_at(self) -> _dt.datetime | None:
+        return to_datetime(self.started)
+
+    @property
+    def finished_at(self) -> _dt.datetime | None:
+        return to_datetime(self.finished)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (SUCCEEDED, RESTORED)
+
+
+@attrs.frozen
+class Attempt:
+    """One attempt of a task, as seen by ``flowdeco_attempt_done``."""
+
+    number: int
+    iteration: int | None
+    result: Any
+    error: BaseException | None
+    started: float
+    finished: float
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@attrs.frozen
+class Reschedule:
+    """Run the task again after ``delay`` seconds (see ``flowdeco_attempt_done``)."""
+
+    delay: float = 0.0
+    attempt: int | None = None        # next attempt number; default: previous + 1
+    iteration: int | None = None      # next iteration (interval tasks)
+    fields: Mapping[str, Any] = attrs.field(factory=dict)  # extra fields for the event
+
+
+@attrs.frozen
+class Finish:
+    """End the task now with this result, or with this error when ``error`` is set."""
+
+    result: Any = None
+    error: BaseException | None = None
+
+
+@attrs.frozen
+class Restored:
+    """A result supplied by ``flowdeco_task_restore`` instead of running the task."""
+
+    result: Any
+    attempts: int = 0
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Event:
+    """One audit event (contract §6): a name, a UTC timestamp, a task, more fields."""
+
+    name: str
+    timestamp: float
+    run_id: str
+    task: str | None = None
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+    outcome: TaskOutcome | None = attrs.field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The audit-trail form: ``event``, ``timestamp`` (ISO 8601 UTC), ``run_id``, ``task``, fields."""
+        out: dict[str, Any] = {
+            "event": self.name,
+            "timestamp": _dt.datetime.fromtimestamp(self.timestamp, UTC).isoformat(
+                timespec="microseconds").replace("+00:00", "Z"),
+            "run_id": self.run_id,
+        }
+        if self.task is not None:
+            out["task"] = self.task
+        out.update(self.fields)
+        return out
+
+
+@attrs.frozen
+class RunResult:
+    """What :func:`flowdeco.run` returns.
+
+    ``outcomes`` maps every selected task (qualified name) to its
+    :class:`TaskOutcome`; ``results`` maps tasks that succeeded or were
+    restored to their return values; ``metrics`` is filled by the metrics
+    plugin when it is on.
+    """
+
+    run_id: str
+    status: RunStatus
+    outcomes: Mapping[str, TaskOutcome]
+    started: float = attrs.field(repr=False)
+    finished: float = attrs.field(repr=False)
+    duration: float = 0.0
+    metrics: Any = attrs.field(default=None, repr=False)
+    flow: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when no selected task failed or was interrupted."""
+        return self.status == SUCCEEDED
+
+    @cached_property
+    def results(self) -> dict[str, Any]:
+        return {n: o.result for n, o in self.outcomes.items() if o.status in (SUCCEEDED, RESTORED)}
+
+    @property
+    def started_at(self) -> _dt.datetime:
+        return to_datetime(self.started)  # type: ignore[return-value]
+
+    @property
+    def finished_at(self) -> _dt.datetime:
+        return to_datetime(self.finished)  # type: ignore[return-value]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.status == INTERRUPTED:
+            return ExitCode.INTERRUPTED
+        return ExitCode.OK if self.status == SUCCEEDED else ExitCode.TASKS_FAILED
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for o in self.outcomes.values():
+            counts[o.status] += 1
+        return counts
+
+    def summary(self) -> str:
+        """pytest-like: ``3 succeeded, 1 failed, 2 skipped in 0.12s``."""
+        counts = self.counts()
+        parts = [f"{n} {s}" for s, n in counts.items() if n]
+        return f"{', '.join(parts) or 'no tasks'} in {self.duration:.2f}s"
+
+    def failed(self) -> dict[str, TaskOutcome]:
+        return {n: o for n, o in self.outcomes.items() if o.status == FAILED}
+
+    def __getitem__(self, name: str) -> TaskOutcome:
+        return self.outcomes[name]

@@ -1,0 +1,798 @@
+"""The scheduler: runs a validated graph on an executor.
+
+One scheduler thread (the caller's) owns the run's state.  Workers only run
+task bodies and post what happened to one queue; the scheduler takes those
+messages in order, calls the report hooks, and starts what became ready.  So
+reporting plugins never need locks, and at most ``workers`` attempts are in
+flight at a time (a crash loses at most that many).
+
+The life of a task::
+
+    PENDING --deps done--> (restore? -> done) (delay? -> WAITING) -> READY
+    READY --worker free--> RUNNING --attempt ends--> flowdeco_attempt_done
+        -> Reschedule: WAITING (retry / next iteration), no worker held
+        -> otherwise: DONE (succeeded / failed); successors are released,
+           or skipped with reason "upstream" when this one did not succeed.
+
+Chains stay cheap: when a task succeeds on a thread worker and a successor
+depends on it alone, the same worker runs that successor right away instead
+of handing it back (a function call instead of two thread switches), unless a
+task of higher priority is waiting or a plugin turned this off
+(``run.inline_successors = False``, needed when a completion must be durable
+before dependents start).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import pickle
+import re
+import secrets
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
+from queue import Empty, SimpleQueue
+from typing import Any, Callable, Iterable, Mapping
+
+from .clock import Clock
+from .collect import resolve_target
+from .config import Config, Parser, merge_options, parse_params
+from .context import Context
+from .errors import CollectionError, FlowError, UsageError
+from .executors import SyncExecutor, default_workers
+from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph
+from .manager import make_pluginmanager
+from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Event,
+                      Finish, Reschedule, RunResult, TaskOutcome, format_error)
+from .select import compile_expression
+
+RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+# task states
+PENDING, WAITING, READY, RUNNING, DONE = range(5)
+# message kinds
+_DONE, _LOG, _EMIT, _SIGNAL, _CRASH = range(5)
+
+_NEG_INF = float("-inf")
+_OK = (SUCCEEDED, RESTORED)
+_SKIP_UPSTREAM = TaskOutcome(SKIPPED, reason="upstream")
+_SKIP_STOPPED = TaskOutcome(SKIPPED, reason="stopped")
+
+
+class InternalError(Exception):
+    """A bug in flowdeco or a plugin (exit code 3)."""
+
+
+class RemoteTaskError(Exception):
+    """An exception from a worker process that could not travel back as itself."""
+
+
+def validate_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or run_id in (".", ".."):
+        raise UsageError(
+            f"invalid run id {run_id!r}: use 1-128 characters from A-Z a-z 0-9 . _ - "
+            "(and not '.' or '..')")
+    return run_id
+
+
+def new_run_id(clock: Clock) -> str:
+    """A sortable, unique id: ``20261127-033931-5f3a9c``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(clock.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def _invoke(fn: Callable[..., Any], kwargs: dict) -> Any:
+    return fn(**kwargs)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        err = RemoteTaskError(format_error(exc))
+        err.remote_traceback = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
+        return err
+
+
+def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
+    """Run one attempt in a worker process; everything returned must pickle."""
+    t0 = time.monotonic()
+    try:
+        result, err = call(kwargs), None
+    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+        result, err = None, _portable(exc)
+    t1 = time.monotonic()
+    ctx = kwargs.get("ctx")
+    logs = ctx._buffered_logs() if isinstance(ctx, Context) else []
+    return result, err, t0, t1, f"pid-{os.getpid()}", logs
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    """One execution of a graph.  Passed to run hooks as ``run``.
+
+    Plugins read ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
+    ``state_dir`` (None with ``--no-state``), ``outcomes`` (by index, filled
+    as tasks end) and ``stash`` (a dict for plugin state); they may call
+    :meth:`emit` from any thread, and set ``inline_successors`` or add task
+    indices to ``on_success`` during ``flowdeco_run_start``.
+    """
+
+    def __init__(self, config: Config, graph: Graph, *, run_id: str, state_dir: str | None,
+                 params: Mapping[str, Any], executor: Executor, workers: int,
+                 stop_on_error: bool, resumed: bool = False, owns_executor: bool = True):
+        self.config = config
+        self.hook = config.hook
+        self.graph = graph
+        self.run_id = run_id
+        self.state_dir = state_dir
+        self.params = params
+        self.executor = executor
+        self.workers = workers
+        self.stop_on_error = stop_on_error
+        self.resumed = resumed
+        self.owns_executor = owns_executor
+        self.clock = config.clock
+        self.stash: dict[Any, Any] = {}
+        #: plugins set False when a completion must be reported before dependents start
+        self.inline_successors = True
+        #: task indices whose *successful* attempts also go through flowdeco_attempt_done
+        self.on_success: set[int] = set()
+        n = len(graph)
+        self.outcomes: list[TaskOutcome | None] = [None] * n
+        self.results: list[Any] = [None] * n
+        self.q: SimpleQueue = SimpleQueue()
+        self.stopping = False
+        self.interrupted = False
+        self.abandoned = False
+        self._state = [PENDING] * n
+        self._remaining = [len(v.deps) for v in graph.vertices]
+        self._first_start: list[float | None] = [None] * n
+        self._last_error: list[BaseException | None] = [None] * n
+        self._ready: list[tuple[int, int, int, int | None]] = []
+        self._timers: list[tuple[float, int, int, int, int | None]] = []
+        self._timer_seq = 0
+        self._inflight = 0
+        self._signals = 0
+        self._sync_busy = False
+        self._top_waiting = _NEG_INF
+        self._first_iteration = [1 if v.spec is not None and v.spec.every is not None else None
+                                 for v in graph.vertices]
+
+    # -- public helpers for plugins
+    def emit(self, name: str, task: str | None = None, **fields: Any) -> None:
+        """Report an audit event from any thread (delivered on the scheduler thread, in order)."""
+        self.q.put((_EMIT, name, task, fields, self.clock.monotonic()))
+
+    def now(self) -> float:
+        """Current wall time (POSIX seconds) on the run's clock."""
+        return self.clock.time()
+
+    def outcome(self, name: str) -> TaskOutcome | None:
+        return self.outcomes[self.graph.by_name[name]]
+
+    # -- setup
+    def _setup(self) -> None:
+        hook = self.hook
+        self._offset = self.clock.time() - self.clock.monotonic()
+        self.started = self.clock.monotonic()
+        self.sync = isinstance(self.executor, SyncExecutor)
+        self.local = self.sync or isinstance(self.executor, ThreadPoolExecutor)
+        hook.flowdeco_run_start(run=self)
+        has = lambda h: bool(h.get_hookimpls())  # noqa: E731
+        self.reporting = has(hook.flowdeco_report)
+        self._report_hook = hook.flowdeco_report
+        self._has_flush = has(hook.flowdeco_report_flush)
+        self._has_restore = has(hook.flowdeco_task_restore)
+        self._has_delay = has(hook.flowdeco_task_delay)
+        self._has_attempt_done = has(hook.flowdeco_attempt_done)
+        wrap = has(hook.flowdeco_task_wrap)
+        calls: list[Callable[[dict], Any] | None] = []
+        for v in self.graph.vertices:
+            if v.kind is not TASK:
+                calls.append(None)
+                continue
+            call: Callable[[dict], Any] = partial(_invoke, v.fn)
+            if wrap:
+                for deco in hook.flowdeco_task_wrap(run=self, task=v)[::-1]:
+                    if deco is not None:
+                        call = deco(call)
+            calls.append(call)
+        self._calls = calls
+        self._inline = (self.local and not self.sync and self.inline_successors
+                        and not self._has_restore and not self._has_delay)
+        self._chain_next = self._chains() if self._inline else []
+        self._prio = [v.priority for v in self.graph.vertices]
+        self._log_sink = self._sink if self.reporting else None
+
+    def _chains(self) -> list[int | None]:
+        g = self.graph
+        out: list[int | None] = []
+        watched = self.on_success if self._has_attempt_done else ()
+        for v in g.vertices:
+            best = None
+            if v.index not in watched:
+                for s in g.succs[v.index]:
+                    w = g.vertices[s]
+                    if w.kind is TASK and w.deps == (v.index,) and (
+                            best is None or w.priority > g.vertices[best].priority):
+                        best = s
+            out.append(best)
+        return out
+
+    # -- reporting
+    def _report(self, name: str, task: str | None, fields: dict, mono: float | None = None,
+                outcome: TaskOutcome | None = None) -> None:
+        ts = (self.clock.monotonic() if mono is None else mono) + self._offset
+        self._report_hook(run=self, event=Event(name, ts, self.run_id, task, fields, outcome))
+
+    def _sink(self, task: str, level: str, attempt: int, iteration: int | None, event: str,
+              fields: dict) -> None:
+        self.q.put((_LOG, task, level, attempt, iteration, event, fields, self.clock.monotonic()))
+
+    # -- the loop
+    def execute(self) -> RunResult:
+        self._setup()
+        if self.reporting:
+            fields: dict[str, Any] = {"flow": self.graph.name, "tasks": len(self.graph)}
+            if self.resumed:
+                fields["resumed"] = True
+            self._report("run_started", None, fields)
+        restore = self._install_signals()
+        try:
+            try:
+                roots = [i for i in range(len(self.graph)) if self._remaining[i] == 0]
+                for i in roots:
+                    out = self._make_ready(i)
+                    if out is not None:
+                        self._complete(i, out)
+                if self._has_flush:
+                    self.hook.flowdeco_report_flush(run=self)
+                self._loop()
+            except KeyboardInterrupt:
+                # a second Ctrl-C while the sync executor ran a task on this thread
+                self.interrupted = self.stopping = self.abandoned = True
+            self._finalize()
+        finally:
+            restore()
+            if self.owns_executor:
+                self.executor.shutdown(wait=not self.abandoned, cancel_futures=True)
+        finished = self.clock.monotonic()
+        status = INTERRUPTED if self.interrupted else (
+            FAILED if any(o is not None and o.status == FAILED for o in self.outcomes)
+            or (self.stopping and not self.interrupted) else SUCCEEDED)
+        names = [v.name for v in self.graph.vertices]
+        result = RunResult(run_id=self.run_id, status=status,
+                           outcomes=dict(zip(names, self.outcomes)),  # type: ignore[arg-type]
+                           started=self.started + self._offset, finished=finished + self._offset,
+                           duration=finished - self.started, flow=self.graph.name)
+        if self.reporting:
+            counts = result.counts()
+            self._report("run_finished", None, {"status": status, "duration": round(result.duration, 6),
+                                                **{k: v for k, v in counts.items() if v}})
+        if self._has_flush:
+            self.hook.flowdeco_report_flush(run=self)
+        self.hook.flowdeco_run_finish(run=self, result=result)
+        return result
+
+    def _loop(self) -> None:
+        q = self.q
+        get = q.get
+        clock = self.clock
+        handle = self._handle
+        while True:
+            self._dispatch()
+            if self.abandoned:
+                return
+            if self._inflight == 0 and (self.stopping or (not self._ready and not self._timers)):
+                return
+            timeout = None
+            if self._timers:
+                timeout = self._timers[0][0] - clock.monotonic()
+            try:
+                msg = clock.wait(get, timeout, self._inflight == 0)
+            except Empty:
+                self._release_timers()
+                continue
+            handle(msg)
+            while True:
+                try:
+                    msg = get(False)
+                except Empty:
+                    break
+                handle(msg)
+            if self._timers:
+                self._release_timers()
+            if self._has_flush:
+                self.hook.flowdeco_report_flush(run=self)
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == _DONE:
+            self._on_done(*msg[1:])
+        elif kind == _LOG:
+            _, task, level, attempt, iteration, event, fields, mono = msg
+            if self.reporting:
+                extra = {"level": level, "attempt": attempt}
+                if iteration is not None:
+                    extra["iteration"] = iteration
+                extra.update(fields)
+                self._report(event, task, extra, mono)
+        elif kind == _EMIT:
+            _, name, task, fields, mono = msg
+            if self.reporting:
+                self._report(name, task, fields, mono)
+        elif kind == _SIGNAL:
+            self._signals += 1
+            if self._signals == 1:
+                self._stop(interrupted=True)
+            else:
+                self.abandoned = True
+        elif kind == _CRASH:
+            raise InternalError("a worker crashed inside flowdeco") from msg[1]
+
+    def _dispatch(self) -> None:
+        ready = self._ready
+        while ready and self._inflight < self.workers and not self.stopping:
+            _, i, attempt, iteration = heapq.heappop(ready)
+            self._start(i, attempt, iteration)
+        self._top_waiting = -ready[0][0] if ready else _NEG_INF
+
+    def _kwargs(self, v: Vertex, attempt: int, iteration: int | None) -> dict:
+        kw = dict(v.consts) if v.consts else {}
+        results = self.results
+        for p, d in v.args:
+            kw[p] = results[d]
+        if v.wants_ctx:
+            kw["ctx"] = self._context(v, attempt, iteration)
+        return kw
+
+    def _context(self, v: Vertex, attempt: int, iteration: int | None) -> Context:
+        upstream = {self.graph.vertices[d].name: self.outcomes[d] for d in v.deps}
+        return Context(self.run_id, v.name, attempt, iteration, self.params,
+                       self._log_sink if self.local else None, upstream)
+
+    def _start(self, i: int, attempt: int, iteration: int | None) -> None:
+        v = self.graph.vertices[i]
+        kw = self._kwargs(v, attempt, iteration)
+        self._state[i] = RUNNING
+        self._inflight += 1
+        if self.reporting:
+            f = {"attempt": attempt}
+            if iteration is not None:
+                f["iteration"] = iteration
+            self._report("task_started", v.name, f)
+        if self.sync:
+            self._run_sync(i, kw, attempt, iteration)
+        elif self.local:
+            self.executor.submit(self._work, i, kw, attempt, iteration)
+        else:
+            fut = self.executor.submit(_call_remote, self._calls[i], kw)
+            fut.add_done_callback(partial(self._remote_done, i, attempt, iteration))
+
+    def _work(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
+        """A worker thread: run the attempt, post it; maybe continue with a chained successor."""
+        put = self.q.put
+        try:
+            mono = self.clock.monotonic
+            calls = self._calls
+            worker = threading.current_thread().name
+            while True:
+                t0 = mono()
+                try:
+                    result, err = calls[i](kw), None  # type: ignore[misc]
+                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                    result, err = None, exc
+                t1 = mono()
+                nxt = None
+                if err is None and self._inline and not self.stopping:
+                    nxt = self._chain_next[i]
+                    if nxt is not None and self._prio[nxt] < self._top_waiting:
+                        nxt = None
+                put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, nxt))
+                if nxt is None:
+                    return
+                v = self.graph.vertices[nxt]
+                i, attempt, iteration = nxt, 1, self._first_iteration[nxt]
+                kw = dict(v.consts) if v.consts else {}
+                for p, _ in v.args:
+                    kw[p] = result
+                if v.wants_ctx:
+                    kw["ctx"] = Context(self.run_id, v.name, 1, iteration, self.params,
+                                        self._log_sink, {})
+        except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
+            put((_CRASH, exc))
+
+    def _remote_done(self, i: int, attempt: int, iteration: int | None, fut: Any) -> None:
+        put = self.q.put
+        try:
+            result, err, t0, t1, worker, logs = fut.result()
+        except BaseException as exc:  # noqa: BLE001 - pickling errors, broken pools, cancels
+            now = self.clock.monotonic()
+            result, err, t0, t1, worker, logs = None, exc, now, now, None, []
+        name = self.graph.vertices[i].name
+        for level, event, fields in logs:
+            put((_LOG, name, level, attempt, iteration, event, fields, t1))
+        put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, None))
+
+    def _run_sync(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
+        mono = self.clock.monotonic
+        t0 = mono()
+        self._sync_busy = True
+        try:
+            result, err = self._calls[i](kw), None  # type: ignore[misc]
+        except BaseException as exc:  # noqa: BLE001
+            result, err = None, exc
+        finally:
+            self._sync_busy = False
+        t1 = mono()
+        get = self.q.get
+        while True:  # log records and signals that arrived during the task
+            try:
+                msg = get(False)
+            except Empty:
+                break
+            self._handle(msg)
+        self._on_done(i, attempt, iteration, result, err, t0, t1, "sync", None)
+        if self._has_flush:
+            self.hook.flowdeco_report_flush(run=self)
+
+    # -- completion
+    def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,
+                 err: BaseException | None, t0: float, t1: float, worker: str | None,
+                 nxt: int | None) -> None:
+        if nxt is None:
+            self._inflight -= 1
+        else:
+            self._state[nxt] = RUNNING
+            self._first_start[nxt] = t1
+        if self._first_start[i] is None:
+            self._first_start[i] = t0
+        if err is None and not (self._has_attempt_done and i in self.on_success):
+            self._complete(i, self._outcome(i, SUCCEEDED, result, None, attempt, t1, worker))
+        else:
+            self._decide(i, attempt, iteration, result, err, t0, t1, worker)
+        if nxt is not None and self.reporting:
+            self._report("task_started", self.graph.vertices[nxt].name, {"attempt": 1}, t1)
+
+    def _outcome(self, i: int, status: str, result: Any, err: BaseException | None,
+                 attempts: int, t1: float, worker: str | None) -> TaskOutcome:
+        start = self._first_start[i]
+        assert start is not None
+        return TaskOutcome(status, result, None if err is None else format_error(err), attempts,
+                           start + self._offset, t1 + self._offset, t1 - start,
+                           exception=err, worker=worker)
+
+    def _decide(self, i: int, attempt: int, iteration: int | None, result: Any,
+                err: BaseException | None, t0: float, t1: float, worker: str | None) -> None:
+        decision = None
+        if self._has_attempt_done:
+            v = self.graph.vertices[i]
+            decision = self.hook.flowdeco_attempt_done(
+                run=self, task=v,
+                attempt=Attempt(attempt, iteration, result, err, t0 + self._offset,
+                                t1 + self._offset, t1 - t0))
+        if isinstance(decision, Reschedule):
+            next_attempt = decision.attempt if decision.attempt is not None else attempt + 1
+            next_iter = decision.iteration if decision.iteration is not None else iteration
+            delay = max(float(decision.delay), 0.0)
+            self._last_error[i] = err
+            if err is not None and self.reporting:
+                self._report("task_retrying", self.graph.vertices[i].name,
+                             {"attempt": attempt, "delay": delay, "error": format_error(err),
+                              **decision.fields}, t1)
+            if self.stopping:
+                self._complete(i, self._outcome(i, INTERRUPTED if self.interrupted else FAILED,
+                                                None, err, attempt, t1, worker))
+                return
+            self._state[i] = WAITING
+            self._push_timer(self.clock.monotonic() + delay, i, next_attempt, next_iter)
+            return
+        if isinstance(decision, Finish):
+            result, err = decision.result, decision.error
+        elif decision is not None:
+            raise InternalError(f"flowdeco_attempt_done returned {decision!r}; expected "
+                                "Reschedule, Finish or None")
+        status = SUCCEEDED if err is None else FAILED
+        self._complete(i, self._outcome(i, status, result, err, attempt, t1, worker))
+
+    def _push_timer(self, deadline: float, i: int, attempt: int, iteration: int | None) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, i, attempt, iteration))
+
+    def _release_timers(self) -> None:
+        now = self.clock.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, i, attempt, iteration = heapq.heappop(timers)
+            self._state[i] = READY
+            heapq.heappush(self._ready, (-self._prio[i], i, attempt, iteration))
+
+    def _make_ready(self, i: int) -> TaskOutcome | None:
+        """Dependencies are done: return an outcome to complete ``i`` now, or queue it."""
+        v = self.graph.vertices[i]
+        if v.kind is SUBFLOW:
+            return self._subflow_outcome(v)
+        if self._has_restore:
+            restored = self.hook.flowdeco_task_restore(run=self, task=v)
+            if restored is not None:
+                now = self.clock.monotonic() + self._offset
+                out = TaskOutcome(RESTORED, restored.result, None, restored.attempts, now, now, 0.0)
+                return out
+        if self._has_delay:
+            delay = self.hook.flowdeco_task_delay(run=self, task=v)
+            if delay:
+                self._state[i] = WAITING
+                self._push_timer(self.clock.monotonic() + float(delay), i, 1,
+                                 self._first_iteration[i])
+                return None
+        self._state[i] = READY
+        heapq.heappush(self._ready, (-v.priority, i, 1, self._first_iteration[i]))
+        return None
+
+    def _subflow_outcome(self, v: Vertex) -> TaskOutcome:
+        outs = [self.outcomes[m] for m in v.members]
+        failed = [self.graph.vertices[m].name for m, o in zip(v.members, outs)
+                  if o is not None and o.status == FAILED]
+        now = self.clock.monotonic() + self._offset
+        starts = [o.started for o in outs if o is not None and o.started is not None]
+        start = min(starts) if starts else now
+        if failed:
+            err = f"SubflowFailed: {len(failed)} inner task(s) failed: {', '.join(failed)}"
+            return TaskOutcome(FAILED, None, err, 1, start, now, now - start)
+        if any(o is None or o.status == INTERRUPTED for o in outs):
+            return TaskOutcome(INTERRUPTED, None, None, 0, start, now, now - start)
+        if any(o.status == SKIPPED for o in outs if o is not None) and self.stopping:  # type: ignore[union-attr]
+            return _SKIP_STOPPED
+        if len(v.sinks) == 1:
+            result = self.results[v.sinks[0][1]]
+        else:
+            result = {name: self.results[m] for name, m in v.sinks}
+        return TaskOutcome(SUCCEEDED, result, None, 1, start, now, now - start)
+
+    def _complete(self, i: int, outcome: TaskOutcome) -> None:
+        """Record ``outcome`` for ``i`` and release or skip its successors (iteratively)."""
+        todo = [(i, outcome)]
+        state = self._state
+        remaining = self._remaining
+        succs = self.graph.succs
+        vertices = self.graph.vertices
+        while todo:
+            i, out = todo.pop()
+            self.outcomes[i] = out
+            state[i] = DONE
+            ok = out.status in _OK
+            if ok:
+                self.results[i] = out.result
+            elif out.status == FAILED and self.stop_on_error and not self.stopping:
+                self._stop(interrupted=False)
+            if self.reporting:
+                self._report_outcome(i, out)
+            for s in succs[i]:
+                remaining[s] -= 1
+                if state[s] != PENDING:
+                    continue
+                if not ok and vertices[s].kind is TASK:
+                    state[s] = DONE
+                    todo.append((s, _SKIP_UPSTREAM))
+                elif remaining[s] == 0:
+                    done = self._make_ready(s)
+                    if done is not None:
+                        state[s] = DONE
+                        todo.append((s, done))
+
+    def _report_outcome(self, i: int, out: TaskOutcome) -> None:
+        name = self.graph.vertices[i].name
+        status = out.status
+        if status == SUCCEEDED:
+            self._report("task_succeeded", name, {"attempts": out.attempts,
+                                                  "duration": round(out.duration, 6)},
+                         None, out)
+        elif status == FAILED:
+            fields: dict[str, Any] = {"attempts": out.attempts, "error": out.error}
+            if out.exception is not None and out.exception.__traceback__ is not None:
+                fields["traceback"] = "".join(traceback.format_exception(out.exception))
+            elif out.exception is not None and hasattr(out.exception, "remote_traceback"):
+                fields["traceback"] = out.exception.remote_traceback  # type: ignore[attr-defined]
+            self._report("task_failed", name, fields, None, out)
+        elif status == SKIPPED:
+            self._report("task_skipped", name, {"reason": out.reason}, None, out)
+        elif status == RESTORED:
+            self._report("task_restored", name, {"attempts": out.attempts}, None, out)
+        else:
+            self._report("task_interrupted", name, {"attempts": out.attempts}, None, out)
+
+    def _stop(self, interrupted: bool) -> None:
+        """Start nothing new; tasks waiting for a retry or a delay end now."""
+        self.stopping = True
+        if interrupted:
+            self.interrupted = True
+        timers, self._timers = self._timers, []
+        now = self.clock.monotonic()
+        for _, _, i, attempt, _ in sorted(timers):
+            err = self._last_error[i]
+            if err is None or self._first_start[i] is None:
+                self._complete(i, _SKIP_STOPPED)
+            else:
+                self._complete(i, self._outcome(
+                    i, INTERRUPTED if interrupted else FAILED, None, err, attempt - 1, now, None))
+
+    def _finalize(self) -> None:
+        """Give every task an outcome: in-flight ones interrupted, the rest skipped."""
+        now = self.clock.monotonic()
+        for i in self.graph.order:
+            if self.outcomes[i] is not None:
+                continue
+            v = self.graph.vertices[i]
+            state = self._state[i]
+            if v.kind is SUBFLOW:
+                out = self._subflow_outcome(v)
+            elif state == RUNNING:
+                start = self._first_start[i] if self._first_start[i] is not None else now
+                self._first_start[i] = start
+                out = self._outcome(i, INTERRUPTED, None, None, 1, now, None)
+            elif self.stopping:
+                out = _SKIP_STOPPED
+            else:
+                raise InternalError(f"task {v.name!r} was never scheduled (state {state})")
+            self.outcomes[i] = out
+            if self.reporting:
+                self._report_outcome(i, out)
+
+    # -- signals
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        def handler(signum: int, frame: Any) -> None:
+            if self._signals >= 1 and self._sync_busy:
+                raise KeyboardInterrupt
+            self.q.put((_SIGNAL, signum))
+            if self._sync_busy:
+                self._signals_pending = True
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+        def restore() -> None:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        return restore
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class Session:
+    """One invocation: plugin manager, configuration, collection, run, teardown."""
+
+    def __init__(self, config: Config, params: Mapping[str, Any]):
+        self.config = config
+        self.params = dict(params)
+
+    @classmethod
+    def start(cls, *, plugins: Iterable[Any] = (), disable: Iterable[str] = (),
+              options: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+              clock: Clock | None = None, from_cli: bool = False,
+              parser: Parser | None = None, pm: Any = None) -> "Session":
+        if pm is None:
+            pm = make_pluginmanager(plugins, disable)
+        if parser is None:
+            parser = Parser()
+            pm.hook.flowdeco_addoption(parser=parser)
+        values = merge_options(parser, options or {})
+        config = Config(pm, parser, values, clock=clock, from_cli=from_cli)
+        all_params = parse_params(values.get("param") or ())
+        all_params.update(params or {})
+        session = cls(config, all_params)
+        config.params = session.params  # type: ignore[attr-defined]
+        pm.hook.flowdeco_configure(config=config)
+        return session
+
+    def close(self) -> None:
+        self.config.hook.flowdeco_unconfigure(config=self.config)
+
+    def collect(self, target: Any) -> Graph:
+        """Resolve the target, build and validate the graph, apply ``-k``."""
+        resolved = resolve_target(target)
+        graph = build_graph(resolved.name, resolved.members, self.params, resolved.flow)
+        if not len(graph):
+            raise NoTasksError(f"no tasks found in {resolved.name!r}: decorate functions with "
+                               "@task (tasks imported from elsewhere are not collected on "
+                               "their own)")
+        self._check_options(graph)
+        expr = self.config.getoption("select", None)
+        if expr:
+            match = compile_expression(expr)
+            chosen = [v.index for v in graph.vertices if match(v.name)]
+            if not chosen:
+                raise NoTasksError(f"-k {expr!r} matched none of the {len(graph)} tasks "
+                                   f"({', '.join(graph.names[:8])}{', ...' if len(graph) > 8 else ''})")
+            graph = graph.subgraph(graph.ancestors(chosen))
+        self.config.hook.flowdeco_collection_finish(config=self.config, graph=graph)
+        return graph
+
+    def _check_options(self, graph: Graph) -> None:
+        claimed = {name for names in self.config.hook.flowdeco_task_options() for name in names}
+        for v in graph.vertices:
+            if v.spec is None:
+                continue
+            for opt in v.spec.used_options():
+                if opt not in claimed:
+                    raise CollectionError(
+                        f"task {v.name!r} sets {opt}= but no active plugin handles it "
+                        "(is the plugin that provides it disabled with -p no:NAME or not "
+                        "installed?)")
+
+    def execute(self, graph: Graph) -> RunResult:
+        cfg = self.config
+        state_dir = None if cfg.getoption("no_state") else cfg.getoption("state_dir")
+        run_id = cfg.getoption("run_id")
+        run_id = validate_run_id(run_id) if run_id is not None else new_run_id(cfg.clock)
+        executor = cfg.getoption("executor")
+        workers = cfg.getoption("workers")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 1):
+            raise UsageError(f"workers must be an int >= 1, got {workers!r}")
+        owns = True
+        if isinstance(executor, Executor):
+            owns = False
+            workers = workers or getattr(executor, "_max_workers", None) or default_workers("thread")
+        else:
+            name = str(executor)
+            workers = workers or default_workers(name)
+            made = cfg.hook.flowdeco_make_executor(config=cfg, name=name, workers=workers)
+            if made is None:
+                raise UsageError(
+                    f"unknown executor {name!r}: use thread, process or sync "
+                    "(dask needs the flowdeco-dask plugin)")
+            executor = made
+        run = Run(cfg, graph, run_id=run_id, state_dir=state_dir, params=self.params,
+                  executor=executor, workers=workers,
+                  stop_on_error=bool(cfg.getoption("stop_on_error")),
+                  resumed=bool(cfg.getoption("resume", None)), owns_executor=owns)
+        self.last_run = run
+        return run.execute()
+
+
+class NoTasksError(FlowError):
+    """Nothing to run: no tasks collected, or ``-k`` matched none (exit code 5)."""
+
+
+def run(target: Any, *, workers: int | None = None, params: Mapping[str, Any] | None = None,
+        executor: str | Executor = "thread", state_dir: str | os.PathLike | None = ".flowdeco",
+        run_id: str | None = None, resume: str | None = None, stop_on_error: bool = False,
+        plugins: Iterable[Any] = (), disable: Iterable[str] = (), select: str | None = None,
+        clock: Clock | None = None, **options: Any) -> RunResult:
+    """Collect ``target`` and run it; returns a :class:`RunResult`.
+
+    ``target`` is a module object, a module name, a file path,
+    ``"module:flow"``, a :class:`Flow`, or a list of task functions.
+    ``state_dir=None`` keeps nothing (``--no-state``).  ``plugins`` and
+    ``disable`` are ``-p NAME`` and ``-p no:NAME``; ``select`` is ``-k``;
+    further keyword options are those the active plugins declare.  Graph and
+    usage errors raise :class:`FlowError` before anything runs.
+    """
+    given: dict[str, Any] = dict(workers=workers, executor=executor, run_id=run_id,
+                                 stop_on_error=stop_on_error, select=select, **options)
+    if state_dir is None:
+        given["no_state"] = True
+    else:
+        given["state_dir"] = os.fspath(state_dir)
+    if resume is not None:
+        given["resume"] = resume
+    session = Session.start(plugins=plugins, disable=disable, options=given,
+                            params=params or {}, clock=clock)
+    try:
+        graph = session.collect(target)
+        return session.execute(graph)
+    finally:
+        session.close()

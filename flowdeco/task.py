@@ -1,0 +1,227 @@
+"""``@task``: declare a plain function as a unit of work.
+
+The decorator validates its options, records them in a frozen
+:class:`TaskSpec` stored on the function (``fn.__flowdeco_task__``) and
+returns the function itself, so it stays a plain, picklable function that unit
+tests can call directly.  Everything about the *graph* (which parameter is a
+dependency, which is a run parameter) is decided later, at collection, when the
+whole flow is known.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar, overload
+
+import attrs
+
+from .errors import TaskDefinitionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .flow import Flow
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SPEC_ATTR = "__flowdeco_task__"
+
+#: Parameter name that receives the :class:`~flowdeco.Context`.
+CTX = "ctx"
+
+_FORBIDDEN_IN_NAMES = (".", "[", "]", "\n")
+
+
+@attrs.frozen
+class Param:
+    """One parameter of a task function, read once at decoration time."""
+
+    name: str
+    has_default: bool
+    default: Any = None
+    annotation: Any = None
+
+
+@attrs.frozen(eq=False)
+class TaskSpec:
+    """Everything ``@task(...)`` said about a function.
+
+    ``options`` holds options not known to the core (for third-party plugins);
+    they are checked against what the active plugins declare
+    (``flowdeco_task_options``) when the flow is collected.
+    """
+
+    fn: Callable[..., Any]
+    name: str
+    after: tuple[Any, ...] = ()
+    retries: int | None = None
+    retry: Any = None
+    timeout: float | None = None
+    delay: float | None = None
+    every: float | None = None
+    times: int | None = None
+    priority: int = 0
+    circuit: Any = None
+    tags: frozenset[str] = frozenset()
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    params: tuple[Param, ...] = ()
+    owner: "Flow | None" = None
+
+    def used_options(self) -> dict[str, Any]:
+        """The options this task sets to something other than their default."""
+        used = {k: getattr(self, k) for k in _PLUGIN_OPTIONS if getattr(self, k) is not None}
+        used.update(self.options)
+        return used
+
+    @property
+    def source_name(self) -> str:
+        """Where the function lives, for error messages (``module.function``)."""
+        mod = getattr(self.fn, "__module__", None) or "?"
+        return f"{mod}.{getattr(self.fn, '__qualname__', self.name)}"
+
+
+#: Core ``@task`` options whose behaviour comes from a built-in plugin.
+_PLUGIN_OPTIONS = ("retries", "retry", "timeout", "delay", "every", "times", "circuit")
+
+
+def get_spec(obj: Any) -> TaskSpec | None:
+    """The :class:`TaskSpec` of a decorated function, or None."""
+    return getattr(obj, SPEC_ATTR, None) if callable(obj) else None
+
+
+def is_task(obj: Any) -> bool:
+    return get_spec(obj) is not None
+
+
+@overload
+def task(fn: F, /) -> F: ...
+@overload
+def task(*, name: str | None = ..., after: Iterable[Any] = ..., retries: int | None = ...,
+         retry: Any = ..., timeout: float | None = ..., delay: float | None = ...,
+         every: float | None = ..., times: int | None = ..., priority: int = ...,
+         circuit: Any = ..., tags: Iterable[str] | str = ..., **options: Any) -> Callable[[F], F]: ...
+
+
+def task(fn: Any = None, /, **kwargs: Any) -> Any:
+    """Declare ``fn`` a task.  Use as ``@task`` or ``@task(...)``.
+
+    Options (all keyword-only): ``name`` (defaults to the function's name),
+    ``after`` (tasks or names this one runs after without taking their result),
+    ``retries`` (retries after the first attempt), ``retry`` (a ``Retry``
+    policy; not together with ``retries``), ``timeout`` (seconds per attempt),
+    ``delay`` (seconds to wait once ready), ``every`` + ``times`` (interval
+    task), ``priority`` (higher starts first when workers are scarce),
+    ``circuit`` (a ``CircuitBreaker`` or its name), ``tags``.  Other keyword
+    options are kept for plugins and checked when the flow is collected.
+    """
+    return _decorator(None, fn, kwargs)
+
+
+def _decorator(owner: "Flow | None", fn: Any, kwargs: dict[str, Any]) -> Any:
+    if fn is None:
+        return lambda f: _attach(owner, f, kwargs)
+    if isinstance(fn, str):
+        raise TaskDefinitionError(
+            f"@task({fn!r}): give the name as a keyword, @task(name={fn!r})")
+    return _attach(owner, fn, kwargs)
+
+
+def _attach(owner: "Flow | None", fn: Any, kwargs: dict[str, Any]) -> Any:
+    spec = make_spec(fn, owner=owner, **kwargs)
+    try:
+        setattr(fn, SPEC_ATTR, spec)
+    except (AttributeError, TypeError):
+        raise TaskDefinitionError(
+            f"@task cannot decorate {fn!r}: it does not accept attributes; "
+            "wrap it in a def function") from None
+    return fn
+
+
+def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
+              after: Iterable[Any] | Any = (), retries: int | None = None, retry: Any = None,
+              timeout: float | None = None, delay: float | None = None,
+              every: float | None = None, times: int | None = None, priority: int = 0,
+              circuit: Any = None, tags: Iterable[str] | str = (), **options: Any) -> TaskSpec:
+    """Validate ``@task`` options and build the :class:`TaskSpec` (no side effects)."""
+    if not callable(fn) or isinstance(fn, type):
+        raise TaskDefinitionError(
+            f"@task can only decorate a function, not {type(fn).__name__} {fn!r}")
+    if name is None:
+        name = getattr(fn, "__name__", None)
+        if not name or name == "<lambda>":
+            raise TaskDefinitionError(
+                f"@task: {fn!r} has no usable name; pass @task(name=...)")
+    where = f"task {name!r}"
+    _check_name(name, where)
+    if retries is not None and retry is not None:
+        raise TaskDefinitionError(
+            f"{where}: give either retries= or retry=, not both "
+            "(retries=N is shorthand for retry=Retry(retries=N))")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise TaskDefinitionError(f"{where}: retries must be an int >= 0, got {retries!r}")
+    timeout = _positive(where, "timeout", timeout)
+    every = _positive(where, "every", every)
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, numbers.Real) or delay < 0:
+            raise TaskDefinitionError(f"{where}: delay must be a number of seconds >= 0, got {delay!r}")
+        delay = float(delay)
+    if times is not None:
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise TaskDefinitionError(f"{where}: times must be an int >= 1, got {times!r}")
+        if every is None:
+            raise TaskDefinitionError(f"{where}: times= needs every= (the interval in seconds)")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TaskDefinitionError(f"{where}: priority must be an int, got {priority!r}")
+    if isinstance(tags, str):
+        tags = (tags,)
+    tags_set = frozenset(tags)
+    if not all(isinstance(t, str) for t in tags_set):
+        raise TaskDefinitionError(f"{where}: tags must be strings, got {sorted(map(repr, tags_set))}")
+    if isinstance(after, (str, bytes)) or callable(after) or not isinstance(after, Iterable):
+        after = (after,)
+    after_t = tuple(after)
+    for a in after_t:
+        if not (isinstance(a, str) or callable(a) or hasattr(a, "flow")):
+            raise TaskDefinitionError(
+                f"{where}: after= takes tasks or task names, got {a!r}")
+    return TaskSpec(fn=fn, name=name, after=after_t, retries=retries, retry=retry,
+                    timeout=timeout, delay=delay, every=every, times=times,
+                    priority=priority, circuit=circuit, tags=tags_set,
+                    options=dict(options), params=read_params(fn, where), owner=owner)
+
+
+def _positive(where: str, what: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise TaskDefinitionError(f"{where}: {what} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _check_name(name: Any, where: str) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise TaskDefinitionError(f"{where}: a task name must be a non-empty string")
+    bad = [c for c in _FORBIDDEN_IN_NAMES if c in name]
+    if bad:
+        raise TaskDefinitionError(
+            f"{where}: names may not contain {' '.join(map(repr, bad))} "
+            "('.' separates sub-flow names and '[i]' marks mapped instances)")
+
+
+def read_params(fn: Callable[..., Any], where: str) -> tuple[Param, ...]:
+    """Read the injectable parameters of ``fn`` once, so runs never call ``inspect``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise TaskDefinitionError(f"{where}: cannot read the signature of {fn!r}") from None
+    params = []
+    for p in sig.parameters.values():
+        if p.kind is p.POSITIONAL_ONLY:
+            raise TaskDefinitionError(
+                f"{where}: parameter {p.name!r} is positional-only; flowdeco passes "
+                "dependencies by name, so remove the '/'")
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue  # *args/**kwargs receive nothing
+        has_default = p.default is not p.empty
+        params.append(Param(p.name, has_default, p.default if has_default else None,
+                            None if p.annotation is p.empty else p.annotation))
+    return tuple(params)
