@@ -24,14 +24,13 @@ class Clock:
 
     virtual = False
 
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        """Wall time as POSIX seconds (cheap; converted to datetimes lazily)."""
-        return time.time()
+    #: seconds on a clock that never goes back (waits, durations)
+    monotonic = staticmethod(time.monotonic)
+    #: wall time as POSIX seconds (cheap; converted to datetimes lazily)
+    time = staticmethod(time.time)
 
     def now(self) -> _dt.datetime:
+        """Timezone-aware UTC wall time."""
         return _dt.datetime.fromtimestamp(self.time(), UTC)
 
     def sleep(self, seconds: float) -> None:

@@ -15,6 +15,7 @@ ready tasks of equal priority.  The runner works on these integer indices only.
 
 from __future__ import annotations
 
+import gc
 import heapq
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -81,7 +82,7 @@ class Graph:
 
     @property
     def names(self) -> list[str]:
-        return [v.name for v in self.vertices]
+        return list(self.by_name)
 
     def ancestors(self, indices: Iterable[int]) -> set[int]:
         """``indices`` plus everything they (transitively) depend on."""
@@ -206,7 +207,7 @@ class GraphBuilder:
         self.vertices: list[Vertex] = []
         self._tasks: list[tuple[int, _Scope]] = []
         self._nodes: list[tuple[int, _Scope, _Scope]] = []
-        self._origin: dict[int, str] = {}
+        self._origin: dict[int, Any] = {}
         self._root = _Scope(root_flow, name, "", None, {}, None)
 
     def build(self, members: Sequence[Any]) -> Graph:
@@ -236,17 +237,18 @@ class GraphBuilder:
                     raise CollectionError(f"flow {scope.flow_name!r}: {m!r} is not a task")
                 self._add_task(scope, spec)
 
-    def _claim(self, scope: _Scope, name: str, origin: str) -> int:
+    def _claim(self, scope: _Scope, name: str, origin: Any) -> int:
         if name in scope.local:
-            other = self._origin[scope.local[name]]
-            raise DuplicateTaskError(scope.prefix + name, [other, origin])
+            where = [o.source_name if isinstance(o, TaskSpec) else o
+                     for o in (self._origin[scope.local[name]], origin)]
+            raise DuplicateTaskError(scope.prefix + name, where)
         index = len(self.vertices)
         scope.local[name] = index
         self._origin[index] = origin
         return index
 
     def _add_task(self, scope: _Scope, spec: TaskSpec) -> int:
-        index = self._claim(scope, spec.name, spec.source_name)
+        index = self._claim(scope, spec.name, spec)
         self.vertices.append(Vertex(index, scope.prefix + spec.name, TASK, spec,
                                     spec.priority, spec.tags))
         self._tasks.append((index, scope))
@@ -347,7 +349,7 @@ class GraphBuilder:
             deps.append(found)
         deps.extend(scope.after)
         v.args = tuple(args)
-        v.deps = tuple(dict.fromkeys(deps))
+        v.deps = tuple(deps) if len(deps) < 2 else tuple(dict.fromkeys(deps))
 
     def _resolve_node(self, v: Vertex, inner: _Scope) -> None:
         members = set(v.members)
@@ -391,5 +393,17 @@ def coerce_param(task: str, name: str, value: Any, annotation: Any) -> Any:
 
 def build_graph(name: str, members: Sequence[Any], params: Mapping[str, Any] | None = None,
                 root_flow: Flow | None = None) -> Graph:
-    """Build and validate the graph of ``members`` (tasks and sub-flow nodes)."""
-    return GraphBuilder(name, params or {}, root_flow).build(members)
+    """Build and validate the graph of ``members`` (tasks and sub-flow nodes).
+
+    The cyclic garbage collector is paused while building: building creates
+    several long-lived objects per task and no garbage cycles, and with 10,000
+    tasks the collector's repeated full passes would cost more than the build.
+    No user code runs here (the target was imported before).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return GraphBuilder(name, params or {}, root_flow).build(members)
+    finally:
+        if enabled:
+            gc.enable()

@@ -115,14 +115,56 @@ def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
 # --------------------------------------------------------------------------- the run
 
 
+class Outcomes(Mapping[str, TaskOutcome]):
+    """``RunResult.outcomes``: task name -> :class:`TaskOutcome`, built on first access.
+
+    The run keeps compact per-task arrays on its hot path; outcome objects are
+    made only for the tasks someone looks at.
+    """
+
+    def __init__(self, names: list[str], build: Callable[[int], TaskOutcome]):
+        self._index = {n: i for i, n in enumerate(names)}
+        self._build = build
+
+    def __getitem__(self, name: str) -> TaskOutcome:
+        return self._build(self._index[name])
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+class _Upstream(Mapping[str, TaskOutcome]):
+    """``ctx.upstream``: outcomes of a task's dependencies, built when read."""
+
+    def __init__(self, run: "Run", deps: tuple[int, ...]):
+        self._run = run
+        self._deps = {run.graph.vertices[d].name: d for d in deps}
+
+    def __getitem__(self, name: str) -> TaskOutcome:
+        return self._run.outcome_at(self._deps[name])
+
+    def __iter__(self):
+        return iter(self._deps)
+
+    def __len__(self) -> int:
+        return len(self._deps)
+
+
 class Run:
     """One execution of a graph.  Passed to run hooks as ``run``.
 
     Plugins read ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
-    ``state_dir`` (None with ``--no-state``), ``outcomes`` (by index, filled
-    as tasks end) and ``stash`` (a dict for plugin state); they may call
-    :meth:`emit` from any thread, and set ``inline_successors`` or add task
-    indices to ``on_success`` during ``flowdeco_run_start``.
+    ``state_dir`` (None with ``--no-state``), ``results`` (by task index) and
+    ``stash`` (a dict for plugin state); :meth:`outcome` gives a task's
+    outcome once it ended; :meth:`emit` reports an event from any thread.
+    During ``flowdeco_run_start`` a plugin may set ``inline_successors`` or
+    add task indices to ``on_success``.
     """
 
     def __init__(self, config: Config, graph: Graph, *, run_id: str, state_dir: str | None,
@@ -146,15 +188,22 @@ class Run:
         #: task indices whose *successful* attempts also go through flowdeco_attempt_done
         self.on_success: set[int] = set()
         n = len(graph)
-        self.outcomes: list[TaskOutcome | None] = [None] * n
         self.results: list[Any] = [None] * n
         self.q: SimpleQueue = SimpleQueue()
         self.stopping = False
         self.interrupted = False
         self.abandoned = False
+        # compact per-task records; TaskOutcome objects are built on demand
         self._state = [PENDING] * n
+        self._status: list[str | None] = [None] * n
+        self._reason: list[str | None] = [None] * n
+        self._error: list[BaseException | str | None] = [None] * n
+        self._attempts = [0] * n
+        self._t0: list[float | None] = [None] * n
+        self._t1: list[float | None] = [None] * n
+        self._worker: list[str | None] = [None] * n
+        self._cache: list[TaskOutcome | None] = [None] * n
         self._remaining = [len(v.deps) for v in graph.vertices]
-        self._first_start: list[float | None] = [None] * n
         self._last_error: list[BaseException | None] = [None] * n
         self._ready: list[tuple[int, int, int, int | None]] = []
         self._timers: list[tuple[float, int, int, int, int | None]] = []
@@ -176,7 +225,34 @@ class Run:
         return self.clock.time()
 
     def outcome(self, name: str) -> TaskOutcome | None:
-        return self.outcomes[self.graph.by_name[name]]
+        """The outcome of task ``name`` if it has ended, else None."""
+        i = self.graph.by_name[name]
+        return self.outcome_at(i) if self._status[i] is not None else None
+
+    def outcome_at(self, i: int) -> TaskOutcome:
+        out = self._cache[i]
+        if out is None:
+            status = self._status[i]
+            if status is None:
+                raise KeyError(self.graph.vertices[i].name)
+            if status == SKIPPED:
+                out = _SKIP_UPSTREAM if self._reason[i] == "upstream" else \
+                    _SKIP_STOPPED if self._reason[i] == "stopped" else \
+                    TaskOutcome(SKIPPED, reason=self._reason[i])  # type: ignore[arg-type]
+            else:
+                err = self._error[i]
+                t0, t1 = self._t0[i], self._t1[i]
+                off = self._offset
+                out = TaskOutcome(
+                    status, self.results[i] if status in _OK else None,  # type: ignore[arg-type]
+                    None if err is None else err if isinstance(err, str) else format_error(err),
+                    self._attempts[i], None if t0 is None else t0 + off,
+                    None if t1 is None else t1 + off,
+                    0.0 if t0 is None or t1 is None else t1 - t0,
+                    exception=err if isinstance(err, BaseException) else None,
+                    worker=self._worker[i])
+            self._cache[i] = out
+        return out
 
     # -- setup
     def _setup(self) -> None:
@@ -193,19 +269,20 @@ class Run:
         self._has_restore = has(hook.flowdeco_task_restore)
         self._has_delay = has(hook.flowdeco_task_delay)
         self._has_attempt_done = has(hook.flowdeco_attempt_done)
+        self._watched = self.on_success if self._has_attempt_done else frozenset()
         wrap = has(hook.flowdeco_task_wrap)
         calls: list[Callable[[dict], Any] | None] = []
         for v in self.graph.vertices:
-            if v.kind is not TASK:
-                calls.append(None)
-                continue
-            call: Callable[[dict], Any] = partial(_invoke, v.fn)
-            if wrap:
-                for deco in hook.flowdeco_task_wrap(run=self, task=v)[::-1]:
-                    if deco is not None:
-                        call = deco(call)
+            call = None
+            if v.kind is TASK and (wrap or not self.local):
+                call = partial(_invoke, v.fn)
+                if wrap:
+                    for deco in hook.flowdeco_task_wrap(run=self, task=v)[::-1]:
+                        if deco is not None:
+                            call = deco(call)
             calls.append(call)
         self._calls = calls
+        self._fns = [v.fn for v in self.graph.vertices]
         self._inline = (self.local and not self.sync and self.inline_successors
                         and not self._has_restore and not self._has_delay)
         self._chain_next = self._chains() if self._inline else []
@@ -215,13 +292,12 @@ class Run:
     def _chains(self) -> list[int | None]:
         g = self.graph
         out: list[int | None] = []
-        watched = self.on_success if self._has_attempt_done else ()
         for v in g.vertices:
             best = None
-            if v.index not in watched:
+            if v.index not in self._watched:
                 for s in g.succs[v.index]:
                     w = g.vertices[s]
-                    if w.kind is TASK and w.deps == (v.index,) and (
+                    if w.kind is TASK and len(w.deps) == 1 and (
                             best is None or w.priority > g.vertices[best].priority):
                         best = s
             out.append(best)
@@ -248,11 +324,11 @@ class Run:
         restore = self._install_signals()
         try:
             try:
-                roots = [i for i in range(len(self.graph)) if self._remaining[i] == 0]
-                for i in roots:
-                    out = self._make_ready(i)
-                    if out is not None:
-                        self._complete(i, out)
+                for i in range(len(self.graph)):
+                    if self._remaining[i] == 0 and self._state[i] == PENDING:
+                        done = self._make_ready(i)
+                        if done is not None:
+                            self._finish(*done)
                 if self._has_flush:
                     self.hook.flowdeco_report_flush(run=self)
                 self._loop()
@@ -266,11 +342,9 @@ class Run:
                 self.executor.shutdown(wait=not self.abandoned, cancel_futures=True)
         finished = self.clock.monotonic()
         status = INTERRUPTED if self.interrupted else (
-            FAILED if any(o is not None and o.status == FAILED for o in self.outcomes)
-            or (self.stopping and not self.interrupted) else SUCCEEDED)
-        names = [v.name for v in self.graph.vertices]
+            FAILED if self.stopping or FAILED in self._status else SUCCEEDED)
         result = RunResult(run_id=self.run_id, status=status,
-                           outcomes=dict(zip(names, self.outcomes)),  # type: ignore[arg-type]
+                           outcomes=Outcomes(self.graph.names, self.outcome_at),
                            started=self.started + self._offset, finished=finished + self._offset,
                            duration=finished - self.started, flow=self.graph.name)
         if self.reporting:
@@ -285,10 +359,12 @@ class Run:
     def _loop(self) -> None:
         q = self.q
         get = q.get
+        empty = q.empty
         clock = self.clock
         handle = self._handle
+        dispatch = self._dispatch_sync if self.sync else self._dispatch
         while True:
-            self._dispatch()
+            dispatch()
             if self.abandoned:
                 return
             if self._inflight == 0 and (self.stopping or (not self._ready and not self._timers)):
@@ -302,12 +378,8 @@ class Run:
                 self._release_timers()
                 continue
             handle(msg)
-            while True:
-                try:
-                    msg = get(False)
-                except Empty:
-                    break
-                handle(msg)
+            while not empty():
+                handle(get())
             if self._timers:
                 self._release_timers()
             if self._has_flush:
@@ -345,33 +417,65 @@ class Run:
             self._start(i, attempt, iteration)
         self._top_waiting = -ready[0][0] if ready else _NEG_INF
 
-    def _kwargs(self, v: Vertex, attempt: int, iteration: int | None) -> dict:
+    def _dispatch_sync(self) -> None:
+        """The ``sync`` executor: run ready tasks one by one on this thread."""
+        ready = self._ready
+        vertices = self.graph.vertices
+        results = self.results
+        mono = self.clock.monotonic
+        empty = self.q.empty
+        get = self.q.get
+        while ready and not self.stopping:
+            _, i, attempt, iteration = heapq.heappop(ready)
+            v = vertices[i]
+            kw = dict(v.consts) if v.consts else {}
+            for p, d in v.args:
+                kw[p] = results[d]
+            if v.wants_ctx:
+                kw["ctx"] = self._context(v, attempt, iteration)
+            self._state[i] = RUNNING
+            if self.reporting:
+                self._report_started(v.name, attempt, iteration)
+            call = self._calls[i]
+            self._sync_busy = True
+            t0 = mono()
+            try:
+                result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
+            except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                result, err = None, exc
+            t1 = mono()
+            self._sync_busy = False
+            while not empty():  # log records and signals that arrived during the task
+                self._handle(get())
+            self._inflight += 1
+            self._on_done(i, attempt, iteration, result, err, t0, t1, "sync", None)
+            if self._has_flush:
+                self.hook.flowdeco_report_flush(run=self)
+
+    def _report_started(self, name: str, attempt: int, iteration: int | None,
+                        mono: float | None = None) -> None:
+        f: dict[str, Any] = {"attempt": attempt}
+        if iteration is not None:
+            f["iteration"] = iteration
+        self._report("task_started", name, f, mono)
+
+    def _context(self, v: Vertex, attempt: int, iteration: int | None) -> Context:
+        return Context(self.run_id, v.name, attempt, iteration, self.params,
+                       self._log_sink if self.local else None, _Upstream(self, v.deps))
+
+    def _start(self, i: int, attempt: int, iteration: int | None) -> None:
+        v = self.graph.vertices[i]
         kw = dict(v.consts) if v.consts else {}
         results = self.results
         for p, d in v.args:
             kw[p] = results[d]
         if v.wants_ctx:
             kw["ctx"] = self._context(v, attempt, iteration)
-        return kw
-
-    def _context(self, v: Vertex, attempt: int, iteration: int | None) -> Context:
-        upstream = {self.graph.vertices[d].name: self.outcomes[d] for d in v.deps}
-        return Context(self.run_id, v.name, attempt, iteration, self.params,
-                       self._log_sink if self.local else None, upstream)
-
-    def _start(self, i: int, attempt: int, iteration: int | None) -> None:
-        v = self.graph.vertices[i]
-        kw = self._kwargs(v, attempt, iteration)
         self._state[i] = RUNNING
         self._inflight += 1
         if self.reporting:
-            f = {"attempt": attempt}
-            if iteration is not None:
-                f["iteration"] = iteration
-            self._report("task_started", v.name, f)
-        if self.sync:
-            self._run_sync(i, kw, attempt, iteration)
-        elif self.local:
+            self._report_started(v.name, attempt, iteration)
+        if self.local:
             self.executor.submit(self._work, i, kw, attempt, iteration)
         else:
             fut = self.executor.submit(_call_remote, self._calls[i], kw)
@@ -383,11 +487,13 @@ class Run:
         try:
             mono = self.clock.monotonic
             calls = self._calls
+            fns = self._fns
             worker = threading.current_thread().name
             while True:
+                call = calls[i]
                 t0 = mono()
                 try:
-                    result, err = calls[i](kw), None  # type: ignore[misc]
+                    result, err = (fns[i](**kw) if call is None else call(kw)), None  # type: ignore[misc]
                 except BaseException as exc:  # noqa: BLE001 - a task may raise anything
                     result, err = None, exc
                 t1 = mono()
@@ -405,8 +511,7 @@ class Run:
                 for p, _ in v.args:
                     kw[p] = result
                 if v.wants_ctx:
-                    kw["ctx"] = Context(self.run_id, v.name, 1, iteration, self.params,
-                                        self._log_sink, {})
+                    kw["ctx"] = self._context(v, 1, iteration)
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
             put((_CRASH, exc))
 
@@ -422,28 +527,6 @@ class Run:
             put((_LOG, name, level, attempt, iteration, event, fields, t1))
         put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, None))
 
-    def _run_sync(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
-        mono = self.clock.monotonic
-        t0 = mono()
-        self._sync_busy = True
-        try:
-            result, err = self._calls[i](kw), None  # type: ignore[misc]
-        except BaseException as exc:  # noqa: BLE001
-            result, err = None, exc
-        finally:
-            self._sync_busy = False
-        t1 = mono()
-        get = self.q.get
-        while True:  # log records and signals that arrived during the task
-            try:
-                msg = get(False)
-            except Empty:
-                break
-            self._handle(msg)
-        self._on_done(i, attempt, iteration, result, err, t0, t1, "sync", None)
-        if self._has_flush:
-            self.hook.flowdeco_report_flush(run=self)
-
     # -- completion
     def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,
                  err: BaseException | None, t0: float, t1: float, worker: str | None,
@@ -452,23 +535,32 @@ class Run:
             self._inflight -= 1
         else:
             self._state[nxt] = RUNNING
-            self._first_start[nxt] = t1
-        if self._first_start[i] is None:
-            self._first_start[i] = t0
-        if err is None and not (self._has_attempt_done and i in self.on_success):
-            self._complete(i, self._outcome(i, SUCCEEDED, result, None, attempt, t1, worker))
+            self._t0[nxt] = t1
+        if self._t0[i] is None:
+            self._t0[i] = t0
+        if err is None and i not in self._watched:
+            # the common case, kept flat: success, release successors
+            self.results[i] = result
+            self._status[i] = SUCCEEDED
+            self._state[i] = DONE
+            self._attempts[i] = attempt
+            self._t1[i] = t1
+            self._worker[i] = worker
+            if self.reporting:
+                self._report_outcome(i)
+            remaining = self._remaining
+            state = self._state
+            for s in self.graph.succs[i]:
+                r = remaining[s] - 1
+                remaining[s] = r
+                if r == 0 and state[s] == PENDING:
+                    done = self._make_ready(s)
+                    if done is not None:
+                        self._finish(*done)
         else:
             self._decide(i, attempt, iteration, result, err, t0, t1, worker)
         if nxt is not None and self.reporting:
-            self._report("task_started", self.graph.vertices[nxt].name, {"attempt": 1}, t1)
-
-    def _outcome(self, i: int, status: str, result: Any, err: BaseException | None,
-                 attempts: int, t1: float, worker: str | None) -> TaskOutcome:
-        start = self._first_start[i]
-        assert start is not None
-        return TaskOutcome(status, result, None if err is None else format_error(err), attempts,
-                           start + self._offset, t1 + self._offset, t1 - start,
-                           exception=err, worker=worker)
+            self._report_started(self.graph.vertices[nxt].name, 1, self._first_iteration[nxt], t1)
 
     def _decide(self, i: int, attempt: int, iteration: int | None, result: Any,
                 err: BaseException | None, t0: float, t1: float, worker: str | None) -> None:
@@ -484,13 +576,14 @@ class Run:
             next_iter = decision.iteration if decision.iteration is not None else iteration
             delay = max(float(decision.delay), 0.0)
             self._last_error[i] = err
+            self._attempts[i] = attempt
             if err is not None and self.reporting:
                 self._report("task_retrying", self.graph.vertices[i].name,
                              {"attempt": attempt, "delay": delay, "error": format_error(err),
                               **decision.fields}, t1)
             if self.stopping:
-                self._complete(i, self._outcome(i, INTERRUPTED if self.interrupted else FAILED,
-                                                None, err, attempt, t1, worker))
+                self._finish(i, INTERRUPTED if self.interrupted else FAILED, None, err,
+                             attempt, t1, worker)
                 return
             self._state[i] = WAITING
             self._push_timer(self.clock.monotonic() + delay, i, next_attempt, next_iter)
@@ -500,8 +593,45 @@ class Run:
         elif decision is not None:
             raise InternalError(f"flowdeco_attempt_done returned {decision!r}; expected "
                                 "Reschedule, Finish or None")
-        status = SUCCEEDED if err is None else FAILED
-        self._complete(i, self._outcome(i, status, result, err, attempt, t1, worker))
+        self._finish(i, SUCCEEDED if err is None else FAILED, result, err, attempt, t1, worker)
+
+    def _finish(self, i: int, status: str, result: Any, err: BaseException | str | None,
+                attempts: int, t1: float | None, worker: str | None = None,
+                reason: str | None = None) -> None:
+        """Record how task ``i`` ended and release or skip its successors (iteratively)."""
+        todo = [(i, status, result, err, attempts, t1, worker, reason)]
+        state = self._state
+        remaining = self._remaining
+        succs = self.graph.succs
+        vertices = self.graph.vertices
+        while todo:
+            i, status, result, err, attempts, t1, worker, reason = todo.pop()
+            state[i] = DONE
+            self._status[i] = status
+            self._error[i] = err
+            self._attempts[i] = attempts
+            self._t1[i] = t1
+            self._worker[i] = worker
+            self._reason[i] = reason
+            ok = status in _OK
+            if ok:
+                self.results[i] = result
+            elif status == FAILED and self.stop_on_error and not self.stopping:
+                self._stop(interrupted=False)
+            if self.reporting:
+                self._report_outcome(i)
+            for s in succs[i]:
+                remaining[s] -= 1
+                if state[s] != PENDING:
+                    continue
+                if not ok and vertices[s].kind is TASK:
+                    state[s] = DONE
+                    todo.append((s, SKIPPED, None, None, 0, None, None, "upstream"))
+                elif remaining[s] == 0:
+                    done = self._make_ready(s)
+                    if done is not None:
+                        state[s] = DONE
+                        todo.append(done)
 
     def _push_timer(self, deadline: float, i: int, attempt: int, iteration: int | None) -> None:
         self._timer_seq += 1
@@ -515,17 +645,21 @@ class Run:
             self._state[i] = READY
             heapq.heappush(self._ready, (-self._prio[i], i, attempt, iteration))
 
-    def _make_ready(self, i: int) -> TaskOutcome | None:
-        """Dependencies are done: return an outcome to complete ``i`` now, or queue it."""
+    def _make_ready(self, i: int) -> tuple | None:
+        """Dependencies are done: queue ``i``, or return how it ends right away.
+
+        Called from the scheduler's completion paths; a returned tuple is
+        completed by the caller (restored tasks, sub-flow nodes).
+        """
         v = self.graph.vertices[i]
         if v.kind is SUBFLOW:
-            return self._subflow_outcome(v)
+            return self._subflow_end(v)
         if self._has_restore:
             restored = self.hook.flowdeco_task_restore(run=self, task=v)
             if restored is not None:
-                now = self.clock.monotonic() + self._offset
-                out = TaskOutcome(RESTORED, restored.result, None, restored.attempts, now, now, 0.0)
-                return out
+                now = self.clock.monotonic()
+                self._t0[i] = now
+                return (i, RESTORED, restored.result, None, restored.attempts, now, None, None)
         if self._has_delay:
             delay = self.hook.flowdeco_task_delay(run=self, task=v)
             if delay:
@@ -537,71 +671,40 @@ class Run:
         heapq.heappush(self._ready, (-v.priority, i, 1, self._first_iteration[i]))
         return None
 
-    def _subflow_outcome(self, v: Vertex) -> TaskOutcome:
-        outs = [self.outcomes[m] for m in v.members]
-        failed = [self.graph.vertices[m].name for m, o in zip(v.members, outs)
-                  if o is not None and o.status == FAILED]
-        now = self.clock.monotonic() + self._offset
-        starts = [o.started for o in outs if o is not None and o.started is not None]
-        start = min(starts) if starts else now
+    def _subflow_end(self, v: Vertex) -> tuple:
+        status = self._status
+        failed = [self.graph.vertices[m].name for m in v.members if status[m] == FAILED]
+        now = self.clock.monotonic()
+        starts = [t for m in v.members if (t := self._t0[m]) is not None]
+        self._t0[v.index] = min(starts) if starts else now
         if failed:
             err = f"SubflowFailed: {len(failed)} inner task(s) failed: {', '.join(failed)}"
-            return TaskOutcome(FAILED, None, err, 1, start, now, now - start)
-        if any(o is None or o.status == INTERRUPTED for o in outs):
-            return TaskOutcome(INTERRUPTED, None, None, 0, start, now, now - start)
-        if any(o.status == SKIPPED for o in outs if o is not None) and self.stopping:  # type: ignore[union-attr]
-            return _SKIP_STOPPED
+            return (v.index, FAILED, None, err, 1, now, None, None)
+        if any(status[m] is None or status[m] == INTERRUPTED for m in v.members):
+            return (v.index, INTERRUPTED, None, None, 0, now, None, None)
+        if self.stopping and any(status[m] == SKIPPED for m in v.members):
+            return (v.index, SKIPPED, None, None, 0, None, None, "stopped")
         if len(v.sinks) == 1:
             result = self.results[v.sinks[0][1]]
         else:
             result = {name: self.results[m] for name, m in v.sinks}
-        return TaskOutcome(SUCCEEDED, result, None, 1, start, now, now - start)
+        return (v.index, SUCCEEDED, result, None, 1, now, None, None)
 
-    def _complete(self, i: int, outcome: TaskOutcome) -> None:
-        """Record ``outcome`` for ``i`` and release or skip its successors (iteratively)."""
-        todo = [(i, outcome)]
-        state = self._state
-        remaining = self._remaining
-        succs = self.graph.succs
-        vertices = self.graph.vertices
-        while todo:
-            i, out = todo.pop()
-            self.outcomes[i] = out
-            state[i] = DONE
-            ok = out.status in _OK
-            if ok:
-                self.results[i] = out.result
-            elif out.status == FAILED and self.stop_on_error and not self.stopping:
-                self._stop(interrupted=False)
-            if self.reporting:
-                self._report_outcome(i, out)
-            for s in succs[i]:
-                remaining[s] -= 1
-                if state[s] != PENDING:
-                    continue
-                if not ok and vertices[s].kind is TASK:
-                    state[s] = DONE
-                    todo.append((s, _SKIP_UPSTREAM))
-                elif remaining[s] == 0:
-                    done = self._make_ready(s)
-                    if done is not None:
-                        state[s] = DONE
-                        todo.append((s, done))
-
-    def _report_outcome(self, i: int, out: TaskOutcome) -> None:
+    def _report_outcome(self, i: int) -> None:
+        out = self.outcome_at(i)
         name = self.graph.vertices[i].name
         status = out.status
         if status == SUCCEEDED:
-            self._report("task_succeeded", name, {"attempts": out.attempts,
-                                                  "duration": round(out.duration, 6)},
-                         None, out)
+            fields: dict[str, Any] = {"attempts": out.attempts, "duration": round(out.duration, 6)}
+            self._report("task_succeeded", name, fields, self._t1[i], out)
         elif status == FAILED:
-            fields: dict[str, Any] = {"attempts": out.attempts, "error": out.error}
-            if out.exception is not None and out.exception.__traceback__ is not None:
-                fields["traceback"] = "".join(traceback.format_exception(out.exception))
-            elif out.exception is not None and hasattr(out.exception, "remote_traceback"):
-                fields["traceback"] = out.exception.remote_traceback  # type: ignore[attr-defined]
-            self._report("task_failed", name, fields, None, out)
+            fields = {"attempts": out.attempts, "error": out.error}
+            exc = out.exception
+            if exc is not None and exc.__traceback__ is not None:
+                fields["traceback"] = "".join(traceback.format_exception(exc))
+            elif exc is not None and hasattr(exc, "remote_traceback"):
+                fields["traceback"] = exc.remote_traceback  # type: ignore[attr-defined]
+            self._report("task_failed", name, fields, self._t1[i], out)
         elif status == SKIPPED:
             self._report("task_skipped", name, {"reason": out.reason}, None, out)
         elif status == RESTORED:
@@ -618,50 +721,62 @@ class Run:
         now = self.clock.monotonic()
         for _, _, i, attempt, _ in sorted(timers):
             err = self._last_error[i]
-            if err is None or self._first_start[i] is None:
-                self._complete(i, _SKIP_STOPPED)
+            if err is None or self._t0[i] is None:
+                self._finish(i, SKIPPED, None, None, 0, None, None, "stopped")
             else:
-                self._complete(i, self._outcome(
-                    i, INTERRUPTED if interrupted else FAILED, None, err, attempt - 1, now, None))
+                self._finish(i, INTERRUPTED if interrupted else FAILED, None, err,
+                             self._attempts[i], now)
 
     def _finalize(self) -> None:
         """Give every task an outcome: in-flight ones interrupted, the rest skipped."""
         now = self.clock.monotonic()
         for i in self.graph.order:
-            if self.outcomes[i] is not None:
+            if self._status[i] is not None:
                 continue
             v = self.graph.vertices[i]
             state = self._state[i]
             if v.kind is SUBFLOW:
-                out = self._subflow_outcome(v)
+                done = self._subflow_end(v)
             elif state == RUNNING:
-                start = self._first_start[i] if self._first_start[i] is not None else now
-                self._first_start[i] = start
-                out = self._outcome(i, INTERRUPTED, None, None, 1, now, None)
+                if self._t0[i] is None:
+                    self._t0[i] = now
+                done = (i, INTERRUPTED, None, None, max(self._attempts[i], 1), now, None, None)
             elif self.stopping:
-                out = _SKIP_STOPPED
+                done = (i, SKIPPED, None, None, 0, None, None, "stopped")
             else:
                 raise InternalError(f"task {v.name!r} was never scheduled (state {state})")
-            self.outcomes[i] = out
+            _, status, result, err, attempts, t1, worker, reason = done
+            self._state[i] = DONE
+            self._status[i] = status
+            self._error[i] = err
+            self._attempts[i] = attempts
+            self._t1[i] = t1
+            self._reason[i] = reason
+            if status in _OK:
+                self.results[i] = result
             if self.reporting:
-                self._report_outcome(i, out)
+                self._report_outcome(i)
 
     # -- signals
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
+
+        received = [0]
+
         def handler(signum: int, frame: Any) -> None:
-            if self._signals >= 1 and self._sync_busy:
-                raise KeyboardInterrupt
+            received[0] += 1
+            if received[0] >= 2 and self._sync_busy:
+                raise KeyboardInterrupt  # stop waiting for a task running on this thread
             self.q.put((_SIGNAL, signum))
-            if self._sync_busy:
-                self._signals_pending = True
+
         old = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 old[sig] = signal.signal(sig, handler)
             except (ValueError, OSError):
                 pass
+
         def restore() -> None:
             for sig, h in old.items():
                 signal.signal(sig, h)
@@ -725,7 +840,7 @@ class Session:
         for v in graph.vertices:
             if v.spec is None:
                 continue
-            for opt in v.spec.used_options():
+            for opt in v.spec.uses:
                 if opt not in claimed:
                     raise CollectionError(
                         f"task {v.name!r} sets {opt}= but no active plugin handles it "

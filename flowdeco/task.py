@@ -65,12 +65,12 @@ class TaskSpec:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     params: tuple[Param, ...] = ()
     owner: "Flow | None" = None
+    #: names of the plugin-implemented options this task sets (computed once)
+    uses: tuple[str, ...] = attrs.field(init=False)
 
-    def used_options(self) -> dict[str, Any]:
-        """The options this task sets to something other than their default."""
-        used = {k: getattr(self, k) for k in _PLUGIN_OPTIONS if getattr(self, k) is not None}
-        used.update(self.options)
-        return used
+    def __attrs_post_init__(self) -> None:
+        uses = tuple(k for k in _PLUGIN_OPTIONS if getattr(self, k) is not None)
+        object.__setattr__(self, "uses", uses + tuple(self.options))
 
     @property
     def source_name(self) -> str:
