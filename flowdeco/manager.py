@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import threading
 from typing import Any, Iterable
 
 import pluggy
@@ -106,3 +107,55 @@ def _load_named(pm: pluggy.PluginManager, name: str, eps: Iterable[Any]) -> None
             "not an installed flowdeco plugin, and no module of that name"
             + (f"; did you mean {hint[0]!r}?" if hint else "")) from None
     pm.register(module, name)
+
+
+# --------------------------------------------------------------------------- reuse
+#
+# Building a plugin manager (hookspec and hookimpl introspection) costs more
+# than running a small flow, so a run started from Python borrows an idle
+# manager configured the same way.  A manager goes back to the pool only when
+# unconfigure left exactly the plugins it started with, so state registered
+# for one run never leaks into the next.
+
+_POOL: dict[tuple, list["Lease"]] = {}
+_POOL_LOCK = threading.Lock()
+_POOL_MAX = 4
+
+
+class Lease:
+    """A plugin manager and its declared options, borrowed for one session."""
+
+    def __init__(self, pm: pluggy.PluginManager, parser: Any, key: tuple | None):
+        self.pm = pm
+        self.parser = parser
+        self.key = key
+        self.base = {id(p) for p in pm.get_plugins()}
+
+
+def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> Lease:
+    """A configured plugin manager: from the pool when possible, else new."""
+    from .config import Parser
+
+    plugins = tuple(plugins)
+    disable = tuple(disable)
+    key = None
+    if all(isinstance(p, str) for p in plugins):
+        key = (plugins, tuple(sorted(set(disable))))
+        with _POOL_LOCK:
+            idle = _POOL.get(key)
+            if idle:
+                return idle.pop()
+    pm = make_pluginmanager(plugins, disable)
+    parser = Parser()
+    pm.hook.flowdeco_addoption(parser=parser)
+    return Lease(pm, parser, key)
+
+
+def release(lease: Lease) -> None:
+    """Give a manager back after its session ended (dropped if plugins changed)."""
+    if lease.key is None or {id(p) for p in lease.pm.get_plugins()} != lease.base:
+        return
+    with _POOL_LOCK:
+        idle = _POOL.setdefault(lease.key, [])
+        if len(idle) < _POOL_MAX:
+            idle.append(lease)

@@ -45,7 +45,7 @@ from .context import Context
 from .errors import CollectionError, FlowError, UsageError
 from .executors import SyncExecutor, default_workers
 from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph
-from .manager import make_pluginmanager
+from .manager import Lease, acquire, release
 from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Event,
                       Finish, Reschedule, RunResult, TaskOutcome, format_error)
 from .select import compile_expression
@@ -83,6 +83,18 @@ def new_run_id(clock: Clock) -> str:
     """A sortable, unique id: ``20261127-033931-5f3a9c``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(clock.time()))
     return f"{stamp}-{secrets.token_hex(3)}"
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The exception's traceback without the engine's own frames (runner, wrappers' glue)."""
+    tb = exc.__traceback__
+    while tb is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == _HERE \
+            and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _invoke(fn: Callable[..., Any], kwargs: dict) -> Any:
@@ -701,7 +713,7 @@ class Run:
             fields = {"attempts": out.attempts, "error": out.error}
             exc = out.exception
             if exc is not None and exc.__traceback__ is not None:
-                fields["traceback"] = "".join(traceback.format_exception(exc))
+                fields["traceback"] = format_traceback(exc)
             elif exc is not None and hasattr(exc, "remote_traceback"):
                 fields["traceback"] = exc.remote_traceback  # type: ignore[attr-defined]
             self._report("task_failed", name, fields, self._t1[i], out)
@@ -789,31 +801,48 @@ class Run:
 class Session:
     """One invocation: plugin manager, configuration, collection, run, teardown."""
 
-    def __init__(self, config: Config, params: Mapping[str, Any]):
+    def __init__(self, config: Config, params: Mapping[str, Any], lease: Lease | None = None):
         self.config = config
         self.params = dict(params)
+        self._lease = lease
 
     @classmethod
     def start(cls, *, plugins: Iterable[Any] = (), disable: Iterable[str] = (),
               options: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
               clock: Clock | None = None, from_cli: bool = False,
               parser: Parser | None = None, pm: Any = None) -> "Session":
+        lease = None
         if pm is None:
-            pm = make_pluginmanager(plugins, disable)
+            lease = acquire(plugins, disable)
+            pm, parser = lease.pm, lease.parser
         if parser is None:
             parser = Parser()
             pm.hook.flowdeco_addoption(parser=parser)
-        values = merge_options(parser, options or {})
-        config = Config(pm, parser, values, clock=clock, from_cli=from_cli)
-        all_params = parse_params(values.get("param") or ())
-        all_params.update(params or {})
-        session = cls(config, all_params)
+        try:
+            values = merge_options(parser, options or {})
+            config = Config(pm, parser, values, clock=clock, from_cli=from_cli)
+            all_params = parse_params(values.get("param") or ())
+            all_params.update(params or {})
+        except BaseException:
+            if lease is not None:
+                release(lease)
+            raise
+        session = cls(config, all_params, lease)
         config.params = session.params  # type: ignore[attr-defined]
-        pm.hook.flowdeco_configure(config=config)
+        try:
+            pm.hook.flowdeco_configure(config=config)
+        except BaseException:
+            session.close()
+            raise
         return session
 
     def close(self) -> None:
-        self.config.hook.flowdeco_unconfigure(config=self.config)
+        try:
+            self.config.hook.flowdeco_unconfigure(config=self.config)
+        finally:
+            if self._lease is not None:
+                release(self._lease)
+                self._lease = None
 
     def collect(self, target: Any) -> Graph:
         """Resolve the target, build and validate the graph, apply ``-k``."""

@@ -1,0 +1,491 @@
+#!/usr/bin/env python
+"""Scheduling overhead of flowdeco against two baselines, on no-op task graphs.
+
+Usage::
+
+    python benchmarks/overhead.py            # full run (a few minutes)
+    python benchmarks/overhead.py --quick    # smoke run (well under a minute)
+    python benchmarks/overhead.py --json out.json
+
+Every measurement of a graph runs in a fresh interpreter (this script calls
+itself with ``--cell GRAPH METHOD``) and prints one JSON line; the parent
+takes the median over the repetitions.  See ``benchmarks/README.md`` for what
+each column means and the targets checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from graphlib import TopologicalSorter
+from time import perf_counter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# --------------------------------------------------------------------------- task generation
+
+
+def _t0():
+    return 1
+
+
+def _t1(a):
+    return a + 1
+
+
+def _t2(a, b):
+    return a + b + 1
+
+
+def _t3(a, b, c):
+    return a + b + c + 1
+
+
+def _tsleep():
+    time.sleep(0.01)
+    return 1
+
+
+_TEMPLATES = (_t0, _t1, _t2, _t3)
+
+
+def make_fn(name: str, params: tuple[str, ...]):
+    """A distinct plain function ``name(*params)`` computing a small value from its inputs."""
+    tpl = _TEMPLATES[len(params)]
+    code = tpl.__code__.replace(co_varnames=tuple(params), co_name=name, co_qualname=name) \
+        if sys.version_info >= (3, 11) else \
+        tpl.__code__.replace(co_varnames=tuple(params), co_name=name)
+    return types.FunctionType(code, {}, name)
+
+
+# A graph spec is a list of (name, params, after) in a topological order:
+# ``params`` are data parents (passed by keyword), ``after`` ordering-only parents.
+
+def spec_chain(n: int) -> list:
+    out = [("c0", (), ())]
+    for i in range(1, n):
+        out.append((f"c{i}", (f"c{i - 1}",), ()))
+    return out
+
+
+def spec_fanout(n: int) -> list:
+    leaves = [f"leaf{i}" for i in range(n - 2)]
+    out = [("root", (), ())]
+    out.extend((leaf, ("root",), ()) for leaf in leaves)
+    out.append(("sink", (), tuple(leaves)))
+    return out
+
+
+def spec_layered(n: int, layers: int = 20, seed: int = 42) -> list:
+    rng = random.Random(seed)
+    width = n // layers
+    out = []
+    prev: list[str] = []
+    for layer in range(layers):
+        cur = [f"l{layer}_{j}" for j in range(width)]
+        for name in cur:
+            if layer == 0:
+                out.append((name, (), ()))
+            else:
+                k = rng.randint(1, 3)
+                out.append((name, tuple(rng.sample(prev, k)), ()))
+        prev = cur
+    return out
+
+
+GRAPHS = {
+    "chain-2k": lambda: spec_chain(2_000),
+    "fanout-10k": lambda: spec_fanout(10_000),
+    "layered-10k": lambda: spec_layered(10_000),
+    "layered-100k": lambda: spec_layered(100_000),
+}
+
+
+def build_tasks(spec: list) -> list:
+    """Decorated task functions for ``spec`` (plain functions + ``@task``)."""
+    from flowdeco import task
+    fns = []
+    for name, params, after in spec:
+        fn = make_fn(name, params)
+        fns.append(task(after=list(after))(fn) if after else task(fn))
+    return fns
+
+
+def plain_nodes(spec: list) -> list:
+    """(name, fn, params, deps) for the baselines (undecorated functions)."""
+    return [(name, make_fn(name, params), params, params + after) for name, params, after in spec]
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def bare_loop(order: list) -> dict:
+    """``order``: precomputed topological list of (name, fn, parent_names)."""
+    results: dict = {}
+    for name, fn, parents in order:
+        results[name] = fn(**{p: results[p] for p in parents})
+    return results
+
+
+def pool_scheduler(nodes: list, workers: int = 4) -> dict:
+    """graphlib.TopologicalSorter + ThreadPoolExecutor + wait(FIRST_COMPLETED)."""
+    info = {name: (fn, params) for name, fn, params, _ in nodes}  # the input, by name
+    ts: TopologicalSorter = TopologicalSorter()
+    for name, _fn, _params, deps in nodes:
+        ts.add(name, *deps)
+    ts.prepare()
+    results: dict = {}
+    pending: dict = {}
+    with ThreadPoolExecutor(workers) as ex:
+        submit = ex.submit
+
+        def submit_ready() -> None:
+            for name in ts.get_ready():
+                fn, params = info[name]
+                pending[submit(fn, **{p: results[p] for p in params})] = name
+
+        submit_ready()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                name = pending.pop(fut)
+                results[name] = fut.result()
+                ts.done(name)
+            submit_ready()
+    return results
+
+
+# --------------------------------------------------------------------------- one cell (child process)
+
+
+def _rss_now() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _check(spec: list, got, sample_all: bool) -> None:
+    """Compare results of a run with the bare loop's (outside any timing)."""
+    expected = bare_loop([(name, fn, params) for name, fn, params, _ in plain_nodes(spec)])
+    names = list(expected) if sample_all else list(expected)[:: max(1, len(expected) // 2000)] + [spec[-1][0]]
+    for name in names:
+        value = got(name)
+        if value != expected[name]:
+            raise AssertionError(f"wrong result for {name}: {value!r} != {expected[name]!r}")
+
+
+def run_cell(graph: str, method: str) -> dict:
+    spec = GRAPHS[graph]()
+    n = len(spec)
+    out: dict = {"graph": graph, "method": method, "n": n}
+    full_check = n <= 20_000
+    if method == "bare":
+        order = [(name, fn, params) for name, fn, params, _ in plain_nodes(spec)]
+        t0 = perf_counter()
+        res = bare_loop(order)
+        out["wall"] = perf_counter() - t0
+        _check(spec, res.__getitem__, full_check)
+    elif method == "pool":
+        nodes = plain_nodes(spec)
+        t0 = perf_counter()
+        res = pool_scheduler(nodes)
+        out["wall"] = perf_counter() - t0
+        _check(spec, res.__getitem__, full_check)
+    elif method in ("thread_run", "sync_run", "memory"):
+        from flowdeco import run
+        fns = build_tasks(spec)
+        executor = "sync" if method == "sync_run" else "thread"
+        if method == "memory":
+            gc.collect()
+            out["hwm_reset"] = _reset_peak_rss()
+            rss0 = _rss_now()
+        t0 = perf_counter()
+        result = run(fns, state_dir=None, executor=executor, workers=4)
+        out["wall"] = perf_counter() - t0
+        if method == "memory":
+            peak = _peak_rss()
+            out["rss_before"] = rss0
+            out["rss_peak"] = peak
+            out["bytes_per_task"] = (peak - rss0) / n
+        assert result.ok, result.status
+        _check(spec, lambda name: result.outcomes[name].result, full_check)
+    elif method in ("thread_split", "sync_split"):
+        from flowdeco.runner import Session
+        fns = build_tasks(spec)
+        executor = "sync" if method == "sync_split" else "thread"
+        t0 = perf_counter()
+        s = Session.start(options=dict(no_state=True, executor=executor, workers=4))
+        t1 = perf_counter()
+        g = s.collect(fns)
+        t2 = perf_counter()
+        result = s.execute(g)
+        t3 = perf_counter()
+        s.close()
+        t4 = perf_counter()
+        out.update(start=t1 - t0, collect=t2 - t1, execute=t3 - t2, close=t4 - t3, wall=t4 - t0)
+        assert result.ok, result.status
+        _check(spec, lambda name: result.outcomes[name].result, full_check)
+    else:
+        raise SystemExit(f"unknown method {method!r}")
+    return out
+
+
+def run_fixed(reps: int, warmup: int) -> dict:
+    """Fixed cost of a one-task run, thread and sync, in one process."""
+    from flowdeco import run, task
+    one = task(make_fn("one", ()))
+    out: dict = {}
+    for executor in ("thread", "sync"):
+        for _ in range(warmup):
+            run([one], state_dir=None, executor=executor)
+        times = []
+        for _ in range(reps):
+            t0 = perf_counter()
+            r = run([one], state_dir=None, executor=executor)
+            times.append(perf_counter() - t0)
+            assert r.ok
+        out[executor] = statistics.median(times)
+        out[executor + "_min"] = min(times)
+    return out
+
+
+def run_sleeps(reps: int) -> dict:
+    """200 independent 10 ms sleeps on 8 thread workers: wall time vs 250 ms."""
+    from flowdeco import run, task
+    fns = []
+    for i in range(200):
+        name = f"s{i}"
+        fns.append(task(types.FunctionType(_tsleep.__code__.replace(co_name=name), globals(), name)))
+    run(fns[:8], state_dir=None, executor="thread", workers=8)  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = perf_counter()
+        r = run(fns, state_dir=None, executor="thread", workers=8)
+        times.append(perf_counter() - t0)
+        assert r.ok
+    return {"wall": statistics.median(times), "min": min(times), "ideal": 200 / 8 * 0.010}
+
+
+# --------------------------------------------------------------------------- parent: orchestration
+
+METHODS = ("bare", "pool", "thread_run", "thread_split", "sync_run", "sync_split")
+
+
+def child(args: list[str]) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__)] + args
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"{' '.join(args)} printed no JSON:\n{proc.stdout}\n{proc.stderr}")
+
+
+def measure(quick: bool, log) -> dict:
+    plan: list[tuple[str, tuple[str, ...], int]] = []
+    if quick:
+        plan = [("chain-2k", METHODS, 1), ("fanout-10k", METHODS, 1), ("layered-10k", METHODS, 1)]
+    else:
+        plan = [("chain-2k", METHODS, 5), ("fanout-10k", METHODS, 5), ("layered-10k", METHODS, 5),
+                ("layered-100k", ("bare", "pool", "thread_run", "thread_split", "sync_run",
+                                  "memory"), 3)]
+    raw: dict = {"cells": {}, "quick": quick}
+    for graph, methods, reps in plan:
+        cells = {m: [] for m in methods}
+        t0 = perf_counter()
+        for _ in range(reps):  # interleave methods so drift hits all of them alike
+            for m in methods:
+                cells[m].append(child(["--cell", graph, m]))
+        raw["cells"][graph] = cells
+        log(f"  {graph}: {reps} x {len(methods)} processes in {perf_counter() - t0:.1f}s")
+    raw["fixed"] = child(["--fixed", "30" if quick else "200", "5" if quick else "20"])
+    log("  one-task fixed cost done")
+    raw["sleeps"] = child(["--sleeps", "2" if quick else "5"])
+    log("  sleeps done")
+    return raw
+
+
+def _med(cells: list[dict], key: str) -> float | None:
+    vals = [c[key] for c in cells if key in c]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(raw: dict) -> dict:
+    """Medians per cell, in µs per task."""
+    rows = {}
+    for graph, cells in raw["cells"].items():
+        n = next(iter(cells.values()))[0]["n"]
+        us = lambda s: None if s is None else s / n * 1e6  # noqa: E731
+        row = {"n": n, "reps": len(next(iter(cells.values())))}
+        if "bare" in cells:
+            row["bare"] = us(_med(cells["bare"], "wall"))
+        if "pool" in cells:
+            row["pool"] = us(_med(cells["pool"], "wall"))
+        for ex in ("thread", "sync"):
+            if ex + "_run" in cells:
+                row[ex + "_run"] = us(_med(cells[ex + "_run"], "wall"))
+            if ex + "_split" in cells:
+                row[ex + "_collect"] = us(_med(cells[ex + "_split"], "collect"))
+                row[ex + "_execute"] = us(_med(cells[ex + "_split"], "execute"))
+        if "memory" in cells:
+            row["mem_bytes_per_task"] = _med(cells["memory"], "bytes_per_task")
+            row["mem_thread_run"] = us(_med(cells["memory"], "wall"))
+        rows[graph] = row
+    return rows
+
+
+def targets(rows: dict, raw: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, limit, passed) rows."""
+    out: list = []
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    def add(name, value, limit, fmt="{:.2f}x"):
+        if value is None:
+            out.append((name, "n/a", f"<= {fmt.format(limit)}", None))
+        else:
+            out.append((name, fmt.format(value), f"<= {fmt.format(limit)}", value <= limit))
+
+    for g in ("fanout-10k", "layered-10k"):
+        r = rows.get(g, {})
+        add(f"{g}: thread run / pool scheduler", ratio(r.get("thread_run"), r.get("pool")), 2.0)
+    r = rows.get("chain-2k", {})
+    add("chain-2k: thread run / pool scheduler", ratio(r.get("thread_run"), r.get("pool")), 1.0)
+    for g in ("chain-2k", "fanout-10k", "layered-10k"):
+        r = rows.get(g, {})
+        add(f"{g}: sync run / bare loop", ratio(r.get("sync_run"), r.get("bare")), 3.0)
+        add(f"{g}: sync execute-only / bare loop", ratio(r.get("sync_execute"), r.get("bare")), 3.0)
+    if "layered-100k" in rows:
+        a, b = rows["layered-100k"], rows["layered-10k"]
+        add("layered thread run: per-task 100k / 10k", ratio(a.get("thread_run"), b.get("thread_run")), 2.5)
+        add("layered thread execute: per-task 100k / 10k",
+            ratio(a.get("thread_execute"), b.get("thread_execute")), 2.5)
+        mem = a.get("mem_bytes_per_task")
+        add("memory per task at 100k (peak RSS - RSS before run)", mem, 1024, "{:.0f} B")
+    fixed = raw.get("fixed", {})
+    add("one-task run, thread (median)", None if "thread" not in fixed else fixed["thread"] * 1e3,
+        1.0, "{:.3f} ms")
+    add("one-task run, sync (median)", None if "sync" not in fixed else fixed["sync"] * 1e3,
+        1.0, "{:.3f} ms")
+    sl = raw.get("sleeps", {})
+    add("200 x 10 ms sleeps, 8 workers: wall / 250 ms ideal",
+        None if "wall" not in sl else sl["wall"] / sl["ideal"], 1.05)
+    return out
+
+
+def render(rows: dict, tgt: list, raw: dict) -> str:
+    def f(v, d=1):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    lines = ["## Per-task overhead (µs per task, median)", ""]
+    cols = [("graph", None), ("tasks", "n"), ("reps", "reps"), ("bare loop", "bare"),
+            ("pool sched.", "pool"), ("thread run", "thread_run"),
+            ("thread collect", "thread_collect"), ("thread execute", "thread_execute"),
+            ("sync run", "sync_run"), ("sync collect", "sync_collect"),
+            ("sync execute", "sync_execute")]
+    lines.append("| " + " | ".join(c for c, _ in cols) + " |")
+    lines.append("|" + "|".join("---" if k is None else "---:" for _, k in cols) + "|")
+    for g, r in rows.items():
+        cells = [g]
+        for _, k in cols[1:]:
+            v = r.get(k)
+            cells.append(str(v) if k in ("n", "reps") else f(v, 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    fixed, sl = raw.get("fixed", {}), raw.get("sleeps", {})
+    lines += ["", "## Other measurements", ""]
+    if fixed:
+        lines.append(f"- one-task run fixed cost: thread {fixed['thread'] * 1e3:.3f} ms "
+                     f"(min {fixed['thread_min'] * 1e3:.3f}), sync {fixed['sync'] * 1e3:.3f} ms "
+                     f"(min {fixed['sync_min'] * 1e3:.3f})")
+    if sl:
+        lines.append(f"- 200 x 10 ms sleeps on 8 workers: {sl['wall'] * 1e3:.1f} ms "
+                     f"(min {sl['min'] * 1e3:.1f}) vs ideal {sl['ideal'] * 1e3:.0f} ms")
+    big = rows.get("layered-100k")
+    if big and big.get("mem_bytes_per_task") is not None:
+        mcell = raw["cells"]["layered-100k"]["memory"][0]
+        lines.append(f"- memory at 100k: {big['mem_bytes_per_task']:.0f} B/task "
+                     f"(RSS before run {mcell['rss_before'] / 2**20:.1f} MiB, peak "
+                     f"{mcell['rss_peak'] / 2**20:.1f} MiB"
+                     f"{'' if mcell.get('hwm_reset') else '; peak not reset, may include build'})")
+    lines += ["", "## Targets", "", "| target | measured | limit | result |", "|---|---:|---:|---|"]
+    for name, value, limit, ok in tgt:
+        lines.append(f"| {name} | {value} | {limit} | "
+                     f"{'n/a' if ok is None else 'PASS' if ok else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one repetition, no 100k graph")
+    ap.add_argument("--json", metavar="PATH", help="also write raw numbers and medians here")
+    ap.add_argument("--cell", nargs=2, metavar=("GRAPH", "METHOD"), help=argparse.SUPPRESS)
+    ap.add_argument("--fixed", nargs=2, type=int, metavar=("REPS", "WARMUP"), help=argparse.SUPPRESS)
+    ap.add_argument("--sleeps", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.cell:
+        print(json.dumps(run_cell(*args.cell)))
+        return 0
+    if args.fixed:
+        print(json.dumps(run_fixed(*args.fixed)))
+        return 0
+    if args.sleeps:
+        print(json.dumps(run_sleeps(args.sleeps)))
+        return 0
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    t0 = perf_counter()
+    log(f"flowdeco overhead benchmark ({'quick' if args.quick else 'full'}), "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    raw = measure(args.quick, log)
+    rows = summarize(raw)
+    tgt = targets(rows, raw)
+    print(render(rows, tgt, raw))
+    log(f"total {perf_counter() - t0:.0f}s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"raw": raw, "per_task_us": rows,
+                       "targets": [dict(target=a, measured=b, limit=c, passed=d)
+                                   for a, b, c, d in tgt]}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

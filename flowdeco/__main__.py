@@ -1,0 +1,8 @@
+"""``python -m flowdeco``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(int(main(prog="python -m flowdeco")))
