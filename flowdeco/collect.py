@@ -205,8 +205,13 @@ def _syntax_failure(what: str, exc: SyntaxError) -> str:
     return f"cannot import {what}: syntax error at {where}: {exc.msg}"
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 def _import_failure(what: str, exc: BaseException) -> str:
+    # point at the user's line (e.g. the decorator that was misused), not at our frames
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if "importlib" not in f.filename and not f.filename.endswith("collect.py")]
+              if "importlib" not in f.filename
+              and not os.path.abspath(f.filename).startswith(_PACKAGE_DIR + os.sep)]
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"importing {what} raised {type(exc).__name__}: {exc}{where}"

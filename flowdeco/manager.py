@@ -28,6 +28,9 @@ ESSENTIAL_PLUGINS: tuple[tuple[str, str], ...] = (
 #: built-in plugins, on by default, each blockable with ``-p no:NAME``
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("audit", "flowdeco.plugins.audit"),
+    ("retry", "flowdeco.plugins.retry"),
+    ("circuit", "flowdeco.plugins.circuit"),
+    ("timeout", "flowdeco.plugins.timeout"),
 )
 
 hookimpl = pluggy.HookimplMarker("flowdeco")
@@ -129,7 +132,12 @@ class Lease:
         self.pm = pm
         self.parser = parser
         self.key = key
-        self.base = {id(p) for p in pm.get_plugins()}
+        self.base = _registrations(pm)
+
+
+def _registrations(pm: pluggy.PluginManager) -> set[tuple[str, int]]:
+    """Names with their plugins (blocked names map to None), to spot leftovers of a session."""
+    return {(name, id(plugin)) for name, plugin in pm.list_name_plugin()}
 
 
 def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> Lease:
@@ -153,7 +161,7 @@ def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> Lease:
 
 def release(lease: Lease) -> None:
     """Give a manager back after its session ended (dropped if plugins changed)."""
-    if lease.key is None or {id(p) for p in lease.pm.get_plugins()} != lease.base:
+    if lease.key is None or _registrations(lease.pm) != lease.base:
         return
     with _POOL_LOCK:
         idle = _POOL.setdefault(lease.key, [])

@@ -17,7 +17,8 @@ The life of a task::
 Chains stay cheap: when a task succeeds on a thread worker and a successor
 depends on it alone, the same worker runs that successor right away instead
 of handing it back (a function call instead of two thread switches), unless a
-task of higher priority is waiting or a plugin turned this off
+task that would go first is waiting (higher priority, or equal priority and
+declared earlier) or a plugin turned this off
 (``run.inline_successors = False``, needed when a completion must be durable
 before dependents start).
 """
@@ -57,7 +58,7 @@ PENDING, WAITING, READY, RUNNING, DONE = range(5)
 # message kinds
 _DONE, _LOG, _EMIT, _SIGNAL, _CRASH = range(5)
 
-_NEG_INF = float("-inf")
+_NOTHING_WAITING = (float("inf"), 0)
 _OK = (SUCCEEDED, RESTORED)
 _SKIP_UPSTREAM = TaskOutcome(SKIPPED, reason="upstream")
 _SKIP_STOPPED = TaskOutcome(SKIPPED, reason="stopped")
@@ -223,7 +224,7 @@ class Run:
         self._inflight = 0
         self._signals = 0
         self._sync_busy = False
-        self._top_waiting = _NEG_INF
+        self._top_waiting: tuple[float, int] = _NOTHING_WAITING
         self._first_iteration = [1 if v.spec is not None and v.spec.every is not None else None
                                  for v in graph.vertices]
 
@@ -302,16 +303,22 @@ class Run:
         self._log_sink = self._sink if self.reporting else None
 
     def _chains(self) -> list[int | None]:
+        """For each task, the successor a worker may run right after it, or None.
+
+        Only a task that depends on nothing else qualifies, and only when no
+        other successor (which may become ready by the same completion) would
+        have to start first by the priority rule.
+        """
         g = self.graph
         out: list[int | None] = []
         for v in g.vertices:
             best = None
-            if v.index not in self._watched:
-                for s in g.succs[v.index]:
-                    w = g.vertices[s]
-                    if w.kind is TASK and len(w.deps) == 1 and (
-                            best is None or w.priority > g.vertices[best].priority):
-                        best = s
+            succs = g.succs[v.index]
+            if succs and v.index not in self._watched:
+                first = min(succs, key=lambda s: (-g.vertices[s].priority, s))
+                w = g.vertices[first]
+                if w.kind is TASK and len(w.deps) == 1:
+                    best = first
             out.append(best)
         return out
 
@@ -426,8 +433,13 @@ class Run:
         ready = self._ready
         while ready and self._inflight < self.workers and not self.stopping:
             _, i, attempt, iteration = heapq.heappop(ready)
+            # the heap key (-priority, index) of the best waiting task, read by workers
+            # deciding whether a chained successor may jump ahead (not on a tie with a
+            # task declared earlier: ties go in declaration order).  Set before the
+            # submit, so a task that ends at once already sees it.
+            self._top_waiting = ready[0][:2] if ready else _NOTHING_WAITING
             self._start(i, attempt, iteration)
-        self._top_waiting = -ready[0][0] if ready else _NEG_INF
+        self._top_waiting = ready[0][:2] if ready else _NOTHING_WAITING
 
     def _dispatch_sync(self) -> None:
         """The ``sync`` executor: run ready tasks one by one on this thread."""
@@ -512,7 +524,7 @@ class Run:
                 nxt = None
                 if err is None and self._inline and not self.stopping:
                     nxt = self._chain_next[i]
-                    if nxt is not None and self._prio[nxt] < self._top_waiting:
+                    if nxt is not None and (-self._prio[nxt], nxt) > self._top_waiting:
                         nxt = None
                 put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, nxt))
                 if nxt is None:
@@ -694,8 +706,11 @@ class Run:
             return (v.index, FAILED, None, err, 1, now, None, None)
         if any(status[m] is None or status[m] == INTERRUPTED for m in v.members):
             return (v.index, INTERRUPTED, None, None, 0, now, None, None)
-        if self.stopping and any(status[m] == SKIPPED for m in v.members):
-            return (v.index, SKIPPED, None, None, 0, None, None, "stopped")
+        skipped = [self._reason[m] for m in v.members if status[m] == SKIPPED]
+        if skipped:
+            # the node did not run as a whole: report why, like a skipped task
+            reason = "upstream" if "upstream" in skipped else skipped[0]
+            return (v.index, SKIPPED, None, None, 0, None, None, reason)
         if len(v.sinks) == 1:
             result = self.results[v.sinks[0][1]]
         else:

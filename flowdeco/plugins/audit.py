@@ -8,7 +8,7 @@ writes nothing.
 
 Console: ``--log-format console`` (the CLI's default) renders one line per
 finished task and every warning or error; ``--log-format json`` prints the
-same JSON objects; ``-q`` keeps warnings and errors only, ``-qq`` nothing.
+same JSON objects to stderr (without ``run_id``, which the summary shows); ``-q`` keeps warnings and errors only, ``-qq`` nothing.
 
 Both go through private structlog processor chains (structlog's global
 configuration belongs to the application).  Every :class:`~flowdeco.Secret`
@@ -58,10 +58,20 @@ def audit_path(state_dir: str | os.PathLike, run_id: str) -> Path:
     return Path(state_dir) / "runs" / run_id / "audit.jsonl"
 
 
+def make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and any missing parents, each readable by its owner only."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir(mode=0o700, exist_ok=True)
+
+
 def _open_private(path: Path) -> IO[str]:
-    for folder in reversed([path.parent, *path.parent.parents][:3]):
-        if not folder.exists():
-            folder.mkdir(mode=0o700, exist_ok=True)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 

@@ -1,0 +1,258 @@
+"""Timeout: an attempt that runs longer than its limit fails with :class:`TaskTimeout`.
+
+``@task(timeout=S)`` sets the limit of each attempt in seconds;
+``run(timeout=S)`` / CLI ``--timeout S`` is the default for tasks that set
+none.  A timed-out attempt is a failed attempt like any other: the task's
+retry policy decides whether it runs again.
+
+How an attempt is stopped depends on where it runs:
+
+- **Worker process** (``executor="process"``): a ``SIGALRM`` timer
+  (``signal.setitimer``) raises ``TaskTimeout`` inside the attempt, so the
+  task's code really stops (also in ``time.sleep`` or a blocking socket
+  call) and the worker process serves the next task.  Code stuck inside a C
+  extension that never returns to the interpreter cannot be interrupted this
+  way, and a task that catches every ``Exception`` can swallow the timeout.
+- **Threads** (``thread`` and ``sync`` executors, Dask workers): the attempt
+  runs on a helper daemon thread while the worker waits at most ``S``
+  seconds for it.  On expiry the worker raises ``TaskTimeout`` and moves on,
+  so the run goes on and ends, but **a Python thread cannot be killed**: the
+  timed-out code keeps running in the background until it returns on its own
+  (its result is dropped; its side effects happen).  A retry of that task
+  may therefore overlap the abandoned attempt.  Use ``executor="process"``
+  when a timed-out attempt must really stop.
+
+Cost: the wrapper is installed only when some task of the flow has a timeout
+(or a default is set), and only on those tasks; on threads an attempt that
+finishes in time costs one hand-off to a pooled helper thread.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import signal
+import threading
+from queue import Empty, SimpleQueue
+from typing import Any, Callable
+
+from ..errors import FlowError, UsageError
+from ..manager import hookimpl
+
+NAME = "timeout"
+_GUARD = "timeout-guard"
+
+
+class TaskTimeout(FlowError):
+    """An attempt ran longer than its timeout (a failed attempt, retryable like any other)."""
+
+
+def _message(name: str, seconds: float) -> str:
+    return f"task {name!r} exceeded its timeout of {seconds:g} s"
+
+
+# --------------------------------------------------------------------------- helper threads
+#
+# Attempts with a timeout run on pooled daemon threads so that starting one
+# costs a queue hand-off, not a thread start.  A helper whose attempt timed
+# out stays busy until the code returns; the pool starts another when needed.
+# Idle helpers exit after _IDLE_EXIT seconds.
+
+_IDLE_EXIT = 30.0
+_pool_lock = threading.Lock()
+_jobs: SimpleQueue = SimpleQueue()
+_idle = 0
+_spawned = 0
+
+
+class _Job:
+    __slots__ = ("call", "kwargs", "context", "done", "result", "error")
+
+    def __init__(self, call: Callable[[dict], Any], kwargs: dict):
+        self.call = call
+        self.kwargs = kwargs
+        self.context = contextvars.copy_context()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _helper() -> None:
+    global _idle
+    get = _jobs.get
+    while True:
+        try:
+            job = get(timeout=_IDLE_EXIT)
+        except Empty:
+            with _pool_lock:
+                if _idle > 0:
+                    _idle -= 1
+                    return
+            continue
+        try:
+            job.result = job.context.run(job.call, job.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker
+            tb = exc.__traceback__
+            if tb is not None and tb.tb_next is not None:
+                exc.__traceback__ = tb.tb_next  # drop this frame from the task's traceback
+            job.error = exc
+        job.done.release()
+        job = None
+        with _pool_lock:
+            _idle += 1
+
+
+def _hand_off(job: _Job) -> None:
+    global _idle, _spawned
+    with _pool_lock:
+        if _idle:
+            _idle -= 1
+            spawn = False
+        else:
+            _spawned += 1
+            spawn = True
+    if spawn:
+        threading.Thread(target=_helper, name=f"flowdeco-timeout-{_spawned}",
+                         daemon=True).start()
+    _jobs.put(job)
+
+
+def _reset_after_fork() -> None:
+    global _jobs, _idle, _pool_lock
+    _jobs = SimpleQueue()
+    _idle = 0
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def call_in_thread(call: Callable[[dict], Any], kwargs: dict, seconds: float, name: str) -> Any:
+    """Run ``call(kwargs)`` on a helper thread; raise :class:`TaskTimeout` after ``seconds``.
+
+    The helper cannot be stopped: on timeout it is abandoned and the code
+    keeps running until it returns by itself.
+    """
+    job = _Job(call, kwargs)
+    _hand_off(job)
+    if not job.done.acquire(timeout=seconds):
+        raise TaskTimeout(_message(name, seconds))
+    if job.error is not None:
+        err, job.error = job.error, None
+        raise err
+    return job.result
+
+
+def call_with_alarm(call: Callable[[dict], Any], kwargs: dict, seconds: float, name: str) -> Any:
+    """Run ``call(kwargs)`` in this (main) thread under a ``SIGALRM`` timer.
+
+    On expiry the signal handler raises :class:`TaskTimeout` inside the call.
+    The previous ``SIGALRM`` handler is restored afterwards.  Main thread only.
+    """
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TaskTimeout(_message(name, seconds))
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return call(kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, old if old is not None else signal.SIG_DFL)
+
+
+_HAS_ALARM = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+
+
+class TimeoutCall:
+    """One attempt under a time limit; picklable so it can run in a worker process.
+
+    In a worker process's main thread it uses a ``SIGALRM`` timer (the code
+    really stops); anywhere else a helper thread (the code cannot be killed).
+    """
+
+    __slots__ = ("call", "seconds", "name", "driver_pid")
+
+    def __init__(self, call: Callable[[dict], Any], seconds: float, name: str, driver_pid: int):
+        self.call = call
+        self.seconds = seconds
+        self.name = name
+        self.driver_pid = driver_pid
+
+    def __call__(self, kwargs: dict) -> Any:
+        if _HAS_ALARM and os.getpid() != self.driver_pid \
+                and threading.current_thread() is threading.main_thread():
+            return call_with_alarm(self.call, kwargs, self.seconds, self.name)
+        return call_in_thread(self.call, kwargs, self.seconds, self.name)
+
+    def __getstate__(self) -> tuple:
+        return (self.call, self.seconds, self.name, self.driver_pid)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.call, self.seconds, self.name, self.driver_pid = state
+
+    def __repr__(self) -> str:
+        return f"<TimeoutCall {self.name!r} {self.seconds:g}s>"
+
+
+class TimeoutGuard:
+    """Registered for a run whose flow uses timeouts: wraps the tasks that have one."""
+
+    def __init__(self, default: float | None):
+        self.default = default
+
+    @hookimpl
+    def flowdeco_task_wrap(self, run: Any, task: Any) -> Callable[[Callable], Callable] | None:
+        spec = task.spec
+        seconds = spec.timeout if spec is not None and spec.timeout is not None else self.default
+        if seconds is None:
+            return None
+        name = task.name
+        pid = os.getpid()
+        return lambda call: TimeoutCall(call, seconds, name, pid)
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+@hookimpl
+def flowdeco_addoption(parser: Any) -> None:
+    parser.addoption("--timeout", dest="timeout", type=float, default=None, metavar="SECONDS",
+                     group="running",
+                     help="time limit of each attempt of tasks that set no timeout= "
+                          "(a timed-out attempt fails with TaskTimeout)")
+
+
+@hookimpl
+def flowdeco_configure(config: Any) -> None:
+    value = config.getoption("timeout")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 < value < float("inf")):
+        raise UsageError(f"timeout must be a number of seconds > 0, got {value!r}")
+
+
+@hookimpl
+def flowdeco_task_options() -> list[str]:
+    return ["timeout"]
+
+
+@hookimpl
+def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+    default = config.getoption("timeout")
+    if default is None and not any(v.spec is not None and v.spec.timeout is not None
+                                   for v in graph.vertices):
+        return  # no task has a timeout: register nothing, cost nothing
+    pm = config.pluginmanager
+    guard = pm.get_plugin(_GUARD)
+    if guard is None:
+        pm.register(TimeoutGuard(None if default is None else float(default)), _GUARD)
+
+
+@hookimpl
+def flowdeco_unconfigure(config: Any) -> None:
+    guard = config.pluginmanager.get_plugin(_GUARD)
+    if guard is not None:
+        config.pluginmanager.unregister(guard)
