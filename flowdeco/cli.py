@@ -10,7 +10,9 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+import attrs
 
 from . import render
 from .config import Parser
@@ -20,6 +22,8 @@ from .outcome import ExitCode
 from .runner import InternalError, NoTasksError, Session
 
 _EPILOG = """\
+commands (python -m flowdeco COMMAND --help): {commands}
+
 exit codes: 0 all succeeded, 1 some task failed, 2 interrupted,
             3 internal error, 4 usage or collection error, 5 no tasks collected
 """
@@ -54,6 +58,14 @@ def _preparse_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return load, block
 
 
+@attrs.frozen
+class Command:
+    """A CLI subcommand contributed by a plugin (see ``flowdeco_cli_commands``)."""
+
+    help: str
+    main: Callable[[list[str], Any], int]
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
     """Run the CLI; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -62,9 +74,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
     try:
         load, block = _preparse_plugins(args)
         pm = make_pluginmanager(load, block)
+        commands: dict = {}
+        pm.hook.flowdeco_cli_commands(commands=commands)
+        if args and args[0] in commands:
+            return int(commands[args[0]].main(args[1:], pm))
         parser = Parser()
         pm.hook.flowdeco_addoption(parser=parser)
-        ap = parser.argparser(prog=prog, epilog=_EPILOG,
+        listing = ", ".join(f"{n} ({c.help})" for n, c in sorted(commands.items())) or "none"
+        ap = parser.argparser(prog=prog, epilog=_EPILOG.format(commands=listing),
                               description="Run the @task functions of a module as a workflow.")
         ap.__class__ = _ArgumentParser
         ns = ap.parse_args(args)

@@ -102,6 +102,16 @@ def flowdeco_collection_finish(config: "Config", graph: "Graph") -> None:
     """
 
 
+@hookspec
+def flowdeco_cli_commands(commands: dict) -> None:
+    """Add subcommands to the CLI: ``commands["runs"] = Command(help, main)``.
+
+    Called once by the CLI with every plugin registered.  When the first
+    argument names a command, ``main(argv, pluginmanager)`` runs instead of a
+    flow and its return value is the exit code (``python -m flowdeco runs ...``).
+    """
+
+
 @hookspec(firstresult=True)
 def flowdeco_make_executor(config: "Config", name: str, workers: int) -> "Optional[Executor]":
     """Return a ``concurrent.futures.Executor`` for executor ``name``, or None.

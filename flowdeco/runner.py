@@ -237,6 +237,16 @@ class Run:
         """Current wall time (POSIX seconds) on the run's clock."""
         return self.clock.time()
 
+    def stop(self, interrupted: bool = False) -> None:
+        """Start nothing new (like ``-x``, or like Ctrl-C with ``interrupted=True``).
+
+        Scheduler thread only (call it from a hook).  A plugin that can no
+        longer do its job safely -- a store whose disk is full -- stops the run
+        this way; running tasks finish and are recorded.
+        """
+        if not self.stopping:
+            self._stop(interrupted)
+
     def outcome(self, name: str) -> TaskOutcome | None:
         """The outcome of task ``name`` if it has ended, else None."""
         i = self.graph.by_name[name]
