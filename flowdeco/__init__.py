@@ -3,7 +3,7 @@
 from .clock import Clock, FakeClock
 from .context import Context
 from .errors import (CollectionError, CycleError, DuplicateTaskError, FlowError,
-                     MissingDependencyError, TaskDefinitionError, UsageError)
+                     MissingDependencyError, StateError, TaskDefinitionError, UsageError)
 from .flow import Flow, SubflowNode
 from .manager import hookimpl
 from .outcome import (Attempt, Event, ExitCode, Finish, Reschedule, Restored, RunResult,
@@ -21,6 +21,6 @@ __all__ = [
     "Attempt", "CircuitBreaker", "CircuitOpenError", "Clock", "CollectionError", "Context",
     "CycleError", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
     "FlowError", "MissingDependencyError", "NoTasksError", "Reschedule", "Restored", "Retry",
-    "Run", "RunResult", "Secret", "SubflowNode", "TaskDefinitionError", "TaskOutcome",
-    "TaskSpec", "TaskTimeout", "UsageError", "hookimpl", "run", "task",
+    "Run", "RunResult", "Secret", "StateError", "SubflowNode", "TaskDefinitionError",
+    "TaskOutcome", "TaskSpec", "TaskTimeout", "UsageError", "hookimpl", "run", "task",
 ]

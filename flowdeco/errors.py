@@ -67,6 +67,12 @@ class DuplicateTaskError(CollectionError):
         )
 
 
+class StateError(FlowError):
+    """The state store cannot be used: a corrupted, foreign or newer database, an
+    unknown or busy run id, a record that fails validation, or a result that
+    cannot be stored (then it fails the task instead of escaping)."""
+
+
 class SecretRevealError(FlowError):
     """Raised when a :class:`flowdeco.Secret` is used where its value would leak."""
 

@@ -92,8 +92,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def format_traceback(exc: BaseException) -> str:
     """The exception's traceback without the engine's own frames (runner, wrappers' glue)."""
     tb = exc.__traceback__
-    while tb is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == _HERE \
-            and tb.tb_next is not None:
+    while tb is not None and tb.tb_next is not None and \
+            os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_HERE + os.sep):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
@@ -224,6 +224,8 @@ class Run:
         self._inflight = 0
         self._signals = 0
         self._sync_busy = False
+        #: set by the signal handler itself, so workers stop chaining at once
+        self._halt = False
         self._top_waiting: tuple[float, int] = _NOTHING_WAITING
         self._first_iteration = [1 if v.spec is not None and v.spec.every is not None else None
                                  for v in graph.vertices]
@@ -297,18 +299,23 @@ class Run:
         calls: list[Callable[[dict], Any] | None] = []
         for v in self.graph.vertices:
             call = None
-            if v.kind is TASK and (wrap or not self.local):
-                call = partial(_invoke, v.fn)
-                if wrap:
-                    for deco in hook.flowdeco_task_wrap(run=self, task=v)[::-1]:
-                        if deco is not None:
-                            call = deco(call)
+            if v.kind is TASK:
+                decos = [d for d in hook.flowdeco_task_wrap(run=self, task=v) if d is not None] \
+                    if wrap else ()
+                if decos or not self.local:
+                    call = partial(_invoke, v.fn)
+                    for deco in reversed(decos):
+                        call = deco(call)
             calls.append(call)
         self._calls = calls
         self._fns = [v.fn for v in self.graph.vertices]
         self._inline = (self.local and not self.sync and self.inline_successors
                         and not self._has_restore and not self._has_delay)
         self._chain_next = self._chains() if self._inline else []
+        self._nsuccs = [len(x) for x in self.graph.succs]
+        #: per worker thread: completions posted / handled by the scheduler
+        self._posted: dict[str, int] = {}
+        self._handled: dict[str, int] = {}
         self._prio = [v.priority for v in self.graph.vertices]
         self._log_sink = self._sink if self.reporting else None
 
@@ -482,7 +489,7 @@ class Run:
             while not empty():  # log records and signals that arrived during the task
                 self._handle(get())
             self._inflight += 1
-            self._on_done(i, attempt, iteration, result, err, t0, t1, "sync", None)
+            self._on_done(i, attempt, iteration, result, err, t0, t1, "sync", None, 0)
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
@@ -523,6 +530,13 @@ class Run:
             calls = self._calls
             fns = self._fns
             worker = threading.current_thread().name
+            nsuccs = self._nsuccs
+            handled = self._handled
+            seq = self._posted.get(worker, 0)
+            # the last completion this worker posted that may release tasks other
+            # than the one it chained to: until the scheduler has handled it, the
+            # ready set (and so the priority check) may be incomplete
+            fanout = 0
             while True:
                 call = calls[i]
                 t0 = mono()
@@ -532,11 +546,16 @@ class Run:
                     result, err = None, exc
                 t1 = mono()
                 nxt = None
-                if err is None and self._inline and not self.stopping:
+                if err is None and self._inline and not self.stopping and not self._halt:
                     nxt = self._chain_next[i]
-                    if nxt is not None and (-self._prio[nxt], nxt) > self._top_waiting:
+                    if nxt is not None and ((-self._prio[nxt], nxt) > self._top_waiting
+                                            or handled.get(worker, 0) < fanout):
                         nxt = None
-                put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, nxt))
+                seq += 1
+                self._posted[worker] = seq
+                if nsuccs[i] > (nxt is not None):
+                    fanout = seq
+                put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, nxt, seq))
                 if nxt is None:
                     return
                 v = self.graph.vertices[nxt]
@@ -559,12 +578,14 @@ class Run:
         name = self.graph.vertices[i].name
         for level, event, fields in logs:
             put((_LOG, name, level, attempt, iteration, event, fields, t1))
-        put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, None))
+        put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, None, 0))
 
     # -- completion
     def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,
                  err: BaseException | None, t0: float, t1: float, worker: str | None,
-                 nxt: int | None) -> None:
+                 nxt: int | None, seq: int) -> None:
+        if seq:
+            self._handled[worker] = seq  # type: ignore[index]
         if nxt is None:
             self._inflight -= 1
         else:
@@ -803,6 +824,7 @@ class Run:
 
         def handler(signum: int, frame: Any) -> None:
             received[0] += 1
+            self._halt = True
             if received[0] >= 2 and self._sync_busy:
                 raise KeyboardInterrupt  # stop waiting for a task running on this thread
             self.q.put((_SIGNAL, signum))

@@ -612,6 +612,13 @@ def test_param_bool_true_and_default_kept(flows, capsys):
 
 
 # --------------------------------------------------------------------------- signals
+#
+# A signal is handled by the scheduler thread some time after the OS delivers
+# it.  So that "the interrupt was taken into account" is an observable fact
+# rather than a guess (a sleep), the flow has a task ``waiter`` that fails at
+# once and is rescheduled an hour later by a test plugin; when the interrupt
+# is processed the run ends that pending retry, reports ``task_interrupted``
+# for it, and the plugin then writes the file named by FD_ACK.
 
 SIGNAL_FLOW = """
     import os
@@ -632,71 +639,105 @@ SIGNAL_FLOW = """
     def second(first):
         (D / "second.ran").write_text("x")
         return 2
+
+    @task
+    def waiter():
+        (D / "waiter.ran").write_text("x")
+        raise RuntimeError("retry me later")
+"""
+
+SIGNAL_PLUGIN = """
+    import os
+    from pathlib import Path
+    from flowdeco import Reschedule, hookimpl
+
+    @hookimpl
+    def flowdeco_attempt_done(run, task, attempt):
+        if task.name == "waiter" and not attempt.ok:
+            return Reschedule(delay=3600)
+        return None
+
+    @hookimpl
+    def flowdeco_report(run, event):
+        if event.name == "task_interrupted" and event.task == "waiter":
+            Path(os.environ["FD_ACK"]).write_text("")
 """
 
 
-def _start_signal_flow(flows, run_id: str):
+def _wait_for(proc, *paths, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"waiting for {paths}: rc={proc.returncode}\n{out}\n{err}")
+        time.sleep(0.005)
+
+
+def _start_signal_flow(flows, run_id: str, ack: str):
     markers = flows.dir / f"markers-{run_id}"
     markers.mkdir()
     path = flows.write(SIGNAL_FLOW)
+    plugin = flows.write(SIGNAL_PLUGIN).stem
+    env = {**os.environ, "FD_MARKERS": str(markers), "FD_ACK": str(markers / ack),
+           "PYTHONPATH": os.pathsep.join([str(flows.dir), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flowdeco", str(path), "--state-dir", "st", "--run-id", run_id],
-        cwd=flows.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "FD_MARKERS": str(markers)})
-    deadline = time.monotonic() + 30
-    while not (markers / "first.started").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out, err = proc.communicate()
-            pytest.fail(f"the flow did not start: rc={proc.returncode}\n{out}\n{err}")
-        time.sleep(0.005)
+        [sys.executable, "-m", "flowdeco", str(path), "-w", "4", "-p", plugin,
+         "--state-dir", "st", "--run-id", run_id],
+        cwd=flows.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(proc, markers / "first.started", markers / "waiter.ran")
     return proc, markers
+
+
+def _finish(proc, timeout):
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_waits_for_inflight_task_and_exits_2(flows, signum):
-    proc, markers = _start_signal_flow(flows, "r1")
-    try:
-        proc.send_signal(signum)
-        (markers / "release").write_text("")
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # the plugin's acknowledgement *is* the release file of the running task
+    proc, markers = _start_signal_flow(flows, "r1", ack="release")
+    proc.send_signal(signum)
+    out, err = _finish(proc, timeout=30)
     assert proc.returncode == 2, (out, err)
     assert "Traceback" not in err
     assert not (markers / "second.ran").exists()
     events = read_audit(flows.cwd / "st", "r1")
-    by_task = {e.get("task"): e for e in events if e["event"].startswith("task_")
-               and e["event"] != "task_started"}
-    assert by_task["first"]["event"] == "task_succeeded"  # in-flight task was waited for
-    assert by_task["second"]["event"] == "task_skipped"
-    assert by_task["second"]["reason"] == "stopped"
+    ends = {e["task"]: e for e in events if e["event"] in (
+        "task_succeeded", "task_failed", "task_skipped", "task_interrupted")}
+    assert ends["first"]["event"] == "task_succeeded"  # the in-flight task was waited for
+    assert ends["second"]["event"] == "task_skipped"
+    assert ends["second"]["reason"] == "stopped"
+    assert ends["waiter"]["event"] == "task_interrupted"
+    assert not any(e["event"] == "task_started" and e["task"] == "second" for e in events)
     assert events[-1]["event"] == "run_finished"
     assert events[-1]["status"] == "interrupted"
+    assert "INTERRUPTED waiter" in out
 
 
 def test_second_sigint_stops_waiting_for_running_task(flows):
-    proc, markers = _start_signal_flow(flows, "r2")
-    try:
-        proc.send_signal(signal.SIGINT)
-        with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(timeout=0.5)  # the first Ctrl-C waits for the running task
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-        elapsed = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, markers = _start_signal_flow(flows, "r2", ack="ack")
+    proc.send_signal(signal.SIGINT)
+    _wait_for(proc, markers / "ack")
+    assert proc.poll() is None  # the first Ctrl-C waits for the running task
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = _finish(proc, timeout=20)
+    elapsed = time.monotonic() - t0
     assert proc.returncode == 2, (out, err)
-    assert elapsed < 10
+    assert elapsed < 15
     assert "Traceback" not in err
     assert "INTERRUPTED first" in out
     assert not (markers / "second.ran").exists()
     events = read_audit(flows.cwd / "st", "r2")
-    ends = {e["task"]: e["event"] for e in events
-            if e["event"] in ("task_interrupted", "task_skipped", "task_succeeded")}
-    assert ends == {"first": "task_interrupted", "second": "task_skipped"}
+    ends = {e["task"]: e["event"] for e in events if e["event"] in (
+        "task_succeeded", "task_failed", "task_skipped", "task_interrupted")}
+    assert ends == {"first": "task_interrupted", "second": "task_skipped",
+                    "waiter": "task_interrupted"}
     assert events[-1]["event"] == "run_finished" and events[-1]["status"] == "interrupted"

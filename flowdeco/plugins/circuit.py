@@ -130,14 +130,16 @@ class CircuitBreaker:
     def __init__(self, name: str, threshold: int = 5, reset_after: float = 60.0,
                  half_open_attempts: int = 1, clock: Any = None):
         if not isinstance(name, str) or not name.strip():
-            raise TaskDefinitionError(f"CircuitBreaker: name must be a non-empty string, got {name!r}")
+            raise TaskDefinitionError(
+                f"CircuitBreaker: name must be a non-empty string, got {name!r}")
         where = f"CircuitBreaker({name!r})"
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
             raise TaskDefinitionError(f"{where}: threshold must be an int >= 1, got {threshold!r}")
         if isinstance(reset_after, bool) or not isinstance(reset_after, numbers.Real) \
                 or not 0 <= reset_after < float("inf"):
             raise TaskDefinitionError(
-                f"{where}: reset_after must be a finite number of seconds >= 0, got {reset_after!r}")
+                f"{where}: reset_after must be a finite number of seconds >= 0, "
+                f"got {reset_after!r}")
         if isinstance(half_open_attempts, bool) or not isinstance(half_open_attempts, int) \
                 or half_open_attempts < 1:
             raise TaskDefinitionError(
@@ -376,29 +378,37 @@ class CircuitGuard:
     """Registered when a flow's tasks use breakers: wraps their attempts, reports transitions."""
 
     def __init__(self) -> None:
-        self._subscribed: dict[int, tuple[CircuitBreaker, Listener]] = {}
+        #: id(breaker) -> (breaker, its run listener, the decorator handed to the core)
+        self._used: dict[int, tuple[CircuitBreaker, Listener, Callable]] = {}
 
     # tryfirst: the outermost wrapper, so a timed-out attempt counts as a failure and an
     # open breaker refuses before a timeout helper is involved
     @hookimpl(tryfirst=True)
     def flowdeco_task_wrap(self, run: Any, task: Any) -> Callable[[Callable], Callable] | None:
-        breaker = resolve(task)
-        if breaker is None:
+        spec = task.spec
+        if spec is None or spec.circuit is None:
             return None
-        if id(breaker) not in self._subscribed:
+        breaker = resolve(task)
+        assert breaker is not None
+        used = self._used.get(id(breaker))
+        if used is None:
+            # first task of this run on this breaker: report its transitions in the run
             def listener(b: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
                 run.emit(EVENTS[new], breaker=b.name)
+
+            def deco(call: Callable[[dict], Any]) -> CircuitCall:
+                return CircuitCall(call, breaker)
             breaker.subscribe(listener)
-            self._subscribed[id(breaker)] = (breaker, listener)
-        return lambda call: CircuitCall(call, breaker)
+            used = self._used[id(breaker)] = (breaker, listener, deco)
+        return used[2]
 
     @hookimpl
     def flowdeco_run_finish(self, run: Any, result: Any) -> None:
         self.unsubscribe_all()
 
     def unsubscribe_all(self) -> None:
-        subscribed, self._subscribed = self._subscribed, {}
-        for breaker, listener in subscribed.values():
+        used, self._used = self._used, {}
+        for breaker, listener, _ in used.values():
             breaker.unsubscribe(listener)
 
 
@@ -414,7 +424,9 @@ def flowdeco_task_options() -> list[str]:
 def flowdeco_collection_finish(config: Any, graph: Any) -> None:
     used = False
     for v in graph.vertices:
-        if resolve(v) is not None:
+        spec = v.spec
+        if spec is not None and spec.circuit is not None:
+            resolve(v)  # unknown names and wrong types fail here, before anything runs
             used = True
     if used and config.pluginmanager.get_plugin(_GUARD) is None:
         config.pluginmanager.register(CircuitGuard(), _GUARD)

@@ -166,7 +166,8 @@ class Retry:
         if self.jitter:
             if rng is None:
                 rng = self.rng()
-            value *= 1.0 - self.jitter + 2.0 * self.jitter * rng.random()
+            value = min(value * (1.0 - self.jitter + 2.0 * self.jitter * rng.random()),
+                        _FLOAT_MAX)
         if value < self.min_delay:
             value = self.min_delay
         if self.max_delay is not None and value > self.max_delay:
@@ -201,7 +202,7 @@ def _exponent_cap(delay: float, max_delay: float | None, jitter: float) -> int:
     low = 1.0 - jitter
     # with jitter=1 the factor can come arbitrarily close to 0: leave 2**40 of headroom
     headroom = -math.log2(low) if low > 0 else 40.0
-    return max(0, min(1100, math.ceil(math.log2(max_delay / delay) + headroom) + 1))
+    return max(0, min(1100, math.ceil(math.log2(max_delay) - math.log2(delay) + headroom) + 1))
 
 
 @functools.lru_cache(maxsize=64)
@@ -212,7 +213,7 @@ def _shorthand(retries: int) -> Retry:
 # --------------------------------------------------------------------------- hooks
 
 
-@hookimpl
+@hookimpl(trylast=True)  # listed after the core's own options in --help
 def flowdeco_addoption(parser: Any) -> None:
     parser.addoption("--retries", dest="retries", type=int, default=None, metavar="N",
                      group="running",
@@ -232,7 +233,7 @@ def flowdeco_configure(config: Any) -> None:
                          "(retries=N is shorthand for retry=Retry(retries=N))")
     if retries is not None:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise UsageError(f"--retries must be an int >= 0, got {retries!r}")
+            raise UsageError(f"retries (--retries) must be an int >= 0, got {retries!r}")
         policy = _shorthand(retries)
     elif policy is not None and not isinstance(policy, Retry):
         raise UsageError(f"retry= must be a flowdeco.Retry policy, got {policy!r}")

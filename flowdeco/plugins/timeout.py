@@ -218,7 +218,7 @@ class TimeoutGuard:
 # --------------------------------------------------------------------------- hooks
 
 
-@hookimpl
+@hookimpl(trylast=True)  # listed after the core's own options in --help
 def flowdeco_addoption(parser: Any) -> None:
     parser.addoption("--timeout", dest="timeout", type=float, default=None, metavar="SECONDS",
                      group="running",
@@ -242,9 +242,13 @@ def flowdeco_task_options() -> list[str]:
 @hookimpl
 def flowdeco_collection_finish(config: Any, graph: Any) -> None:
     default = config.getoption("timeout")
-    if default is None and not any(v.spec is not None and v.spec.timeout is not None
-                                   for v in graph.vertices):
-        return  # no task has a timeout: register nothing, cost nothing
+    if default is None:
+        for v in graph.vertices:
+            spec = v.spec
+            if spec is not None and spec.timeout is not None:
+                break
+        else:
+            return  # no task has a timeout: register nothing, cost nothing
     pm = config.pluginmanager
     guard = pm.get_plugin(_GUARD)
     if guard is None:
