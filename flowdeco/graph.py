@@ -25,6 +25,7 @@ from .task import CTX, TaskSpec, get_spec
 
 TASK = "task"
 SUBFLOW = "subflow"
+_NO_CONSTS: Mapping[str, Any] = {}
 
 
 class Vertex:
@@ -43,8 +44,8 @@ class Vertex:
         self.deps: tuple[int, ...] = ()
         #: (parameter, upstream vertex) pairs: the data dependencies
         self.args: tuple[tuple[str, int], ...] = ()
-        #: parameters bound to run parameters
-        self.consts: dict[str, Any] = {}
+        #: parameters bound to run parameters (a shared empty dict until one is bound)
+        self.consts: Mapping[str, Any] = _NO_CONSTS
         self.wants_ctx = False
         self.priority = priority
         self.tags = tags
@@ -338,7 +339,10 @@ class GraphBuilder:
                 args.append((p.name, found))
                 deps.append(found)
             elif p.name in self.params:
-                v.consts[p.name] = coerce_param(v.name, p.name, self.params[p.name], p.annotation)
+                if v.consts is _NO_CONSTS:
+                    v.consts = {}
+                v.consts[p.name] = coerce_param(  # type: ignore[index]
+                    v.name, p.name, self.params[p.name], p.annotation)
             elif not p.has_default:
                 raise MissingDependencyError(
                     v.name, p.name, "parameter", scope.visible() + list(self.params) + [CTX])

@@ -58,10 +58,18 @@ PENDING, WAITING, READY, RUNNING, DONE = range(5)
 # message kinds
 _DONE, _LOG, _EMIT, _SIGNAL, _CRASH = range(5)
 
-_NOTHING_WAITING = (float("inf"), 0)
+_NOTHING_WAITING = float("inf")
 _OK = (SUCCEEDED, RESTORED)
 _SKIP_UPSTREAM = TaskOutcome(SKIPPED, reason="upstream")
 _SKIP_STOPPED = TaskOutcome(SKIPPED, reason="stopped")
+
+
+def _priority_keys(graph: Graph) -> list[int]:
+    """Sort keys: rank of the priority (highest first) * n + declaration index."""
+    n = max(len(graph), 1)
+    ranks = {p: r for r, p in enumerate(sorted({v.priority for v in graph.vertices},
+                                               reverse=True))}
+    return [ranks[v.priority] * n + v.index for v in graph.vertices]
 
 
 class InternalError(Exception):
@@ -135,8 +143,8 @@ class Outcomes(Mapping[str, TaskOutcome]):
     made only for the tasks someone looks at.
     """
 
-    def __init__(self, names: list[str], build: Callable[[int], TaskOutcome]):
-        self._index = {n: i for i, n in enumerate(names)}
+    def __init__(self, index: Mapping[str, int], build: Callable[[int], TaskOutcome]):
+        self._index = index          # the graph's name -> index map, shared
         self._build = build
 
     def __getitem__(self, name: str) -> TaskOutcome:
@@ -218,7 +226,13 @@ class Run:
         self._cache: list[TaskOutcome | None] = [None] * n
         self._remaining = [len(v.deps) for v in graph.vertices]
         self._last_error: list[BaseException | None] = [None] * n
-        self._ready: list[tuple[int, int, int, int | None]] = []
+        # ready tasks as int keys (priority rank * n + index: highest priority, then
+        # declared first), so heap operations compare ints and allocate nothing; the
+        # attempt and iteration a queued task starts with are kept beside it
+        self._ready: list[int] = []
+        self._n = max(n, 1)
+        self._key = _priority_keys(graph)
+        self._next_attempt = [1] * n
         self._timers: list[tuple[float, int, int, int, int | None]] = []
         self._timer_seq = 0
         self._inflight = 0
@@ -226,9 +240,10 @@ class Run:
         self._sync_busy = False
         #: set by the signal handler itself, so workers stop chaining at once
         self._halt = False
-        self._top_waiting: tuple[float, int] = _NOTHING_WAITING
+        self._top_waiting: float = _NOTHING_WAITING
         self._first_iteration = [1 if v.spec is not None and v.spec.every is not None else None
                                  for v in graph.vertices]
+        self._next_iter: list[int | None] = list(self._first_iteration)
 
     # -- public helpers for plugins
     def emit(self, name: str, task: str | None = None, **fields: Any) -> None:
@@ -380,7 +395,7 @@ class Run:
         status = INTERRUPTED if self.interrupted else (
             FAILED if self.stopping or FAILED in self._status else SUCCEEDED)
         result = RunResult(run_id=self.run_id, status=status,
-                           outcomes=Outcomes(self.graph.names, self.outcome_at),
+                           outcomes=Outcomes(self.graph.by_name, self.outcome_at),
                            started=self.started + self._offset, finished=finished + self._offset,
                            duration=finished - self.started, flow=self.graph.name)
         if self.reporting:
@@ -449,35 +464,53 @@ class Run:
     def _dispatch(self) -> None:
         ready = self._ready
         while ready and self._inflight < self.workers and not self.stopping:
-            _, i, attempt, iteration = heapq.heappop(ready)
-            # the heap key (-priority, index) of the best waiting task, read by workers
-            # deciding whether a chained successor may jump ahead (not on a tie with a
-            # task declared earlier: ties go in declaration order).  Set before the
-            # submit, so a task that ends at once already sees it.
-            self._top_waiting = ready[0][:2] if ready else _NOTHING_WAITING
-            self._start(i, attempt, iteration)
-        self._top_waiting = ready[0][:2] if ready else _NOTHING_WAITING
+            i = heapq.heappop(ready) % self._n
+            # the key of the best waiting task, read by workers deciding whether a
+            # chained successor may jump ahead (not on a tie with a task declared
+            # earlier: ties go in declaration order).  Set before the submit, so a
+            # task that ends at once already sees it.
+            self._top_waiting = ready[0] if ready else _NOTHING_WAITING
+            self._start(i, self._next_attempt[i], self._next_iter[i])
+        self._top_waiting = ready[0] if ready else _NOTHING_WAITING
 
     def _dispatch_sync(self) -> None:
-        """The ``sync`` executor: run ready tasks one by one on this thread."""
+        """The ``sync`` executor: run ready tasks one by one on this thread.
+
+        This is the engine's tightest loop, so the common case (the attempt
+        succeeded, no plugin watches it) is written out here rather than going
+        through :meth:`_on_done`; every other case does go through it.
+        """
         ready = self._ready
         vertices = self.graph.vertices
+        succs = self.graph.succs
         results = self.results
+        state, status, attempts = self._state, self._status, self._attempts
+        t0s, t1s, workers = self._t0, self._t1, self._worker
+        remaining, key = self._remaining, self._key
+        calls = self._calls
+        watched = self._watched
+        plain = not self._has_restore and not self._has_delay
         mono = self.clock.monotonic
+        heappop, heappush = heapq.heappop, heapq.heappush
+        n = self._n
+        next_attempt, next_iter = self._next_attempt, self._next_iter
         empty = self.q.empty
         get = self.q.get
+        reporting = self.reporting
+        has_flush = self._has_flush
         while ready and not self.stopping:
-            _, i, attempt, iteration = heapq.heappop(ready)
+            i = heappop(ready) % n
+            attempt = next_attempt[i]
             v = vertices[i]
             kw = dict(v.consts) if v.consts else {}
             for p, d in v.args:
                 kw[p] = results[d]
             if v.wants_ctx:
-                kw["ctx"] = self._context(v, attempt, iteration)
-            self._state[i] = RUNNING
-            if self.reporting:
-                self._report_started(v.name, attempt, iteration)
-            call = self._calls[i]
+                kw["ctx"] = self._context(v, attempt, next_iter[i])
+            state[i] = RUNNING
+            if reporting:
+                self._report_started(v.name, attempt, next_iter[i])
+            call = calls[i]
             self._sync_busy = True
             t0 = mono()
             try:
@@ -486,11 +519,35 @@ class Run:
                 result, err = None, exc
             t1 = mono()
             self._sync_busy = False
-            while not empty():  # log records and signals that arrived during the task
-                self._handle(get())
-            self._inflight += 1
-            self._on_done(i, attempt, iteration, result, err, t0, t1, "sync", None, 0)
-            if self._has_flush:
+            if not empty():  # log records, events and signals that arrived during the task
+                while not empty():
+                    self._handle(get())
+            if err is None and i not in watched:
+                results[i] = result
+                status[i] = SUCCEEDED
+                state[i] = DONE
+                attempts[i] = attempt
+                if t0s[i] is None:
+                    t0s[i] = t0
+                t1s[i] = t1
+                workers[i] = "sync"
+                if reporting:
+                    self._report_outcome(i)
+                for s in succs[i]:
+                    r = remaining[s] - 1
+                    remaining[s] = r
+                    if r == 0 and state[s] == PENDING:
+                        if plain and vertices[s].kind is TASK:
+                            state[s] = READY
+                            heappush(ready, key[s])
+                        else:
+                            done = self._make_ready(s)
+                            if done is not None:
+                                self._finish(*done)
+            else:
+                self._inflight += 1
+                self._on_done(i, attempt, next_iter[i], result, err, t0, t1, "sync", None, 0)
+            if has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
     def _report_started(self, name: str, attempt: int, iteration: int | None,
@@ -548,7 +605,7 @@ class Run:
                 nxt = None
                 if err is None and self._inline and not self.stopping and not self._halt:
                     nxt = self._chain_next[i]
-                    if nxt is not None and ((-self._prio[nxt], nxt) > self._top_waiting
+                    if nxt is not None and (self._key[nxt] > self._top_waiting
                                             or handled.get(worker, 0) < fanout):
                         nxt = None
                 seq += 1
@@ -698,7 +755,9 @@ class Run:
         while timers and timers[0][0] <= now:
             _, _, i, attempt, iteration = heapq.heappop(timers)
             self._state[i] = READY
-            heapq.heappush(self._ready, (-self._prio[i], i, attempt, iteration))
+            self._next_attempt[i] = attempt
+            self._next_iter[i] = iteration
+            heapq.heappush(self._ready, self._key[i])
 
     def _make_ready(self, i: int) -> tuple | None:
         """Dependencies are done: queue ``i``, or return how it ends right away.
@@ -722,8 +781,8 @@ class Run:
                 self._push_timer(self.clock.monotonic() + float(delay), i, 1,
                                  self._first_iteration[i])
                 return None
-        self._state[i] = READY
-        heapq.heappush(self._ready, (-v.priority, i, 1, self._first_iteration[i]))
+        self._state[i] = READY   # next_attempt/next_iter still hold 1 / the first iteration
+        heapq.heappush(self._ready, self._key[i])
         return None
 
     def _subflow_end(self, v: Vertex) -> tuple:
