@@ -14,13 +14,16 @@ The life of a task::
         -> otherwise: DONE (succeeded / failed); successors are released,
            or skipped with reason "upstream" when this one did not succeed.
 
-Chains stay cheap: when a task succeeds on a thread worker and a successor
-depends on it alone, the same worker runs that successor right away instead
-of handing it back (a function call instead of two thread switches), unless a
-task that would go first is waiting (higher priority, or equal priority and
-declared earlier) or a plugin turned this off
-(``run.inline_successors = False``, needed when a completion must be durable
-before dependents start).
+Hand-offs stay rare: a thread worker that finishes a task picks its next
+task itself, under the ready heap's lock -- the best ready task, or the
+successor that depends only on the task it just finished (released by this
+very completion) -- and posts "finished A, started B" as one message.  It
+only takes a task that the priority rule lets go first: one that beats every
+successor the finished task may release, and with one worker nothing while an
+earlier completion of its own is still unseen by the scheduler.  A chain
+costs a function call instead of two thread switches.  A plugin that must see
+each completion before dependents start (durable state) turns this off with
+``run.inline_successors = False``; the scheduler then starts every task.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ PENDING, WAITING, READY, RUNNING, DONE = range(5)
 # message kinds
 _DONE, _LOG, _EMIT, _SIGNAL, _CRASH = range(5)
 
-_NOTHING_WAITING = float("inf")
 _OK = (SUCCEEDED, RESTORED)
+_INF = float("inf")
 _SKIP_UPSTREAM = TaskOutcome(SKIPPED, reason="upstream")
 _SKIP_STOPPED = TaskOutcome(SKIPPED, reason="stopped")
 
@@ -240,7 +243,8 @@ class Run:
         self._sync_busy = False
         #: set by the signal handler itself, so workers stop chaining at once
         self._halt = False
-        self._top_waiting: float = _NOTHING_WAITING
+        #: guards the ready heap, which thread workers also pop from (see _work)
+        self._lock = threading.Lock()
         self._first_iteration = [1 if v.spec is not None and v.spec.every is not None else None
                                  for v in graph.vertices]
         self._next_iter: list[int | None] = list(self._first_iteration)
@@ -324,10 +328,19 @@ class Run:
             calls.append(call)
         self._calls = calls
         self._fns = [v.fn for v in self.graph.vertices]
-        self._inline = (self.local and not self.sync and self.inline_successors
-                        and not self._has_restore and not self._has_delay)
-        self._chain_next = self._chains() if self._inline else []
+        # thread workers take their next task themselves (no hand-off through the
+        # scheduler) unless a plugin needs to see each completion first
+        self._pull = self.local and not self.sync and self.inline_successors
+        # ... and a successor released by their own completion only when it goes
+        # through no ready-time hook (restore, delay)
+        self._inline = self._pull and not self._has_restore and not self._has_delay
+        self._chain_next = self._chains() if self._inline else [None] * len(self.graph)
+        # with one worker, priority order must be exact: a worker does not pick its
+        # next task while a completion of its own that may release tasks is unseen
+        self._strict = self.workers == 1
         self._nsuccs = [len(x) for x in self.graph.succs]
+        key = self._key
+        self._best_succ = [min((key[x] for x in succ), default=_INF) for succ in self.graph.succs]
         #: per worker thread: completions posted / handled by the scheduler
         self._posted: dict[str, int] = {}
         self._handled: dict[str, int] = {}
@@ -463,15 +476,13 @@ class Run:
 
     def _dispatch(self) -> None:
         ready = self._ready
+        lock = self._lock
         while ready and self._inflight < self.workers and not self.stopping:
-            i = heapq.heappop(ready) % self._n
-            # the key of the best waiting task, read by workers deciding whether a
-            # chained successor may jump ahead (not on a tie with a task declared
-            # earlier: ties go in declaration order).  Set before the submit, so a
-            # task that ends at once already sees it.
-            self._top_waiting = ready[0] if ready else _NOTHING_WAITING
+            with lock:
+                if not ready:
+                    break
+                i = heapq.heappop(ready) % self._n
             self._start(i, self._next_attempt[i], self._next_iter[i])
-        self._top_waiting = ready[0] if ready else _NOTHING_WAITING
 
     def _dispatch_sync(self) -> None:
         """The ``sync`` executor: run ready tasks one by one on this thread.
@@ -580,19 +591,37 @@ class Run:
             fut.add_done_callback(partial(self._remote_done, i, attempt, iteration))
 
     def _work(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
-        """A worker thread: run the attempt, post it; maybe continue with a chained successor."""
+        """A worker thread: run attempts until there is nothing for it to take.
+
+        After each attempt the worker picks its next task itself, under the
+        ready-heap lock: the chained successor of the task it just finished
+        (released by this very completion, so not in the heap yet) when it
+        goes first, else the best ready task.  It posts the completion and the
+        task it took in one message, so the scheduler (which reports and owns
+        the state) learns both in order -- without a hand-off per task.
+        """
         put = self.q.put
         try:
             mono = self.clock.monotonic
             calls = self._calls
             fns = self._fns
+            vertices = self.graph.vertices
+            results = self.results
+            ready = self._ready
+            lock = self._lock
+            key = self._key
+            chain_next = self._chain_next
+            n = self._n
             worker = threading.current_thread().name
             nsuccs = self._nsuccs
+            best_succ = self._best_succ
             handled = self._handled
+            strict = self._strict
+            pull = self._pull
             seq = self._posted.get(worker, 0)
             # the last completion this worker posted that may release tasks other
             # than the one it chained to: until the scheduler has handled it, the
-            # ready set (and so the priority check) may be incomplete
+            # ready set is incomplete (matters when priority order must be exact)
             fanout = 0
             while True:
                 call = calls[i]
@@ -603,25 +632,38 @@ class Run:
                     result, err = None, exc
                 t1 = mono()
                 nxt = None
-                if err is None and self._inline and not self.stopping and not self._halt:
-                    nxt = self._chain_next[i]
-                    if nxt is not None and (self._key[nxt] > self._top_waiting
-                                            or handled.get(worker, 0) < fanout):
-                        nxt = None
+                chained = False
+                if pull and not self.stopping and not self._halt and not (
+                        err is not None and self.stop_on_error) and not (
+                        strict and handled.get(worker, 0) < fanout):
+                    # a task this completion releases may have to go first: take
+                    # the heap's best only when it beats every successor of i (the
+                    # best of which is the chained candidate, when there is one)
+                    cand = chain_next[i] if err is None else None
+                    with lock:
+                        top = ready[0] if ready else _INF
+                        if top < best_succ[i]:
+                            nxt = heapq.heappop(ready) % n
+                        elif cand is not None and key[cand] < top:
+                            nxt, chained = cand, True
                 seq += 1
                 self._posted[worker] = seq
-                if nsuccs[i] > (nxt is not None):
+                if nsuccs[i] > chained:
                     fanout = seq
                 put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, nxt, seq))
                 if nxt is None:
                     return
-                v = self.graph.vertices[nxt]
-                i, attempt, iteration = nxt, 1, self._first_iteration[nxt]
+                v = vertices[nxt]
+                i, attempt, iteration = nxt, self._next_attempt[nxt], self._next_iter[nxt]
                 kw = dict(v.consts) if v.consts else {}
-                for p, _ in v.args:
-                    kw[p] = result
+                if chained:            # its one dependency is the result in hand
+                    for p, _ in v.args:
+                        kw[p] = result
+                else:
+                    for p, d in v.args:
+                        kw[p] = results[d]
                 if v.wants_ctx:
-                    kw["ctx"] = self._context(v, 1, iteration)
+                    kw["ctx"] = self._context(v, attempt, iteration)
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
             put((_CRASH, exc))
 
@@ -641,13 +683,12 @@ class Run:
     def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,
                  err: BaseException | None, t0: float, t1: float, worker: str | None,
                  nxt: int | None, seq: int) -> None:
-        if seq:
-            self._handled[worker] = seq  # type: ignore[index]
         if nxt is None:
             self._inflight -= 1
         else:
             self._state[nxt] = RUNNING
-            self._t0[nxt] = t1
+            if self._t0[nxt] is None:
+                self._t0[nxt] = t1
         if self._t0[i] is None:
             self._t0[i] = t0
         if err is None and i not in self._watched:
@@ -672,7 +713,11 @@ class Run:
         else:
             self._decide(i, attempt, iteration, result, err, t0, t1, worker)
         if nxt is not None and self.reporting:
-            self._report_started(self.graph.vertices[nxt].name, 1, self._first_iteration[nxt], t1)
+            self._report_started(self.graph.vertices[nxt].name, self._next_attempt[nxt],
+                                 self._next_iter[nxt], t1)
+        if seq:
+            # last: what this completion released is in the ready heap now
+            self._handled[worker] = seq  # type: ignore[index]
 
     def _decide(self, i: int, attempt: int, iteration: int | None, result: Any,
                 err: BaseException | None, t0: float, t1: float, worker: str | None) -> None:
@@ -757,7 +802,8 @@ class Run:
             self._state[i] = READY
             self._next_attempt[i] = attempt
             self._next_iter[i] = iteration
-            heapq.heappush(self._ready, self._key[i])
+            with self._lock:
+                heapq.heappush(self._ready, self._key[i])
 
     def _make_ready(self, i: int) -> tuple | None:
         """Dependencies are done: queue ``i``, or return how it ends right away.
@@ -782,7 +828,8 @@ class Run:
                                  self._first_iteration[i])
                 return None
         self._state[i] = READY   # next_attempt/next_iter still hold 1 / the first iteration
-        heapq.heappush(self._ready, self._key[i])
+        with self._lock:
+            heapq.heappush(self._ready, self._key[i])
         return None
 
     def _subflow_end(self, v: Vertex) -> tuple:
