@@ -18,7 +18,7 @@ parameters, so one ``Flow`` can back several nodes fed by different inputs.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import attrs
 

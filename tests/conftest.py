@@ -6,6 +6,7 @@ import importlib
 import itertools
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,61 @@ def write_module(tmp_path, monkeypatch):
         f = getattr(mod, "__file__", None)
         if f and str(tmp_path) in str(f):
             sys.modules.pop(name, None)
+
+
+class SourceDir:
+    """Test modules written into ``tmp_path/src`` (on ``sys.path``), cwd an empty ``tmp_path/work``.
+
+    The working directory is empty so default state (``.flowdeco``) never lands
+    in the repository; names are unique per call, so a pooled plugin manager
+    keyed by a plugin name never sees another test's module.
+    """
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+        self.root = tmp_path
+        self.dir = tmp_path / "src"
+        self.cwd = tmp_path / "work"
+        self.dir.mkdir()
+        self.cwd.mkdir()
+        monkeypatch.syspath_prepend(str(self.dir))
+        monkeypatch.chdir(self.cwd)
+        self.names: list[str] = []
+
+    def write(self, source: str, stem: str | None = None) -> Path:
+        """Write ``source`` (dedented) as ``src/STEM.py``; returns the path."""
+        stem = stem or f"fdsrc_{uuid.uuid4().hex[:10]}"
+        path = self.dir / f"{stem}.py"
+        path.write_text(textwrap.dedent(source))
+        self.names.append(stem)
+        importlib.invalidate_caches()
+        return path
+
+    def write_module(self, source: str, prefix: str = "fdplug") -> tuple[str, Path]:
+        """Like :meth:`write` with a fresh ``PREFIX_xxx`` name; returns (module name, path)."""
+        path = self.write(source, f"{prefix}_{uuid.uuid4().hex[:10]}")
+        return path.stem, path
+
+    def load(self, name: str):
+        return importlib.import_module(name)
+
+    def cleanup(self) -> None:
+        for name, mod in list(sys.modules.items()):
+            f = getattr(mod, "__file__", None) or ""
+            if name in self.names or str(self.root) in f:
+                sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def flows(tmp_path, monkeypatch):
+    """``flows.write(source, stem=None) -> Path``; see :class:`SourceDir`."""
+    src = SourceDir(tmp_path, monkeypatch)
+    yield src
+    src.cleanup()
+
+
+@pytest.fixture
+def mods(tmp_path, monkeypatch):
+    """``mods.write_module(source, prefix) -> (name, path)``; see :class:`SourceDir`."""
+    src = SourceDir(tmp_path, monkeypatch)
+    yield src
+    src.cleanup()

@@ -8,45 +8,13 @@ import os
 import stat
 import subprocess
 import sys
-import textwrap
-import uuid
 from pathlib import Path
 
-import pytest
 
 import flowdeco
 from flowdeco import Secret, cli
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def flows(tmp_path, monkeypatch):
-    """``flows.write(source) -> Path`` in ``tmp_path/src``; cwd is an empty ``tmp_path/work``."""
-    src = tmp_path / "src"
-    work = tmp_path / "work"
-    src.mkdir()
-    work.mkdir()
-    monkeypatch.syspath_prepend(str(src))
-    monkeypatch.chdir(work)
-    stems: list[str] = []
-
-    class Flows:
-        dir = src
-        cwd = work
-
-        def write(self, source: str) -> Path:
-            stem = f"fdaudit_{uuid.uuid4().hex[:10]}"
-            path = src / f"{stem}.py"
-            path.write_text(textwrap.dedent(source))
-            stems.append(stem)
-            return path
-
-    yield Flows()
-    for name, mod in list(sys.modules.items()):
-        f = getattr(mod, "__file__", None) or ""
-        if name in stems or str(tmp_path) in f:
-            sys.modules.pop(name, None)
 
 
 def audit_file(state_dir: Path, run_id: str) -> Path:

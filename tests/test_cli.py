@@ -8,9 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,39 +19,6 @@ SUMMARY_RE = re.compile(r"^=+ (?P<body>.+ in \d+\.\d+s)(?: \(run [^)]+\))? =+$")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def flows(tmp_path, monkeypatch):
-    """``flows.write(source, stem=None) -> Path`` in ``tmp_path/src``; modules are cleaned up.
-
-    The working directory is an empty ``tmp_path/work`` so default state
-    (``.flowdeco``) never lands in the repository.
-    """
-    src = tmp_path / "src"
-    work = tmp_path / "work"
-    src.mkdir()
-    work.mkdir()
-    monkeypatch.syspath_prepend(str(src))
-    monkeypatch.chdir(work)
-    stems: list[str] = []
-
-    class Flows:
-        dir = src
-        cwd = work
-
-        def write(self, source: str, stem: str | None = None) -> Path:
-            stem = stem or f"fdcli_{uuid.uuid4().hex[:10]}"
-            path = src / f"{stem}.py"
-            path.write_text(textwrap.dedent(source))
-            stems.append(stem)
-            return path
-
-    yield Flows()
-    for name, mod in list(sys.modules.items()):
-        f = getattr(mod, "__file__", None) or ""
-        if name in stems or str(tmp_path) in f:
-            sys.modules.pop(name, None)
 
 
 def fd(*args: str, cwd: Path, env: dict | None = None, timeout: float = 60

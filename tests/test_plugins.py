@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import os
 import subprocess
@@ -11,8 +10,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 
@@ -22,43 +19,6 @@ from flowdeco import (CollectionError, FakeClock, Finish, FlowError, Reschedule,
 from flowdeco import manager
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def mods(tmp_path, monkeypatch):
-    """``mods.write(source, prefix) -> (name, path)`` in ``tmp_path/src`` (on sys.path).
-
-    Names are unique per call, so a pooled plugin manager keyed by a plugin
-    name never sees another test's module.  cwd is an empty ``tmp_path/work``.
-    """
-    src = tmp_path / "src"
-    work = tmp_path / "work"
-    src.mkdir()
-    work.mkdir()
-    monkeypatch.syspath_prepend(str(src))
-    monkeypatch.chdir(work)
-    names: list[str] = []
-
-    class Mods:
-        dir = src
-        cwd = work
-
-        def write(self, source: str, prefix: str = "fdplug") -> tuple[str, Path]:
-            name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-            path = src / f"{name}.py"
-            path.write_text(textwrap.dedent(source))
-            names.append(name)
-            importlib.invalidate_caches()
-            return name, path
-
-        def load(self, name: str):
-            return importlib.import_module(name)
-
-    yield Mods()
-    for name, mod in list(sys.modules.items()):
-        f = getattr(mod, "__file__", None) or ""
-        if name in names or str(tmp_path) in f:
-            sys.modules.pop(name, None)
 
 
 def go(target, **kw):
@@ -116,7 +76,7 @@ FLAKY = """
 
 
 def test_report_receives_events_in_order_on_calling_thread(mods):
-    _, path = mods.write("""
+    _, path = mods.write_module("""
         from flowdeco import task
 
         @task
@@ -152,7 +112,7 @@ def test_report_receives_events_in_order_on_calling_thread(mods):
 
 
 def test_report_thread_with_a_worker_thread_caller(mods):
-    _, path = mods.write(TWO_TASKS)
+    _, path = mods.write_module(TWO_TASKS)
     rec = Recorder()
     box = {}
 
@@ -171,7 +131,7 @@ def test_report_thread_with_a_worker_thread_caller(mods):
 
 
 def test_plugin_objects_are_not_kept_for_the_next_run(mods):
-    _, path = mods.write(TWO_TASKS)
+    _, path = mods.write_module(TWO_TASKS)
     rec = Recorder()
     go(str(path), plugins=[rec])
     n = len(rec.events)
@@ -211,7 +171,7 @@ class RetryOnce:
 
 
 def test_wrap_sees_every_attempt_and_reschedule_retries(mods):
-    _, path = mods.write(FLAKY)
+    _, path = mods.write_module(FLAKY)
     wrap, retry, rec = WrapAll(), RetryOnce(), Recorder()
     result = go(str(path), plugins=[wrap, retry, rec])
     assert result.ok, result.outcomes
@@ -234,7 +194,7 @@ def test_wrap_sees_every_attempt_and_reschedule_retries(mods):
 
 
 def test_reschedule_is_in_the_audit_trail(mods):
-    _, path = mods.write(FLAKY)
+    _, path = mods.write_module(FLAKY)
     result = flowdeco.run(str(path), plugins=[RetryOnce()], state_dir=mods.cwd / "st",
                           run_id="re1")
     assert result.ok
@@ -249,7 +209,7 @@ def test_reschedule_is_in_the_audit_trail(mods):
 
 
 def test_without_attempt_done_a_failure_is_final(mods):
-    _, path = mods.write(FLAKY)
+    _, path = mods.write_module(FLAKY)
     result = go(str(path))
     assert result.status == "failed"
     assert result["flaky"].attempts == 1
@@ -275,7 +235,7 @@ class FinishPlugin:
 
 
 def test_finish_replaces_result_or_error(mods):
-    _, path = mods.write("""
+    _, path = mods.write_module("""
         from flowdeco import task
 
         @task
@@ -321,7 +281,7 @@ class RestoreA:
 
 
 def test_restore_skips_the_call_and_feeds_dependents(mods):
-    _, path = mods.write("""
+    _, path = mods.write_module("""
         from flowdeco import task
 
         CALLED = []
@@ -354,7 +314,7 @@ class DelayLater:
 
 
 def test_delay_with_fake_clock_completes_instantly(mods):
-    _, path = mods.write("""
+    _, path = mods.write_module("""
         from flowdeco import task
 
         @task
@@ -401,8 +361,8 @@ OPTION_PLUGIN = """
 
 
 def test_plugin_option_as_run_keyword(mods):
-    name, _ = mods.write(OPTION_PLUGIN)
-    _, flow = mods.write(TWO_TASKS)
+    name, _ = mods.write_module(OPTION_PLUGIN)
+    _, flow = mods.write_module(TWO_TASKS)
     assert go(str(flow), plugins=[name], greeting="hi").ok
     plugin = sys.modules[name]
     assert plugin.SEEN == ["hi"]
@@ -413,14 +373,14 @@ def test_plugin_option_as_run_keyword(mods):
 
 
 def test_plugin_option_unknown_without_the_plugin(mods):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="greeting"):
         go(str(flow), greeting="hi")
 
 
 def test_unknown_run_keyword_suggests(mods):
-    name, _ = mods.write(OPTION_PLUGIN)
-    _, flow = mods.write(TWO_TASKS)
+    name, _ = mods.write_module(OPTION_PLUGIN)
+    _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="did you mean 'workers'"):
         go(str(flow), worker=2)
     with pytest.raises(UsageError, match="did you mean 'greeting'"):
@@ -428,8 +388,8 @@ def test_unknown_run_keyword_suggests(mods):
 
 
 def test_plugin_option_on_the_cli_in_process(mods, capsys):
-    name, _ = mods.write(OPTION_PLUGIN)
-    _, flow = mods.write(TWO_TASKS)
+    name, _ = mods.write_module(OPTION_PLUGIN)
+    _, flow = mods.write_module(TWO_TASKS)
     assert cli.main([str(flow), "--no-state", "-p", name, "--greeting", "bye"]) == 0
     assert sys.modules[name].SEEN == ["bye"]
     assert cli.main(["--help", "-p", name]) == 0
@@ -439,8 +399,8 @@ def test_plugin_option_on_the_cli_in_process(mods, capsys):
 
 
 def test_plugin_option_on_the_cli_subprocess(mods):
-    name, _ = mods.write(OPTION_PLUGIN)
-    _, flow = mods.write(TWO_TASKS)
+    name, _ = mods.write_module(OPTION_PLUGIN)
+    _, flow = mods.write_module(TWO_TASKS)
     out = mods.dir / "greeting.txt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(mods.dir),
                                                         os.environ.get("PYTHONPATH", "")]),
@@ -453,7 +413,7 @@ def test_plugin_option_on_the_cli_subprocess(mods):
 
 
 def test_disable_audit_by_name(mods):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     st = mods.cwd / "st"
     assert go(str(flow), state_dir=st, run_id="x", disable=["audit"]).ok
     assert not (st / "runs" / "x" / "audit.jsonl").exists()
@@ -462,13 +422,13 @@ def test_disable_audit_by_name(mods):
 
 
 def test_core_plugin_cannot_be_disabled_from_python(mods):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="main"):
         go(str(flow), disable=["main"])
 
 
 def test_unknown_plugin_name_from_python(mods):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="nosuch_fd_plugin"):
         go(str(flow), plugins=["nosuch_fd_plugin"])
 
@@ -512,7 +472,7 @@ class ClaimTeam:
 
 
 def test_unclaimed_task_option_is_a_collection_error(mods, capsys):
-    _, flow = mods.write(RETRIES_FLOW)
+    _, flow = mods.write_module(RETRIES_FLOW)
     with pytest.raises(CollectionError) as info:
         go(str(flow), disable=["retry"])
     assert "'fetch'" in str(info.value) and "retries" in str(info.value)
@@ -522,13 +482,13 @@ def test_unclaimed_task_option_is_a_collection_error(mods, capsys):
 
 
 def test_claimed_task_option_is_accepted(mods):
-    _, flow = mods.write(RETRIES_FLOW)
+    _, flow = mods.write_module(RETRIES_FLOW)
     result = go(str(flow), disable=["retry"], plugins=[ClaimRetries()])
     assert result.ok and result.results == {"fetch": 1}
 
 
 def test_plugin_defined_task_option(mods):
-    _, flow = mods.write(CUSTOM_OPTION_FLOW)
+    _, flow = mods.write_module(CUSTOM_OPTION_FLOW)
     with pytest.raises(CollectionError, match=r"'owned'.*team"):
         go(str(flow))
     claim = ClaimTeam()
@@ -565,7 +525,7 @@ def fake_eps(monkeypatch):
 
 
 def test_entry_point_plugin_is_loaded_and_can_be_blocked(mods, fake_eps, capsys):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     rec = Recorder()
     fake_eps.append(FakeEntryPoint("fdfake", rec))
     assert go(str(flow)).ok
@@ -581,7 +541,7 @@ def test_entry_point_plugin_is_loaded_and_can_be_blocked(mods, fake_eps, capsys)
 
 
 def test_entry_point_by_name_with_p(mods, fake_eps, capsys):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     rec = Recorder()
     fake_eps.append(FakeEntryPoint("fdfake2", rec))
     assert cli.main([str(flow), "--no-state", "-p", "fdfake2"]) == 0
@@ -591,7 +551,7 @@ def test_entry_point_by_name_with_p(mods, fake_eps, capsys):
 
 
 def test_broken_entry_point_is_a_usage_error_unless_blocked(mods, fake_eps, capsys):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     ep = FakeEntryPoint("fdbroken", error=ImportError("no module named zzz"))
     fake_eps.append(ep)
     with pytest.raises(UsageError, match="fdbroken"):
@@ -676,8 +636,8 @@ LEAKY_PLUGIN = """
 
 
 def test_plugin_registered_during_a_run_does_not_leak_into_the_next(mods):
-    name, _ = mods.write(LEAKY_PLUGIN)
-    _, flow = mods.write(TWO_TASKS)
+    name, _ = mods.write_module(LEAKY_PLUGIN)
+    _, flow = mods.write_module(TWO_TASKS)
     assert go(str(flow), plugins=[name], leak=True, run_id="one").ok
     plugin = sys.modules[name]
     (rec,) = plugin.RECORDERS
@@ -689,8 +649,8 @@ def test_plugin_registered_during_a_run_does_not_leak_into_the_next(mods):
 
 
 def test_blocked_name_during_a_run_does_not_leak_into_the_next(mods):
-    name, _ = mods.write(LEAKY_PLUGIN)
-    _, flow = mods.write(TWO_TASKS)
+    name, _ = mods.write_module(LEAKY_PLUGIN)
+    _, flow = mods.write_module(TWO_TASKS)
     st = mods.cwd / "st"
     assert go(str(flow), plugins=[name], block_audit_trail=True, state_dir=st, run_id="b1").ok
     assert not (st / "runs" / "b1" / "audit.jsonl").exists()
@@ -699,7 +659,7 @@ def test_blocked_name_during_a_run_does_not_leak_into_the_next(mods):
 
 
 def test_pooled_managers_keep_working_across_runs(mods):
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     st = mods.cwd / "st"
     for i in range(6):
         result = go(str(flow), state_dir=st, run_id=f"p{i}")
@@ -708,7 +668,7 @@ def test_pooled_managers_keep_working_across_runs(mods):
 
 
 def test_failed_configure_releases_cleanly(mods):
-    name, _ = mods.write("""
+    name, _ = mods.write_module("""
         from flowdeco import FlowError, hookimpl
 
         @hookimpl
@@ -720,7 +680,7 @@ def test_failed_configure_releases_cleanly(mods):
             if config.getoption("explode"):
                 raise FlowError("configure refused")
     """)
-    _, flow = mods.write(TWO_TASKS)
+    _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(FlowError, match="configure refused"):
         go(str(flow), plugins=[name], explode=True)
     assert go(str(flow), plugins=[name]).ok
