@@ -1,19 +1,51 @@
 """flowdeco: a local-first workflow engine for Python that feels like pytest."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .clock import Clock, FakeClock
-from .context import Context
 from .errors import (CollectionError, CycleError, DuplicateTaskError, FlowError,
                      MissingDependencyError, StateError, TaskDefinitionError, UsageError)
 from .flow import Flow, SubflowNode
-from .manager import hookimpl
 from .outcome import (Attempt, Event, ExitCode, Finish, Reschedule, Restored, RunResult,
                       TaskOutcome)
-from .plugins.circuit import CircuitBreaker, CircuitOpenError
-from .plugins.retry import Retry
-from .plugins.timeout import TaskTimeout
-from .runner import NoTasksError, Run, run
 from .secret import Secret
 from .task import TaskSpec, task
+
+# Declaring tasks needs only the light modules above; the engine (structlog,
+# the runner, the built-in plugins) is imported the first time one of these
+# names is used, so `import flowdeco` in a module of tasks -- and the pytest
+# plugin in every test session -- stays cheap.
+_LAZY = {
+    "Context": "context", "hookimpl": "manager",
+    "run": "runner", "Run": "runner", "NoTasksError": "runner",
+    "Retry": "plugins.retry", "CircuitBreaker": "plugins.circuit",
+    "CircuitOpenError": "plugins.circuit", "TaskTimeout": "plugins.timeout",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import Context
+    from .manager import hookimpl
+    from .plugins.circuit import CircuitBreaker, CircuitOpenError
+    from .plugins.retry import Retry
+    from .plugins.timeout import TaskTimeout
+    from .runner import NoTasksError, Run, run
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flowdeco' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -206,6 +206,34 @@ class RunResult:
         parts = [f"{n} {s}" for s, n in counts.items() if n]
         return f"{', '.join(parts) or 'no tasks'} in {self.duration:.2f}s"
 
+    def assert_ok(self) -> None:
+        """Raise ``AssertionError`` unless the run succeeded, listing what went wrong.
+
+        The message names each failed or interrupted task with its error, and
+        how many tasks were skipped because of them::
+
+            run 20261127-...-ab12 failed: 1 failed, 2 skipped
+              FAILED transform - ValueError: bad record 7
+              skipped (upstream): load, notify
+        """
+        if self.ok:
+            return
+        counts = {k: v for k, v in self.counts().items() if v and k not in (SUCCEEDED, RESTORED)}
+        lines = [f"run {self.run_id} {self.status}: "
+                 + ", ".join(f"{n} {s}" for s, n in counts.items())]
+        skipped: dict[str, list[str]] = {}
+        for name, o in self.outcomes.items():
+            if o.status == FAILED:
+                lines.append(f"  FAILED {name} - {o.error}")
+            elif o.status == INTERRUPTED:
+                lines.append(f"  INTERRUPTED {name}")
+            elif o.status == SKIPPED:
+                skipped.setdefault(o.reason or "?", []).append(name)
+        for reason, names in skipped.items():
+            shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+            lines.append(f"  skipped ({reason}): {shown}")
+        raise AssertionError("\n".join(lines))
+
     def failed(self) -> dict[str, TaskOutcome]:
         return {n: o for n, o in self.outcomes.items() if o.status == FAILED}
 

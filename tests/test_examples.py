@@ -282,3 +282,30 @@ def test_subflows_collect_only_shows_qualified_names(tmp_path):
     assert "validate_orders.check_format  <- fetch_orders" in out
     assert "prepare.clean.normalize.strip  <- fetch_names" in out
     assert "load  <- validate_users, validate_orders" in out
+
+
+# --------------------------------------------------------------------------- dogfooding
+# The same examples tested the way users test their own flows: with the pytest
+# plugin's fixtures (flowdeco.testing).
+
+
+def test_etl_with_extract_stubbed_by_value(flow_run, flow_events):
+    result = flow_run(example("etl"), overrides={"extract": {"records": 5}})
+    result.assert_ok()
+    assert result.results["load"] == 10
+    assert result.outcomes["extract"].status == "restored"
+    assert flow_events.of("loaded", task="load")[0].fields["rows"] == 10
+
+
+def test_etl_with_transform_replaced_by_a_fake(flow_run):
+    result = flow_run(example("etl"), override={"transform": lambda extract: {"processed": 1}})
+    result.assert_ok()
+    assert result.results["load"] == 1
+
+
+def test_quickstart_events_in_order(flow_run, flow_events):
+    flow_run(example("quickstart"), params={"name": "Ada"}).assert_ok()
+    names = flow_events.names()
+    assert names[0] == "run_started" and names[-1] == "run_finished"
+    assert names.index("task_succeeded") < len(names) - 1
+    assert flow_events.of("run_finished", status="succeeded")

@@ -1,0 +1,194 @@
+"""pytest fixtures for testing flows: ``flow_run``, ``flow_clock``, ``flow_events``, ``flow_state``.
+
+Registered through the ``pytest11`` entry point, so every project that has
+flowdeco installed can use them without configuration.  Importing this module
+costs next to nothing: flowdeco itself is imported only when a test uses one
+of the fixtures.
+
+Example::
+
+    def test_etl(flow_run, flow_events):
+        result = flow_run("etl.py", overrides={"extract": {"records": 3}})
+        result.assert_ok()
+        assert result.results["load"] == 6
+        assert flow_events.of("task_restored", task="extract")
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+import pluggy
+import pytest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .clock import FakeClock
+    from .outcome import Event, RunResult
+
+
+#: the same marker as ``flowdeco.hookimpl``, made from pluggy (which pytest has
+#: already imported) so that loading this plugin does not import flowdeco
+hookimpl = pluggy.HookimplMarker("flowdeco")
+
+
+class FlowEvents:
+    """The audit events of the last ``flow_run`` (cleared when a run starts).
+
+    ``flow_events.of("task_retrying", task="fetch")`` lists the events with
+    that name whose fields match; ``flow_events.names()`` the event names in
+    order.  Events are :class:`flowdeco.Event` objects (``name``, ``task``,
+    ``fields``, ``timestamp``, ``outcome``).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def flowdeco_report(self, run: Any, event: Event) -> None:
+        self.events.append(event)
+
+    def clear(self) -> None:
+        self.events.clear()
+
+    def of(self, name: str | None = None, **fields: Any) -> list[Event]:
+        """Events named ``name`` (any name if None) whose ``task`` and fields equal ``fields``."""
+        out = []
+        for e in self.events:
+            if name is not None and e.name != name:
+                continue
+            if all((e.task if k == "task" else e.fields.get(k, _MISSING)) == v
+                   for k, v in fields.items()):
+                out.append(e)
+        return out
+
+    def names(self, task: str | None = None) -> list[str]:
+        """Event names in order (only those of ``task`` when given)."""
+        return [e.name for e in self.events if task is None or e.task == task]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __repr__(self) -> str:
+        return f"<FlowEvents: {len(self.events)} events>"
+
+
+_MISSING = object()
+
+
+class Overrides:
+    """A plugin replacing tasks' functions (``override=``) or results (``overrides=``) for one run.
+
+    A replaced result completes the task as ``restored`` without calling it;
+    a replacement function is called instead of the task's own, with the
+    arguments it accepts by name.
+    """
+
+    def __init__(self, functions: Mapping[str, Callable[..., Any]], values: Mapping[str, Any]):
+        both = set(functions) & set(values)
+        if both:
+            from .errors import UsageError
+            raise UsageError(f"task {sorted(both)[0]!r} is in both override= and overrides=")
+        self.functions = dict(functions)
+        self.values = dict(values)
+
+    @hookimpl
+    def flowdeco_collection_finish(self, config: Any, graph: Any) -> None:
+        from .errors import UsageError, suggest
+        for name in [*self.functions, *self.values]:
+            if name not in graph.by_name:
+                hint = suggest(name, graph.names)
+                raise UsageError(f"override for unknown task {name!r}"
+                                 + (f"; did you mean {hint[0]!r}?" if hint else ""))
+
+    @hookimpl
+    def flowdeco_task_restore(self, run: Any, task: Any) -> Any:
+        if task.name in self.values:
+            from .outcome import Restored
+            return Restored(self.values[task.name])
+        return None
+
+    @hookimpl
+    def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
+        fake = self.functions.get(task.name)
+        if fake is None:
+            return None
+        accepts = _accepted(fake)
+        return lambda call: (lambda kwargs: fake(**_select(kwargs, accepts)))
+
+
+def _accepted(fn: Callable[..., Any]) -> set[str] | None:
+    """Names ``fn`` takes by keyword, or None when it takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _select(kwargs: dict, accepts: set[str] | None) -> dict:
+    return kwargs if accepts is None else {k: v for k, v in kwargs.items() if k in accepts}
+
+
+class FlowRunner:
+    """The ``flow_run`` fixture: ``flow_run(target, override=None, overrides=None, **run_kwargs)``.
+
+    Runs in-process with no state (``state_dir=None``) unless ``state=True``
+    (then in the test's ``flow_state`` folder) or ``state_dir=`` is given;
+    uses the test's ``flow_clock`` when the test asked for it; records the
+    events in ``flow_events``.  Returns the :class:`flowdeco.RunResult`, also
+    kept as ``flow_run.result``.
+    """
+
+    def __init__(self, request: pytest.FixtureRequest, events: FlowEvents):
+        self._request = request
+        self.events = events
+        self.result: RunResult | None = None
+
+    def __call__(self, target: Any, *, override: Mapping[str, Callable[..., Any]] | None = None,
+                 overrides: Mapping[str, Any] | None = None, state: bool = False,
+                 **kwargs: Any) -> RunResult:
+        from .runner import run
+        plugins = list(kwargs.pop("plugins", ()))
+        if override or overrides:
+            plugins.append(Overrides(override or {}, overrides or {}))
+        self.events.clear()
+        plugins.append(self.events)
+        if state:
+            kwargs.setdefault("state_dir", self._request.getfixturevalue("flow_state"))
+        kwargs.setdefault("state_dir", None)
+        if "flow_clock" in self._request.fixturenames:
+            kwargs.setdefault("clock", self._request.getfixturevalue("flow_clock"))
+        self.result = run(target, plugins=plugins, **kwargs)
+        return self.result
+
+
+@pytest.fixture
+def flow_events() -> FlowEvents:
+    """Audit events of the last ``flow_run`` in this test."""
+    return FlowEvents()
+
+
+@pytest.fixture
+def flow_clock() -> FakeClock:
+    """A :class:`flowdeco.FakeClock`: ``flow_run`` uses it, so retry back-off, delays
+    and interval schedules finish instantly; ``flow_clock.advance(s)`` moves it."""
+    from .clock import FakeClock
+    return FakeClock()
+
+
+@pytest.fixture
+def flow_state(tmp_path: Path) -> Path:
+    """A fresh state folder for tests of resume and run history."""
+    path = tmp_path / "flowdeco-state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def flow_run(request: pytest.FixtureRequest, flow_events: FlowEvents) -> FlowRunner:
+    """Run a flow in-process: ``flow_run(target, override={...}, overrides={...}, **run_kwargs)``."""
+    return FlowRunner(request, flow_events)

@@ -1,0 +1,207 @@
+"""The pytest plugin users test their flows with (flowdeco.testing), tested with pytester."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+FLOW = '''
+from flowdeco import task
+
+CALLS = []
+
+@task
+def extract():
+    CALLS.append("extract")
+    return {"records": 10}
+
+@task
+def transform(extract):
+    return extract["records"] * 2
+
+@task
+def load(transform, table="events"):
+    return f"{transform} rows into {table}"
+'''
+
+
+@pytest.fixture
+def project(pytester):
+    pytester.makepyfile(etlflow=FLOW)
+    pytester.syspathinsert()
+    return pytester
+
+
+def run_tests(pytester, source: str, *args: str):
+    pytester.makepyfile(test_user=textwrap.dedent(source))
+    return pytester.runpytest("-q", "-p", "no:cacheprovider", *args)
+
+
+def test_flow_run_runs_in_process_without_state(project):
+    res = run_tests(project, '''
+        import os
+        def test_it(flow_run):
+            result = flow_run("etlflow")
+            result.assert_ok()
+            assert result.results["load"] == "20 rows into events"
+            assert flow_run.result is result
+            assert not os.path.exists(".flowdeco")
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_params_and_run_options_pass_through(project):
+    res = run_tests(project, '''
+        def test_it(flow_run):
+            result = flow_run("etlflow", params={"table": "archive"}, workers=1, executor="sync")
+            assert result.results["load"] == "20 rows into archive"
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_overrides_replace_a_result_without_calling_the_task(project):
+    res = run_tests(project, '''
+        import etlflow
+        def test_it(flow_run, flow_events):
+            result = flow_run("etlflow", overrides={"extract": {"records": 3}})
+            result.assert_ok()
+            assert result.results["load"] == "6 rows into events"
+            assert result.outcomes["extract"].status == "restored"
+            assert "extract" not in etlflow.CALLS
+            assert flow_events.of("task_restored", task="extract")
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_override_replaces_a_function_with_the_arguments_it_takes(project):
+    res = run_tests(project, '''
+        def test_it(flow_run):
+            seen = []
+            def fake_transform(extract):
+                seen.append(extract)
+                return 99
+            result = flow_run("etlflow", override={"transform": fake_transform,
+                                                   "extract": lambda: {"records": 1}})
+            result.assert_ok()
+            assert seen == [{"records": 1}]
+            assert result.results["load"] == "99 rows into events"
+            assert result.outcomes["transform"].status == "succeeded"
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_override_of_unknown_task_is_a_clear_error(project):
+    res = run_tests(project, '''
+        import pytest
+        from flowdeco import UsageError
+        def test_it(flow_run):
+            with pytest.raises(UsageError, match="unknown task 'extrct'; did you mean 'extract'"):
+                flow_run("etlflow", overrides={"extrct": 1})
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_flow_events_helpers(project):
+    res = run_tests(project, '''
+        def test_it(flow_run, flow_events):
+            flow_run("etlflow")
+            assert flow_events.names()[0] == "run_started"
+            assert flow_events.names()[-1] == "run_finished"
+            assert flow_events.names(task="load") == ["task_started", "task_succeeded"]
+            (done,) = flow_events.of("task_succeeded", task="transform")
+            assert done.outcome.result == 20
+            assert flow_events.of("run_finished", status="succeeded")
+            assert not flow_events.of("run_finished", status="failed")
+            flow_run("etlflow")      # a second run starts a fresh log
+            assert len(flow_events.of("run_started")) == 1
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_assert_ok_failure_message_lists_failed_and_skipped_tasks(pytester):
+    pytester.makepyfile(badflow='''
+        from flowdeco import task
+
+        @task
+        def extract():
+            raise ValueError("bad record 7")
+
+        @task
+        def transform(extract):
+            return 1
+
+        @task
+        def other():
+            return 2
+    ''')
+    pytester.syspathinsert()
+    res = run_tests(pytester, '''
+        def test_it(flow_run):
+            flow_run("badflow").assert_ok()
+    ''')
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([
+        "*AssertionError: run * failed: 1 failed, 1 skipped*",
+        "*FAILED extract - ValueError: bad record 7*",
+        "*skipped (upstream): transform*",
+    ])
+
+
+def test_flow_clock_makes_a_long_retry_back_off_instant(pytester):
+    pytester.makepyfile(flaky='''
+        from flowdeco import task, Retry
+
+        ATTEMPTS = []
+
+        @task(retry=Retry(retries=5, delay=60.0))
+        def fetch(ctx):
+            ATTEMPTS.append(ctx.attempt)
+            if ctx.attempt <= 5:
+                raise ConnectionError("down")
+            return "ok"
+    ''')
+    pytester.syspathinsert()
+    res = run_tests(pytester, '''
+        import time
+        def test_it(flow_run, flow_clock, flow_events):
+            start_real, start_fake = time.monotonic(), flow_clock.monotonic()
+            result = flow_run("flaky")
+            result.assert_ok()
+            assert result.outcomes["fetch"].attempts == 6
+            assert [e.fields["delay"] for e in flow_events.of("task_retrying")] == [60.0] * 5
+            assert flow_clock.monotonic() - start_fake >= 300.0
+            assert time.monotonic() - start_real < 1.0
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_flow_state_is_a_fresh_folder_and_state_true_writes_there(project):
+    res = run_tests(project, '''
+        def test_it(flow_run, flow_state):
+            assert flow_state.is_dir() and not any(flow_state.iterdir())
+            result = flow_run("etlflow", state=True, run_id="r1")
+            result.assert_ok()
+            assert (flow_state / "runs" / "r1" / "audit.jsonl").exists()
+    ''')
+    res.assert_outcomes(passed=1)
+
+
+def test_plugin_is_registered_through_the_pytest11_entry_point():
+    from importlib.metadata import entry_points
+    names = {ep.name: ep.value for ep in entry_points(group="pytest11")}
+    assert names.get("flowdeco") == "flowdeco.testing"
+
+
+def test_loading_the_plugin_does_not_import_flowdeco(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys, flowdeco.testing; "
+            "print(sorted(m for m in sys.modules if m.startswith('flowdeco')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, check=True).stdout
+    # the package's __init__ runs (it is the parent package), the engine's modules
+    # (runner, graph, plugins) are only imported when a fixture is used
+    assert "flowdeco.runner" not in out and "flowdeco.plugins" not in out
