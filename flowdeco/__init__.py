@@ -23,11 +23,13 @@ _LAZY = {
     "run": "runner", "Run": "runner", "NoTasksError": "runner",
     "Retry": "plugins.retry", "CircuitBreaker": "plugins.circuit",
     "CircuitOpenError": "plugins.circuit", "TaskTimeout": "plugins.timeout",
+    "Pipeline": "pipeline", "PipelineResult": "pipeline",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import Context
     from .manager import hookimpl
+    from .pipeline import Pipeline, PipelineResult
     from .plugins.circuit import CircuitBreaker, CircuitOpenError
     from .plugins.retry import Retry
     from .plugins.timeout import TaskTimeout
@@ -52,7 +54,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Attempt", "CircuitBreaker", "CircuitOpenError", "Clock", "CollectionError", "Context",
     "CycleError", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
-    "FlowError", "MissingDependencyError", "NoTasksError", "Reschedule", "Restored", "Retry",
-    "Run", "RunResult", "Secret", "StateError", "SubflowNode", "TaskDefinitionError",
-    "TaskOutcome", "TaskSpec", "TaskTimeout", "UsageError", "hookimpl", "run", "task",
+    "FlowError", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
+    "Reschedule", "Restored", "Retry", "Run", "RunResult", "Secret", "StateError",
+    "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout", "UsageError",
+    "hookimpl", "run", "task",
 ]

@@ -77,14 +77,16 @@ class Context:
     ``iteration`` (1-based for interval tasks, else None); ``params`` (the run
     parameters); ``log`` (a structlog bound logger writing to the run's audit
     trail, with ``task`` bound); ``upstream`` (outcomes of upstream tasks, for
-    tasks that run despite an upstream failure).
+    tasks that run despite an upstream failure); ``run`` (the :class:`Run`, for
+    engine extensions such as pipeline nodes that report events with
+    ``ctx.run.emit``; None in worker processes).
     """
 
-    __slots__ = ("run_id", "task", "attempt", "iteration", "params", "log", "upstream")
+    __slots__ = ("run_id", "task", "attempt", "iteration", "params", "log", "upstream", "run")
 
     def __init__(self, run_id: str, task: str, attempt: int, iteration: int | None,
                  params: Mapping[str, Any], sink: LogSink | None,
-                 upstream: Mapping[str, Any] | None = None):
+                 upstream: Mapping[str, Any] | None = None, run: Any = None):
         self.run_id = run_id
         self.task = task
         self.attempt = attempt
@@ -92,6 +94,7 @@ class Context:
         self.params = params
         self.log = make_logger(sink, task, attempt, iteration)
         self.upstream = upstream or {}
+        self.run = run
 
     def __repr__(self) -> str:
         return (f"Context(run_id={self.run_id!r}, task={self.task!r}, attempt={self.attempt}, "

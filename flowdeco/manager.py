@@ -31,6 +31,10 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("retry", "flowdeco.plugins.retry"),
     ("circuit", "flowdeco.plugins.circuit"),
     ("timeout", "flowdeco.plugins.timeout"),
+    ("timers", "flowdeco.plugins.timers"),
+    ("state", "flowdeco.plugins.state"),
+    ("metrics", "flowdeco.plugins.metrics"),
+    ("progress", "flowdeco.plugins.progress"),
 )
 
 hookimpl = pluggy.HookimplMarker("flowdeco")

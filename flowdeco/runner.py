@@ -47,11 +47,12 @@ from .collect import resolve_target
 from .config import Config, Parser, merge_options, parse_params
 from .context import Context
 from .errors import CollectionError, FlowError, UsageError
-from .executors import SyncExecutor, default_workers
+from .executors import SyncExecutor, default_workers, remote_failure
 from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph
 from .manager import Lease, acquire, release
 from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Event,
                       Finish, Reschedule, RunResult, TaskOutcome, format_error)
+from .pickling import UnpicklableResult, dumps_result, loads_result
 from .select import compile_expression
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -124,16 +125,29 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
-    """Run one attempt in a worker process; everything returned must pickle."""
+    """Run one attempt in a worker process; everything returned must pickle.
+
+    The result travels as its own pickle, made here, so a result that cannot
+    be pickled fails this attempt with an error naming its type (and one that
+    cannot be unpickled in the driver fails it there) instead of failing the
+    transport.  ``t0``/``t1`` are the worker's clock: the driver keeps only
+    their differences.
+    """
     t0 = time.monotonic()
     try:
         result, err = call(kwargs), None
     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
         result, err = None, _portable(exc)
     t1 = time.monotonic()
+    payload = None
+    if err is None:
+        try:
+            payload = dumps_result(result)
+        except UnpicklableResult as exc:
+            err = exc
     ctx = kwargs.get("ctx")
     logs = ctx._buffered_logs() if isinstance(ctx, Context) else []
-    return result, err, t0, t1, f"pid-{os.getpid()}", logs
+    return payload, err, t0, t1, f"pid-{os.getpid()}", logs
 
 
 # --------------------------------------------------------------------------- the run
@@ -207,6 +221,8 @@ class Run:
         self.owns_executor = owns_executor
         self.clock = config.clock
         self.stash: dict[Any, Any] = {}
+        #: set by the metrics plugin (at run start, computed lazily); becomes RunResult.metrics
+        self.metrics: Any = None
         #: plugins set False when a completion must be reported before dependents start
         self.inline_successors = True
         #: task indices whose *successful* attempts also go through flowdeco_attempt_done
@@ -410,7 +426,8 @@ class Run:
         result = RunResult(run_id=self.run_id, status=status,
                            outcomes=Outcomes(self.graph.by_name, self.outcome_at),
                            started=self.started + self._offset, finished=finished + self._offset,
-                           duration=finished - self.started, flow=self.graph.name)
+                           duration=finished - self.started, flow=self.graph.name,
+                           metrics=self.metrics)
         if self.reporting:
             counts = result.counts()
             self._report("run_finished", None, {"status": status, "duration": round(result.duration, 6),
@@ -570,7 +587,8 @@ class Run:
 
     def _context(self, v: Vertex, attempt: int, iteration: int | None) -> Context:
         return Context(self.run_id, v.name, attempt, iteration, self.params,
-                       self._log_sink if self.local else None, _Upstream(self, v.deps))
+                       self._log_sink if self.local else None, _Upstream(self, v.deps),
+                       self if self.local else None)
 
     def _start(self, i: int, attempt: int, iteration: int | None) -> None:
         v = self.graph.vertices[i]
@@ -587,7 +605,13 @@ class Run:
         if self.local:
             self.executor.submit(self._work, i, kw, attempt, iteration)
         else:
-            fut = self.executor.submit(_call_remote, self._calls[i], kw)
+            try:
+                fut = self.executor.submit(_call_remote, self._calls[i], kw)
+            except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
+                now = self.clock.monotonic()
+                self.q.put((_DONE, i, attempt, iteration, None,
+                            remote_failure(exc, v.name), now, now, None, None, 0))
+                return
             fut.add_done_callback(partial(self._remote_done, i, attempt, iteration))
 
     def _work(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
@@ -668,13 +692,26 @@ class Run:
             put((_CRASH, exc))
 
     def _remote_done(self, i: int, attempt: int, iteration: int | None, fut: Any) -> None:
+        """A remote attempt ended (on the executor's callback thread): post it to the scheduler.
+
+        The attempt keeps the duration the worker measured and ends now on the
+        run's clock (a worker's clock may be another host's).  A dead worker
+        (broken pool, killed Dask worker) fails the attempt with ``WorkerCrashed``.
+        """
         put = self.q.put
-        try:
-            result, err, t0, t1, worker, logs = fut.result()
-        except BaseException as exc:  # noqa: BLE001 - pickling errors, broken pools, cancels
-            now = self.clock.monotonic()
-            result, err, t0, t1, worker, logs = None, exc, now, now, None, []
         name = self.graph.vertices[i].name
+        now = self.clock.monotonic()
+        result = None
+        try:
+            payload, err, t0, t1, worker, logs = fut.result()
+            if err is None:
+                result = loads_result(payload)
+        except BaseException as exc:  # noqa: BLE001 - pickling errors, broken pools, cancels
+            payload, err, t0, t1, worker, logs = None, exc, now, now, None, []
+            err = remote_failure(exc, name)
+        if isinstance(err, UnpicklableResult):
+            err = UnpicklableResult(f"task {name!r} {err}")
+        t0, t1 = now - (t1 - t0), now
         for level, event, fields in logs:
             put((_LOG, name, level, attempt, iteration, event, fields, t1))
         put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, None, 0))
@@ -739,8 +776,8 @@ class Run:
                              {"attempt": attempt, "delay": delay, "error": format_error(err),
                               **decision.fields}, t1)
             if self.stopping:
-                self._finish(i, INTERRUPTED if self.interrupted else FAILED, None, err,
-                             attempt, t1, worker)
+                self._finish(i, INTERRUPTED if self.interrupted or err is None else FAILED,
+                             None, err, attempt, t1, worker)
                 return
             self._state[i] = WAITING
             self._push_timer(self.clock.monotonic() + delay, i, next_attempt, next_iter)
@@ -885,8 +922,10 @@ class Run:
         now = self.clock.monotonic()
         for _, _, i, attempt, _ in sorted(timers):
             err = self._last_error[i]
-            if err is None or self._t0[i] is None:
+            if self._t0[i] is None:
                 self._finish(i, SKIPPED, None, None, 0, None, None, "stopped")
+            elif err is None:  # between two iterations of an interval task: it was cut short
+                self._finish(i, INTERRUPTED, None, None, self._attempts[i], now)
             else:
                 self._finish(i, INTERRUPTED if interrupted else FAILED, None, err,
                              self._attempts[i], now)

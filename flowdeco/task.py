@@ -63,6 +63,8 @@ class TaskSpec:
     priority: int = 0
     circuit: Any = None
     tags: frozenset[str] = frozenset()
+    until: Callable[[Any], Any] | None = None
+    cron: str | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
     params: tuple[Param, ...] = ()
     owner: "Flow | None" = None
@@ -81,7 +83,8 @@ class TaskSpec:
 
 
 #: Core ``@task`` options whose behaviour comes from a built-in plugin.
-_PLUGIN_OPTIONS = ("retries", "retry", "timeout", "delay", "every", "times", "circuit")
+_PLUGIN_OPTIONS = ("retries", "retry", "timeout", "delay", "every", "times", "circuit",
+                   "until", "cron")
 
 
 def get_spec(obj: Any) -> TaskSpec | None:
@@ -99,7 +102,9 @@ def task(fn: F, /) -> F: ...
 def task(*, name: str | None = ..., after: Iterable[Any] = ..., retries: int | None = ...,
          retry: Any = ..., timeout: float | None = ..., delay: float | None = ...,
          every: float | None = ..., times: int | None = ..., priority: int = ...,
-         circuit: Any = ..., tags: Iterable[str] | str = ..., **options: Any) -> Callable[[F], F]: ...
+         circuit: Any = ..., tags: Iterable[str] | str = ...,
+         until: Callable[[Any], Any] | None = ..., cron: str | None = ...,
+         **options: Any) -> Callable[[F], F]: ...
 
 
 def task(fn: Any = None, /, **kwargs: Any) -> Any:
@@ -110,7 +115,9 @@ def task(fn: Any = None, /, **kwargs: Any) -> Any:
     ``retries`` (retries after the first attempt), ``retry`` (a ``Retry``
     policy; not together with ``retries``), ``timeout`` (seconds per attempt),
     ``delay`` (seconds to wait once ready), ``every`` + ``times`` (interval
-    task), ``priority`` (higher starts first when workers are scarce),
+    task), ``until`` (interval tasks: a predicate on the last result that
+    ends them early), ``cron`` (a cron schedule for ``flowdeco serve``),
+    ``priority`` (higher starts first when workers are scarce),
     ``circuit`` (a ``CircuitBreaker`` or its name), ``tags``.  Other keyword
     options are kept for plugins and checked when the flow is collected.
     """
@@ -141,7 +148,9 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
               after: Iterable[Any] | Any = (), retries: int | None = None, retry: Any = None,
               timeout: float | None = None, delay: float | None = None,
               every: float | None = None, times: int | None = None, priority: int = 0,
-              circuit: Any = None, tags: Iterable[str] | str = (), **options: Any) -> TaskSpec:
+              circuit: Any = None, tags: Iterable[str] | str = (),
+              until: Callable[[Any], Any] | None = None, cron: str | None = None,
+              **options: Any) -> TaskSpec:
     """Validate ``@task`` options and build the :class:`TaskSpec` (no side effects)."""
     if not callable(fn) or isinstance(fn, type):
         raise TaskDefinitionError(
@@ -170,6 +179,17 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
             raise TaskDefinitionError(f"{where}: times must be an int >= 1, got {times!r}")
         if every is None:
             raise TaskDefinitionError(f"{where}: times= needs every= (the interval in seconds)")
+    if until is not None:
+        if not callable(until):
+            raise TaskDefinitionError(
+                f"{where}: until= must be a callable taking the last iteration's result, "
+                f"got {until!r}")
+        if every is None:
+            raise TaskDefinitionError(f"{where}: until= needs every= (it ends an interval task)")
+    if cron is not None and (not isinstance(cron, str) or not cron.strip()):
+        raise TaskDefinitionError(
+            f"{where}: cron= must be a cron expression string such as '*/5 * * * *', "
+            f"got {cron!r}")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TaskDefinitionError(f"{where}: priority must be an int, got {priority!r}")
     if isinstance(tags, str):
@@ -187,7 +207,7 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
     return TaskSpec(fn=fn, name=name, after=after_t, retries=retries, retry=retry,
                     timeout=timeout, delay=delay, every=every, times=times,
                     priority=priority, circuit=circuit, tags=tags_set,
-                    options=dict(options), params=read_params(fn, where), owner=owner)
+                    until=until, cron=cron, options=dict(options), params=read_params(fn, where), owner=owner)
 
 
 def _positive(where: str, what: str, value: Any) -> float | None:

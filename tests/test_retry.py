@@ -529,3 +529,12 @@ def test_sync_executor_retries():
     result = go([flaky], executor="sync")
     assert result.ok and result.outcomes["flaky"].attempts == 3
 
+
+
+def test_exponential_growth_of_a_subnormal_delay_is_not_capped_early():
+    """Regression (found by hypothesis): with no max_delay the exponent cap was a fixed
+    1100, so a tiny delay stopped doubling long before it reached the float range."""
+    tiny = 2.2250738585e-313
+    r = Retry(retries=1, backoff="exponential", delay=tiny)
+    assert r.delay_before(1102) == math.ldexp(tiny, 1101)
+    assert math.isfinite(r.delay_before(100_000))

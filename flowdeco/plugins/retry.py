@@ -194,9 +194,12 @@ class Retry:
 
 def _exponent_cap(delay: float, max_delay: float | None, jitter: float) -> int:
     """The exponent from which ``delay * 2**e`` times the smallest jitter factor exceeds
-    ``max_delay`` (so larger exponents change nothing); 1100 (past float range) without a cap."""
-    if max_delay is None or delay == 0.0:
-        return 1100
+    ``max_delay`` (so larger exponents change nothing); without a cap, the exponent past
+    which ``delay * 2**e`` leaves the float range (a subnormal delay needs over 2,000)."""
+    if delay == 0.0:
+        return 0
+    if max_delay is None:
+        return max(0, math.ceil(1025 - math.log2(delay)))
     if max_delay == 0.0:
         return 0
     low = 1.0 - jitter

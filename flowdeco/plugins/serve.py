@@ -1,0 +1,564 @@
+"""``python -m flowdeco serve TARGET``: run a flow at each tick of its cron schedules.
+
+A long-running scheduler.  Schedules come from the tasks' ``cron=`` options
+(``@task(cron="*/5 * * * *")``) and/or from ``--cron EXPR`` (the whole flow).
+At each tick one run starts, with its own run id ``FLOW-YYYYmmddTHHMMSSZ``
+(the tick in UTC) and its own state and audit trail; it runs the cron tasks
+due at that tick plus what they need (like ``-k``), or the whole flow for
+``--cron``.  Ticks of several schedules that fall together make one run.
+
+Rules:
+
+- **Time zone**: cron expressions read wall time in ``--tz ZONE`` (an IANA
+  name), else a leading ``CRON_TZ=ZONE`` in the expression, else the
+  machine's zone.  DST follows Debian cron (see
+  :class:`~flowdeco.plugins.timers.CronSchedule`).
+- **No pile-up**: runs never overlap.  Ticks that pass while a run is in
+  progress are coalesced: when it ends, one run starts at once for the
+  latest of them; the others are counted as ``skipped``.  Same rule as
+  interval tasks: late means "at once, once".
+- **Missed ticks** (needs state, i.e. not ``--no-state``): serve records the
+  last tick it handled in ``STATE_DIR/serve/FLOW.json`` before starting its
+  run.  On start, the ticks between that one and now are reported as
+  missed while down; ``--catch-up`` runs each of them, oldest first, before
+  serving the schedule.  A tick run that a stop cut short (serve killed, or
+  interrupted by a signal) is reported with the command that resumes it;
+  ``--catch-up`` resumes it first (the state plugin keeps its completed
+  tasks).
+- **Stopping**: SIGTERM or Ctrl-C while waiting for a tick stops serve at
+  once with exit code 0 (nothing was cut short).  During a run, the run is
+  interrupted like any run (running tasks finish and are recorded) and serve
+  exits 2; ``--catch-up`` on the next start resumes that run.  Failed runs do
+  not stop serve: they are reported and recorded like any run.
+- **Wall-clock changes**: the wait for a tick re-reads the wall clock at least
+  once a minute, so a clock set forward fires the due tick (coalesced), and a
+  clock set back never re-runs a tick already handled.
+
+Time is injectable: ``serve(target, clock=FakeClock(wall=...), max_ticks=3)``
+runs three ticks of an hourly schedule instantly (the fake clock jumps to
+each tick, and the runs use the same clock).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from queue import Empty, SimpleQueue
+from typing import IO, Any, Callable, Iterable, Literal, Mapping, Sequence
+
+import attrs
+
+from ..clock import Clock
+from ..config import Parser
+from ..errors import FlowError, UsageError
+from ..outcome import INTERRUPTED, ExitCode, RunResult
+from ..runner import NoTasksError, Session, validate_run_id
+from .timers import CronSchedule, parse_cron, zone_info
+
+UTC = _dt.timezone.utc
+
+#: on a real clock, re-read the wall clock at least this often while waiting for a tick
+MAX_WAIT = 60.0
+#: most missed ticks listed (and run by --catch-up) after a long time down
+MAX_MISSED = 10_000
+
+_STOP = "stop"
+_STATE_VERSION = 1
+
+StopReason = Literal["max_ticks", "stopped", "interrupted"]
+
+
+@attrs.frozen
+class TickRun:
+    """One run started by serve."""
+
+    #: the tick it ran for, in its schedule's zone
+    tick: _dt.datetime
+    run_id: str
+    #: the cron tasks due at this tick; empty when the whole flow ran (``--cron``)
+    tasks: tuple[str, ...]
+    #: None when the run could not start (see ``error``)
+    result: RunResult | None
+    error: str | None = None
+    #: started by ``--catch-up`` for a tick missed while serve was down
+    catch_up: bool = False
+    resumed: bool = False
+
+
+@attrs.frozen
+class ServeReport:
+    """What :func:`serve` returns."""
+
+    flow: str
+    runs: tuple[TickRun, ...]
+    #: ticks missed while serve was down, found at start (oldest first)
+    missed: tuple[_dt.datetime, ...]
+    #: ticks coalesced because they passed while a run was in progress
+    skipped: int
+    #: the run id of a tick run that was cut short before this start, if any
+    unfinished: str | None
+    reason: StopReason
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """0 when serve stopped cleanly, 2 when a signal interrupted a run in flight."""
+        return ExitCode.INTERRUPTED if self.reason == "interrupted" else ExitCode.OK
+
+
+@attrs.frozen
+class _Entry:
+    key: str
+    schedule: CronSchedule
+    #: task names this schedule runs (plus what they need); None: the whole flow
+    tasks: tuple[str, ...] | None
+
+
+def tick_run_id(flow: str, tick: _dt.datetime) -> str:
+    """``FLOW-YYYYmmddTHHMMSSZ``: the run id of the run for ``tick``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", flow)[:100].strip(".") or "flow"
+    return validate_run_id(f"{safe}-{tick.astimezone(UTC):%Y%m%dT%H%M%SZ}")
+
+
+SessionFactory = Callable[[Mapping[str, Any]], Session]
+
+
+class Scheduler:
+    """The serve loop.  :meth:`run` blocks until stopped; :meth:`stop` is thread-safe.
+
+    ``start_session(options)`` starts a configured :class:`Session` with these
+    extra options (``run_id``, ``resume``); :func:`serve` and the CLI provide
+    it.  ``state_dir`` (None: no state) is where ``serve/FLOW.json`` lives.
+    """
+
+    def __init__(self, target: Any, start_session: SessionFactory, *,
+                 state_dir: str | os.PathLike | None, cron: str | None = None,
+                 tz: _dt.tzinfo | str | None = None, catch_up: bool = False,
+                 max_ticks: int | None = None, clock: Clock | None = None,
+                 out: IO[str] | None = None, quiet: int = 0, can_resume: bool = True):
+        if max_ticks is not None and (isinstance(max_ticks, bool) or not isinstance(max_ticks, int)
+                                      or max_ticks < 0):
+            raise UsageError(f"max_ticks must be an int >= 0, got {max_ticks!r}")
+        self.target = target
+        self.start_session = start_session
+        self.state_dir = None if state_dir is None else Path(state_dir)
+        self.cron = cron
+        self.tz = None if tz is None else zone_info(tz)
+        self.catch_up = catch_up
+        self.max_ticks = max_ticks
+        self.clock = clock or Clock()
+        self.out = out
+        self.quiet = quiet
+        self.can_resume = can_resume
+        self._wake: SimpleQueue = SimpleQueue()
+        self.runs: list[TickRun] = []
+        self.skipped = 0
+
+    # -- control
+    def stop(self) -> None:
+        """Stop serving: at once while waiting; after the current run otherwise."""
+        self._wake.put(_STOP)
+
+    def _stop_pending(self) -> bool:
+        try:
+            return self._wake.get_nowait() == _STOP
+        except Empty:
+            return False
+
+    def _say(self, text: str) -> None:
+        if self.out is not None and self.quiet < 2:
+            print(f"flowdeco serve: {text}", file=self.out, flush=True)
+
+    # -- the loop
+    def run(self) -> ServeReport:
+        flow, entries = self._discover()
+        restore = self._install_signals()
+        try:
+            return self._serve(flow, entries)
+        finally:
+            restore()
+
+    def _discover(self) -> tuple[str, list[_Entry]]:
+        session = self.start_session({})
+        try:
+            graph = session.collect(self.target)
+        finally:
+            session.close()
+        entries = []
+        for v in graph.vertices:
+            spec = v.spec
+            if spec is not None and spec.cron is not None:
+                entries.append(_Entry(v.name, parse_cron(spec.cron, self.tz,
+                                                         where=f"task {v.name!r}"), (v.name,)))
+        if self.cron is not None:
+            entries.append(_Entry("*", parse_cron(self.cron, self.tz, where="--cron"), None))
+        if not entries:
+            raise UsageError(
+                f"nothing to serve: no task of flow {graph.name!r} sets cron=, and no --cron "
+                "EXPR was given (e.g. --cron '*/5 * * * *' runs the whole flow every 5 minutes)")
+        return graph.name, entries
+
+    def _now(self) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self.clock.time(), UTC)
+
+    def _serve(self, flow: str, entries: list[_Entry]) -> ServeReport:
+        start = self._now()
+        saved = self._load_state(flow)
+        missed: list[tuple[_dt.datetime, list[_Entry]]] = []
+        last = saved.get("last_tick")
+        if last is not None:
+            missed = _merge_ticks(entries, _dt.datetime.fromtimestamp(last, UTC), start)
+        unfinished = saved.get("running") or None
+        nxt = {e.key: e.schedule.next_after(start) for e in entries}
+        self._say(f"serving flow {flow!r}: " + "; ".join(
+            f"{e.schedule.expr} ({e.key if e.tasks else 'whole flow'}) next at "
+            f"{nxt[e.key].isoformat()}" for e in entries))
+        self._report_down(flow, missed, unfinished)
+        if self.catch_up:
+            if unfinished and self._resume_supported():
+                tick = _dt.datetime.fromtimestamp(unfinished["tick"], UTC)
+                run = self._run_tick(flow, tick, tuple(unfinished.get("tasks") or ()) or None,
+                                     catch_up=True, resume=unfinished["run_id"])
+                if self._interrupted(run):
+                    return self._report(flow, missed, unfinished, "interrupted")
+            for tick, due in missed:
+                if self._stop_pending():
+                    return self._report(flow, missed, unfinished, "stopped")
+                run = self._run_tick(flow, tick, _tasks_of(due), catch_up=True)
+                if self._interrupted(run):
+                    return self._report(flow, missed, unfinished, "interrupted")
+        ticks = 0
+        while True:
+            if self.max_ticks is not None and ticks >= self.max_ticks:
+                return self._report(flow, missed, unfinished, "max_ticks")
+            if self._wait_until(min(nxt.values())):
+                return self._report(flow, missed, unfinished, "stopped")
+            now = self._now()
+            due: dict[str, _dt.datetime] = {}
+            for e in entries:
+                if nxt[e.key] > now:
+                    continue
+                passed = [nxt[e.key], *e.schedule.ticks(nxt[e.key], now, limit=MAX_MISSED)]
+                due[e.key] = passed[-1]
+                self.skipped += len(passed) - 1
+                nxt[e.key] = e.schedule.next_after(now if len(passed) >= MAX_MISSED
+                                                   else passed[-1])
+            if not due:
+                continue
+            tick = max(due.values())
+            run = self._run_tick(flow, tick, _tasks_of([e for e in entries if e.key in due]))
+            ticks += 1
+            if self._interrupted(run):
+                return self._report(flow, missed, unfinished, "interrupted")
+
+    def _wait_until(self, when: _dt.datetime) -> bool:
+        """Wait for wall time ``when``; True when asked to stop first."""
+        target = when.timestamp()
+        while True:
+            remaining = target - self.clock.time()
+            if remaining <= 0:
+                return self._stop_pending()
+            # a fake clock jumps straight to the tick; real time is re-read now and then
+            step = remaining if self.clock.virtual else min(remaining, MAX_WAIT)
+            try:
+                msg = self.clock.wait(self._wake.get, step, True)
+            except Empty:
+                continue
+            if msg == _STOP:
+                return True
+
+    @staticmethod
+    def _interrupted(run: TickRun) -> bool:
+        return run.result is not None and run.result.status == INTERRUPTED
+
+    def _report(self, flow: str, missed: list, unfinished: Any, reason: StopReason) -> ServeReport:
+        if reason != "max_ticks":
+            self._say("stopped" if reason == "stopped" else "stopped: a run was interrupted")
+        return ServeReport(flow, tuple(self.runs), tuple(t for t, _ in missed), self.skipped,
+                           unfinished["run_id"] if unfinished else None, reason)
+
+    def _report_down(self, flow: str, missed: list, unfinished: Any) -> None:
+        if unfinished:
+            how = "--catch-up resumes it" if self._resume_supported() else \
+                f"resume it with: python -m flowdeco TARGET --resume {unfinished['run_id']}"
+            self._say(f"run {unfinished['run_id']} did not finish (serve stopped during it); "
+                      + how)
+        if missed:
+            more = "at least " if len(missed) >= MAX_MISSED else ""
+            first, last = missed[0][0], missed[-1][0]
+            what = "running them now (--catch-up)" if self.catch_up else \
+                "run them with --catch-up"
+            self._say(f"{more}{len(missed)} tick(s) of flow {flow!r} missed while serve was down "
+                      f"({first.isoformat()} .. {last.isoformat()}); {what}")
+
+    def _resume_supported(self) -> bool:
+        return self.can_resume and self.state_dir is not None
+
+    # -- one tick
+    def _run_tick(self, flow: str, tick: _dt.datetime, tasks: tuple[str, ...] | None, *,
+                  catch_up: bool = False, resume: str | None = None) -> TickRun:
+        run_id = resume or tick_run_id(flow, tick)
+        self._save_state(flow, tick, {"run_id": run_id, "tick": tick.timestamp(),
+                                      "tasks": list(tasks or ())})
+        options = {"resume": run_id} if resume else {"run_id": run_id}
+        result = None
+        error = None
+        session = None
+        try:
+            session = self.start_session(options)
+            graph = session.collect(self.target)
+            if tasks is not None:
+                unknown = [t for t in tasks if t not in graph.by_name]
+                if unknown:
+                    raise UsageError(f"task(s) {', '.join(map(repr, unknown))} are no longer "
+                                     f"in flow {flow!r}")
+                graph = graph.subgraph(graph.ancestors(graph.by_name[t] for t in tasks))
+            result = session.execute(graph)
+        except FlowError as exc:  # this tick's run could not start: say so, serve on
+            error = str(exc)
+        finally:
+            if session is not None:
+                session.close()
+        # a tick run cut short stays recorded as running, so the next start can resume it
+        self._save_state(flow, tick, None if result is None or result.status != INTERRUPTED
+                         else {"run_id": run_id, "tick": tick.timestamp(),
+                               "tasks": list(tasks or ())})
+        run = TickRun(tick, run_id, tuple(tasks or ()), result, error, catch_up, bool(resume))
+        self.runs.append(run)
+        self._say_run(run)
+        return run
+
+    def _say_run(self, run: TickRun) -> None:
+        if self.out is None or self.quiet >= 2:
+            return
+        what = "resumed" if run.resumed else "caught up" if run.catch_up else "tick"
+        head = f"{what} {run.tick.isoformat()}: run {run.run_id}"
+        if run.result is None:
+            self._say(f"{head} could not start: {run.error}")
+            return
+        if not self.quiet:
+            for name, o in run.result.outcomes.items():
+                if o.status in ("failed", "interrupted"):
+                    print(f"{o.status.upper()} {name}" + (f" - {o.error}" if o.error else ""),
+                          file=self.out)
+        self._say(f"{head}: {run.result.summary()}")
+
+    # -- the small state file (STATE_DIR/serve/FLOW.json)
+    def _state_path(self, flow: str) -> Path | None:
+        if self.state_dir is None:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", flow) or "flow"
+        return self.state_dir / "serve" / f"{safe}.json"
+
+    def _load_state(self, flow: str) -> dict[str, Any]:
+        path = self._state_path(flow)
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
+                raise ValueError("not a serve state file of this version")
+            last = data.get("last_tick")
+            if last is not None and not isinstance(last, (int, float)):
+                raise ValueError("last_tick is not a number")
+            return data
+        except (OSError, ValueError) as exc:
+            raise FlowError(f"{path}: unreadable serve state ({exc}); delete it to start "
+                            "afresh (missed ticks will not be reported once)") from None
+
+    def _save_state(self, flow: str, tick: _dt.datetime, running: dict | None) -> None:
+        path = self._state_path(flow)
+        if path is None:
+            return
+        _private_dirs(path.parent)
+        data = {"version": _STATE_VERSION, "flow": flow, "last_tick": tick.timestamp(),
+                "last_tick_utc": tick.astimezone(UTC).isoformat(), "running": running}
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+
+    # -- signals
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            self._wake.put(_STOP)
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+
+        def restore() -> None:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        return restore
+
+
+def _private_dirs(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for p in (path, path.parent):
+        try:
+            os.chmod(p, 0o700)
+        except OSError:
+            pass
+
+
+def _tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
+    names: set[str] = set()
+    for e in entries:
+        if e.tasks is None:
+            return None  # the whole flow
+        names.update(e.tasks)
+    return tuple(sorted(names))
+
+
+def _merge_ticks(entries: list[_Entry], after: _dt.datetime, until: _dt.datetime
+                 ) -> list[tuple[_dt.datetime, list[_Entry]]]:
+    """Ticks of all schedules with ``after < t <= until``, merged, oldest first."""
+    by_tick: dict[_dt.datetime, list[_Entry]] = {}
+    for e in entries:
+        for t in e.schedule.ticks(after, until, limit=MAX_MISSED):
+            by_tick.setdefault(t.astimezone(UTC), []).append(e)
+    ticks = sorted(by_tick)[:MAX_MISSED]
+    return [(t.astimezone(by_tick[t][0].schedule.tz), by_tick[t]) for t in ticks]
+
+
+# --------------------------------------------------------------------------- Python API
+
+
+def serve(target: Any, *, cron: str | None = None, tz: _dt.tzinfo | str | None = None,
+          catch_up: bool = False, max_ticks: int | None = None, clock: Clock | None = None,
+          state_dir: str | os.PathLike | None = ".flowdeco", plugins: Iterable[Any] = (),
+          disable: Iterable[str] = (), params: Mapping[str, Any] | None = None,
+          out: IO[str] | None = None, scheduler: list | None = None,
+          **options: Any) -> ServeReport:
+    """Serve ``target``'s cron schedules until stopped or ``max_ticks`` runs were started.
+
+    ``cron`` adds a schedule for the whole flow; ``tz`` is the zone of the
+    expressions (default: the machine's); ``catch_up`` runs ticks missed while
+    down; ``clock`` a :class:`~flowdeco.FakeClock` to run schedules instantly
+    (the runs use it too).  ``state_dir``, ``plugins``, ``disable``,
+    ``params`` and further keyword options are those of :func:`flowdeco.run`.
+    ``out``: a stream for progress lines (default: none).  Pass a list as
+    ``scheduler`` to receive the :class:`Scheduler` (its ``stop()`` ends
+    serving from another thread).
+    """
+    plugins = tuple(plugins)
+    disable = tuple(disable)
+    base = dict(options)
+    for refused in ("run_id", "resume"):
+        if refused in base:
+            raise UsageError(f"serve: {refused}= is not accepted (each tick run gets its own id)")
+    if state_dir is None:
+        base["no_state"] = True
+    else:
+        base["state_dir"] = os.fspath(state_dir)
+    clock = clock or Clock()
+
+    def start(extra: Mapping[str, Any]) -> Session:
+        return Session.start(plugins=plugins, disable=disable, options={**base, **extra},
+                             params=params or {}, clock=clock)
+
+    sched = Scheduler(target, start, state_dir=state_dir, cron=cron, tz=tz, catch_up=catch_up,
+                      max_ticks=max_ticks, clock=clock, out=out,
+                      can_resume="state" not in disable)
+    if scheduler is not None:
+        scheduler.append(sched)
+    return sched.run()
+
+
+# --------------------------------------------------------------------------- CLI
+
+_DESCRIPTION = """\
+Run the flow at each tick of its cron schedules: the tasks with cron= (plus
+what they need), and/or the whole flow with --cron EXPR.  Each tick starts
+one run with its own id (FLOW-YYYYmmddTHHMMSSZ).  SIGTERM / Ctrl-C stop it
+(exit 0 while waiting, 2 when a run was interrupted)."""
+
+
+def _max_ticks(text: str) -> int:
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {n}")
+    return n
+
+
+def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) -> int:
+    """``python -m flowdeco serve TARGET [options]``; returns the exit code."""
+    from ..cli import _ArgumentParser
+
+    err = sys.stderr
+    try:
+        parser = Parser()
+        pluginmanager.hook.flowdeco_addoption(parser=parser)
+        ap = parser.argparser(prog="flowdeco serve", description=_DESCRIPTION)
+        ap.__class__ = _ArgumentParser
+        g = ap.add_argument_group("serve")
+        g.add_argument("--cron", dest="serve_cron", default=None, metavar="EXPR",
+                       help="also run the whole flow on this schedule (e.g. '0 * * * *')")
+        g.add_argument("--tz", dest="serve_tz", default=None, metavar="ZONE",
+                       help="time zone of the cron expressions (default: the machine's)")
+        g.add_argument("--catch-up", dest="serve_catch_up", action="store_true", default=False,
+                       help="run the ticks missed while serve was down (and resume a tick run "
+                            "that was cut short) before serving")
+        g.add_argument("--max-ticks", dest="serve_max_ticks", type=_max_ticks, default=None,
+                       metavar="N", help="stop after N scheduled runs (default: never)")
+        ns = ap.parse_args(list(argv))
+        values = vars(ns)
+        target = values.pop("target")
+        cron = values.pop("serve_cron")
+        tz = values.pop("serve_tz")
+        catch_up = values.pop("serve_catch_up")
+        max_ticks = values.pop("serve_max_ticks")
+        if target is None:
+            raise UsageError("serve: missing TARGET: give a file path, a module name or "
+                             "module:flow")
+        for dest, flag in (("run_id", "--run-id"), ("resume", "--resume"),
+                           ("collect_only", "--collect-only"), ("graph", "--graph")):
+            if values.get(dest):
+                raise UsageError(f"serve: {flag} cannot be used here (each tick run gets its "
+                                 "own id; use python -m flowdeco TARGET for one run)")
+        state_dir = None if values.get("no_state") else values.get("state_dir")
+
+        def start(extra: Mapping[str, Any]) -> Session:
+            return Session.start(options={**values, **extra}, from_cli=True, parser=parser,
+                                 pm=pluginmanager, clock=clock)
+
+        sched = Scheduler(target, start, state_dir=state_dir, cron=cron, tz=tz,
+                          catch_up=catch_up, max_ticks=max_ticks, clock=clock, out=sys.stdout,
+                          quiet=values.get("quiet") or 0, can_resume="resume" in parser)
+        return int(sched.run().exit_code)
+    except NoTasksError as exc:
+        print(f"flowdeco: {exc}", file=err)
+        return ExitCode.NO_TASKS_COLLECTED
+    except FlowError as exc:
+        print(f"flowdeco: error: {exc}", file=err)
+        return ExitCode.USAGE_ERROR
+    except KeyboardInterrupt:
+        print("flowdeco: interrupted", file=err)
+        return ExitCode.INTERRUPTED
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else ExitCode.OK
+    except Exception as exc:  # noqa: BLE001 - last line of defence, like the main CLI
+        print("flowdeco: internal error (please report it):", file=err)
+        traceback.print_exception(exc, file=err)
+        return ExitCode.INTERNAL_ERROR
+
+
+__all__ = ["serve", "Scheduler", "ServeReport", "TickRun", "tick_run_id", "main"]

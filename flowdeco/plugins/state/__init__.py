@@ -1,0 +1,56 @@
+"""Durable state: every run is saved, a crashed or failed run is resumed (``state`` plugin).
+
+What it does (contract: DESIGN.md §6):
+
+- Every task's completion (status, attempts, timings, source fingerprint and
+  result as JSON) is committed to ``STATE_DIR/state.db`` before any task that
+  depends on it starts, so a run killed at any moment (even by SIGKILL) never
+  runs a recorded task again when resumed.  Rows of tasks that finish
+  together are written in one transaction.
+- ``--resume ID|last`` (``run(resume=...)``) restores completed tasks
+  (status ``restored``; their stored results feed dependents) and runs the
+  rest.  A completed task whose code or bound parameters changed is re-run
+  with everything downstream (a ``task_changed`` warning says why; see
+  :mod:`.fingerprint`).  ``--rerun EXPR`` (``-k`` syntax, repeatable) re-runs
+  matching tasks and their downstream on purpose.  ``last`` is the latest
+  run of the same flow; resuming a run of another flow is refused.
+- A result that cannot be stored exactly as JSON fails its task, naming the
+  task and the type (rules and tags: :mod:`.codec`); teach it a type with
+  :func:`register_type`.
+- A full disk (any failed write) stops the run -- nothing new starts,
+  running tasks finish -- keeps what was written and reports
+  ``state_write_failed``; resume once there is space.
+- Run history: ``python -m flowdeco runs`` (:mod:`.commands`).
+- ``--no-state`` (``state_dir=None``) registers nothing: no file, no cost.
+
+Storage backends
+----------------
+
+The plugin reaches its store only through :class:`Store` (:mod:`.store`):
+``open``, ``close``, ``lock_run``, ``begin_run``, ``load_run``,
+``load_tasks``, ``record_tasks``, ``finish_run``, ``list_runs``,
+``delete_run``.  The default is :class:`SQLiteStore`.  To keep runs
+elsewhere, ship a plugin that answers the ``flowdeco_state_store`` hook
+(declared by this plugin, see :mod:`.hookspecs`)::
+
+    @flowdeco.hookimpl
+    def flowdeco_state_store(state_dir, config):
+        return PostgresStore(os.environ["MY_DSN"], lock_dir=state_dir)
+
+Results reach a backend already encoded (JSON text), and come back through
+:class:`TaskRecord`, so a backend never sees task objects.
+"""
+
+from __future__ import annotations
+
+from .codec import Codec, Unstorable, register_type
+from .plugin import (StatePlugin, flowdeco_addoption, flowdeco_cli_commands,
+                     flowdeco_configure, flowdeco_state_store, flowdeco_unconfigure, make_store)
+from .store import RunLock, RunRecord, RunSummary, SQLiteStore, Store, TaskRecord, TaskRow
+
+NAME = "state"
+
+__all__ = ["Codec", "RunLock", "RunRecord", "RunSummary", "SQLiteStore", "StatePlugin", "Store",
+           "TaskRecord", "TaskRow", "Unstorable", "make_store", "register_type",
+           "flowdeco_addoption", "flowdeco_cli_commands", "flowdeco_configure",
+           "flowdeco_state_store", "flowdeco_unconfigure"]

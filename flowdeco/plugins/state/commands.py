@@ -1,0 +1,308 @@
+"""``python -m flowdeco runs``: list, show, export and prune saved runs.
+
+::
+
+    python -m flowdeco runs [--state-dir DIR] [--flow NAME] [--limit N]   # list
+    python -m flowdeco runs show ID|last [--state-dir DIR]                 # per-task table
+    python -m flowdeco runs export ID|last [--state-dir DIR] [-o FILE]     # the run as JSON
+    python -m flowdeco runs prune --keep N [--state-dir DIR] [--dry-run]   # forget old runs
+
+Reading never creates or changes the state database.  Exit codes: 0, or 4 for
+usage and state errors (one ``flowdeco: error: ...`` line on stderr).
+
+Export format (``"format": "flowdeco-state/1"``): the seed's keys
+``workflowId``, ``completedNodes``, ``startedNodes`` (in flight when the run
+stopped), ``results`` (completed task -> stored JSON, see
+:mod:`flowdeco.plugins.state.codec` for the ``$t`` tags) and
+``totalCompleted``, plus ``run_id``, ``flow``, ``status``, ``started``,
+``finished`` (ISO 8601 UTC), ``duration``, ``sessions``, ``counts`` (tasks by
+status) and ``tasks`` (per task: status, attempts, started, finished,
+duration, error, reason, fingerprint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import IO, Any, Sequence
+
+from ...cli import Command
+from ...errors import FlowError, StateError, UsageError
+from ...outcome import ExitCode
+from ...runner import validate_run_id
+from .plugin import make_store
+from .store import RunSummary, Store, TaskRecord
+
+_ORDER = ("succeeded", "restored", "failed", "interrupted", "skipped", "running")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors are exit 4, like the main CLI
+        raise UsageError(f"runs: {message} (see python -m flowdeco runs --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", dest="state_dir", default=argparse.SUPPRESS, metavar="DIR",
+                        help="where runs are kept (default: .flowdeco)")
+    ap = _Parser(prog="flowdeco runs", parents=[common],
+                 description="List and inspect saved runs (default: list them).")
+    ap.add_argument("--flow", default=None, help="only runs of this flow")
+    ap.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs")
+    sub = ap.add_subparsers(dest="action", metavar="{list,show,export,prune}",
+                            parser_class=_Parser)
+    ls = sub.add_parser("list", parents=[common], help="list runs (the default)")
+    ls.add_argument("--flow", default=argparse.SUPPRESS, help="only runs of this flow")
+    ls.add_argument("--limit", type=int, default=argparse.SUPPRESS, metavar="N",
+                    help="at most N runs")
+    show = sub.add_parser("show", parents=[common], help="one run, task by task")
+    show.add_argument("run_id", metavar="ID", help="a run id, or 'last'")
+    export = sub.add_parser("export", parents=[common], help="one run as JSON")
+    export.add_argument("run_id", metavar="ID", help="a run id, or 'last'")
+    export.add_argument("-o", "--output", default=None, metavar="FILE",
+                        help="write to FILE (created owner-only) instead of stdout")
+    prune = sub.add_parser("prune", parents=[common], help="forget all but the latest runs")
+    prune.add_argument("--keep", type=int, required=True, metavar="N",
+                       help="how many of the most recent runs to keep")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    return ap
+
+
+def runs_command() -> Command:
+    return Command(help="list and inspect saved runs", main=main)
+
+
+def main(argv: Sequence[str], pluginmanager: Any, out: IO[str] | None = None) -> int:
+    """Entry point of ``python -m flowdeco runs``; returns the exit code."""
+    out = out or sys.stdout
+    store = None
+    try:
+        ns = _parser().parse_args(list(argv))
+        state_dir = getattr(ns, "state_dir", ".flowdeco")
+        store = make_store(pluginmanager, state_dir)
+        action = ns.action or "list"
+        if action == "list":
+            return _list(store, state_dir, ns.flow, ns.limit, out)
+        if action == "prune":
+            return _prune(store, state_dir, ns.keep, ns.dry_run, out)
+        run_id = _resolve(store, state_dir, ns.run_id)
+        if action == "show":
+            return _show(store, run_id, out)
+        return _export(store, run_id, ns.output, out)
+    except FlowError as exc:
+        print(f"flowdeco: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _resolve(store: Store, state_dir: str, run_id: str) -> str:
+    if run_id == "last":
+        runs = store.list_runs(limit=1) if store.open(create=False) else []
+        if not runs:
+            raise StateError(f"no saved runs in {state_dir}")
+        return runs[0].run.run_id
+    validate_run_id(run_id)
+    if not store.open(create=False) or store.load_run(run_id) is None:
+        raise StateError(f"unknown run id {run_id!r}: no such run in {state_dir}; list saved "
+                         f"runs with: python -m flowdeco runs --state-dir {state_dir}")
+    return run_id
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(
+        timespec="seconds").replace("+00:00", "Z")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 60:
+        return f"{s:.2f}s"
+    m, sec = divmod(int(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    keys = sorted(counts, key=lambda k: (_ORDER.index(k) if k in _ORDER else 99, k))
+    return ", ".join(f"{counts[k]} {k}" for k in keys if counts[k]) or "no tasks"
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _status(summary_run: Any) -> str:
+    """``running`` only while its process lives; a run whose process died shows ``crashed``."""
+    if summary_run.status == "running" and not _alive(summary_run.pid):
+        return "crashed"
+    return summary_run.status
+
+
+def _table(rows: list[list[str]], out: IO[str]) -> None:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        cells = [cell.ljust(w) for cell, w in zip(r, widths)]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def _list(store: Store, state_dir: str, flow: str | None, limit: int | None,
+          out: IO[str]) -> int:
+    runs: list[RunSummary] = store.list_runs(flow=flow, limit=limit) \
+        if store.open(create=False) else []
+    if not runs:
+        print(f"no saved runs in {state_dir}" + (f" of flow {flow!r}" if flow else ""), file=out)
+        return ExitCode.OK
+    rows = [["RUN ID", "FLOW", "STATUS", "STARTED", "DURATION", "TASKS"]]
+    for s in runs:
+        r = s.run
+        rows.append([r.run_id, r.flow, _status(r), _when(r.started), _seconds(r.duration),
+                     _counts(s.counts)])
+    _table(rows, out)
+    return ExitCode.OK
+
+
+def _sorted_tasks(tasks: dict[str, TaskRecord]) -> list[TaskRecord]:
+    return sorted(tasks.values(), key=lambda t: (t.started is None, t.started or 0.0, t.name))
+
+
+def _show(store: Store, run_id: str, out: IO[str]) -> int:
+    run = store.load_run(run_id)
+    assert run is not None
+    tasks = store.load_tasks(run_id)
+    counts: dict[str, int] = {}
+    for t in tasks.values():
+        counts[t.status] = counts.get(t.status, 0) + 1
+    sessions = f", {run.sessions} sessions" if run.sessions > 1 else ""
+    print(f"run {run.run_id} of flow {run.flow}: {_status(run)}, started {_when(run.started)}"
+          f"{sessions}, {_seconds(run.duration)}; {_counts(counts)}", file=out)
+    if not tasks:
+        return ExitCode.OK
+    rows = [["TASK", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"]]
+    for t in _sorted_tasks(tasks):
+        detail = t.error or (f"reason: {t.reason}" if t.reason else "")
+        detail = detail.splitlines()[0] if detail else ""
+        rows.append([t.name, t.status, str(t.attempts), _seconds(t.duration), detail[:100]])
+    _table(rows, out)
+    return ExitCode.OK
+
+
+def export_run(store: Store, run_id: str) -> dict[str, Any]:
+    """The run as a JSON-ready dict (the format in the module docstring)."""
+    run = store.load_run(run_id)
+    if run is None:
+        raise StateError(f"unknown run id {run_id!r} in {store.location}")
+    tasks = store.load_tasks(run_id)
+    counts: dict[str, int] = {}
+    results: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    ordered = _sorted_tasks(tasks)
+    for t in ordered:
+        counts[t.status] = counts.get(t.status, 0) + 1
+        if t.completed and t.result is not None:
+            try:
+                results[t.name] = json.loads(t.result)
+            except (ValueError, RecursionError) as exc:
+                raise StateError(f"{store.location}: run {run_id!r}, task {t.name!r}: the stored "
+                                 f"result is not valid JSON ({exc})") from None
+        details[t.name] = {"status": t.status, "attempts": t.attempts,
+                           "started": _iso(t.started), "finished": _iso(t.finished),
+                           "duration": t.duration, "error": t.error, "reason": t.reason,
+                           "fingerprint": t.fingerprint}
+    completed = [t.name for t in ordered if t.completed]
+    return {
+        "format": "flowdeco-state/1",
+        "workflowId": run.run_id,
+        "run_id": run.run_id,
+        "flow": run.flow,
+        "status": run.status,
+        "started": _iso(run.started),
+        "finished": _iso(run.finished),
+        "duration": run.duration,
+        "sessions": run.sessions,
+        "completedNodes": completed,
+        "startedNodes": [t.name for t in ordered if t.status == "running"],
+        "totalCompleted": len(completed),
+        "counts": counts,
+        "results": results,
+        "tasks": details,
+    }
+
+
+def _export(store: Store, run_id: str, output: str | None, out: IO[str]) -> int:
+    text = json.dumps(export_run(store, run_id), indent=2, ensure_ascii=False, allow_nan=False)
+    if output is None:
+        print(text, file=out)
+        return ExitCode.OK
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    except OSError as exc:
+        raise UsageError(f"runs export: cannot write {output}: {exc.strerror}") from None
+    return ExitCode.OK
+
+
+def _prune(store: Store, state_dir: str, keep: int, dry_run: bool, out: IO[str]) -> int:
+    if keep < 0:
+        raise UsageError("runs prune: --keep must be >= 0")
+    runs = store.list_runs() if store.open(create=False) else []
+    doomed = runs[keep:]
+    removed, busy = [], []
+    for s in doomed:
+        rid = s.run.run_id
+        if dry_run:
+            removed.append(rid)
+            continue
+        try:
+            lock = store.lock_run(rid)
+        except StateError:
+            busy.append(rid)
+            continue
+        try:
+            store.delete_run(rid)
+            _remove_files(Path(state_dir), rid)
+        finally:
+            lock.release()
+        try:
+            (Path(state_dir) / "locks" / f"{rid}.lock").unlink()
+        except OSError:
+            pass
+        removed.append(rid)
+    verb = "would remove" if dry_run else "removed"
+    print(f"{verb} {len(removed)} run(s), kept {len(runs) - len(doomed)}"
+          + (f"; {len(busy)} in use left alone: {', '.join(busy)}" if busy else ""), file=out)
+    for rid in removed:
+        print(f"  {rid}", file=out)
+    return ExitCode.OK
+
+
+def _remove_files(state_dir: Path, run_id: str) -> None:
+    """The run's folder (audit trail) under ``STATE_DIR/runs``; run ids are validated names."""
+    validate_run_id(run_id)
+    folder = state_dir / "runs" / run_id
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,27 @@
+"""The hook the state plugin adds for storage backends (registered with the plugin manager
+when the state plugin configures, and by ``python -m flowdeco runs``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import Config
+    from .store import Store
+
+hookspec = pluggy.HookspecMarker("flowdeco")
+
+
+@hookspec(firstresult=True)
+def flowdeco_state_store(state_dir: str, config: "Optional[Config]") -> "Optional[Store]":
+    """Return the :class:`~flowdeco.plugins.state.Store` that keeps runs, or None.
+
+    Stops at first non-None result; the built-in SQLite store answers last.
+    Called once per session from ``flowdeco_configure`` (``config`` is the
+    session's configuration) and once by ``python -m flowdeco runs``
+    (``config`` is None).  ``state_dir`` is ``--state-dir``; a backend may
+    keep its data elsewhere but should keep lock files or other local traces
+    under it.  The store is not opened yet.
+    """

@@ -1,0 +1,478 @@
+"""The state plugin's hooks: options, resume decisions, recording and restoring.
+
+Lifecycle of one session (see :mod:`flowdeco.hookspecs` for the hooks):
+
+1. ``flowdeco_configure``: with ``--no-state`` nothing is registered.  Else
+   the store is made (``flowdeco_state_store``), ``--resume``/``--rerun``
+   are checked, and a :class:`StatePlugin` is registered.
+2. ``flowdeco_collection_finish``: a resumed run is resolved (``last`` is the
+   latest run *of this flow*), checked (same flow), locked, and its task
+   records are loaded; ``--run-id`` is set to the resumed id.
+3. ``flowdeco_run_start``: the run is locked and recorded ``running``; every
+   task's fingerprint is computed; successors are no longer chained on
+   workers (a completion is committed before dependents start); on resume,
+   the tasks to restore are decided and a restorer is registered.
+4. While running: each successful attempt's result is encoded in
+   ``flowdeco_attempt_done`` (an unstorable result fails the task);
+   ``flowdeco_report`` buffers one row per task; ``flowdeco_report_flush``
+   turns the buffer into one transaction when it holds a task's end.  With a
+   thread executor the transaction is committed by a writer thread and each
+   dependent waits on its worker until its inputs are committed (see
+   :mod:`.writer`); with other executors it is committed right there, before
+   anything new is dispatched.  A failed commit (disk full) stops the run and
+   is reported as ``state_write_failed``.
+5. ``flowdeco_run_finish``: last rows, final status, lock released.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from ...errors import StateError, UsageError
+from ...executors import SyncExecutor
+from ...graph import SUBFLOW, TASK, Graph
+from ...manager import hookimpl
+from ...outcome import Event, Finish, Restored
+from ...runner import validate_run_id
+from ...select import compile_expression
+from . import hookspecs
+from .codec import Codec, Unstorable, default_codec
+from .fingerprint import fingerprint, why_changed
+from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
+from .writer import UNREPORTED, UnstorableResult, Writer, unstorable_error, wrapper
+
+PLUGIN_NAME = "state-store"
+RESTORER_NAME = "state-restorer"
+_MAX_ERROR = 8192
+
+
+def add_hookspecs(pm: Any) -> None:
+    """Declare ``flowdeco_state_store`` on ``pm`` (once)."""
+    caller = getattr(pm.hook, "flowdeco_state_store", None)
+    if caller is None or not caller.has_spec():
+        pm.add_hookspecs(hookspecs)
+
+
+def make_store(pm: Any, state_dir: str, config: Any = None) -> Store:
+    """The store for ``state_dir``: a backend plugin's, else SQLite."""
+    add_hookspecs(pm)
+    store = pm.hook.flowdeco_state_store(state_dir=str(state_dir), config=config)
+    if store is None:  # the built-in implementation is blocked or shadowed
+        store = SQLiteStore(state_dir)
+    return store
+
+
+def _rerun_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UsageError(f"rerun must be a task expression or a list of them, got {value!r}")
+
+
+# --------------------------------------------------------------------------- module hooks
+
+
+@hookimpl
+def flowdeco_addoption(parser: Any) -> None:
+    g = "state and output"
+    parser.addoption("--resume", dest="resume", default=None, metavar="ID|last", group=g,
+                     help="continue saved run ID ('last': the latest run of this flow): "
+                          "completed tasks are restored, the rest run")
+    parser.addoption("--rerun", dest="rerun", default=[], action="append", metavar="EXPR",
+                     group=g, help="with --resume: run matching tasks again (-k syntax, "
+                                   "repeatable), and everything downstream of them")
+    parser.addoption("--state-sync", dest="state_sync", default="normal",
+                     choices=("normal", "full"), group=g,
+                     help="normal (default): a completion survives flowdeco being killed; "
+                          "full: also a power loss (an fsync per commit, slower)")
+
+
+@hookimpl(trylast=True)
+def flowdeco_state_store(state_dir: str, config: Any) -> Store:
+    sync = "normal" if config is None else config.getoption("state_sync", "normal")
+    return SQLiteStore(state_dir, synchronous=sync)
+
+
+@hookimpl
+def flowdeco_configure(config: Any) -> None:
+    resume = config.getoption("resume", None)
+    rerun = _rerun_list(config.getoption("rerun", None))
+    if rerun and resume is None:
+        raise UsageError("--rerun needs --resume ID: it re-runs tasks of a saved run")
+    if config.getoption("no_state"):
+        if resume is not None:
+            raise UsageError("--resume cannot be combined with --no-state (state_dir=None): "
+                             "there is no saved state to resume")
+        return
+    if resume is not None:
+        if not isinstance(resume, str):
+            raise UsageError(f"resume must be a run id or 'last', got {resume!r}")
+        if resume != "last":
+            validate_run_id(resume)
+            given = config.getoption("run_id")
+            if given is not None and given != resume:
+                raise UsageError(f"--run-id {given!r} and --resume {resume!r} disagree: a "
+                                 "resumed run keeps its id (leave out --run-id)")
+    matchers = [(expr, compile_expression(expr)) for expr in rerun]
+    state_dir = str(config.getoption("state_dir"))
+    store = make_store(config.pluginmanager, state_dir, config)
+    plugin = StatePlugin(config, store, state_dir, resume, matchers)
+    try:
+        if resume is not None and resume != "last":
+            plugin.check_exists(resume)
+    except BaseException:
+        store.close()
+        raise
+    config.pluginmanager.register(plugin, PLUGIN_NAME)
+
+
+@hookimpl
+def flowdeco_unconfigure(config: Any) -> None:
+    pm = config.pluginmanager
+    plugin = pm.get_plugin(PLUGIN_NAME)
+    if plugin is not None:
+        try:
+            plugin.close()
+        finally:
+            pm.unregister(plugin)
+    restorer = pm.get_plugin(RESTORER_NAME)
+    if restorer is not None:
+        pm.unregister(restorer)
+
+
+@hookimpl
+def flowdeco_cli_commands(commands: dict) -> None:
+    from .commands import runs_command
+    commands["runs"] = runs_command()
+
+
+# --------------------------------------------------------------------------- the plugin
+
+
+class _Restorer:
+    """Supplies stored results of the tasks chosen for restoring (registered only on resume)."""
+
+    def __init__(self, restore: dict[int, Restored]):
+        self.restore = restore
+
+    @hookimpl
+    def flowdeco_task_restore(self, run: Any, task: Any) -> Restored | None:
+        return self.restore.pop(task.index, None)
+
+
+class StatePlugin:
+    """Durable state for one session; registered by ``flowdeco_configure`` when state is on."""
+
+    def __init__(self, config: Any, store: Store, state_dir: str, resume: str | None,
+                 rerun: list[tuple[str, Callable[[str], bool]]], codec: Codec = default_codec):
+        self.config = config
+        self.store = store
+        self.state_dir = state_dir
+        self.resume = resume
+        self.rerun = rerun
+        self.codec = codec
+        self.lock: RunLock | None = None
+        self.resume_id: str | None = None
+        self.stored: dict[str, TaskRecord] | None = None
+        self.run_id: str | None = None
+        self.pending: dict[str, TaskRow] = {}
+        #: whether ``pending`` holds a task's end (a row some dependent may wait for)
+        self.completions = False
+        self.writer: Writer | None = None
+        #: tasks run in this process (thread or sync executor): wrapped, encoded on the worker
+        self.local = False
+        #: per task index: the batch holding its completion (0: durable already)
+        self.seqs: list[int] = []
+        self.next_seq = 1
+        self.encoded: dict[int, tuple[Any, str]] = {}
+        self.write_error: BaseException | None = None
+        self._restorer: _Restorer | None = None
+
+    # -- resume checks (configure and collection)
+    def _hint(self) -> str:
+        return f"list saved runs with: python -m flowdeco runs --state-dir {self.state_dir}"
+
+    def check_exists(self, run_id: str) -> None:
+        if not self.store.open(create=False) or self.store.load_run(run_id) is None:
+            raise StateError(f"unknown run id {run_id!r}: no such run in {self.state_dir}; "
+                             + self._hint())
+
+    @hookimpl
+    def flowdeco_collection_finish(self, config: Any, graph: Graph) -> None:
+        if self.resume is not None:
+            self._prepare_resume(graph)
+
+    def _prepare_resume(self, graph: Graph) -> None:
+        store = self.store
+        rid = self.resume
+        if rid == "last":
+            if not store.open(create=False):
+                raise StateError(f"no saved run of flow {graph.name!r} in {self.state_dir} to "
+                                 "resume (there is no state database yet)")
+            latest = store.list_runs(flow=graph.name, limit=1)
+            if not latest:
+                raise StateError(f"no saved run of flow {graph.name!r} in {self.state_dir} to "
+                                 "resume; " + self._hint())
+            rid = latest[0].run.run_id
+            given = self.config.getoption("run_id")
+            if given is not None and given != rid:
+                raise UsageError(f"--run-id {given!r} and --resume last ({rid!r}) disagree: "
+                                 "a resumed run keeps its id (leave out --run-id)")
+        assert rid is not None
+        store.open(create=False)
+        record = store.load_run(rid)
+        if record is None:
+            raise StateError(f"unknown run id {rid!r}: no such run in {self.state_dir}; "
+                             + self._hint())
+        if record.flow != graph.name:
+            raise StateError(f"run {rid!r} is a run of flow {record.flow!r}, not of "
+                             f"{graph.name!r}: resume it with the flow it ran, or start a new run")
+        for expr, match in self.rerun:
+            if not any(match(name) for name in graph.by_name):
+                raise UsageError(f"--rerun {expr!r} matches no task of flow {graph.name!r}")
+        if self.lock is None:
+            self.lock = store.lock_run(rid)
+        self.stored = store.load_tasks(rid)
+        self.resume_id = rid
+        self.config.option.run_id = rid
+
+    # -- run start
+    @hookimpl(tryfirst=True)
+    def flowdeco_run_start(self, run: Any) -> None:
+        graph = run.graph
+        store = self.store
+        if self.resume is not None and self.resume_id is None:
+            self._prepare_resume(graph)  # the graph did not come from Session.collect
+        if self.resume_id is not None and run.run_id != self.resume_id:
+            raise UsageError(f"run id {run.run_id!r} is not the resumed run {self.resume_id!r}")
+        vertices = graph.vertices
+        self.fps = [fingerprint(v.fn, v.spec, v.consts) if v.kind is TASK else None
+                    for v in vertices]
+        self.run_id = run.run_id
+        try:
+            store.open()
+            if self.lock is None:
+                self.lock = store.lock_run(run.run_id)
+            if self.stored is not None:
+                self._plan_restore(run)  # may refuse a stored result: before anything is written
+            store.begin_run(run.run_id, graph.name, run.now(), self.resume_id is not None)
+        except BaseException:
+            self.close()
+            raise
+        self.seqs = [UNREPORTED] * len(vertices)
+        self.local = isinstance(run.executor, (ThreadPoolExecutor, SyncExecutor))
+        if isinstance(run.executor, ThreadPoolExecutor):
+            # workers share our memory: commit on a thread, gate dependents (see .writer)
+            self.writer = Writer(store, run.run_id)
+            self.writer.start()
+        elif not self.local:
+            # results come back from other processes: encode them here (flowdeco_attempt_done)
+            run.on_success.update(v.index for v in vertices if v.kind is TASK)
+            run.inline_successors = False  # (not used with these executors anyway)
+
+    def _plan_restore(self, run: Any) -> None:
+        graph = run.graph
+        vertices = graph.vertices
+        stored = self.stored or {}
+        ok = [False] * len(vertices)
+        restore: dict[int, Restored] = {}
+        changed: list[tuple[str, str]] = []
+        requested = 0
+        for i in graph.order:
+            v = vertices[i]
+            upstream_ok = all(ok[d] for d in v.deps)
+            if v.kind is SUBFLOW:
+                ok[i] = upstream_ok
+                continue
+            rec = stored.get(v.name)
+            if rec is None or not rec.completed:
+                continue
+            if any(match(v.name) for _, match in self.rerun):
+                requested += 1
+                continue
+            why = why_changed(rec.fingerprint or "", self.fps[i] or "")
+            if why is not None:
+                changed.append((v.name, why))
+                continue
+            if not upstream_ok:
+                continue
+            if rec.result is None:
+                raise StateError(f"{self.store.location}: run {self.resume_id!r}, task "
+                                 f"{v.name!r}: completed without a stored result; re-run it "
+                                 f"with --rerun {v.name!r}")
+            try:
+                value = self.codec.loads(rec.result)
+            except StateError as exc:
+                raise StateError(f"run {self.resume_id!r}, task {v.name!r}: {exc}; re-run it "
+                                 f"with --rerun {v.name!r}") from None
+            ok[i] = True
+            restore[i] = Restored(value, attempts=rec.attempts)
+        for name, why in changed:
+            run.emit("task_changed", task=name, reason=why, level="warning",
+                     action="re-running it and everything downstream")
+        tasks = sum(1 for v in vertices if v.kind is TASK)
+        run.emit("run_resumed", level="info", restored=len(restore), to_run=tasks - len(restore),
+                 changed=len(changed), rerun_requested=requested)
+        if restore:
+            self._restorer = _Restorer(restore)
+            self.config.pluginmanager.register(self._restorer, RESTORER_NAME)
+
+    # -- attempts
+    @hookimpl(tryfirst=True)
+    def flowdeco_attempt_done(self, run: Any, task: Any, attempt: Any) -> Finish | None:
+        """End a task whose result cannot be stored (no retry); other failures: the retry plugin's."""
+        err = attempt.error
+        if err is not None:
+            return Finish(error=err) if isinstance(err, UnstorableResult) else None
+        if self.local or task.kind is not TASK:
+            return None  # encoded on the worker already
+        result = attempt.result
+        try:
+            text = self.codec.dumps(result)
+        except Unstorable as exc:
+            return Finish(error=unstorable_error(task.name, result, exc))
+        self.encoded[task.index] = (result, text)
+        return None
+
+    @hookimpl
+    def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
+        if not self.local or task.kind is not TASK:
+            return None
+        return wrapper(task.index, task.name, self.codec.dumps, self.encoded, self.writer,
+                       self.seqs, task.deps)
+
+    # -- recording
+    @hookimpl
+    def flowdeco_report(self, run: Any, event: Event) -> None:
+        name = event.name
+        if name == "task_started":
+            task = event.task
+            self.pending[task] = TaskRow(task, "running", event.fields.get("attempt", 1),
+                                         event.timestamp, None, None, None, None, None)
+            return
+        out = event.outcome
+        if out is None or event.task is None:
+            return
+        graph = run.graph
+        i = graph.by_name.get(event.task)
+        if i is None:
+            return
+        status = out.status
+        if status == "restored":
+            self.seqs[i] = 0  # its record is already there: durable
+            return
+        v = graph.vertices[i]
+        result = None
+        error = out.error
+        if v.kind is SUBFLOW:
+            # done when its members are: durable when their rows are
+            self.seqs[i] = max([self.seqs[m] for m in v.members], default=0)
+        else:
+            self.seqs[i] = self.next_seq
+            if status == "succeeded":
+                result, status, error = self._result_text(run, v, out.result, status, error)
+        if error is not None and len(error) > _MAX_ERROR:
+            error = error[:_MAX_ERROR] + "..."
+        self.pending[event.task] = TaskRow(
+            event.task, status, out.attempts, out.started, out.finished,
+            self.fps[i], result, error, out.reason)
+        self.completions = True
+
+    def _result_text(self, run: Any, v: Any, value: Any, status: str, error: str | None
+                     ) -> tuple[str | None, str, str | None]:
+        enc = self.encoded.pop(v.index, None)
+        if enc is not None and enc[0] is value:
+            return enc[1], status, error
+        try:  # a plugin ended the task with a result of its own (an interval's list)
+            return self.codec.dumps(value), status, error
+        except Unstorable as exc:
+            # too late to fail the task: record it failed, so that a resume runs it again
+            error = f"StateError: {unstorable_error(v.name, value, exc)}"
+            run.emit("state_warning", task=v.name, level="warning", error=error)
+            return None, "failed", error
+
+    @hookimpl
+    def flowdeco_report_flush(self, run: Any) -> None:
+        writer = self.writer
+        if writer is not None:
+            if writer.error is not None:
+                self._write_failed(run, writer.error)
+            if self.completions:
+                writer.submit(self.next_seq, list(self.pending.values()))
+                self.next_seq += 1
+                self.pending.clear()
+                self.completions = False
+            return
+        if self.completions:  # executors without shared memory: commit here, before dispatch
+            self._commit(run)
+
+    def _commit(self, run: Any) -> bool:
+        try:
+            self.store.record_tasks(run.run_id, list(self.pending.values()))
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError, a backend's own
+            self._write_failed(run, exc)
+            return False
+        self.pending.clear()
+        self.completions = False
+        return True
+
+    def _write_failed(self, run: Any, exc: BaseException) -> None:
+        if self.write_error is not None:
+            return
+        self.write_error = exc
+        run.stop()  # start nothing whose inputs are not durable
+        event = Event("state_write_failed", run.now(), run.run_id, None,
+                      {"level": "error", "error": f"{type(exc).__name__}: {exc}",
+                       "store": self.store.location,
+                       "hint": f"free space, then resume with --resume {run.run_id}"})
+        run.hook.flowdeco_report(run=run, event=event)
+
+    # -- finish
+    @hookimpl
+    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+        try:
+            writer, self.writer = self.writer, None
+            if writer is not None:
+                if self.pending:
+                    writer.submit(self.next_seq, list(self.pending.values()))
+                    self.pending.clear()
+                writer.stop()
+                if writer.error is not None:
+                    self.write_error = self.write_error or writer.error
+                    self.pending = writer.unwritten
+            if self.pending:  # last chance for rows a failed write left behind
+                self._commit(run)
+            status = "failed" if self.write_error is not None and result.status == "succeeded" \
+                else result.status
+            try:
+                self.store.finish_run(run.run_id, status, run.now(), result.duration)
+            except Exception as exc:  # noqa: BLE001 - the run is over; say so and go on
+                print(f"flowdeco: warning: could not record the end of run {run.run_id!r} in "
+                      f"{self.store.location}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run lock and the store (idempotent; also called at unconfigure)."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.stop()
+        if self._restorer is not None:
+            pm = self.config.pluginmanager
+            if pm.is_registered(self._restorer):
+                pm.unregister(self._restorer)
+            self._restorer = None
+        lock, self.lock = self.lock, None
+        try:
+            if lock is not None:
+                lock.release()
+        finally:
+            self.store.close()
+
+
+__all__ = ["StatePlugin", "make_store", "add_hookspecs"]

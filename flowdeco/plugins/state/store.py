@@ -1,0 +1,693 @@
+"""Where runs are kept: the :class:`Store` interface and its SQLite implementation.
+
+The plugin talks to a store only through :class:`Store`; another backend (a
+server database, an object store) is a class with these methods, returned by
+a plugin's ``flowdeco_state_store`` hook (see :mod:`flowdeco.plugins.state`).
+
+The SQLite store keeps every run of a state dir in ``STATE_DIR/state.db``
+(WAL mode): table ``runs`` (one row per run id) and table ``tasks`` (one row
+per task of a run: status, attempts, timings, source fingerprint, the result
+as JSON, error or skip reason).  The schema version is ``PRAGMA
+user_version``; ``PRAGMA application_id`` marks the file as flowdeco's.
+Migrations run inside one ``BEGIN IMMEDIATE`` transaction, so concurrent
+openers never see half a schema.
+
+Safety rules: an existing file is inspected read-only before anything writes
+to it; a file that is not SQLite, is truncated, belongs to another program
+or comes from a newer flowdeco raises :class:`~flowdeco.StateError` and is
+left exactly as it was.  The database and its ``-wal``/``-shm`` files are
+owner-only (the database is created 0600 before SQLite opens it; SQLite gives
+its side files the database's mode, and the mode is checked after opening).
+A run is protected by an exclusive ``flock`` on ``STATE_DIR/locks/RUN_ID.lock``
+(never on the database itself), which the kernel releases when its holder
+dies, even by SIGKILL.  Loading is strict: every row is structured by a
+private cattrs converter into a validated record; unknown values, wrong types
+and oversized fields raise :class:`~flowdeco.StateError`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import re
+import sqlite3
+import stat
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import attrs
+import cattrs
+
+from ...errors import StateError
+from ..audit import make_private_dirs
+from .codec import MAX_RESULT_BYTES
+
+__all__ = ["Store", "SQLiteStore", "RunRecord", "TaskRecord", "TaskRow", "RunSummary",
+           "RunLock", "SCHEMA_VERSION", "APPLICATION_ID"]
+
+#: ``PRAGMA application_id`` of a flowdeco state database ("fdst")
+APPLICATION_ID = 0x66647374
+SCHEMA_VERSION = 1
+DB_NAME = "state.db"
+#: databases up to this size get ``PRAGMA quick_check`` when opened
+QUICK_CHECK_MAX_BYTES = 64 * 2**20
+MAX_NAME = 4096
+MAX_ERROR = 65536
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+TASK_STATUSES = ("running", "succeeded", "failed", "skipped", "restored", "interrupted")
+SKIP_REASONS = ("upstream", "stopped", "condition", "trigger")
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+#: schema version -> statements that bring the previous version up to it
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE runs (
+            run_id   TEXT PRIMARY KEY NOT NULL,
+            flow     TEXT NOT NULL,
+            status   TEXT NOT NULL,
+            started  REAL NOT NULL,
+            session_started REAL NOT NULL,
+            finished REAL,
+            duration REAL NOT NULL DEFAULT 0,
+            sessions INTEGER NOT NULL DEFAULT 1,
+            pid      INTEGER
+        )""",
+        """CREATE TABLE tasks (
+            run_id      TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+            name        TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            attempts    INTEGER NOT NULL,
+            started     REAL,
+            finished    REAL,
+            fingerprint TEXT,
+            result      TEXT,
+            error       TEXT,
+            reason      TEXT,
+            PRIMARY KEY (run_id, name)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX runs_by_flow ON runs (flow, session_started)",
+    ),
+}
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _max_len(limit: int) -> Any:
+    def check(inst: Any, attribute: Any, value: Any) -> None:
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{attribute.name} is {len(value)} characters long "
+                             f"(the limit is {limit})")
+    return check
+
+
+def _non_negative(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _run_id(inst: Any, attribute: Any, value: str) -> None:
+    if not _RUN_ID_RE.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"invalid run id {value[:140]!r}")
+
+
+@attrs.frozen
+class RunRecord:
+    """One saved run."""
+
+    run_id: str = attrs.field(validator=_run_id)
+    flow: str = attrs.field(validator=_max_len(MAX_NAME))
+    status: Literal["running", "succeeded", "failed", "interrupted"]
+    started: float = attrs.field(validator=_non_negative)
+    #: when the latest session (first start or resume) began
+    session_started: float = attrs.field(validator=_non_negative)
+    finished: float | None = attrs.field(default=None, validator=_non_negative)
+    duration: float = attrs.field(default=0.0, validator=_non_negative)
+    sessions: int = attrs.field(default=1, validator=_non_negative)
+    pid: int | None = None
+
+
+@attrs.frozen
+class TaskRecord:
+    """One task of a saved run, as last recorded."""
+
+    name: str = attrs.field(validator=_max_len(MAX_NAME))
+    status: Literal["running", "succeeded", "failed", "skipped", "restored", "interrupted"]
+    attempts: int = attrs.field(validator=_non_negative)
+    started: float | None = attrs.field(default=None, validator=_non_negative)
+    finished: float | None = attrs.field(default=None, validator=_non_negative)
+    fingerprint: str | None = attrs.field(default=None, validator=_max_len(64))
+    result: str | None = attrs.field(default=None, validator=_max_len(MAX_RESULT_BYTES))
+    error: str | None = attrs.field(default=None, validator=_max_len(MAX_ERROR))
+    reason: Literal["upstream", "stopped", "condition", "trigger"] | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status in ("succeeded", "restored")
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return max(self.finished - self.started, 0.0)
+
+
+class TaskRow(NamedTuple):
+    """What the plugin writes for a task (cheap to build on the hot path); columns in order."""
+
+    name: str
+    status: str
+    attempts: int
+    started: float | None
+    finished: float | None
+    fingerprint: str | None
+    result: str | None
+    error: str | None
+    reason: str | None
+
+
+@attrs.frozen
+class RunSummary:
+    """A run with its task counts by status (``runs`` listing)."""
+
+    run: RunRecord
+    counts: dict[str, int]
+
+
+def _strict_converter() -> cattrs.Converter:
+    """Structures rows into records without coercion: ``"3"`` is not an int."""
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def exact(kind: type, name: str) -> Any:
+        def hook(value: Any, _: Any) -> Any:
+            if type(value) is not kind:
+                raise TypeError(f"expected {name}, got {type(value).__name__}")
+            return value
+        return hook
+
+    def real(value: Any, _: Any) -> float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise TypeError(f"expected a finite number, got {type(value).__name__} {value!r:.40}")
+        return float(value)
+
+    conv.register_structure_hook(int, exact(int, "an integer"))
+    conv.register_structure_hook(str, exact(str, "text"))
+    conv.register_structure_hook(float, real)
+    return conv
+
+
+_CONVERTER = _strict_converter()
+
+
+def structure(data: dict, cls: type, what: str) -> Any:
+    """A validated record from a row dict, or :class:`StateError` naming ``what`` and the field."""
+    try:
+        return _CONVERTER.structure(data, cls)
+    except Exception as exc:  # noqa: BLE001 - cattrs groups, attrs validators
+        if isinstance(exc, cattrs.BaseValidationError):
+            detail = "; ".join(cattrs.transform_error(exc))
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        raise StateError(f"{what} is invalid: {detail[:500]}") from None
+
+
+# --------------------------------------------------------------------------- interface
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the state plugin needs from a backend.  All methods are called from one thread.
+
+    ``location`` names the store in messages (a path, a URL without secrets).
+    Errors: raise :class:`~flowdeco.StateError` for unusable state (corrupted,
+    foreign, newer, invalid records, run in use); let ``OSError`` or the
+    driver's own error escape from :meth:`record_tasks` and
+    :meth:`finish_run` when a write fails (disk full): the plugin then stops
+    the run and keeps what was written.
+    """
+
+    location: str
+
+    def open(self, create: bool = True) -> bool:
+        """Connect; create the store when missing and ``create``.  False: no store exists."""
+
+    def close(self) -> None:
+        """Release connections (idempotent)."""
+
+    def lock_run(self, run_id: str) -> "RunLock":
+        """Exclusive use of ``run_id`` until ``release()``; StateError when another process has it."""
+
+    def begin_run(self, run_id: str, flow: str, now: float, resumed: bool) -> None:
+        """Record that ``run_id`` starts (fresh: must not exist) or resumes (must exist)."""
+
+    def load_run(self, run_id: str) -> RunRecord | None:
+        """The run, or None when unknown."""
+
+    def load_tasks(self, run_id: str) -> dict[str, TaskRecord]:
+        """Every task record of the run, by name."""
+
+    def record_tasks(self, run_id: str, rows: Sequence[TaskRow]) -> None:
+        """Insert or replace these rows atomically (one transaction)."""
+
+    def finish_run(self, run_id: str, status: str, now: float, duration: float) -> None:
+        """Record how a session of the run ended; ``duration`` adds to its total."""
+
+    def list_runs(self, flow: str | None = None, limit: int | None = None) -> list[RunSummary]:
+        """Runs (of ``flow`` when given), the latest session first (started or resumed)."""
+
+    def delete_run(self, run_id: str) -> None:
+        """Forget the run and its tasks."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``LOCK_DIR/RUN_ID.lock``; the kernel drops it if we die."""
+
+    def __init__(self, path: Path, run_id: str, where: str):
+        make_private_dirs(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"run ID {run_id!r} is in use by another process (state dir "
+                             f"{where}); wait for it to finish, or choose another run id") from None
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd: int | None = fd
+        self.path = path
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def held(path: Path) -> bool:
+        """Whether some process holds the lock (tries it and lets go at once)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+_TASK_COLUMNS = ("name", "status", "attempts", "started", "finished", "fingerprint", "result",
+                 "error", "reason")
+_RUN_COLUMNS = tuple(f.name for f in attrs.fields(RunRecord))
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class SQLiteStore:
+    """The default :class:`Store`: ``STATE_DIR/state.db`` (see the module docstring)."""
+
+    def __init__(self, state_dir: str | os.PathLike, *, synchronous: str = "normal",
+                 busy_timeout: float = 30.0):
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DB_NAME
+        self.location = str(self.path)
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.conn: sqlite3.Connection | None = None
+        self._checkpointer: _Checkpointer | None = None
+        self._commits = 0
+
+    # -- opening
+    def open(self, create: bool = True) -> bool:
+        if self.conn is not None:
+            return True
+        try:
+            return self._open(create)
+        except sqlite3.Error as exc:
+            self.close()
+            raise self._db_error(exc) from None
+        except OSError as exc:
+            self.close()
+            raise StateError(f"cannot use the state database {self.path}: "
+                             f"{exc.strerror or exc}") from None
+
+    def _open(self, create: bool) -> bool:
+        path = self.path
+        existing = self._check_header()
+        if existing is None:  # no file
+            if not create:
+                return False
+            make_private_dirs(self.state_dir)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        elif existing:
+            self._inspect_read_only()
+        conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        self.conn = conn
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StateError(f"{path}: cannot switch the database to WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._migrate(conn)
+        self._private_files()
+        return True
+
+    def _start_checkpointer(self) -> None:
+        """Writers stop checkpointing (the fsync) themselves; a helper thread does it."""
+        if self._checkpointer is None and self.conn is not None:
+            self.conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = _Checkpointer(self.path, self.synchronous, self.busy_timeout)
+            self._checkpointer.start()
+
+    def _check_header(self) -> bool | None:
+        """None: no file; False: an empty file; True: plausibly SQLite.  Reads only.
+
+        (Truncation is SQLite's to detect: its header's page count is checked
+        against the file and the WAL under SQLite's own locks.)
+        """
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(100)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read the state database {self.path}: "
+                             f"{exc.strerror or exc}") from None
+        if not head:
+            return False
+        if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+            raise StateError(f"{self.path} is not a SQLite database (corrupted, or another "
+                             "program's file); it was left untouched: move it away or use "
+                             "another --state-dir")
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        if page_size < 512 or page_size & (page_size - 1):
+            raise self._corrupt(f"invalid page size {page_size}")
+        return True
+
+    def _db_error(self, exc: sqlite3.Error) -> StateError:
+        code = getattr(exc, "sqlite_errorname", "") or ""
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
+            return StateError(f"the state database {self.path} stayed locked by another "
+                              f"process for {self.busy_timeout:.0f}s; try again")
+        if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or not code or \
+                type(exc) is sqlite3.DatabaseError:
+            return self._corrupt(exc)
+        return StateError(f"cannot use the state database {self.path}: {exc} ({code})")
+
+    def _corrupt(self, why: Any) -> StateError:
+        return StateError(f"the state database {self.path} is corrupted or unreadable ({why}); "
+                          "it was left untouched: move it away (or restore a backup) and run "
+                          "again, or use another --state-dir")
+
+    def _foreign(self, detail: str) -> StateError:
+        return StateError(f"{self.path} is not a flowdeco state database ({detail}); it was "
+                          "left untouched: move it away or use another --state-dir")
+
+    def _classify(self, conn: sqlite3.Connection) -> int:
+        """The schema version of a database that is ours (or empty); StateError otherwise."""
+        # reading the schema makes SQLite check the header against the file (truncation)
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")]
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.path} was written by a newer flowdeco (schema version {version}; "
+                    f"this one reads up to {SCHEMA_VERSION}); upgrade flowdeco, or use another "
+                    "--state-dir")
+            return version
+        if app == 0 and version == 0 and not tables:
+            return 0
+        what = f"application id {app:#x}" if app else \
+            f"tables {', '.join(map(repr, tables[:5]))}" if tables else f"user version {version}"
+        raise self._foreign(what)
+
+    def _inspect_read_only(self) -> None:
+        """Classify an existing file without writing to it (a read-only connection).
+
+        SQLite may create ``-wal``/``-shm`` files beside a WAL database even
+        then; those it created are removed again when the file is refused.
+        """
+        side = [Path(str(self.path) + s) for s in ("-wal", "-shm")]
+        before = [p.exists() for p in side]
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)
+        ok = False
+        try:
+            version = self._classify(conn)
+            if version and self.path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+                found = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+                if found != ["ok"]:
+                    raise self._corrupt("; ".join(map(str, found))[:300])
+            ok = True
+        finally:
+            conn.close()
+            if not ok:
+                for p, existed in zip(side, before):
+                    if existed:
+                        continue
+                    try:
+                        if p.name.endswith("-shm") or p.stat().st_size == 0:
+                            p.unlink()
+                    except OSError:
+                        pass
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION and \
+                conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._classify(conn)  # again, under the write lock
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _private_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            try:
+                mode = p.stat().st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_IMODE(mode) & 0o077:
+                os.chmod(p, 0o600)
+
+    def close(self) -> None:
+        cp, self._checkpointer = self._checkpointer, None
+        if cp is not None:
+            cp.stop()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def _c(self) -> sqlite3.Connection:
+        if self.conn is None:
+            self.open()
+        assert self.conn is not None
+        return self.conn
+
+    # -- runs
+    def lock_run(self, run_id: str) -> RunLock:
+        return RunLock(self.state_dir / "locks" / f"{run_id}.lock", run_id, str(self.state_dir))
+
+    def lock_held(self, run_id: str) -> bool:
+        return RunLock.held(self.state_dir / "locks" / f"{run_id}.lock")
+
+    def begin_run(self, run_id: str, flow: str, now: float, resumed: bool) -> None:
+        conn = self._c()
+        with _reading(self):
+            if resumed:
+                cur = conn.execute(
+                    "UPDATE runs SET status='running', session_started=?, finished=NULL, "
+                    "sessions=sessions+1, pid=? WHERE run_id=?", (now, os.getpid(), run_id))
+                if cur.rowcount != 1:
+                    raise StateError(f"run {run_id!r} vanished from {self.path}")
+            else:
+                try:
+                    conn.execute(
+                        "INSERT INTO runs (run_id, flow, status, started, session_started, duration, "
+                        "sessions, pid) VALUES (?, ?, 'running', ?, ?, 0, 1, ?)",
+                        (run_id, flow, now, now, os.getpid()))
+                except sqlite3.IntegrityError:
+                    raise StateError(
+                        f"run id {run_id!r} already exists in {self.state_dir}: resume it with "
+                        f"--resume {run_id}, or choose another --run-id") from None
+        self._private_files()
+
+    def load_run(self, run_id: str) -> RunRecord | None:
+        with _reading(self):
+            row = self._c().execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs WHERE run_id=?",
+                                    (run_id,)).fetchone()
+        if row is None:
+            return None
+        return structure(dict(zip(_RUN_COLUMNS, row)), RunRecord,
+                         f"{self.path}: the record of run {run_id!r}")
+
+    def load_tasks(self, run_id: str) -> dict[str, TaskRecord]:
+        with _reading(self):
+            rows = self._c().execute(
+                f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE run_id=?",
+                (run_id,)).fetchall()
+        out: dict[str, TaskRecord] = {}
+        for row in rows:
+            name = row[0]
+            label = repr(name[:100]) if isinstance(name, str) else "?"
+            rec = structure(dict(zip(_TASK_COLUMNS, row)), TaskRecord,
+                            f"{self.path}: run {run_id!r}, task {label}")
+            out[rec.name] = rec
+        return out
+
+    def record_tasks(self, run_id: str, rows: Sequence[TaskRow]) -> None:
+        conn = self._c()
+        if self._checkpointer is None:
+            self._start_checkpointer()
+        if len(rows) == 1:  # one statement is its own transaction
+            conn.execute(_INSERT_TASK, (run_id, *rows[0]))
+        else:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(_INSERT_TASK, [(run_id, *r) for r in rows])
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY == 0 and self._checkpointer:
+            self._checkpointer.wake.set()
+
+    def finish_run(self, run_id: str, status: str, now: float, duration: float) -> None:
+        self._c().execute(
+            "UPDATE runs SET status=?, finished=?, duration=duration+?, pid=NULL WHERE run_id=?",
+            (status, now, duration, run_id))
+
+    def list_runs(self, flow: str | None = None, limit: int | None = None) -> list[RunSummary]:
+        where, args = ("WHERE flow=?", [flow]) if flow is not None else ("", [])
+        lim = f"LIMIT {int(limit)}" if limit is not None else ""
+        with _reading(self):
+            conn = self._c()
+            rows = conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs {where} "
+                                f"ORDER BY session_started DESC, started DESC, run_id {lim}",
+                                args).fetchall()
+            counts: dict[Any, dict[str, int]] = {}
+            if rows:
+                ids = [r[0] for r in rows]
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i:i + 500]
+                    for rid, status, n in conn.execute(
+                            "SELECT run_id, status, count(*) FROM tasks WHERE run_id IN "
+                            f"({', '.join('?' * len(chunk))}) GROUP BY run_id, status", chunk):
+                        counts.setdefault(rid, {})[str(status)] = int(n)
+        out = []
+        for row in rows:
+            rec = structure(dict(zip(_RUN_COLUMNS, row)), RunRecord,
+                            f"{self.path}: a record of table runs")
+            out.append(RunSummary(rec, counts.get(rec.run_id, {})))
+        return out
+
+    def delete_run(self, run_id: str) -> None:
+        conn = self._c()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM tasks WHERE run_id=?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+
+_INSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: commits between two checkpoints (a commit appends about one 4 KiB page to the WAL)
+_CHECKPOINT_EVERY = 250
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL into the database off the scheduler thread (SQLite releases the GIL).
+
+    In WAL mode with ``synchronous=NORMAL`` a commit does not fsync; the
+    checkpoint does, and it is the slow part.  The writer's connection has
+    automatic checkpoints off; this thread runs a PASSIVE checkpoint (never
+    blocks the writer) when woken, and the last connection to close does a
+    final one.
+    """
+
+    def __init__(self, path: Path, synchronous: str, busy_timeout: float):
+        super().__init__(name="flowdeco-state-checkpoint", daemon=True)
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.wake = threading.Event()
+        self.done = False
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error:
+            return
+        try:
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self.done:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # the next one (or the final one at close) will do it
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.done = True
+        self.wake.set()
+        self.join(timeout=60)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # SQLite already rolled back (disk full, I/O error)
+
+
+class _reading:
+    """Turn driver errors while reading into StateError (a corrupted page shows up here)."""
+
+    def __init__(self, store: SQLiteStore):
+        self.store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or not isinstance(exc, sqlite3.Error) \
+                or isinstance(exc, sqlite3.IntegrityError):
+            return False
+        raise self.store._db_error(exc) from None

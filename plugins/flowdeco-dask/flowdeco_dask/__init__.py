@@ -1,0 +1,116 @@
+"""flowdeco-dask: run a flow's task bodies on Dask distributed.
+
+Installed, it is found through the ``flowdeco`` entry-point group (``-p
+no:dask`` disables it) and adds:
+
+- ``--executor dask`` / ``run(..., executor="dask")``: with no address, a
+  ``LocalCluster`` of ``--workers`` worker processes (one thread each) is
+  started for the run and closed after it;
+- ``--dask-address tcp://HOST:8786`` / ``run(..., dask_address=...)``: use an
+  existing scheduler instead;
+- ``run(..., executor=client)`` with a ``distributed.Client`` (or
+  ``client.get_executor()``): use that client; it stays yours (not closed).
+
+Only task bodies travel: the scheduler loop stays in the driver process, so
+retries, delays, state, resume and the audit trail work exactly as with
+threads.  Each attempt is one Dask task (``pure=False``: never deduplicated
+or cached by Dask); its result comes back to the driver.  Without
+``--workers`` the run keeps as many attempts in flight as the cluster has
+worker threads.
+
+This module imports nothing from Dask until a run asks for it, so having the
+plugin installed costs other runs nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from flowdeco import UsageError, hookimpl
+
+__version__ = "0.1.0"
+
+_STASH = "flowdeco_dask.executor"
+
+
+def _dask_object(obj: Any) -> bool:
+    """True for a ``distributed.Client``, its executor, or a :class:`DaskExecutor`."""
+    if sys.modules.get("distributed") is None:   # nobody made one if Dask is not imported
+        return False
+    from distributed import Client
+    from distributed.cfexecutor import ClientExecutor
+
+    from .executor import DaskExecutor
+    return isinstance(obj, (Client, ClientExecutor, DaskExecutor))
+
+
+def _wants_dask(config: Any) -> bool:
+    executor = config.getoption("executor", None)
+    return executor == "dask" or _dask_object(executor)
+
+
+@hookimpl
+def flowdeco_addoption(parser: Any) -> None:
+    parser.addoption("--dask-address", dest="dask_address", default=None, metavar="ADDRESS",
+                     group="running",
+                     help="with --executor dask: the scheduler to use (tcp://host:8786); "
+                          "default: start a local cluster of --workers processes")
+
+
+@hookimpl
+def flowdeco_configure(config: Any) -> None:
+    address = config.getoption("dask_address")
+    if address is not None:
+        if not isinstance(address, str) or not address:
+            raise UsageError(f"dask_address must be a scheduler address like "
+                             f"tcp://host:8786, got {address!r}")
+        if config.getoption("executor") != "dask":
+            raise UsageError("--dask-address needs --executor dask "
+                             "(run(..., executor='dask', dask_address=...))")
+
+
+@hookimpl
+def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+    """Refuse, before anything runs, tasks that cannot be shipped to Dask workers."""
+    if _wants_dask(config):
+        from .executor import check_graph
+        check_graph(graph)
+
+
+@hookimpl
+def flowdeco_make_executor(config: Any, name: str, workers: int) -> Any:
+    executor = config.getoption("executor", None)
+    if executor != "dask" and not _dask_object(executor):
+        return None
+    from .executor import DaskExecutor
+    if executor == "dask":
+        made = DaskExecutor.start(workers, address=config.getoption("dask_address"))
+    else:
+        made = DaskExecutor.wrap(executor)
+    config.stash[_STASH] = made
+    return made
+
+
+@hookimpl
+def flowdeco_run_start(run: Any) -> None:
+    if not _dask_object(run.executor):
+        return
+    from .executor import DaskExecutor, cluster_threads
+    if not isinstance(run.executor, DaskExecutor):
+        # run(executor=client.get_executor()): the core took it as it is (an Executor
+        # it does not own); submit through the wrapper, which never lets Dask
+        # deduplicate two attempts (pure=False) and names dead workers
+        run.executor = DaskExecutor.wrap(run.executor)
+    # --workers not given: keep as many attempts in flight as the cluster has threads
+    if run.config.getoption("workers", None) is None:
+        n = cluster_threads(run.executor)
+        if n:
+            run.workers = n
+
+
+@hookimpl
+def flowdeco_unconfigure(config: Any) -> None:
+    made = config.stash.pop(_STASH, None)
+    if made is not None:
+        made.shutdown(wait=False)   # a no-op when the run already shut it down

@@ -1,0 +1,563 @@
+"""The ``process`` executor: what must pickle (checked at collection), dead workers, results."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from flowdeco import CollectionError, run, task
+from flowdeco import cli
+from flowdeco.executors import ProcessExecutor, WorkerCrashed
+
+TIMEOUT = 60.0
+
+
+def go(target, timeout=TIMEOUT, **kw):
+    """``run`` in a helper thread, so a hanging engine fails the test instead of the suite."""
+    kw.setdefault("state_dir", None)
+    kw.setdefault("executor", "process")
+    box: dict = {}
+
+    def body():
+        try:
+            box["result"] = run(target, **kw)
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"run did not finish within {timeout}s"
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+# --------------------------------------------------------------------------- collection
+
+
+UNPICKLABLE = {
+    "lambda": ("""
+        from flowdeco import task
+        double = task(name="double")(lambda: 2)
+        """, "double", "is a lambda"),
+    "closure": ("""
+        from flowdeco import task
+        def make(n):
+            @task
+            def plus():
+                return n + 1
+            return plus
+        plus = make(1)
+        """, "plus", "is defined inside function 'make'"),
+    "shadowed": ("""
+        from flowdeco import task
+        @task
+        def real():
+            return 1
+        original = real
+        def real():          # the module name now points elsewhere: pickle cannot find it
+            return 2
+        """, "real", "cannot be pickled"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNPICKLABLE))
+def test_unpicklable_task_is_a_collection_error(write_module, case):
+    source, name, why = UNPICKLABLE[case]
+    path = write_module(source)
+    with pytest.raises(CollectionError) as info:
+        go(str(path))
+    msg = str(info.value)
+    assert msg.startswith(f"task {name!r} cannot run on the process executor: it ")
+    assert why in msg
+    # the same flow runs on threads
+    assert go(str(path), executor="thread").ok
+
+
+def test_unpicklable_run_parameter_is_a_collection_error(write_module):
+    path = write_module("""
+        from flowdeco import task
+        @task
+        def guarded(lock):
+            return 1
+        """)
+    with pytest.raises(CollectionError, match="task 'guarded' cannot run on the process "
+                                              "executor: the value of its parameter 'lock' "
+                                              r"\(a lock\) cannot be pickled"):
+        go(str(path), params={"lock": threading.Lock()})
+
+
+def test_unpicklable_task_exits_4_from_the_cli(write_module, tmp_path, capsys):
+    path = write_module(UNPICKLABLE["closure"][0])
+    rc = cli.main([str(path), "--executor", "process", "--state-dir", str(tmp_path / "st")])
+    err = capsys.readouterr().err
+    assert rc == 4, err
+    assert "task 'plus' cannot run on the process executor" in err
+    assert "move it to module level" in err
+    assert not (tmp_path / "st").exists()      # nothing ran, nothing was written
+
+
+def test_closure_given_as_a_list_is_refused_too():
+    def make():
+        def inner():
+            return 1
+        return inner
+    with pytest.raises(CollectionError, match="task 'inner' cannot run on the process"):
+        go([make()])
+
+
+def test_dynamic_module_needs_fork():
+    mod = types.ModuleType("fd_dynamic_mod")
+    exec(textwrap.dedent("""
+        from flowdeco import task
+        @task
+        def made():
+            return 42
+    """), mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    try:
+        spawn = ProcessExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        with pytest.raises(CollectionError, match="module 'fd_dynamic_mod', which a worker "
+                                                  "process started with 'spawn' cannot import"):
+            go([mod.made], executor=spawn)
+        spawn.shutdown()
+        # forked workers inherit the module: it runs
+        fork = ProcessExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        try:
+            assert go([mod.made], executor=fork).results == {"made": 42}
+        finally:
+            fork.shutdown()
+    finally:
+        del sys.modules[mod.__name__]
+
+
+MAIN_SCRIPT = """
+import multiprocessing, sys
+from flowdeco import FlowError, run, task
+from flowdeco.executors import ProcessExecutor
+
+@task
+def answer():
+    return 42
+
+method = sys.argv[1]
+ex = ProcessExecutor(1, mp_context=multiprocessing.get_context(method))
+try:
+    print(run([answer], executor=ex, state_dir=None).results)
+except FlowError as exc:
+    print("FlowError:", exc)
+finally:
+    ex.shutdown()
+"""
+
+
+def test_task_in_interactive_main_needs_fork(tmp_path):
+    spawned = subprocess.run([sys.executable, "-c", MAIN_SCRIPT, "spawn"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert "FlowError: task 'answer' cannot run on the process executor: it is defined in " \
+           "__main__" in spawned.stdout, spawned.stderr
+    forked = subprocess.run([sys.executable, "-c", MAIN_SCRIPT, "fork"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert forked.stdout.strip() == "{'answer': 42}", forked.stderr
+
+
+def test_task_in_a_main_script_file_runs_with_spawn(tmp_path):
+    script = tmp_path / "script.py"
+    # a script guarded like multiprocessing wants it: workers re-import it as __mp_main__
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, sys
+        from flowdeco import run, task
+        from flowdeco.executors import ProcessExecutor
+
+        @task
+        def answer():
+            return 42
+
+        if __name__ == "__main__":
+            ex = ProcessExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                print(run([answer], executor=ex, state_dir=None).results)
+            finally:
+                ex.shutdown()
+    """))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip() == "{'answer': 42}", proc.stderr
+
+
+def test_threads_and_sync_check_nothing():
+    double = task(name="double")(lambda: 2)
+    assert go([double], executor="thread").results == {"double": 2}
+    assert go([double], executor="sync").results == {"double": 2}
+
+
+# --------------------------------------------------------------------------- results
+
+
+RESULTS = """
+    import threading
+    from flowdeco import task
+
+    def _refuse():
+        raise RuntimeError("not here")
+
+    class OnlyInWorkers:
+        def __reduce__(self):
+            return (_refuse, ())
+
+    @task
+    def lock():
+        return threading.Lock()
+
+    @task
+    def uses_lock(lock):
+        return 1
+
+    @task
+    def odd():
+        return OnlyInWorkers()
+
+    @task
+    def fine():
+        return {"ok": [1, 2.5, "x"]}
+"""
+
+
+def test_unpicklable_result_fails_that_task(write_module):
+    result = go(str(write_module(RESULTS)), workers=2)
+    oc = result.outcomes
+    assert oc["lock"].status == "failed"
+    assert oc["lock"].error.startswith(
+        "UnpicklableResult: task 'lock' returned a _thread.lock, which cannot be pickled")
+    assert (oc["uses_lock"].status, oc["uses_lock"].reason) == ("skipped", "upstream")
+    assert oc["odd"].status == "failed"
+    assert oc["odd"].error.startswith("UnpicklableResult: task 'odd' returned a result that "
+                                      "cannot be unpickled in the driver process")
+    assert result.results["fine"] == {"ok": [1, 2.5, "x"]}
+
+
+def test_times_are_on_the_drivers_clock(write_module):
+    path = write_module("""
+        import time
+        from flowdeco import task
+
+        @task
+        def nap():
+            time.sleep(0.2)
+            return 1
+    """)
+    result = go(str(path))
+    out = result.outcomes["nap"]
+    assert 0.2 <= out.duration < 5
+    assert abs((out.finished_at - out.started_at).total_seconds() - out.duration) < 1e-3
+    # the worker's own clock is not used for timestamps: they fall inside the run
+    assert result.started - 1e-3 <= out.started_at.timestamp()
+    assert out.finished_at.timestamp() <= result.finished + 1e-3
+
+
+# --------------------------------------------------------------------------- dead workers
+
+
+CRASH = """
+    import os
+    import time
+    from pathlib import Path
+    from flowdeco import task
+
+    D = Path({markers!r})
+
+    @task(retries=1)
+    def crash():
+        # the first attempt kills its worker process; the second finds the marker
+        marker = D / "crashed"
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return os.getpid()
+
+    @task
+    def after(crash):
+        return crash
+
+    @task
+    def independent():
+        return "fine"
+"""
+
+
+def _audit(state_dir, run_id):
+    path = state_dir / "runs" / run_id / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_dead_worker_fails_only_its_attempt(write_module, tmp_path):
+    markers = tmp_path / "m"
+    markers.mkdir()
+    path = write_module(CRASH.format(markers=str(markers)))
+    st = tmp_path / "st"
+    result = go(str(path), workers=1, state_dir=st, run_id="crash")
+    assert result.ok, result.outcomes
+    oc = result.outcomes
+    dead = int((markers / "crashed").read_text())
+    assert oc["crash"].attempts == 2
+    assert result.results["after"] == result.results["crash"] != dead
+    assert result.results["independent"] == "fine"
+    retrying = [e for e in _audit(st, "crash") if e["event"] == "task_retrying"]
+    assert [e["task"] for e in retrying] == ["crash"]
+    assert retrying[0]["error"] == (f"WorkerCrashed: worker process {dead} died (exit code 1) "
+                                    "while running task 'crash'")
+
+
+def test_segfault_without_retries_fails_the_task_and_the_run_goes_on(write_module):
+    path = write_module("""
+        import ctypes
+        import faulthandler
+        from flowdeco import task
+
+        @task(priority=1)
+        def segv():
+            faulthandler.disable()   # inherited from pytest: keep the test output quiet
+            ctypes.string_at(0)
+
+        @task
+        def downstream(segv):
+            return 1
+
+        @task
+        def later():
+            return "still runs"
+    """)
+    result = go(str(path), workers=1)
+    oc = result.outcomes
+    assert oc["segv"].status == "failed"
+    assert oc["segv"].attempts == 1
+    assert oc["segv"].error.startswith("WorkerCrashed: worker process ")
+    assert oc["segv"].error.endswith("died (exit code -11, SIGSEGV) while running task 'segv'")
+    assert isinstance(oc["segv"].exception, WorkerCrashed)
+    assert (oc["downstream"].status, oc["downstream"].reason) == ("skipped", "upstream")
+    assert result.results["later"] == "still runs"
+
+
+def test_attempts_in_flight_beside_a_crash_fail_and_are_retried(write_module, tmp_path):
+    markers = tmp_path / "m"
+    markers.mkdir()
+    path = write_module(f"""
+        import os
+        import time
+        from pathlib import Path
+        from flowdeco import task
+
+        D = Path({str(markers)!r})
+
+        @task(retries=1)
+        def bystander(ctx):
+            (D / f"bystander.{{ctx.attempt}}").write_text("")
+            if ctx.attempt == 1:
+                while not (D / "dying").exists():
+                    time.sleep(0.01)
+                time.sleep(30)          # killed with the broken pool long before this ends
+            return ctx.attempt
+
+        @task(retries=1)
+        def killer(ctx):
+            if ctx.attempt == 1:
+                while not (D / "bystander.1").exists():
+                    time.sleep(0.01)
+                (D / "dying").write_text("")
+                os._exit(3)
+            return "ok"
+    """)
+    st = tmp_path / "st"
+    t0 = time.monotonic()
+    result = go(str(path), workers=2, state_dir=st, run_id="two")
+    assert time.monotonic() - t0 < 25
+    assert result.ok, result.outcomes
+    assert result.results == {"bystander": 2, "killer": "ok"}
+    errors = {e["task"]: e["error"] for e in _audit(st, "two") if e["event"] == "task_retrying"}
+    assert errors["killer"].endswith("died (exit code 3) while running task 'killer'")
+    assert errors["bystander"].startswith("WorkerCrashed: worker process ")
+    assert errors["bystander"].endswith(
+        "died (exit code 3) while task 'bystander' was running in the same pool; its attempt "
+        "was lost with the pool, which was replaced")
+
+
+def _crash():
+    os._exit(7)
+
+
+def _pid():
+    return os.getpid()
+
+
+def test_process_executor_replaces_a_broken_pool():
+    ex = ProcessExecutor(2)
+    try:
+        first = ex.submit(_pid).result(TIMEOUT)
+        with pytest.raises(WorkerCrashed, match=r"died \(exit code 7\)"):
+            ex.submit(_crash).result(TIMEOUT)
+        assert ex.rebuilds == 0                     # replaced lazily, on the next submit
+        assert ex.submit(_pid).result(TIMEOUT) not in (first, os.getpid())
+        assert ex.rebuilds == 1
+    finally:
+        ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(_pid)
+
+
+def test_a_broken_pool_you_own_fails_attempts_instead_of_the_run(write_module):
+    path = write_module("""
+        import os
+        from flowdeco import task
+
+        @task(priority=1)
+        def dies():
+            os._exit(1)
+
+        @task(retries=2)
+        def next_one():
+            return 1
+    """)
+    pool = ProcessPoolExecutor(1)
+    try:
+        result = go(str(path), executor=pool, workers=1)
+    finally:
+        pool.shutdown()
+    oc = result.outcomes
+    assert oc["dies"].error.startswith("WorkerCrashed: the worker pool broke (")
+    assert oc["dies"].error.endswith("while running task 'dies'")
+    # the pool is the caller's: flowdeco cannot replace it, so what follows fails too
+    assert oc["next_one"].status == "failed"
+    assert oc["next_one"].attempts == 3
+    assert oc["next_one"].error.startswith("WorkerCrashed: the worker pool broke")
+
+
+# --------------------------------------------------------------------------- like threads
+
+
+DAG = """
+    import os
+    from pathlib import Path
+    from flowdeco import task
+
+    COUNTER = Path({counter!r})
+
+    @task
+    def a():
+        return 1
+
+    @task
+    def b(a):
+        return a + 1
+
+    @task
+    def c(a):
+        return a * 10
+
+    @task(retries=2)
+    def flaky(b, c, ctx):
+        # a file-based counter: worker processes share no memory
+        n = int(COUNTER.read_text()) + 1 if COUNTER.exists() else 1
+        COUNTER.write_text(str(n))
+        ctx.log.info("trying", n=n)
+        if n < 3:
+            raise ValueError(f"attempt {{n}}")
+        return b + c
+
+    @task
+    def broken(a):
+        raise KeyError("nope")
+
+    @task
+    def never(broken):
+        return 0
+"""
+
+
+def _shape(events):
+    """Per task, its events in order with the fields that do not depend on timing."""
+    keep = ("attempt", "attempts", "error", "reason", "status", "n", "delay")
+    out: dict = {}
+    for e in events:
+        out.setdefault(e.get("task"), []).append(
+            (e["event"],) + tuple((k, e[k]) for k in keep if k in e))
+    return out
+
+
+@pytest.mark.parametrize("executor", ["process"])
+def test_dag_retries_and_audit_match_threads(write_module, tmp_path, executor):
+    results = {}
+    shapes = {}
+    for ex in ("thread", executor):
+        counter = tmp_path / f"counter-{ex}"
+        path = write_module(DAG.format(counter=str(counter)))
+        st = tmp_path / f"st-{ex}"
+        result = go(str(path), executor=ex, workers=2, state_dir=st, run_id="same")
+        results[ex] = ({k: (o.status, o.attempts, o.error, o.reason)
+                        for k, o in result.outcomes.items()}, result.results, result.status)
+        shapes[ex] = _shape(_audit(st, "same"))
+    assert results["thread"] == results[executor]
+    assert results[executor][1]["flaky"] == 12
+    assert shapes["thread"] == shapes[executor]
+    assert ("task_retrying", ("attempt", 1), ("error", "ValueError: attempt 1"),
+            ("delay", 0.0)) in shapes[executor]["flaky"]
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_on_the_process_group_lets_in_flight_attempts_finish(write_module, tmp_path):
+    markers = tmp_path / "m"
+    markers.mkdir()
+    path = write_module(f"""
+        import time
+        from pathlib import Path
+        from flowdeco import task
+
+        D = Path({str(markers)!r})
+
+        @task
+        def slow():
+            (D / "started").write_text("")
+            while not (D / "release").exists():
+                time.sleep(0.01)
+            return 1
+
+        @task
+        def then(slow):
+            (D / "then").write_text("")
+            return 2
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "flowdeco", str(path), "--executor",
+                             "process", "-w", "1", "--state-dir", str(tmp_path / "st"),
+                             "--run-id", "sig"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (markers / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)   # what a terminal's Ctrl-C does
+        time.sleep(0.5)
+        (markers / "release").write_text("")
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, (out, err)
+    assert not (markers / "then").exists()
+    events = _audit(tmp_path / "st", "sig")
+    done = [e for e in events if e.get("task") == "slow" and e["event"] != "task_started"]
+    assert [e["event"] for e in done] == ["task_succeeded"], events

@@ -1,0 +1,369 @@
+"""``flowdeco serve``: runs at cron ticks, missed ticks, catch-up, stopping (issue 6).
+
+Schedules run on a FakeClock whose wall time is set near the interesting
+moment; the fake clock jumps to each tick, so hours pass instantly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flowdeco import FakeClock, UsageError, hookimpl
+from flowdeco.cli import main as cli_main
+from flowdeco.manager import make_pluginmanager
+from flowdeco.plugins import serve as serve_mod
+from flowdeco.plugins.serve import serve, tick_run_id
+
+ROOT = Path(__file__).resolve().parents[1]
+UTC = dt.timezone.utc
+
+HOURLY = """
+    from flowdeco import task
+
+    @task
+    def fetch():
+        return 21
+
+    @task(cron="0 * * * *")
+    def report(ctx, fetch):
+        return {"run": ctx.run_id, "value": fetch * 2}
+
+    @task
+    def unrelated():
+        return "not scheduled"
+"""
+
+
+def clock_at(text: str) -> FakeClock:
+    """A fake clock whose wall time is the ISO datetime ``text``."""
+    return FakeClock(wall=dt.datetime.fromisoformat(text).timestamp())
+
+
+def wall(clock: FakeClock) -> str:
+    return dt.datetime.fromtimestamp(clock.time(), UTC).isoformat()
+
+
+@pytest.fixture
+def hourly(write_module):
+    return write_module(HOURLY, name="hourly")
+
+
+def test_one_run_per_tick_with_its_own_id_and_state(hourly, tmp_path):
+    clock = clock_at("2026-06-01T10:20:00+00:00")
+    out = io.StringIO()
+    report = serve(str(hourly), clock=clock, max_ticks=3, tz="UTC", state_dir=tmp_path,
+                   out=out)
+    assert report.reason == "max_ticks" and report.exit_code == 0
+    ids = [r.run_id for r in report.runs]
+    assert ids == ["hourly-20260601T110000Z", "hourly-20260601T120000Z",
+                   "hourly-20260601T130000Z"]
+    for r in report.runs:
+        assert r.tasks == ("report",)
+        assert r.result.ok
+        # the cron task and what it needs; nothing else
+        assert dict(r.result.results) == {"fetch": 21, "report": {"run": r.run_id, "value": 42}}
+        assert (tmp_path / "runs" / r.run_id / "audit.jsonl").exists()
+    assert [r.tick.isoformat() for r in report.runs] == [
+        "2026-06-01T11:00:00+00:00", "2026-06-01T12:00:00+00:00", "2026-06-01T13:00:00+00:00"]
+    assert wall(clock) == "2026-06-01T13:00:00+00:00"
+    text = out.getvalue()
+    assert "serving flow 'hourly'" in text
+    assert "run hourly-20260601T120000Z: 2 succeeded" in text
+
+
+def test_whole_flow_on_a_cron_option(write_module):
+    path = write_module("""
+        from flowdeco import task
+
+        @task
+        def a():
+            return 1
+
+        @task
+        def b(a):
+            return a + 1
+    """, name="plain_flow")
+    clock = clock_at("2026-06-01T10:01:00+00:00")
+    report = serve(str(path), cron="*/15 * * * *", tz="UTC", clock=clock, max_ticks=2,
+                   state_dir=None)
+    assert [r.run_id for r in report.runs] == ["plain_flow-20260601T101500Z",
+                                               "plain_flow-20260601T103000Z"]
+    assert all(r.tasks == () and dict(r.result.results) == {"a": 1, "b": 2}
+               for r in report.runs)
+
+
+def test_a_yearly_schedule_is_instant_on_the_fake_clock(write_module):
+    path = write_module("""
+        from flowdeco import task
+
+        @task
+        def a():
+            return 1
+    """, name="yearly_flow")
+    t0 = time.perf_counter()
+    report = serve(str(path), cron="@yearly", tz="UTC", max_ticks=2, state_dir=None,
+                   clock=clock_at("2026-06-01T00:00:00+00:00"))
+    assert [r.run_id for r in report.runs] == ["yearly_flow-20270101T000000Z",
+                                               "yearly_flow-20280101T000000Z"]
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_tick_run_that_cannot_start_is_reported_and_serve_goes_on(hourly, tmp_path):
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / "hourly.json").write_text(json.dumps({
+        "version": 1, "flow": "hourly", "last_tick": None,
+        "running": {"run_id": "hourly-gone", "tick": 1_780_000_000.0, "tasks": ["report"]}}))
+    out = io.StringIO()
+    report = serve(str(hourly), clock=clock_at("2026-06-01T10:20:00+00:00"), max_ticks=1,
+                   tz="UTC", state_dir=tmp_path, catch_up=True, out=out)
+    failed, ok = report.runs
+    assert failed.result is None and "hourly-gone" in failed.error
+    assert ok.result.ok
+    assert "could not start" in out.getvalue()
+
+
+def test_schedules_that_fall_together_make_one_run(write_module):
+    path = write_module("""
+        from flowdeco import task
+
+        @task(cron="*/10 * * * *")
+        def ten():
+            return 10
+
+        @task(cron="*/15 * * * *")
+        def fifteen():
+            return 15
+    """)
+    clock = clock_at("2026-06-01T10:00:30+00:00")
+    report = serve(str(path), tz="UTC", clock=clock, max_ticks=4, state_dir=None)
+    got = [(r.tick.strftime("%H:%M"), r.tasks, sorted(r.result.results)) for r in report.runs]
+    assert got == [("10:10", ("ten",), ["ten"]), ("10:15", ("fifteen",), ["fifteen"]),
+                   ("10:20", ("ten",), ["ten"]),
+                   ("10:30", ("fifteen", "ten"), ["fifteen", "ten"])]
+
+
+@pytest.mark.parametrize("start, expected", [
+    # spring forward: 02:00 CET -> 03:00 CEST, no 02:00 tick
+    ("2026-03-29T00:30:00+01:00", ["2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00",
+                                   "2026-03-29T04:00:00+02:00"]),
+    # fall back: 03:00 CEST -> 02:00 CET, 02:00 happens twice and both run
+    ("2026-10-25T01:30:00+02:00", ["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00",
+                                   "2026-10-25T03:00:00+01:00"]),
+])
+def test_serve_across_a_dst_change(hourly, start, expected):
+    report = serve(str(hourly), tz="Europe/Berlin", clock=clock_at(start), max_ticks=3,
+                   state_dir=None)
+    assert [r.tick.isoformat() for r in report.runs] == expected
+    ids = [r.run_id for r in report.runs]
+    assert len(set(ids)) == 3       # ids are the ticks in UTC: distinct in the repeated hour
+    assert all(r.result.ok for r in report.runs)
+
+
+def test_ticks_passing_during_a_run_are_coalesced(write_module):
+    path = write_module("""
+        from flowdeco import task
+
+        CLOCK = None
+        STARTS = []
+
+        @task(cron="*/10 * * * *")
+        def slow(ctx):
+            STARTS.append(CLOCK.time())
+            if len(STARTS) == 1:
+                CLOCK.advance(25 * 60)      # the first run takes 25 minutes
+            return ctx.run_id
+    """, name="slowmod")
+    import slowmod
+    clock = slowmod.CLOCK = clock_at("2026-06-01T10:05:00+00:00")
+    report = serve(str(path), tz="UTC", clock=clock, max_ticks=3, state_dir=None)
+    assert [r.tick.strftime("%H:%M") for r in report.runs] == ["10:10", "10:30", "10:40"]
+    assert report.skipped == 1      # 10:20 passed during the first run
+    starts = [dt.datetime.fromtimestamp(t, UTC).strftime("%H:%M") for t in slowmod.STARTS]
+    assert starts == ["10:10", "10:35", "10:40"]   # late means at once, once
+
+
+def test_missed_ticks_are_reported_and_caught_up(hourly, tmp_path):
+    clock = clock_at("2026-06-01T10:20:00+00:00")
+    first = serve(str(hourly), clock=clock, max_ticks=1, tz="UTC", state_dir=tmp_path)
+    assert [r.run_id for r in first.runs] == ["hourly-20260601T110000Z"]
+    assert first.missed == ()
+    saved = json.loads((tmp_path / "serve" / "hourly.json").read_text())
+    assert saved["last_tick_utc"] == "2026-06-01T11:00:00+00:00" and saved["running"] is None
+    assert oct((tmp_path / "serve" / "hourly.json").stat().st_mode & 0o777) == "0o600"
+
+    clock.advance(3 * 3600 + 600)           # down from 11:00 to 14:10
+    out = io.StringIO()
+    down = serve(str(hourly), clock=clock, max_ticks=0, tz="UTC", state_dir=tmp_path, out=out)
+    assert [t.strftime("%H:%M") for t in down.missed] == ["12:00", "13:00", "14:00"]
+    assert down.runs == ()
+    assert "3 tick(s) of flow 'hourly' missed while serve was down" in out.getvalue()
+    assert "--catch-up" in out.getvalue()
+
+    caught = serve(str(hourly), clock=clock, max_ticks=0, tz="UTC", state_dir=tmp_path,
+                   catch_up=True)
+    assert [(r.run_id, r.catch_up, r.result.ok) for r in caught.runs] == [
+        ("hourly-20260601T120000Z", True, True), ("hourly-20260601T130000Z", True, True),
+        ("hourly-20260601T140000Z", True, True)]
+    assert serve(str(hourly), clock=clock, max_ticks=0, tz="UTC",
+                 state_dir=tmp_path).missed == ()
+
+
+def test_without_state_nothing_is_recorded(hourly, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clock = clock_at("2026-06-01T10:20:00+00:00")
+    serve(str(hourly), clock=clock, max_ticks=1, tz="UTC", state_dir=None)
+    clock.advance(5 * 3600)
+    assert serve(str(hourly), clock=clock, max_ticks=0, tz="UTC", state_dir=None).missed == ()
+    assert not (tmp_path / ".flowdeco").exists()
+
+
+class InterruptOnce:
+    """Interrupts the first run while ``fetch`` runs (like Ctrl-C in flight)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    @hookimpl
+    def flowdeco_report(self, run, event):
+        if not self.done and event.name == "task_started" and event.task == "fetch":
+            self.done = True
+            run.stop(interrupted=True)
+
+
+def test_an_interrupted_tick_run_stops_serve_and_catch_up_resumes_it(hourly, tmp_path):
+    clock = clock_at("2026-06-01T10:20:00+00:00")
+    first = serve(str(hourly), clock=clock, max_ticks=5, tz="UTC", state_dir=tmp_path,
+                  plugins=[InterruptOnce()])
+    assert first.reason == "interrupted" and first.exit_code == 2
+    (cut,) = first.runs
+    assert cut.result.status == "interrupted"
+    assert dict(cut.result.results) == {"fetch": 21}
+    saved = json.loads((tmp_path / "serve" / "hourly.json").read_text())
+    assert saved["running"]["run_id"] == cut.run_id
+
+    out = io.StringIO()
+    again = serve(str(hourly), clock=clock, max_ticks=1, tz="UTC", state_dir=tmp_path,
+                  catch_up=True, out=out)
+    assert again.unfinished == cut.run_id
+    resumed, nxt = again.runs
+    assert (resumed.run_id, resumed.resumed, resumed.catch_up) == (cut.run_id, True, True)
+    assert resumed.result.outcomes["fetch"].status == "restored"
+    assert resumed.result.outcomes["report"].status == "succeeded"
+    assert nxt.run_id == "hourly-20260601T120000Z" and nxt.result.ok
+    assert f"run {cut.run_id} did not finish" in out.getvalue()
+
+
+def test_stop_from_another_thread_while_waiting(hourly):
+    box: list = []
+    result: dict = {}
+
+    def target():
+        result["report"] = serve(str(hourly), cron="0 0 1 1 *", tz="UTC", state_dir=None,
+                                 scheduler=box)
+
+    t = threading.Thread(target=target)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not box and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    box[0].stop()
+    t.join(10)
+    assert not t.is_alive()
+    assert time.monotonic() - t0 < 1.0
+    assert result["report"].reason == "stopped" and result["report"].runs == ()
+
+
+def test_usage_errors(write_module, hourly):
+    path = write_module("""
+        from flowdeco import task
+
+        @task
+        def a():
+            return 1
+    """)
+    with pytest.raises(UsageError, match="nothing to serve.*--cron"):
+        serve(str(path), state_dir=None, max_ticks=1)
+    with pytest.raises(UsageError, match="unknown time zone"):
+        serve(str(hourly), tz="Mars/Olympus", state_dir=None, max_ticks=1)
+    with pytest.raises(UsageError, match="run_id"):
+        serve(str(hourly), run_id="x", state_dir=None, max_ticks=1)
+    assert tick_run_id("my flow!", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == \
+        "my_flow_-20260102T030405Z"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_serve_on_a_fake_clock(hourly, tmp_path, capsys):
+    pm = make_pluginmanager()
+    rc = serve_mod.main([str(hourly), "--tz", "UTC", "--max-ticks", "2", "--state-dir",
+                         str(tmp_path / "st"), "-q"], pm,
+                        clock=clock_at("2026-06-01T10:20:00+00:00"))
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "tick 2026-06-01T11:00:00+00:00: run hourly-20260601T110000Z: 2 succeeded" in out
+    assert "run hourly-20260601T120000Z" in out
+    assert (tmp_path / "st" / "runs" / "hourly-20260601T120000Z" / "audit.jsonl").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--run-id", "x"], ["--run-id"]),
+    (["--tz", "Nowhere/Land"], ["time zone"]),
+    (["--max-ticks", "0"], ["max-ticks"]),
+    (["--cron", "not a cron"], ["--cron", "invalid cron"]),
+])
+def test_cli_serve_usage_errors(hourly, capsys, args, words):
+    rc = serve_mod.main([str(hourly), "--no-state", *args], make_pluginmanager(),
+                        clock=FakeClock())
+    assert rc == 4
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err
+
+
+def test_serve_is_a_listed_command(capsys):
+    assert cli_main(["--help"]) == 0
+    assert "serve (run the flow at each tick of its cron schedules)" in capsys.readouterr().out
+    assert cli_main(["serve", "--help"]) == 0
+    assert "--catch-up" in capsys.readouterr().out
+
+
+def test_sigterm_stops_serve_cleanly(tmp_path):
+    mod = tmp_path / "yearly.py"
+    mod.write_text(textwrap.dedent("""
+        from flowdeco import task
+
+        @task
+        def a():
+            return 1
+    """))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "flowdeco", "serve", str(mod), "--cron",
+                             "0 0 1 1 *", "--tz", "UTC", "--no-state"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("flowdeco serve: serving flow 'yearly'")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, _ = proc.communicate()
+    assert rc == 0
+    assert elapsed < 1.0
+    assert "flowdeco serve: stopped" in out
