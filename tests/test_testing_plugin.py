@@ -205,3 +205,25 @@ def test_loading_the_plugin_does_not_import_flowdeco(tmp_path):
     # the package's __init__ runs (it is the parent package), the engine's modules
     # (runner, graph, plugins) are only imported when a fixture is used
     assert "flowdeco.runner" not in out and "flowdeco.plugins" not in out
+
+
+def test_flow_clock_runs_a_24_hour_interval_schedule_instantly(pytester):
+    pytester.makepyfile(hourly='''
+        from flowdeco import task
+
+        @task(every=3600.0, times=24)
+        def probe(ctx):
+            return ctx.iteration
+    ''')
+    pytester.syspathinsert()
+    res = run_tests(pytester, '''
+        import time
+        def test_it(flow_run, flow_clock):
+            start_real, start_fake = time.monotonic(), flow_clock.monotonic()
+            result = flow_run("hourly")
+            result.assert_ok()
+            assert result.results["probe"] == list(range(1, 25))
+            assert flow_clock.monotonic() - start_fake >= 23 * 3600
+            assert time.monotonic() - start_real < 1.0
+    ''')
+    res.assert_outcomes(passed=1)
