@@ -66,9 +66,11 @@ class WorkerCrashed(FlowError):
 
     A failed attempt like any other: the task's retry policy decides whether
     it runs again.  When a process pool breaks, *every* attempt in flight in
-    it fails this way (the pool cannot tell them apart from the one that
-    killed it after the fact except through its own bookkeeping; the message
-    says which one it was); the next attempts run in a new pool.
+    it fails this way -- the one whose process died ("... while running task
+    'x'", ``culprit`` True) and those running beside it, whose processes the
+    pool stops ("... while task 'y' was running in the same pool",
+    ``culprit`` False) -- and so do tiny attempts batched into the same
+    submission.  The next attempts run in a new pool.
     """
 
     def __init__(self, detail: str, task: str | None = None, culprit: bool = True):

@@ -352,6 +352,12 @@ class GraphBuilder:
                 raise CycleError([v.name, v.name])
             deps.append(found)
         deps.extend(scope.after)
+        if spec.map is not None and all(p != spec.map for p, _ in args):
+            what = "a run parameter" if spec.map in v.consts else "not bound to any task"
+            raise CollectionError(
+                f"task {v.name!r}: map={spec.map!r} must name a parameter bound to an upstream "
+                f"task (the task runs once per element of that task's result), but "
+                f"{spec.map!r} is {what}")
         v.args = tuple(args)
         v.deps = tuple(deps) if len(deps) < 2 else tuple(dict.fromkeys(deps))
 

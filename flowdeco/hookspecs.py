@@ -151,12 +151,21 @@ def flowdeco_task_wrap(run: "Run", task: "Vertex") -> "Optional[Callable[[Callab
 
 
 @hookspec(firstresult=True)
-def flowdeco_task_restore(run: "Run", task: "Vertex") -> "Optional[Restored]":
+def flowdeco_task_restore(run: "Run", task: "Vertex", name: str) -> "Optional[Restored]":
     """Return ``Restored(result)`` to complete a ready task without running it.
 
     Stops at first non-None result.  Called when the task becomes ready
     (all dependencies done), from the scheduler thread; used by resume and
     input caching.  The task is then reported ``task_restored``.
+
+    ``name`` is what is being restored: ``task.name`` for a task as a whole;
+    for a mapped task (``@task(map=...)``) that was not restored as a whole,
+    the hook is called again for each instance as it is about to start, with
+    ``name`` the instance's name (``scan_file[3]``) and ``task`` the mapped
+    task's vertex, so a plugin can restore finished instances one by one.
+    Implementations may leave ``name`` out; such an implementation answers
+    for the whole task only (it is asked about instances too, so it should
+    answer None when it has nothing, as usual).
     """
 
 
@@ -191,7 +200,9 @@ def flowdeco_report(run: "Run", event: "Event") -> None:
     name, ``event.task`` the qualified task name or None, ``event.fields`` the
     rest (``attempt``, ``error``, ``reason``, ``status``, ...); an event for a
     task that ended carries ``event.outcome``.  Reporting plugins (audit,
-    metrics, progress, state) implement this.
+    progress, state) implement this; a figure that can be computed from the
+    run's records at the end (metrics) should be, instead of costing a hook
+    call per event.
     """
 
 

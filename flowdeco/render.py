@@ -1,6 +1,7 @@
 """Text views of a graph: ``--collect-only`` listing, Mermaid and Graphviz dot.
 
-Edges point upstream -> downstream and include ``after=`` edges.  A sub-flow
+Edges point upstream -> downstream and include ``after=`` edges (the edge a
+mapped task maps over is labelled ``map``).  A sub-flow
 node is drawn as a box (subgraph/cluster) holding its inner tasks; its
 completion point receives edges from the inner sinks only.
 """
@@ -18,6 +19,32 @@ def _display_deps(graph: Graph, v: Vertex) -> list[int]:
     return list(v.deps)
 
 
+def _dynamic(v: Vertex) -> list[str]:
+    """How a task is dynamic, as short notes: map, condition, non-default trigger rule."""
+    spec = v.spec
+    if spec is None:
+        return []
+    notes = []
+    if spec.map is not None:
+        notes.append(f"map over {spec.map}")
+    if spec.when is not None:
+        notes.append(f"when={getattr(spec.when, '__name__', None) or repr(spec.when)}")
+    if spec.trigger != "all_succeeded":
+        notes.append(f"trigger={spec.trigger}")
+    return notes
+
+
+def _label(v: Vertex) -> str:
+    """A task's display name: ``scan_file[*]`` for a mapped task."""
+    return v.name + "[*]" if v.spec is not None and v.spec.map is not None else v.name
+
+
+def _map_edge(graph: Graph, v: Vertex, d: int) -> bool:
+    """Whether the edge ``d -> v`` is the one ``v`` maps over."""
+    spec = v.spec
+    return spec is not None and spec.map is not None and (spec.map, d) in v.args
+
+
 def _parent(graph: Graph, v: Vertex) -> int | None:
     """The sub-flow node vertex directly containing ``v``, if any."""
     if "." not in v.name:
@@ -26,20 +53,28 @@ def _parent(graph: Graph, v: Vertex) -> int | None:
 
 
 def collect_only(graph: Graph) -> str:
-    """One line per task: name, then ``<- dependencies``; sub-flow nodes are marked."""
+    """One line per task: name, then ``<- dependencies``; sub-flow nodes are marked.
+
+    A mapped task shows as ``scan_file[*]  (map over files)``; a condition as
+    ``when=<predicate name>``, a trigger rule other than the default as
+    ``trigger=<rule>``.
+    """
     nodes = sum(1 for v in graph if v.kind is SUBFLOW)
     head = f"<flow {graph.name}: {len(graph) - nodes} tasks"
     lines = [head + (f", {nodes} sub-flow node{'s' if nodes > 1 else ''}>" if nodes else ">")]
     for v in graph.vertices:
         depth = v.name.count(".")
-        label = v.name
+        label = _label(v)
         if v.kind is SUBFLOW:
             label += f"  (sub-flow {v.node.flow.name})" if v.node is not None else "  (sub-flow)"
+        notes = _dynamic(v)
+        if notes and notes[0].startswith("map "):
+            label += f"  ({notes.pop(0)})"
         deps = [graph.vertices[d].name for d in _display_deps(graph, v)]
         tags = f"  [{', '.join(sorted(v.tags))}]" if v.tags else ""
         prio = f"  priority={v.priority}" if v.priority else ""
         lines.append("  " * (depth + 1) + label + (f"  <- {', '.join(deps)}" if deps else "")
-                     + prio + tags)
+                     + "".join("  " + n for n in notes) + prio + tags)
     return "\n".join(lines)
 
 
@@ -53,7 +88,7 @@ def _children(graph: Graph) -> dict[int | None, list[Vertex]]:
 def mermaid(graph: Graph) -> str:
     """A Mermaid ``flowchart`` (paste into GitHub markdown or mermaid.live)."""
     def q(text: str) -> str:
-        return text.replace('"', "#quot;")
+        return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
 
     kids = _children(graph)
     out = ["flowchart TD"]
@@ -66,12 +101,16 @@ def mermaid(graph: Graph) -> str:
                 yield f"{indent}end"
                 yield f'{indent}n{v.index}(("{q(v.name)} done"))'
             else:
-                yield f'{indent}n{v.index}["{q(v.name)}"]'
+                text = "<br/>".join(q(t) for t in [_label(v), *_dynamic(v)])
+                # a mapped task is drawn as a stacked box (many instances)
+                shape = ('[["', '"]]') if v.spec is not None and v.spec.map else ('["', '"]')
+                yield f'{indent}n{v.index}{shape[0]}{text}{shape[1]}'
 
     out.extend(emit(None, "    "))
     for v in graph.vertices:
         for d in _display_deps(graph, v):
-            out.append(f"    n{d} --> n{v.index}")
+            arrow = "-->|map|" if _map_edge(graph, v, d) else "-->"
+            out.append(f"    n{d} {arrow} n{v.index}")
     return "\n".join(out)
 
 
@@ -92,11 +131,18 @@ def dot(graph: Graph) -> str:
                 yield f"{indent}    {q(v.name)} [shape=doublecircle, label={q('done')}];"
                 yield f"{indent}}}"
             else:
-                yield f"{indent}{q(v.name)};"
+                notes = _dynamic(v)
+                if not notes:
+                    yield f"{indent}{q(v.name)};"
+                    continue
+                label = '"' + "\\n".join(q(t)[1:-1] for t in [_label(v), *notes]) + '"'
+                shape = ", shape=box3d" if v.spec is not None and v.spec.map else ""
+                yield f"{indent}{q(v.name)} [label={label}{shape}];"
 
     out.extend(emit(None, "    "))
     for v in graph.vertices:
         for d in _display_deps(graph, v):
-            out.append(f"    {q(graph.vertices[d].name)} -> {q(v.name)};")
+            attr = ' [label="map"]' if _map_edge(graph, v, d) else ""
+            out.append(f"    {q(graph.vertices[d].name)} -> {q(v.name)}{attr};")
     out.append("}")
     return "\n".join(out)

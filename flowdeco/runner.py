@@ -37,7 +37,7 @@ import signal
 import threading
 import time
 import traceback
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Iterable, Mapping
@@ -61,6 +61,7 @@ RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 PENDING, WAITING, READY, RUNNING, DONE = range(5)
 # message kinds
 _DONE, _LOG, _EMIT, _SIGNAL, _CRASH = range(5)
+_IDONE = 5  # a mapped task's instance ended (see .dynamic)
 
 _OK = (SUCCEEDED, RESTORED)
 _INF = float("inf")
@@ -150,6 +151,49 @@ def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
     return payload, err, t0, t1, f"pid-{os.getpid()}", logs
 
 
+def _call_batch(calls: list[tuple[Callable[[dict], Any], dict]]) -> list[tuple]:
+    """Run several attempts in sequence in one worker (see ``Run._start_remote``)."""
+    return [_call_remote(call, kwargs) for call, kwargs in calls]
+
+
+#: most attempts in one remote submission (1 turns batching off)
+_BATCH_MAX = 1024
+
+
+def _plain(call: Any) -> bool:
+    """A task call with no per-attempt wrapper (timeout, circuit breaker)."""
+    return type(call) is partial and call.func is _invoke
+
+
+class _RemoteStats:
+    """What a round trip to a remote executor costs, and how long each task code runs there.
+
+    Updated from the executor's callback thread, read by the scheduler: the
+    figures are estimates, so a read that misses the latest update is fine.
+    """
+
+    __slots__ = ("overhead", "runtime")
+
+    def __init__(self) -> None:
+        self.overhead: float | None = None
+        self.runtime: dict[Any, float] = {}
+
+    def observe(self, fns: list, durations: list[float], roundtrip: float) -> None:
+        runtime = self.runtime
+        for fn, d in zip(fns, durations):
+            key = getattr(fn, "__code__", fn)
+            prev = runtime.get(key)
+            runtime[key] = d if prev is None else 0.7 * prev + 0.3 * d
+        over = max(roundtrip - sum(durations), 0.0)
+        self.overhead = over if self.overhead is None else 0.8 * self.overhead + 0.2 * over
+
+    def tiny(self, fn: Any) -> float | None:
+        """The estimated run time of ``fn`` when it is shorter than a round trip, else None."""
+        est = self.runtime.get(getattr(fn, "__code__", fn))
+        over = self.overhead
+        return est if est is not None and over is not None and est < over else None
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -157,35 +201,66 @@ class Outcomes(Mapping[str, TaskOutcome]):
     """``RunResult.outcomes``: task name -> :class:`TaskOutcome`, built on first access.
 
     The run keeps compact per-task arrays on its hot path; outcome objects are
-    made only for the tasks someone looks at.
+    made only for the tasks someone looks at.  The instances of a mapped task
+    (``scan_file[3]``) are listed right after it.
     """
 
-    def __init__(self, index: Mapping[str, int], build: Callable[[int], TaskOutcome]):
+    def __init__(self, index: Mapping[str, int], build: Callable[[int], TaskOutcome],
+                 dynamic: Any = None):
         self._index = index          # the graph's name -> index map, shared
         self._build = build
+        self._dyn = dynamic          # a .dynamic.Dynamic with mapped tasks, or None
 
     def __getitem__(self, name: str) -> TaskOutcome:
-        return self._build(self._index[name])
+        i = self._index.get(name)
+        if i is not None:
+            return self._build(i)
+        out = self._dyn.instance_outcome(name) if self._dyn is not None else None
+        if out is None:
+            raise KeyError(name)
+        return out
 
     def __iter__(self):
-        return iter(self._index)
+        if self._dyn is None:
+            return iter(self._index)
+        return self._names()
+
+    def _names(self):
+        names = self._dyn.instance_names
+        for name, i in self._index.items():
+            yield name
+            yield from names(i)
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index) + (self._dyn.instance_count() if self._dyn is not None else 0)
 
     def __repr__(self) -> str:
         return repr(dict(self))
 
 
 class _Upstream(Mapping[str, TaskOutcome]):
-    """``ctx.upstream``: outcomes of a task's dependencies, built when read."""
+    """``ctx.upstream``: outcomes of a task's dependencies, built when read.
 
-    def __init__(self, run: "Run", deps: tuple[int, ...]):
+    A task a thread worker chained right after its one dependency may read
+    this before the scheduler has recorded that dependency's completion;
+    ``early`` (``(index, result, attempt, t0, t1, worker)``) covers that case.
+    """
+
+    def __init__(self, run: "Run", deps: tuple[int, ...], early: tuple | None = None):
         self._run = run
         self._deps = {run.graph.vertices[d].name: d for d in deps}
+        self._early = early
 
     def __getitem__(self, name: str) -> TaskOutcome:
-        return self._run.outcome_at(self._deps[name])
+        d = self._deps[name]
+        run = self._run
+        early = self._early
+        if early is not None and early[0] == d and run._status[d] is None:
+            _, result, attempt, t0, t1, worker = early
+            off = run._offset
+            return TaskOutcome(SUCCEEDED, result, None, attempt, t0 + off, t1 + off, t1 - t0,
+                               worker=worker)
+        return run.outcome_at(d)
 
     def __iter__(self):
         return iter(self._deps)
@@ -251,6 +326,15 @@ class Run:
         self._ready: list[int] = []
         self._n = max(n, 1)
         self._key = _priority_keys(graph)
+        # dynamic flows (.dynamic, made on first use): mapped tasks with instances to
+        # start (priority keys, under _lock), and the tasks whose readiness goes
+        # through Dynamic.gate -- sub-flow nodes, map=/when=/trigger= tasks, and
+        # tasks whose dependency was skipped for a reason they inherit
+        self._mready: list[int] = []
+        self._dyn: Any = None
+        self._slow = [v.kind is SUBFLOW or (v.spec is not None and (
+            v.spec.map is not None or v.spec.when is not None
+            or v.spec.trigger != "all_succeeded")) for v in graph.vertices]
         self._next_attempt = [1] * n
         self._timers: list[tuple[float, int, int, int, int | None]] = []
         self._timer_seq = 0
@@ -285,9 +369,20 @@ class Run:
             self._stop(interrupted)
 
     def outcome(self, name: str) -> TaskOutcome | None:
-        """The outcome of task ``name`` if it has ended, else None."""
-        i = self.graph.by_name[name]
+        """The outcome of task ``name`` (or mapped instance ``name[k]``) if it has ended, else None."""
+        i = self.graph.by_name.get(name)
+        if i is None:
+            if self._dyn is not None and name.endswith("]"):
+                return self._dyn.instance_outcome(name)
+            raise KeyError(name)
         return self.outcome_at(i) if self._status[i] is not None else None
+
+    def _dynamic(self) -> Any:
+        """This run's :class:`~flowdeco.dynamic.Dynamic` (trigger rules, when=, map=)."""
+        if self._dyn is None:
+            from .dynamic import Dynamic
+            self._dyn = Dynamic(self)
+        return self._dyn
 
     def outcome_at(self, i: int) -> TaskOutcome:
         out = self._cache[i]
@@ -368,7 +463,8 @@ class Run:
 
         Only a task that depends on nothing else qualifies, and only when no
         other successor (which may become ready by the same completion) would
-        have to start first by the priority rule.
+        have to start first by the priority rule, and never a task that goes
+        through the dynamic gate (``map=``, ``when=``, ``trigger=``).
         """
         g = self.graph
         out: list[int | None] = []
@@ -378,7 +474,7 @@ class Run:
             if succs and v.index not in self._watched:
                 first = min(succs, key=lambda s: (-g.vertices[s].priority, s))
                 w = g.vertices[first]
-                if w.kind is TASK and len(w.deps) == 1:
+                if w.kind is TASK and len(w.deps) == 1 and not self._slow[first]:
                     best = first
             out.append(best)
         return out
@@ -424,7 +520,8 @@ class Run:
         status = INTERRUPTED if self.interrupted else (
             FAILED if self.stopping or FAILED in self._status else SUCCEEDED)
         result = RunResult(run_id=self.run_id, status=status,
-                           outcomes=Outcomes(self.graph.by_name, self.outcome_at),
+                           outcomes=Outcomes(self.graph.by_name, self.outcome_at,
+                                             self._dyn if self._dyn and self._dyn.maps else None),
                            started=self.started + self._offset, finished=finished + self._offset,
                            duration=finished - self.started, flow=self.graph.name,
                            metrics=self.metrics)
@@ -448,7 +545,8 @@ class Run:
             dispatch()
             if self.abandoned:
                 return
-            if self._inflight == 0 and (self.stopping or (not self._ready and not self._timers)):
+            if self._inflight == 0 and (self.stopping or (
+                    not self._ready and not self._mready and not self._timers)):
                 return
             timeout = None
             if self._timers:
@@ -470,6 +568,8 @@ class Run:
         kind = msg[0]
         if kind == _DONE:
             self._on_done(*msg[1:])
+        elif kind == _IDONE:
+            self._dyn.on_done(*msg[1:])
         elif kind == _LOG:
             _, task, level, attempt, iteration, event, fields, mono = msg
             if self.reporting:
@@ -492,6 +592,8 @@ class Run:
             raise InternalError("a worker crashed inside flowdeco") from msg[1]
 
     def _dispatch(self) -> None:
+        if self._mready:  # a mapped task has instances to start: merge by priority
+            return self._dyn.dispatch()
         ready = self._ready
         lock = self._lock
         while ready and self._inflight < self.workers and not self.stopping:
@@ -526,7 +628,11 @@ class Run:
         get = self.q.get
         reporting = self.reporting
         has_flush = self._has_flush
-        while ready and not self.stopping:
+        slow = self._slow
+        mready = self._mready
+        while (ready or mready) and not self.stopping:
+            if mready and self._dyn.sync_step():  # a mapped task's instance went first
+                continue
             i = heappop(ready) % n
             attempt = next_attempt[i]
             v = vertices[i]
@@ -565,7 +671,7 @@ class Run:
                     r = remaining[s] - 1
                     remaining[s] = r
                     if r == 0 and state[s] == PENDING:
-                        if plain and vertices[s].kind is TASK:
+                        if plain and not slow[s]:
                             state[s] = READY
                             heappush(ready, key[s])
                         else:
@@ -585,9 +691,10 @@ class Run:
             f["iteration"] = iteration
         self._report("task_started", name, f, mono)
 
-    def _context(self, v: Vertex, attempt: int, iteration: int | None) -> Context:
+    def _context(self, v: Vertex, attempt: int, iteration: int | None,
+                 early: tuple | None = None) -> Context:
         return Context(self.run_id, v.name, attempt, iteration, self.params,
-                       self._log_sink if self.local else None, _Upstream(self, v.deps),
+                       self._log_sink if self.local else None, _Upstream(self, v.deps, early),
                        self if self.local else None)
 
     def _start(self, i: int, attempt: int, iteration: int | None) -> None:
@@ -605,14 +712,61 @@ class Run:
         if self.local:
             self.executor.submit(self._work, i, kw, attempt, iteration)
         else:
-            try:
-                fut = self.executor.submit(_call_remote, self._calls[i], kw)
-            except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
-                now = self.clock.monotonic()
-                self.q.put((_DONE, i, attempt, iteration, None,
-                            remote_failure(exc, v.name), now, now, None, None, 0))
-                return
-            fut.add_done_callback(partial(self._remote_done, i, attempt, iteration))
+            self._start_remote(i, kw, attempt, iteration)
+
+    # -- remote executors (process pools, Dask): attempts travel by pickle
+    #
+    # Tiny tasks are batched: when the task being started and the next ready
+    # ones are plain calls (no per-attempt wrapper) whose code ran shorter than
+    # a round trip to a worker costs, they go as one submission that runs them
+    # in sequence (``_call_batch``).  The worker posts them back as if it had
+    # chained them ("finished A, started B"), so reports, state and the audit
+    # trail are those of single attempts.  A batch holds at most about three
+    # round trips' worth of estimated work, so it never starves other
+    # workers; code never seen yet and code slower than a round trip go alone.
+
+    def _start_remote(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
+        stats = self.__dict__.get("_remote_stats")
+        if stats is None:
+            stats = self._remote_stats = _RemoteStats()
+        members = [(i, attempt, iteration)]
+        calls = [(self._calls[i], kw)]
+        est = stats.tiny(self._fns[i]) if _BATCH_MAX > 1 and not self.stop_on_error \
+            and _plain(self._calls[i]) else None
+        if est is not None:
+            ready, n, vertices, results = self._ready, self._n, self.graph.vertices, self.results
+            budget = 3.0 * stats.overhead - est
+            free = max(self.workers - self._inflight + 1, 1)
+            limit = min(_BATCH_MAX, -(-(len(ready) + 1) // free))
+            mapped = self.__dict__.get("_mready") or ()   # mapped tasks' instances (.dynamic)
+            with self._lock:
+                while ready and len(members) < limit:
+                    if mapped and mapped[0] < ready[0]:
+                        break       # a mapped task goes first: the scheduler starts it
+                    j = ready[0] % n
+                    e = stats.tiny(self._fns[j])
+                    if e is None or e > budget or not _plain(self._calls[j]):
+                        break
+                    heapq.heappop(ready)
+                    budget -= e
+                    members.append((j, self._next_attempt[j], self._next_iter[j]))
+            for j, a, it in members[1:]:
+                v = vertices[j]
+                kj = dict(v.consts) if v.consts else {}
+                for p, d in v.args:
+                    kj[p] = results[d]
+                if v.wants_ctx:
+                    kj["ctx"] = self._context(v, a, it)
+                self._state[j] = RUNNING
+                calls.append((self._calls[j], kj))
+        sent = time.perf_counter()
+        try:
+            fut = self.executor.submit(_call_remote, *calls[0]) if len(calls) == 1 else \
+                self.executor.submit(_call_batch, calls)
+        except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
+            fut = Future()
+            fut.set_exception(exc)
+        fut.add_done_callback(partial(self._remote_done, tuple(members), sent))
 
     def _work(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
         """A worker thread: run attempts until there is nothing for it to take.
@@ -642,6 +796,7 @@ class Run:
             handled = self._handled
             strict = self._strict
             pull = self._pull
+            mready = self._mready
             seq = self._posted.get(worker, 0)
             # the last completion this worker posted that may release tasks other
             # than the one it chained to: until the scheduler has handled it, the
@@ -662,13 +817,16 @@ class Run:
                         strict and handled.get(worker, 0) < fanout):
                     # a task this completion releases may have to go first: take
                     # the heap's best only when it beats every successor of i (the
-                    # best of which is the chained candidate, when there is one)
+                    # best of which is the chained candidate, when there is one); a
+                    # mapped task's instances are started by the scheduler, so one that
+                    # goes first stops the worker here
                     cand = chain_next[i] if err is None else None
                     with lock:
                         top = ready[0] if ready else _INF
-                        if top < best_succ[i]:
+                        mtop = mready[0] if mready else _INF
+                        if top < best_succ[i] and top < mtop:
                             nxt = heapq.heappop(ready) % n
-                        elif cand is not None and key[cand] < top:
+                        elif cand is not None and key[cand] < top and key[cand] < mtop:
                             nxt, chained = cand, True
                 seq += 1
                 self._posted[worker] = seq
@@ -678,6 +836,10 @@ class Run:
                 if nxt is None:
                     return
                 v = vertices[nxt]
+                ctx = None
+                if v.wants_ctx:  # (ctx.upstream knows a chained task's dependency at once)
+                    ctx = self._context(v, self._next_attempt[nxt], self._next_iter[nxt],
+                                        (i, result, attempt, t0, t1, worker) if chained else None)
                 i, attempt, iteration = nxt, self._next_attempt[nxt], self._next_iter[nxt]
                 kw = dict(v.consts) if v.consts else {}
                 if chained:            # its one dependency is the result in hand
@@ -686,35 +848,52 @@ class Run:
                 else:
                     for p, d in v.args:
                         kw[p] = results[d]
-                if v.wants_ctx:
-                    kw["ctx"] = self._context(v, attempt, iteration)
+                if ctx is not None:
+                    kw["ctx"] = ctx
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
             put((_CRASH, exc))
 
-    def _remote_done(self, i: int, attempt: int, iteration: int | None, fut: Any) -> None:
-        """A remote attempt ended (on the executor's callback thread): post it to the scheduler.
+    def _remote_done(self, members: tuple, sent: float, fut: Any) -> None:
+        """A remote submission ended (on the executor's callback thread): post its attempts.
 
-        The attempt keeps the duration the worker measured and ends now on the
-        run's clock (a worker's clock may be another host's).  A dead worker
-        (broken pool, killed Dask worker) fails the attempt with ``WorkerCrashed``.
+        ``members`` are the ``(task, attempt, iteration)`` it carried, one or a
+        batch.  Attempts keep the durations the worker measured, the last one
+        ending now on the run's clock (a worker's clock may be another
+        host's).  A batch is posted as a chain: each completion names the
+        next member as started, and only the last frees the worker slot.  A
+        dead worker (broken pool, killed Dask worker) fails every attempt the
+        submission carried with ``WorkerCrashed``.
         """
         put = self.q.put
-        name = self.graph.vertices[i].name
+        vertices = self.graph.vertices
         now = self.clock.monotonic()
-        result = None
         try:
-            payload, err, t0, t1, worker, logs = fut.result()
-            if err is None:
-                result = loads_result(payload)
+            out = fut.result()
+            outs = [out] if len(members) == 1 else out
         except BaseException as exc:  # noqa: BLE001 - pickling errors, broken pools, cancels
-            payload, err, t0, t1, worker, logs = None, exc, now, now, None, []
-            err = remote_failure(exc, name)
-        if isinstance(err, UnpicklableResult):
-            err = UnpicklableResult(f"task {name!r} {err}")
-        t0, t1 = now - (t1 - t0), now
-        for level, event, fields in logs:
-            put((_LOG, name, level, attempt, iteration, event, fields, t1))
-        put((_DONE, i, attempt, iteration, result, err, t0, t1, worker, None, 0))
+            outs = [(None, remote_failure(exc, vertices[m[0]].name), now, now, None, [])
+                    for m in members]
+        else:
+            self._remote_stats.observe([self._fns[m[0]] for m in members],
+                                       [o[3] - o[2] for o in outs], time.perf_counter() - sent)
+        shift = now - outs[-1][3]
+        last = len(members) - 1
+        for k, ((i, attempt, iteration), (payload, err, t0, t1, worker, logs)) in \
+                enumerate(zip(members, outs)):
+            name = vertices[i].name
+            result = None
+            if err is None:
+                try:
+                    result = loads_result(payload)
+                except UnpicklableResult as exc:
+                    err = exc
+            if isinstance(err, UnpicklableResult):
+                err = UnpicklableResult(f"task {name!r} {err}")
+            t0, t1 = t0 + shift, t1 + shift
+            for level, event, fields in logs:
+                put((_LOG, name, level, attempt, iteration, event, fields, t1))
+            put((_DONE, i, attempt, iteration, result, err, t0, t1, worker,
+                 members[k + 1][0] if k < last else None, 0))
 
     # -- completion
     def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,
@@ -814,14 +993,22 @@ class Run:
                 self._stop(interrupted=False)
             if self.reporting:
                 self._report_outcome(i)
+            # what an all_succeeded dependent inherits (see .dynamic): "condition" and
+            # "stopped" pass on, anything else that is not a success gives "upstream"
+            why = None if ok else reason if status == SKIPPED and reason in (
+                "condition", "stopped") else "upstream"
             for s in succs[i]:
                 remaining[s] -= 1
                 if state[s] != PENDING:
                     continue
                 if not ok and vertices[s].kind is TASK:
-                    state[s] = DONE
-                    todo.append((s, SKIPPED, None, None, 0, None, None, "upstream"))
-                elif remaining[s] == 0:
+                    if why == "upstream" and vertices[s].spec.trigger == "all_succeeded":
+                        state[s] = DONE   # eager: no need to wait for its other dependencies
+                        todo.append((s, SKIPPED, None, None, 0, None, None, "upstream"))
+                        continue
+                    # decided by its trigger rule once every dependency has ended
+                    self._slow[s] = True
+                if remaining[s] == 0:
                     done = self._make_ready(s)
                     if done is not None:
                         state[s] = DONE
@@ -836,6 +1023,8 @@ class Run:
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, i, attempt, iteration = heapq.heappop(timers)
+            if self._slow[i] and self._dynamic().timer(i, attempt, iteration):
+                continue  # a mapped instance's retry, or a mapped task's delay ended
             self._state[i] = READY
             self._next_attempt[i] = attempt
             self._next_iter[i] = iteration
@@ -846,13 +1035,19 @@ class Run:
         """Dependencies are done: queue ``i``, or return how it ends right away.
 
         Called from the scheduler's completion paths; a returned tuple is
-        completed by the caller (restored tasks, sub-flow nodes).
+        completed by the caller (restored tasks, sub-flow nodes, tasks whose
+        trigger rule or condition says skip).
         """
         v = self.graph.vertices[i]
-        if v.kind is SUBFLOW:
-            return self._subflow_end(v)
+        slow = self._slow[i]
+        if slow:
+            if v.kind is SUBFLOW:
+                return self._subflow_end(v)
+            done = self._dynamic().gate(v)
+            if done is not None:
+                return done
         if self._has_restore:
-            restored = self.hook.flowdeco_task_restore(run=self, task=v)
+            restored = self.hook.flowdeco_task_restore(run=self, task=v, name=v.name)
             if restored is not None:
                 now = self.clock.monotonic()
                 self._t0[i] = now
@@ -864,6 +1059,8 @@ class Run:
                 self._push_timer(self.clock.monotonic() + float(delay), i, 1,
                                  self._first_iteration[i])
                 return None
+        if slow and v.spec.map is not None:  # type: ignore[union-attr]
+            return self._dyn.expand(i)
         self._state[i] = READY   # next_attempt/next_iter still hold 1 / the first iteration
         with self._lock:
             heapq.heappush(self._ready, self._key[i])
@@ -881,9 +1078,15 @@ class Run:
         if any(status[m] is None or status[m] == INTERRUPTED for m in v.members):
             return (v.index, INTERRUPTED, None, None, 0, now, None, None)
         skipped = [self._reason[m] for m in v.members if status[m] == SKIPPED]
-        if skipped:
-            # the node did not run as a whole: report why, like a skipped task
-            reason = "upstream" if "upstream" in skipped else skipped[0]
+        # the node did not run as a whole: report why, like a skipped task (an inner
+        # task skipped by its condition or trigger rule is routing, not a reason to
+        # skip the node -- unless nothing inside ran)
+        hard = [r for r in skipped if r not in ("condition", "trigger")]
+        if hard:
+            reason = "upstream" if "upstream" in hard else hard[0]
+            return (v.index, SKIPPED, None, None, 0, None, None, reason)
+        if skipped and len(skipped) == len(v.members):
+            reason = "condition" if "condition" in skipped else "upstream"
             return (v.index, SKIPPED, None, None, 0, None, None, reason)
         if len(v.sinks) == 1:
             result = self.results[v.sinks[0][1]]
@@ -892,12 +1095,14 @@ class Run:
         return (v.index, SUCCEEDED, result, None, 1, now, None, None)
 
     def _report_outcome(self, i: int) -> None:
-        out = self.outcome_at(i)
-        name = self.graph.vertices[i].name
+        self._report_end(self.graph.vertices[i].name, self.outcome_at(i), self._t1[i])
+
+    def _report_end(self, name: str, out: TaskOutcome, t1: float | None) -> None:
+        """Report how task (or mapped instance) ``name`` ended; ``t1`` on the monotonic clock."""
         status = out.status
         if status == SUCCEEDED:
             fields: dict[str, Any] = {"attempts": out.attempts, "duration": round(out.duration, 6)}
-            self._report("task_succeeded", name, fields, self._t1[i], out)
+            self._report("task_succeeded", name, fields, t1, out)
         elif status == FAILED:
             fields = {"attempts": out.attempts, "error": out.error}
             exc = out.exception
@@ -905,7 +1110,7 @@ class Run:
                 fields["traceback"] = format_traceback(exc)
             elif exc is not None and hasattr(exc, "remote_traceback"):
                 fields["traceback"] = exc.remote_traceback  # type: ignore[attr-defined]
-            self._report("task_failed", name, fields, self._t1[i], out)
+            self._report("task_failed", name, fields, t1, out)
         elif status == SKIPPED:
             self._report("task_skipped", name, {"reason": out.reason}, None, out)
         elif status == RESTORED:
@@ -920,7 +1125,10 @@ class Run:
             self.interrupted = True
         timers, self._timers = self._timers, []
         now = self.clock.monotonic()
-        for _, _, i, attempt, _ in sorted(timers):
+        for _, _, i, attempt, iteration in sorted(timers):
+            if self._slow[i] and self._dyn is not None and \
+                    self._dyn.stop_timer(i, iteration, interrupted, now):
+                continue  # a mapped instance waiting for a retry
             err = self._last_error[i]
             if self._t0[i] is None:
                 self._finish(i, SKIPPED, None, None, 0, None, None, "stopped")
@@ -940,6 +1148,8 @@ class Run:
             state = self._state[i]
             if v.kind is SUBFLOW:
                 done = self._subflow_end(v)
+            elif self._dyn is not None and i in self._dyn.maps:
+                done = self._dyn.finalize(i)  # a mapped task: its instances first
             elif state == RUNNING:
                 if self._t0[i] is None:
                     self._t0[i] = now

@@ -65,8 +65,17 @@ class TaskSpec:
     tags: frozenset[str] = frozenset()
     until: Callable[[Any], Any] | None = None
     cron: str | None = None
+    #: dynamic flows (core): the parameter mapped over, the routing predicate, the trigger rule
+    map: str | None = None
+    when: Callable[..., Any] | None = None
+    trigger: str = "all_succeeded"
+    #: input-hash caching, implemented by a plugin (the state plugin)
+    cache: Any = None
+    cache_ttl: float | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
     params: tuple[Param, ...] = ()
+    #: the parameters of ``when``, read once at decoration
+    when_params: tuple[Param, ...] = ()
     owner: "Flow | None" = None
     #: names of the plugin-implemented options this task sets (computed once)
     uses: tuple[str, ...] = attrs.field(init=False)
@@ -84,7 +93,10 @@ class TaskSpec:
 
 #: Core ``@task`` options whose behaviour comes from a built-in plugin.
 _PLUGIN_OPTIONS = ("retries", "retry", "timeout", "delay", "every", "times", "circuit",
-                   "until", "cron")
+                   "until", "cron", "cache", "cache_ttl")
+
+#: ``@task(trigger=...)`` rules: when a task runs, given how its dependencies ended
+TRIGGER_RULES = ("all_succeeded", "all_done", "none_failed", "any_failed")
 
 
 def get_spec(obj: Any) -> TaskSpec | None:
@@ -104,6 +116,8 @@ def task(*, name: str | None = ..., after: Iterable[Any] = ..., retries: int | N
          every: float | None = ..., times: int | None = ..., priority: int = ...,
          circuit: Any = ..., tags: Iterable[str] | str = ...,
          until: Callable[[Any], Any] | None = ..., cron: str | None = ...,
+         map: str | None = ..., when: Callable[..., Any] | None = ...,
+         trigger: str = ..., cache: Any = ..., cache_ttl: float | None = ...,
          **options: Any) -> Callable[[F], F]: ...
 
 
@@ -118,7 +132,12 @@ def task(fn: Any = None, /, **kwargs: Any) -> Any:
     task), ``until`` (interval tasks: a predicate on the last result that
     ends them early), ``cron`` (a cron schedule for ``flowdeco serve``),
     ``priority`` (higher starts first when workers are scarce),
-    ``circuit`` (a ``CircuitBreaker`` or its name), ``tags``.  Other keyword
+    ``circuit`` (a ``CircuitBreaker`` or its name), ``tags``.  Dynamic flows:
+    ``map`` (the name of a parameter bound to an upstream task: run once per
+    element of its result), ``when`` (a predicate taking task parameters by
+    name; false skips the task), ``trigger`` (``all_succeeded`` (default),
+    ``all_done``, ``none_failed``, ``any_failed``).  ``cache``/``cache_ttl``
+    are input-hash caching, handled by the state plugin.  Other keyword
     options are kept for plugins and checked when the flow is collected.
     """
     return _decorator(None, fn, kwargs)
@@ -150,6 +169,8 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
               every: float | None = None, times: int | None = None, priority: int = 0,
               circuit: Any = None, tags: Iterable[str] | str = (),
               until: Callable[[Any], Any] | None = None, cron: str | None = None,
+              map: str | None = None, when: Callable[..., Any] | None = None,
+              trigger: str = "all_succeeded", cache: Any = None, cache_ttl: Any = None,
               **options: Any) -> TaskSpec:
     """Validate ``@task`` options and build the :class:`TaskSpec` (no side effects)."""
     if not callable(fn) or isinstance(fn, type):
@@ -196,7 +217,7 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
         tags = (tags,)
     tags_set = frozenset(tags)
     if not all(isinstance(t, str) for t in tags_set):
-        raise TaskDefinitionError(f"{where}: tags must be strings, got {sorted(map(repr, tags_set))}")
+        raise TaskDefinitionError(f"{where}: tags must be strings, got {sorted(repr(t) for t in tags_set)}")
     if isinstance(after, (str, bytes)) or callable(after) or not isinstance(after, Iterable):
         after = (after,)
     after_t = tuple(after)
@@ -204,10 +225,61 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
         if not (isinstance(a, str) or callable(a) or hasattr(a, "flow")):
             raise TaskDefinitionError(
                 f"{where}: after= takes tasks or task names, got {a!r}")
+    params = read_params(fn, where)
+    when_params = _check_dynamic(where, params, map, when, trigger, every, cron)
+    cache_ttl = _positive(where, "cache_ttl", cache_ttl)
+    if cache is not None and not (isinstance(cache, bool) or callable(cache)):
+        raise TaskDefinitionError(
+            f"{where}: cache= takes True/False or a key function, got {cache!r}")
     return TaskSpec(fn=fn, name=name, after=after_t, retries=retries, retry=retry,
                     timeout=timeout, delay=delay, every=every, times=times,
                     priority=priority, circuit=circuit, tags=tags_set,
-                    until=until, cron=cron, options=dict(options), params=read_params(fn, where), owner=owner)
+                    until=until, cron=cron, map=map, when=when, trigger=trigger,
+                    cache=cache, cache_ttl=cache_ttl, options=dict(options), params=params,
+                    when_params=when_params, owner=owner)
+
+
+def _check_dynamic(where: str, params: tuple[Param, ...], map: Any, when: Any, trigger: Any,
+                   every: float | None, cron: str | None) -> tuple[Param, ...]:
+    """Validate ``map=``, ``when=`` and ``trigger=``; returns the predicate's parameters.
+
+    What can be checked from the function alone is checked here; that
+    ``map=`` names a parameter bound to an upstream *task* is checked at
+    collection (see ``GraphBuilder._resolve_task``).
+    """
+    names = [p.name for p in params]
+    if trigger not in TRIGGER_RULES:
+        raise TaskDefinitionError(
+            f"{where}: trigger= must be one of {', '.join(_reprs(TRIGGER_RULES))}, "
+            f"got {trigger!r}")
+    if map is not None:
+        if not isinstance(map, str) or map not in names or map == CTX:
+            raise TaskDefinitionError(
+                f"{where}: map= names the parameter to map over, got {map!r}; the task's "
+                f"parameters are {', '.join(_reprs(n for n in names if n != CTX)) or 'none'}")
+        if every is not None or cron is not None:
+            raise TaskDefinitionError(
+                f"{where}: map= cannot be combined with every=/cron= (map an interval "
+                "task's result from a downstream task instead)")
+    if when is None:
+        return ()
+    if not callable(when):
+        raise TaskDefinitionError(
+            f"{where}: when= takes a predicate (a function of the task's parameters), "
+            f"got {when!r}")
+    pname = getattr(when, "__name__", None) or repr(when)
+    wparams = read_params(when, f"{where}: when= predicate {pname!r}")
+    for p in wparams:
+        if p.name not in names and p.name != CTX and not p.has_default:
+            raise TaskDefinitionError(
+                f"{where}: when= predicate {pname!r} takes parameter {p.name!r}, which is "
+                f"not a parameter of the task; it may take "
+                f"{', '.join(_reprs([*names, CTX] if CTX not in names else names))}")
+    return wparams
+
+
+def _reprs(items: Iterable[str]) -> list[str]:
+    return [repr(x) for x in items]
 
 
 def _positive(where: str, what: str, value: Any) -> float | None:

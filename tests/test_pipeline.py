@@ -8,13 +8,15 @@ checks fails on the timeout instead.
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 import time
 
 import pytest
 
 from flowdeco import Pipeline, PipelineResult, Retry, TaskDefinitionError, TaskTimeout, UsageError
-from flowdeco.pipeline import BatchSizeError, ItemError
+from flowdeco.pipeline import BatchSizeError, ItemError, PipelineStopped
 
 WAIT = 10.0  # seconds: generous, only reached when the property under test is broken
 
@@ -184,7 +186,7 @@ def test_source_is_consumed_lazily_while_stages_work():
 def test_bounded_source_consumption_with_a_million_items():
     """pulled - finished never exceeds the pipeline's window, whatever the source's length."""
     pipe = Pipeline("bounded", queue_size=50)
-    state = {"pulled": 0, "finished": 0, "worst": 0}
+    state = {"finished": 0}
     lock = threading.Lock()
 
     @pipe.stage(workers=2, batch_size=500)
@@ -197,18 +199,20 @@ def test_bounded_source_consumption_with_a_million_items():
             state["finished"] += len(xs)
         return xs
 
+    worst = 0
+
     def source(n):
+        nonlocal worst
         for i in range(n):
-            state["pulled"] += 1
-            gap = state["pulled"] - state["finished"]
-            if gap > state["worst"]:
-                state["worst"] = gap
+            gap = i + 1 - state["finished"]   # pulled - finished, as item i is pulled
+            if gap > worst:
+                worst = gap
             yield i
 
-    result = pipe.run(source(1_000_000), )
+    result = pipe.run(source(1_000_000))
     assert result.metrics.outputs == 1_000_000
     assert result.outputs[:3] == [1, 2, 3] and result.outputs[-1] == 1_000_000
-    assert state["worst"] <= pipe.window, (state["worst"], pipe.window)
+    assert worst <= pipe.window, (worst, pipe.window)
     assert result.metrics.max_in_flight <= pipe.window
     assert pipe.window < 10_000  # O(queue_size x stages), not O(items)
 
@@ -216,7 +220,6 @@ def test_bounded_source_consumption_with_a_million_items():
 def test_window_bounds_the_reorder_buffer_behind_one_slow_item():
     """With item 0 stuck, the feeder stops one window ahead of it instead of reading on."""
     pipe = Pipeline("window", queue_size=5)
-    window = pipe.window
     release = threading.Event()
     state = {"pulled": 0}
 
@@ -230,9 +233,11 @@ def test_window_bounds_the_reorder_buffer_behind_one_slow_item():
     def passthrough(x):
         return x
 
+    window = pipe.window
+
     def source():
         for i in itertools.count():
-            if i == 100_000:
+            if i == 5_000:
                 return
             if i >= window:
                 # a window ahead of the unfinished item 0: never pulled while item 0 is stuck
@@ -243,7 +248,7 @@ def test_window_bounds_the_reorder_buffer_behind_one_slow_item():
             yield i
 
     result = pipe.run(source())
-    assert result.outputs == list(range(100_000))
+    assert result.outputs == list(range(5_000))
     assert result.metrics.max_in_flight <= window
 
 
@@ -525,50 +530,66 @@ def test_timeout_per_item():
 
 def test_keyboard_interrupt_in_the_caller_stops_every_thread():
     pipe = Pipeline("ctrlc", queue_size=2)
-    started = threading.Event()
+    sent = threading.Event()
 
     @pipe.stage(workers=2)
     def work(x):
-        started.set()
+        if x == 10 and not sent.is_set():
+            sent.set()
+            os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C: lands in the calling thread
         return x
 
-    def source():
-        for i in itertools.count():
-            if i == 50:
-                wait_for(started, "a stage to start")
-                raise KeyboardInterrupt  # stands in for Ctrl-C in the calling thread
-            yield i
-
-    before = {t.ident for t in threading.enumerate()}
-    execution = pipe.execution(source())
+    execution = pipe.execution(itertools.count())  # endless: only the abort can end it
     with pytest.raises(KeyboardInterrupt):
-        # the feeder re-raises nothing itself: a source error ends the run with it
         execution.run()
     for t in execution.threads:
         t.join(WAIT)
         assert not t.is_alive(), t.name
-    assert {t.ident for t in threading.enumerate()} <= before | {None}
+
+
+def test_source_raising_keyboard_interrupt_ends_the_run_with_it():
+    pipe = Pipeline("srcint")
+    pipe.stage(lambda x: x, name="work")
+
+    def source():
+        yield from range(10)
+        raise KeyboardInterrupt
+
+    execution = pipe.execution(source())
+    with pytest.raises(KeyboardInterrupt):
+        execution.run()
+    assert not any(t.is_alive() for t in execution.threads)
 
 
 def test_abort_wakes_threads_blocked_on_full_queues():
     pipe = Pipeline("abort", queue_size=1)
     gate = threading.Event()
+    stuck_entered = threading.Event()
 
     @pipe.stage(workers=1)
     def stuck(x):
+        stuck_entered.set()
         gate.wait(WAIT)
         return x
 
     execution = pipe.execution(range(1_000))
-    collector = threading.Thread(target=lambda: pytest.raises(Exception, execution.run),
-                                 daemon=True)
+    errors = []
+
+    def collect():
+        try:
+            execution.run()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    collector = threading.Thread(target=collect, daemon=True)
     collector.start()
-    deadline = time.monotonic() + WAIT
-    while execution.pulled < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling a counter, not synchronising on time
+    wait_for(stuck_entered, "the stage to start")
+    # the feeder is now blocked on the full first queue, the collector on the empty last one
     execution.abort()
     gate.set()
     collector.join(WAIT)
+    assert not collector.is_alive()
+    assert errors and isinstance(errors[0], PipelineStopped)
     for t in execution.threads:
         t.join(WAIT)
         assert not t.is_alive(), t.name
@@ -617,3 +638,83 @@ def test_percentile_from_the_histogram():
     hist0 = [0] * HIST_SIZE
     hist0[hist_index(0.0)] += 1
     assert percentile(hist0, 0.95) < 1e-8
+
+
+def test_collect_false_drops_outputs_but_counts_and_keeps_errors():
+    pipe = Pipeline("sink")
+    written = []
+
+    @pipe.stage(workers=2)
+    def write(x):
+        if x == 4:
+            raise IOError("disk full")
+        written.append(x)
+        return x
+
+    result = pipe.run(range(10), collect=False)
+    assert result.outputs == []
+    assert result.metrics.outputs == 9 and result.metrics.failed == 1
+    assert [e.index for e in result.errors] == [4]
+    assert sorted(written) == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_a_result_feeds_another_pipeline():
+    first = Pipeline("first")
+    first.stage(lambda x: x + 1, name="inc")
+    second = Pipeline("second")
+    second.stage(lambda x: x * 10, name="times")
+    assert second.run(first.run(range(3))).outputs == [10, 20, 30]
+
+
+# --------------------------------------------------------------------------- properties
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+stage_config = st.fixed_dictionaries({
+    "workers": st.integers(1, 3),
+    "batch_size": st.one_of(st.none(), st.integers(1, 7)),
+    "fail_mod": st.one_of(st.none(), st.integers(3, 11)),
+})
+
+
+@settings(max_examples=40, deadline=None)
+@given(stages=st.lists(stage_config, min_size=1, max_size=3), n=st.integers(0, 300),
+       queue_size=st.integers(1, 8), ordered=st.booleans())
+def test_any_configuration_delivers_every_item_exactly_once(stages, n, queue_size, ordered):
+    pipe = Pipeline("prop", queue_size=queue_size, ordered=ordered)
+    expected_fail: dict[int, str] = {}
+    for k, cfg in enumerate(stages):
+        mod = cfg["fail_mod"]
+
+        def one(x, k=k, mod=mod):
+            if mod is not None and x[0] % mod == k:
+                raise ValueError(f"{x[0]} in {k}")
+            return (x[0], x[1] + 1)
+
+        def many(xs, one=one):
+            return [one(x) for x in xs]
+
+        batch = cfg["batch_size"]
+        pipe.stage(many if batch else one, name=f"s{k}", workers=cfg["workers"],
+                   batch_size=batch)
+        for i in range(n):
+            if i not in expected_fail and mod is not None and i % mod == k:
+                expected_fail[i] = f"s{k}"
+    # a batch fails as a whole: every item of a batch holding a failing item fails
+    box = {}
+    runner = threading.Thread(target=lambda: box.update(r=pipe.run((i, 0) for i in range(n))),
+                              daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "pipeline did not finish"
+    result = box["r"]
+    failed = {e.index for e in result.errors}
+    delivered = [x[0] for x in result.outputs]
+    assert len(delivered) + len(failed) == n
+    assert set(delivered) | failed == set(range(n)) and not set(delivered) & failed
+    assert all(x[1] == len(stages) for x in result.outputs)
+    if not any(cfg["batch_size"] for cfg in stages):
+        assert {e.index: e.stage for e in result.errors} == expected_fail
+    if ordered:
+        assert delivered == sorted(delivered)
+    assert result.metrics.max_in_flight <= pipe.window

@@ -561,3 +561,128 @@ def test_ctrl_c_on_the_process_group_lets_in_flight_attempts_finish(write_module
     events = _audit(tmp_path / "st", "sig")
     done = [e for e in events if e.get("task") == "slow" and e["event"] != "task_started"]
     assert [e["event"] for e in done] == ["task_succeeded"], events
+
+
+# --------------------------------------------------------------------------- batching
+
+
+TINY = """
+    from flowdeco import task
+
+    def _tiny(i, deps):
+        def tiny(ctx, **kw):
+            if {fail!r} and i % 7 == 3 and ctx.attempt == 1:
+                raise ValueError(f"first try of {{i}}")
+            if i % 50 == 0:
+                ctx.log.info("note", i=i)
+            return i + sum(kw.values())
+        name = f"t{{i}}"
+        tiny.__name__ = tiny.__qualname__ = name
+        # parameters named after upstream tasks: rebuild the signature
+        import inspect
+        tiny.__signature__ = inspect.Signature(
+            [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            + [inspect.Parameter(d, inspect.Parameter.KEYWORD_ONLY) for d in deps])
+        return task(retries=1)(tiny)
+
+    for _i in range({n}):
+        _deps = [f"t{{_i - {n} // 2}}"] if _i >= {n} // 2 else []
+        _f = _tiny(_i, _deps)
+        globals()[_f.__name__] = _f
+"""
+
+
+class CountingExecutor(ProcessExecutor):
+    """Records how many attempts each submission carried."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sizes = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.sizes.append(len(args[0]) if fn.__name__ == "_call_batch" else 1)
+        return super().submit(fn, *args, **kwargs)
+
+
+def _expected(n):
+    half = n // 2
+    out = {f"t{i}": i for i in range(half)}
+    out.update({f"t{i}": i + (i - half) for i in range(half, n)})
+    return out
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["ok", "retries"])
+def test_tiny_tasks_are_batched_and_report_like_single_attempts(write_module, tmp_path, fail):
+    n = 400
+    path = write_module(TINY.format(n=n, fail=fail))
+    ex = CountingExecutor(2)
+    st = tmp_path / "st"
+    try:
+        result = go(str(path), executor=ex, state_dir=st, run_id="tiny")
+    finally:
+        ex.shutdown()
+    assert result.ok, {k: o.error for k, o in result.outcomes.items() if o.error}
+    assert result.results == _expected(n)
+    assert sum(ex.sizes) == n + (len([i for i in range(n) if i % 7 == 3]) if fail else 0)
+    assert max(ex.sizes) > 10 and len(ex.sizes) < n / 4, ex.sizes
+    # each attempt is reported as if it ran alone: started, then succeeded/retrying
+    per_task: dict = {}
+    for e in _audit(st, "tiny"):
+        if e.get("task"):
+            per_task.setdefault(e["task"], []).append(e["event"])
+    for i in range(n):
+        events = per_task[f"t{i}"]
+        first = ["task_started", "task_retrying"] if fail and i % 7 == 3 else []
+        note = ["note"] if i % 50 == 0 else []
+        assert events == first + ["task_started"] + note + ["task_succeeded"], (i, events)
+        assert result.outcomes[f"t{i}"].attempts == (2 if fail and i % 7 == 3 else 1)
+
+
+def test_batching_off_and_with_exitfirst(write_module, monkeypatch):
+    import flowdeco.runner as runner_mod
+    n = 60
+    path = write_module(TINY.format(n=n, fail=False))
+    for how in ("off", "exitfirst"):
+        ex = CountingExecutor(2)
+        try:
+            if how == "off":
+                monkeypatch.setattr(runner_mod, "_BATCH_MAX", 1)
+                result = go(str(path), executor=ex)
+                monkeypatch.undo()
+            else:
+                result = go(str(path), executor=ex, stop_on_error=True)
+        finally:
+            ex.shutdown()
+        assert result.results == _expected(n)
+        assert ex.sizes == [1] * n, how      # -x: the first failure must stop what follows
+
+
+def test_slow_tasks_are_not_batched(write_module):
+    path = write_module("""
+        import time
+        from flowdeco import task
+
+        @task
+        def root():
+            return 0
+
+        def _slow(i):
+            def slow(root):
+                time.sleep(0.2)
+                return i
+            slow.__name__ = slow.__qualname__ = f"slow{i}"
+            return task(slow)
+
+        for _i in range(6):
+            globals()[f"slow{_i}"] = _slow(_i)
+    """)
+    ex = CountingExecutor(2)
+    try:
+        t0 = time.monotonic()
+        result = go(str(path), executor=ex)
+        wall = time.monotonic() - t0
+    finally:
+        ex.shutdown()
+    assert result.ok
+    assert ex.sizes == [1] * 7
+    assert wall < 0.6 * 3 + 2

@@ -1,4 +1,7 @@
-"""Crash safety: a run SIGKILLed at random moments is resumed until done; no recorded task runs again."""
+"""Crash safety: a run SIGKILLed at random moments is resumed until done.
+
+Every task ends up completed, and no task recorded as completed before a kill runs again.
+"""
 
 from __future__ import annotations
 

@@ -146,7 +146,8 @@ def test_changed_parameters_rerun_the_task(flows, tmp_path):
             return base * factor
     """)
     st = flows.cwd / "st"
-    assert flowdeco.run(str(path), state_dir=st, run_id="p", params={"factor": 2}).results["scaled"] == 2
+    first = flowdeco.run(str(path), state_dir=st, run_id="p", params={"factor": 2})
+    assert first.results["scaled"] == 2
     log.unlink()
     events = []
 
@@ -192,6 +193,23 @@ def test_a_fresh_run_may_not_reuse_an_id(etl):
         etl.run(run_id="r1")
 
 
+def test_state_sync_full(etl, monkeypatch):
+    seen = []
+    orig = SQLiteStore.open
+
+    def spy(self, create=True):
+        ok = orig(self, create)
+        if ok and self.conn is not None:
+            seen.append(self.conn.execute("PRAGMA synchronous").fetchone()[0])
+        return ok
+
+    monkeypatch.setattr(SQLiteStore, "open", spy)
+    assert etl.run(run_id="f", state_sync="full").ok
+    assert seen and set(seen) == {2}  # FULL
+    with pytest.raises(UsageError):
+        etl.run(run_id="g", state_sync="sometimes")
+
+
 def test_no_state_writes_nothing(etl):
     assert etl.run(state_dir=None).ok
     assert not etl.state.exists()
@@ -223,7 +241,8 @@ def test_an_unstorable_result_fails_its_task_without_retry(flows):
     result = flowdeco.run(str(path), state_dir=flows.cwd / "st")
     out = result["make"]
     assert out.status == "failed" and out.attempts == 1
-    assert out.error.startswith("UnstorableResult: task 'make': result of type dict cannot be stored")
+    assert out.error.startswith(
+        "UnstorableResult: task 'make': result of type dict cannot be stored")
     assert "test_state_resume.Opaque at $['ok'][1]" in out.error and "register_type" in out.error
     assert result["use"].status == "skipped"
     assert isinstance(out.exception, StateError)

@@ -20,8 +20,8 @@ pipeline one task of a flow (``as_task``); :mod:`.result` holds what a run
 produces.
 """
 
-from .engine import BatchSizeError
-from .node import PipelineStopped, live
+from .engine import BatchSizeError, PipelineStopped
+from .node import live
 from .pipe import Pipeline, Stage
 from .result import ItemError, PipelineMetrics, PipelineResult, StageMetrics, StageWorkerMetrics
 

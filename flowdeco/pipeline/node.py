@@ -22,10 +22,11 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..errors import FlowError, TaskDefinitionError, UsageError
+from ..errors import TaskDefinitionError, UsageError
 from ..flow import SubflowNode
 from ..outcome import format_error
 from ..task import CTX, get_spec, task
+from .engine import PipelineStopped
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Execution
@@ -35,10 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 LIVE_KEY = "flowdeco.pipeline.live"
 #: tracebacks are written to the audit trail for this many failed items per node run
 TRACEBACKS = 100
-
-
-class PipelineStopped(FlowError):
-    """A pipeline node stopped feeding (an item failed under ``stop_on_error``, or Ctrl-C)."""
 
 
 def live(run: Any) -> dict[str, "Execution"]:
@@ -84,11 +81,12 @@ class _Node:
     """The body of a pipeline node (called by the generated task function)."""
 
     def __init__(self, pipe: "Pipeline", name: str, items: Callable[[Any], Iterable[Any]] | None,
-                 stop_on_error: bool | None):
+                 stop_on_error: bool | None, collect: bool):
         self.pipe = pipe
         self.name = name
         self.items = items
         self.stop_on_error = stop_on_error
+        self.collect = collect
 
     def __call__(self, ctx: Any, upstream: Any) -> Any:
         items = upstream if self.items is None else self.items(upstream)
@@ -105,8 +103,8 @@ class _Node:
             should_stop = lambda: run.interrupted  # noqa: E731
         elif ctx is not None:
             reporter = _LogReporter(ctx.log, task_name)
-        execution = self.pipe.execution(items, stop_on_error=stop_on_error, reporter=reporter,
-                                        should_stop=should_stop)
+        execution = self.pipe.execution(items, stop_on_error=stop_on_error, collect=self.collect,
+                                        reporter=reporter, should_stop=should_stop)
         registry = None
         if run is not None:
             registry = run.stash.setdefault(LIVE_KEY, {})
@@ -161,7 +159,7 @@ def _source_name(source: Any) -> tuple[str, Any]:
 
 def make_node(pipe: "Pipeline", name: str, source: Any, *,
               items: Callable[[Any], Iterable[Any]] | None, stop_on_error: bool | None,
-              after: Iterable[Any], priority: int, tags: Iterable[str],
+              collect: bool, after: Iterable[Any], priority: int, tags: Iterable[str],
               module: str) -> Callable[..., Any]:
     """Build the task function ``name(ctx, <source>)`` running ``pipe`` (see module docstring)."""
     src, fn = _source_name(source)
@@ -174,8 +172,8 @@ def make_node(pipe: "Pipeline", name: str, source: Any, *,
         raise TaskDefinitionError(f"{where}: items= must be a function of the source's result")
     if stop_on_error is not None and not isinstance(stop_on_error, bool):
         raise TaskDefinitionError(f"{where}: stop_on_error must be True, False or None")
-    namespace: dict[str, Any] = {"__name__": module, "_pipeline_node": _Node(pipe, name, items,
-                                                                           stop_on_error)}
+    namespace: dict[str, Any] = {
+        "__name__": module, "_pipeline_node": _Node(pipe, name, items, stop_on_error, collect)}
     if fn is not None:
         namespace[src] = fn  # lets the graph find a source task imported from elsewhere
     code = _template.__code__.replace(co_varnames=(CTX, src), co_name=name)

@@ -139,20 +139,24 @@ class Pipeline:
         return fn
 
     # -- running
-    def run(self, items: Iterable[Any], *, stop_on_error: bool = False) -> PipelineResult:
+    def run(self, items: Iterable[Any], *, stop_on_error: bool = False,
+            collect: bool = True) -> PipelineResult:
         """Stream ``items`` (any iterable, consumed lazily) through the stages.
 
         Returns a :class:`PipelineResult`.  A failing item (after its stage's
         retries) is recorded in ``errors`` and dropped; the others go on.
         With ``stop_on_error=True`` the first failure stops feeding new items;
-        those in flight still finish (``result.stopped`` is True).  An error
-        raised by the source itself is re-raised once the items in flight
-        have drained.  Ctrl-C stops every stage thread and is re-raised.
+        those in flight still finish (``result.stopped`` is True).  With
+        ``collect=False`` the last stage's results are dropped (it is a sink
+        that writes somewhere): ``outputs`` stays empty and memory stays
+        bounded however many items flow through.  An error raised by the
+        source itself is re-raised once the items in flight have drained.
+        Ctrl-C stops every stage thread and is re-raised.
         """
-        return self.execution(items, stop_on_error=stop_on_error).run()
+        return self.execution(items, stop_on_error=stop_on_error, collect=collect).run()
 
     def execution(self, items: Iterable[Any], *, stop_on_error: bool = False,
-                  reporter: Reporter | None = None,
+                  collect: bool = True, reporter: Reporter | None = None,
                   should_stop: Callable[[], bool] | None = None) -> Execution:
         """A prepared, not yet started run (``.run()`` runs it); for engine extensions."""
         if not self._stages:
@@ -165,18 +169,19 @@ class Pipeline:
                              f"{type(items).__name__}") from None
         return Execution(self.name, tuple(self._stages), items, queue_size=self.queue_size,
                          ordered=self.ordered, stop_on_error=stop_on_error, reporter=reporter,
-                         should_stop=should_stop)
+                         should_stop=should_stop, collect=collect)
 
     def as_task(self, name: str | None = None, *, source: Any,
                 items: Callable[[Any], Iterable[Any]] | None = None,
-                stop_on_error: bool | None = None, after: Iterable[Any] = (),
-                priority: int | None = None, tags: Iterable[str] = ()) -> Callable[..., Any]:
+                stop_on_error: bool | None = None, collect: bool = True,
+                after: Iterable[Any] = (), priority: int | None = None,
+                tags: Iterable[str] = ()) -> Callable[..., Any]:
         """This pipeline as one task of a flow, fed by the result of task ``source``.
 
         ``source`` is a task function or a task name; the node depends on it
         and streams its result (any iterable), or ``items(result)`` when given
         (e.g. a function opening a file path lazily).  The node's result is
-        the :class:`PipelineResult`.  ``stop_on_error`` defaults to the run's
+        the :class:`PipelineResult` (``collect=False``: without outputs).  ``stop_on_error`` defaults to the run's
         (``-x``); when it stops the pipeline, the node fails.  ``priority``
         defaults to the pipeline's.  Bind the returned task function to a
         module-level name so the module's flow collects it.
@@ -185,6 +190,6 @@ class Pipeline:
 
         caller = sys._getframe(1).f_globals.get("__name__", __name__)
         return make_node(self, self.name if name is None else name, source, items=items,
-                         stop_on_error=stop_on_error, after=after,
+                         stop_on_error=stop_on_error, collect=collect, after=after,
                          priority=self.priority if priority is None else priority,
                          tags=tags, module=caller)

@@ -231,7 +231,8 @@ class Codec:
             try:
                 raw = fn(v)
             except Exception as exc:  # noqa: BLE001 - a user hook
-                raise _unstorable(v, f"its encode hook raised {type(exc).__name__}: {exc}") from None
+                raise _unstorable(v, f"its encode hook raised {type(exc).__name__}: "
+                                     f"{exc}") from None
             try:
                 return {TAG: "custom", "c": name, "v": self._enc(raw)}
             except Unstorable as exc:

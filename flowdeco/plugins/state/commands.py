@@ -97,6 +97,12 @@ def main(argv: Sequence[str], pluginmanager: Any, out: IO[str] | None = None) ->
     except FlowError as exc:
         print(f"flowdeco: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
+    except BrokenPipeError:  # ``runs export ID | head``: the reader has seen enough
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return ExitCode.OK
     finally:
         if store is not None:
             store.close()

@@ -118,6 +118,9 @@ def flowdeco_configure(config: Any) -> None:
             if given is not None and given != resume:
                 raise UsageError(f"--run-id {given!r} and --resume {resume!r} disagree: a "
                                  "resumed run keeps its id (leave out --run-id)")
+    sync = config.getoption("state_sync", "normal")
+    if sync not in ("normal", "full"):
+        raise UsageError(f"state_sync must be 'normal' or 'full', got {sync!r}")
     matchers = [(expr, compile_expression(expr)) for expr in rerun]
     state_dir = str(config.getoption("state_dir"))
     store = make_store(config.pluginmanager, state_dir, config)
@@ -251,8 +254,9 @@ class StatePlugin:
         if self.resume_id is not None and run.run_id != self.resume_id:
             raise UsageError(f"run id {run.run_id!r} is not the resumed run {self.resume_id!r}")
         vertices = graph.vertices
-        self.fps = [fingerprint(v.fn, v.spec, v.consts) if v.kind is TASK else None
-                    for v in vertices]
+        # computed when a task is recorded (or, on resume, when it is compared)
+        self.fps: list[str | None] = [None] * len(vertices)
+        self.vertices = vertices
         self.run_id = run.run_id
         try:
             store.open()
@@ -275,6 +279,13 @@ class StatePlugin:
             run.on_success.update(v.index for v in vertices if v.kind is TASK)
             run.inline_successors = False  # (not used with these executors anyway)
 
+    def _fingerprint(self, i: int) -> str:
+        fp = self.fps[i]
+        if fp is None:
+            v = self.vertices[i]
+            fp = self.fps[i] = fingerprint(v.fn, v.spec, v.consts)
+        return fp
+
     def _plan_restore(self, run: Any) -> None:
         graph = run.graph
         vertices = graph.vertices
@@ -295,7 +306,7 @@ class StatePlugin:
             if any(match(v.name) for _, match in self.rerun):
                 requested += 1
                 continue
-            why = why_changed(rec.fingerprint or "", self.fps[i] or "")
+            why = why_changed(rec.fingerprint or "", self._fingerprint(i))
             if why is not None:
                 changed.append((v.name, why))
                 continue
@@ -325,7 +336,11 @@ class StatePlugin:
     # -- attempts
     @hookimpl(tryfirst=True)
     def flowdeco_attempt_done(self, run: Any, task: Any, attempt: Any) -> Finish | None:
-        """End a task whose result cannot be stored (no retry); other failures: the retry plugin's."""
+        """End a task whose result cannot be stored, without retry.
+
+        Other failures are the retry plugin's (None).  With executors in other
+        processes, successful results are encoded here as well.
+        """
         err = attempt.error
         if err is not None:
             return Finish(error=err) if isinstance(err, UnstorableResult) else None
@@ -378,9 +393,10 @@ class StatePlugin:
                 result, status, error = self._result_text(run, v, out.result, status, error)
         if error is not None and len(error) > _MAX_ERROR:
             error = error[:_MAX_ERROR] + "..."
+        fp = self.fps[i] if v.kind is not TASK else self._fingerprint(i)
         self.pending[event.task] = TaskRow(
             event.task, status, out.attempts, out.started, out.finished,
-            self.fps[i], result, error, out.reason)
+            fp, result, error, out.reason)
         self.completions = True
 
     def _result_text(self, run: Any, v: Any, value: Any, status: str, error: str | None
@@ -454,6 +470,10 @@ class StatePlugin:
             except Exception as exc:  # noqa: BLE001 - the run is over; say so and go on
                 print(f"flowdeco: warning: could not record the end of run {run.run_id!r} in "
                       f"{self.store.location}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            cfg = self.config
+            if status != "succeeded" and cfg.from_cli and (cfg.getoption("quiet", 0) or 0) < 2:
+                print(f"flowdeco: run {run.run_id} is saved; continue it with "
+                      f"--resume {run.run_id} (or --resume last)", file=sys.stderr)
         finally:
             self.close()
 

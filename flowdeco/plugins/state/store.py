@@ -28,6 +28,7 @@ and oversized fields raise :class:`~flowdeco.StateError`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import math
 import os
 import re
@@ -109,6 +110,15 @@ def _non_negative(inst: Any, attribute: Any, value: Any) -> None:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+#: 9999-12-31T23:59:59Z: later timestamps cannot be shown as dates
+_MAX_TIMESTAMP = 253402300799.0
+
+
+def _timestamp(inst: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not 0 <= value <= _MAX_TIMESTAMP:
+        raise ValueError(f"{attribute.name} is not a plausible timestamp: {value!r}")
+
+
 def _run_id(inst: Any, attribute: Any, value: str) -> None:
     if not _RUN_ID_RE.fullmatch(value) or value in (".", ".."):
         raise ValueError(f"invalid run id {value[:140]!r}")
@@ -121,10 +131,10 @@ class RunRecord:
     run_id: str = attrs.field(validator=_run_id)
     flow: str = attrs.field(validator=_max_len(MAX_NAME))
     status: Literal["running", "succeeded", "failed", "interrupted"]
-    started: float = attrs.field(validator=_non_negative)
+    started: float = attrs.field(validator=_timestamp)
     #: when the latest session (first start or resume) began
-    session_started: float = attrs.field(validator=_non_negative)
-    finished: float | None = attrs.field(default=None, validator=_non_negative)
+    session_started: float = attrs.field(validator=_timestamp)
+    finished: float | None = attrs.field(default=None, validator=_timestamp)
     duration: float = attrs.field(default=0.0, validator=_non_negative)
     sessions: int = attrs.field(default=1, validator=_non_negative)
     pid: int | None = None
@@ -137,8 +147,8 @@ class TaskRecord:
     name: str = attrs.field(validator=_max_len(MAX_NAME))
     status: Literal["running", "succeeded", "failed", "skipped", "restored", "interrupted"]
     attempts: int = attrs.field(validator=_non_negative)
-    started: float | None = attrs.field(default=None, validator=_non_negative)
-    finished: float | None = attrs.field(default=None, validator=_non_negative)
+    started: float | None = attrs.field(default=None, validator=_timestamp)
+    finished: float | None = attrs.field(default=None, validator=_timestamp)
     fingerprint: str | None = attrs.field(default=None, validator=_max_len(64))
     result: str | None = attrs.field(default=None, validator=_max_len(MAX_RESULT_BYTES))
     error: str | None = attrs.field(default=None, validator=_max_len(MAX_ERROR))
@@ -202,13 +212,21 @@ def _strict_converter() -> cattrs.Converter:
 _CONVERTER = _strict_converter()
 
 
+def _explain(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"unknown keys {sorted(exc.extra_fields)}"
+    return str(exc) or type(exc).__name__
+
+
 def structure(data: dict, cls: type, what: str) -> Any:
     """A validated record from a row dict, or :class:`StateError` naming ``what`` and the field."""
     try:
         return _CONVERTER.structure(data, cls)
     except Exception as exc:  # noqa: BLE001 - cattrs groups, attrs validators
         if isinstance(exc, cattrs.BaseValidationError):
-            detail = "; ".join(cattrs.transform_error(exc))
+            detail = "; ".join(cattrs.transform_error(exc, format_exception=_explain))
         else:
             detail = f"{type(exc).__name__}: {exc}"
         raise StateError(f"{what} is invalid: {detail[:500]}") from None
@@ -238,7 +256,7 @@ class Store(Protocol):
         """Release connections (idempotent)."""
 
     def lock_run(self, run_id: str) -> "RunLock":
-        """Exclusive use of ``run_id`` until ``release()``; StateError when another process has it."""
+        """Exclusive use of ``run_id`` until ``release()``; StateError if another process has it."""
 
     def begin_run(self, run_id: str, flow: str, now: float, resumed: bool) -> None:
         """Record that ``run_id`` starts (fresh: must not exist) or resumes (must exist)."""
@@ -338,6 +356,9 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             self.close()
             raise self._db_error(exc) from None
+        except UnicodeDecodeError as exc:
+            self.close()
+            raise self._corrupt(f"a text value is not UTF-8: {exc.reason}") from None
         except OSError as exc:
             self.close()
             raise StateError(f"cannot use the state database {self.path}: "
@@ -375,12 +396,14 @@ class SQLiteStore:
     def _check_header(self) -> bool | None:
         """None: no file; False: an empty file; True: plausibly SQLite.  Reads only.
 
-        (Truncation is SQLite's to detect: its header's page count is checked
-        against the file and the WAL under SQLite's own locks.)
+        (A cut inside a page is caught here; a cut between pages is SQLite's to
+        detect: it checks its header's page count against the file and the WAL
+        under its own locks.)
         """
         try:
             with open(self.path, "rb") as fh:
                 head = fh.read(100)
+                size = os.fstat(fh.fileno()).st_size
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -396,6 +419,9 @@ class SQLiteStore:
         page_size = 65536 if page_size == 1 else page_size
         if page_size < 512 or page_size & (page_size - 1):
             raise self._corrupt(f"invalid page size {page_size}")
+        if size % page_size:
+            raise self._corrupt(f"it is truncated: {size} bytes is not a whole number of "
+                                f"{page_size}-byte pages")
         return True
 
     def _db_error(self, exc: sqlite3.Error) -> StateError:
@@ -425,6 +451,8 @@ class SQLiteStore:
         app = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if app == APPLICATION_ID:
+            if version < 1:
+                raise self._corrupt(f"invalid schema version {version}")
             if version > SCHEMA_VERSION:
                 raise StateError(
                     f"{self.path} was written by a newer flowdeco (schema version {version}; "
@@ -530,8 +558,8 @@ class SQLiteStore:
             else:
                 try:
                     conn.execute(
-                        "INSERT INTO runs (run_id, flow, status, started, session_started, duration, "
-                        "sessions, pid) VALUES (?, ?, 'running', ?, ?, 0, 1, ?)",
+                        "INSERT INTO runs (run_id, flow, status, started, session_started, "
+                        "duration, sessions, pid) VALUES (?, ?, 'running', ?, ?, 0, 1, ?)",
                         (run_id, flow, now, now, os.getpid()))
                 except sqlite3.IntegrityError:
                     raise StateError(
@@ -566,12 +594,14 @@ class SQLiteStore:
         conn = self._c()
         if self._checkpointer is None:
             self._start_checkpointer()
-        if len(rows) == 1:  # one statement is its own transaction
-            conn.execute(_INSERT_TASK, (run_id, *rows[0]))
+        if len(rows) <= _ROWS_PER_STATEMENT:  # one statement is its own transaction
+            conn.execute(_insert_tasks(len(rows)), _flat(run_id, rows))
         else:
             conn.execute("BEGIN")
             try:
-                conn.executemany(_INSERT_TASK, [(run_id, *r) for r in rows])
+                for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+                    chunk = rows[i:i + _ROWS_PER_STATEMENT]
+                    conn.execute(_insert_tasks(len(chunk)), _flat(run_id, chunk))
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)
@@ -621,7 +651,21 @@ class SQLiteStore:
             raise
 
 
-_INSERT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: rows per INSERT: one statement (one step, one release of the GIL) for a whole batch
+_ROWS_PER_STATEMENT = 256
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_tasks(n: int) -> str:
+    return "INSERT OR REPLACE INTO tasks VALUES " + ", ".join(["(?,?,?,?,?,?,?,?,?,?)"] * n)
+
+
+def _flat(run_id: str, rows: Sequence[TaskRow]) -> list:
+    out: list = []
+    for r in rows:
+        out.append(run_id)
+        out.extend(r)
+    return out
 #: commits between two checkpoints (a commit appends about one 4 KiB page to the WAL)
 _CHECKPOINT_EVERY = 250
 
@@ -687,6 +731,8 @@ class _reading:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if isinstance(exc, UnicodeDecodeError):  # a damaged TEXT value
+            raise self.store._corrupt(f"a text value is not UTF-8: {exc.reason}") from None
         if exc is None or not isinstance(exc, sqlite3.Error) \
                 or isinstance(exc, sqlite3.IntegrityError):
             return False

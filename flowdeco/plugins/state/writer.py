@@ -45,7 +45,7 @@ _HURRY = "hurry"
 UNREPORTED = sys.maxsize
 #: how long the writer gathers batches before committing them together, unless a
 #: gate is waiting (then it commits at once)
-GROUP_WINDOW = 0.005
+GROUP_WINDOW = 0.02
 GROUP_ROWS = 2000
 
 

@@ -14,9 +14,27 @@ no:dask`` disables it) and adds:
 Only task bodies travel: the scheduler loop stays in the driver process, so
 retries, delays, state, resume and the audit trail work exactly as with
 threads.  Each attempt is one Dask task (``pure=False``: never deduplicated
-or cached by Dask); its result comes back to the driver.  Without
+or cached by Dask), or tiny attempts go several to one Dask task (see the
+runner's batching); results come back to the driver.  Without
 ``--workers`` the run keeps as many attempts in flight as the cluster has
 worker threads.
+
+Differences from threads worth knowing:
+
+- **Timeouts**: Dask runs tasks on worker *threads*, where ``SIGALRM``
+  cannot interrupt them.  A timed-out attempt fails with ``TaskTimeout`` at
+  its limit and the run goes on, but its code keeps running on the worker
+  (holding that worker thread) until it returns by itself.
+- **Dead workers**: a worker process that dies fails its attempt with
+  ``WorkerCrashed``, retried by the task's policy.  A cluster this plugin
+  starts never re-runs the task itself (``allowed-failures`` 0); a
+  scheduler you run yourself follows its own setting.
+- **Circuit breakers** and other module-level state live in each worker
+  process, not in the driver.
+- **Code**: tasks travel with cloudpickle -- lambdas and closures too.  The
+  modules they are defined in must be importable on the workers (a local
+  cluster started for the run has the driver's ``sys.path``; on a remote
+  cluster install the code, or ``client.upload_file("flow.py")``).
 
 This module imports nothing from Dask until a run asks for it, so having the
 plugin installed costs other runs nothing.
@@ -43,6 +61,16 @@ def _dask_object(obj: Any) -> bool:
 
     from .executor import DaskExecutor
     return isinstance(obj, (Client, ClientExecutor, DaskExecutor))
+
+
+def _load() -> Any:
+    """The executor module (imports Dask), with a usage error when Dask is missing."""
+    try:
+        from . import executor
+    except ImportError as exc:
+        raise UsageError(f"--executor dask needs Dask distributed, which failed to import "
+                         f"({exc}); pip install distributed") from None
+    return executor
 
 
 def _wants_dask(config: Any) -> bool:
@@ -74,8 +102,7 @@ def flowdeco_configure(config: Any) -> None:
 def flowdeco_collection_finish(config: Any, graph: Any) -> None:
     """Refuse, before anything runs, tasks that cannot be shipped to Dask workers."""
     if _wants_dask(config):
-        from .executor import check_graph
-        check_graph(graph)
+        _load().check_graph(graph)
 
 
 @hookimpl
@@ -83,7 +110,7 @@ def flowdeco_make_executor(config: Any, name: str, workers: int) -> Any:
     executor = config.getoption("executor", None)
     if executor != "dask" and not _dask_object(executor):
         return None
-    from .executor import DaskExecutor
+    DaskExecutor = _load().DaskExecutor
     if executor == "dask":
         made = DaskExecutor.start(workers, address=config.getoption("dask_address"))
     else:

@@ -406,3 +406,83 @@ def test_executor_dask_starts_and_closes_a_local_cluster(tmp_path, capsys, monke
     assert workers == 2
     assert ex.cluster.status.name == "closed"
     assert ex.client.status == "closed"
+
+
+def test_tiny_tasks_go_in_batches(cluster, tmp_path):
+    class Counting(DaskExecutor):
+        sizes: list
+
+        def submit(self, fn, /, *args, **kwargs):
+            self.sizes.append(len(args[0]) if fn.__name__ == "_call_batch" else 1)
+            return super().submit(fn, *args, **kwargs)
+
+    n = 300
+    path = cluster.write(f"""
+        from flowdeco import task
+
+        def _tiny(i):
+            def tiny(ctx):
+                if i % 11 == 5 and ctx.attempt == 1:
+                    raise ValueError("again")
+                return i
+            tiny.__name__ = tiny.__qualname__ = f"t{{i}}"
+            return task(retries=1)(tiny)
+
+        for _i in range({n}):
+            globals()[f"t{{_i}}"] = _tiny(_i)
+    """)
+    ex = Counting(cluster.client)
+    ex.sizes = []
+    st = tmp_path / "st"
+    result = go(str(path), executor=ex, state_dir=st, run_id="tiny")
+    assert result.results == {f"t{i}": i for i in range(n)}
+    retried = [i for i in range(n) if i % 11 == 5]
+    assert sum(ex.sizes) == n + len(retried)
+    assert len(ex.sizes) < n / 4, ex.sizes
+    started = [e["task"] for e in _audit(st, "tiny") if e["event"] == "task_started"]
+    assert len(started) == n + len(retried)
+    assert {result.outcomes[f"t{i}"].attempts for i in retried} == {2}
+
+
+PIPELINE = """
+    import os
+    from flowdeco import Pipeline, task
+
+    pipe = Pipeline("numbers", queue_size=4)
+
+    @pipe.stage(workers=2)
+    def square(x):
+        if x == 7:
+            raise ValueError("seven")
+        return x * x
+
+    @pipe.stage(batch_size=3)
+    def tag(batch):
+        return [(x, os.getpid()) for x in batch]
+
+    @task
+    def source():
+        return list(range(12))
+
+    numbers = pipe.as_task("numbers", source=source)
+
+    @task
+    def total(numbers):
+        return sum(x for x, _ in numbers.outputs)
+"""
+
+
+def test_pipeline_node_runs_on_a_worker_like_on_threads(cluster):
+    pytest.importorskip("flowdeco.pipeline")
+    got = {}
+    for ex in ("thread", "client"):
+        path = cluster.write(PIPELINE)
+        result = go(str(path), executor="thread" if ex == "thread" else cluster.client)
+        res = result.results["numbers"]
+        got[ex] = ([x for x, _ in res.outputs], [(e.index, e.stage, e.error) for e in res.errors],
+                   result.results["total"], {pid for _, pid in res.outputs})
+    assert got["thread"][:3] == got["client"][:3]
+    assert got["client"][0] == [x * x for x in range(12) if x != 7]
+    assert got["client"][1] == [(7, "square", "ValueError: seven")]
+    import os
+    assert got["thread"][3] == {os.getpid()} and os.getpid() not in got["client"][3]

@@ -1,0 +1,637 @@
+"""Dynamic flows (issue 8): trigger rules, conditions and mapped tasks.
+
+These are scheduling semantics, so they live in the core, next to the
+runner; a :class:`Run` makes one :class:`Dynamic` the first time it needs it
+(a graph without ``map=``/``when=``/``trigger=`` never does), and the runner's
+hot paths for plain tasks do not look at it.
+
+**Gate** (:meth:`Dynamic.gate`).  When every dependency of a task with a
+trigger rule or a condition has ended, the runner asks the gate before
+queueing it:
+
+- the trigger rule, over how the dependencies ended: ``all_succeeded``
+  (default: a dependency that failed ends the task at once, ``skipped`` with
+  reason ``upstream``, without waiting for the others), ``all_done``
+  (always), ``none_failed`` (unless one failed), ``any_failed`` (only if
+  one failed); not met: ``skipped`` with reason ``trigger``.  "Failed" here
+  means ``failed``, ``interrupted``, or ``skipped`` with reason ``upstream``
+  (a failure further up, like Airflow's ``upstream_failed``); a dependency
+  skipped by a condition, a trigger rule or a stop is fine;
+- then ``when=``: the predicate is called on the scheduler thread with the
+  task's own arguments by name (upstream results, None for one that did not
+  succeed; run parameters; defaults; ``ctx``); false: ``skipped`` with reason
+  ``condition``; raising: the task fails with that error (0 attempts).
+
+Reasons propagate to ``all_succeeded`` tasks: a dependency skipped for
+``condition`` or ``stopped`` passes its reason on, one that failed, was
+interrupted, or was skipped for ``upstream``/``trigger`` gives ``upstream``
+(``upstream`` > ``stopped`` > ``condition`` when several apply).
+
+**Map** (``@task(map="files")``).  When a mapped task passes its gate (and
+restore/delay hooks), :meth:`Dynamic.expand` takes the upstream result (a
+list, tuple or range as is, any other iterable but str/bytes materialized
+once) and makes one :class:`MapState`: a cursor and compact per-instance
+arrays, no per-instance objects.  The vertex joins ``run._mready``, a heap of
+priority keys beside the ready heap; the scheduler merges the two by key
+(:meth:`dispatch`, :meth:`sync_step`), and a thread worker that finishes an
+instance takes the next one from the cursor itself while the mapped task is
+still the best ready work (like ``Run._work``), posting "finished k, started
+k+1" as one message.  Instances are named ``task[k]`` in events, outcomes
+and ``ctx.task``; each has its own attempts (``flowdeco_attempt_done`` is
+called with the mapped vertex as ``task``: retry policies apply per
+instance), its own restore (``flowdeco_task_restore(name="task[k]")``, asked
+as the instance is about to start).  When every instance has ended the
+vertex ends like a sub-flow node: ``succeeded`` with the list of results in
+element order, else ``failed`` naming the failed instances (``interrupted``
+or ``skipped``/``stopped`` when the run stopped before it could finish).
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from array import array
+from functools import partial
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .context import Context
+from .executors import remote_failure
+from .graph import Vertex
+from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Finish,
+                      Reschedule, TaskOutcome, format_error)
+from .pickling import UnpicklableResult, loads_result
+from .task import CTX
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import Run
+
+# these modules import each other: the runner imports this one only when a run needs it
+from .runner import (_CRASH, _IDONE, _LOG, _OK, _SKIP_STOPPED, DONE, RUNNING,  # noqa: E402
+                     InternalError, _call_remote, _Upstream)
+
+# instance states (one byte each in MapState.status)
+I_PENDING, I_RUNNING, I_WAITING, I_SUCCEEDED, I_FAILED, I_SKIPPED, I_RESTORED, \
+    I_INTERRUPTED = range(8)
+_ENDED = I_SUCCEEDED
+_STATUS = {I_SUCCEEDED: SUCCEEDED, I_FAILED: FAILED, I_SKIPPED: SKIPPED, I_RESTORED: RESTORED,
+           I_INTERRUPTED: INTERRUPTED}
+_NAN = float("nan")
+#: reasons passed on to all_succeeded dependents, strongest last
+_RANK = {"condition": 0, "stopped": 1, "upstream": 2}
+#: failed instances named in a mapped task's error
+_NAMED = 10
+
+
+class MapState:
+    """One mapped task's instances: a cursor plus compact per-instance arrays.
+
+    ``status`` is a bytearray of instance states; ``attempts``, ``t0``, ``t1``
+    are typed arrays (NaN: not yet); ``results`` and ``workers`` plain lists;
+    ``errors`` holds only the instances that have an error.  ``cursor``,
+    ``retry`` and ``queued`` (whether the task is in ``run._mready``) change
+    under ``run._lock`` only: thread workers advance the cursor too.
+    """
+
+    __slots__ = ("index", "vertex", "name", "key", "param", "items", "n", "base", "fn", "call",
+                 "wants_ctx", "upstream", "watched", "cursor", "left", "retry", "queued",
+                 "status", "attempts", "t0", "t1", "results", "errors", "workers")
+
+    def __init__(self, run: "Run", v: Vertex, items: Any, n: int):
+        spec = v.spec
+        assert spec is not None and spec.map is not None
+        self.index = v.index
+        self.vertex = v
+        self.name = v.name
+        self.key = run._key[v.index]
+        self.param = spec.map
+        self.items = items
+        self.n = n
+        base = dict(v.consts) if v.consts else {}
+        results = run.results
+        for p, d in v.args:
+            if p != spec.map:
+                base[p] = results[d]
+        self.base = base
+        self.fn = v.fn
+        self.call = run._calls[v.index]
+        self.wants_ctx = v.wants_ctx
+        self.upstream = _Upstream(run, v.deps) if v.wants_ctx else None
+        #: successful attempts also go through flowdeco_attempt_done
+        self.watched = v.index in run._watched
+        self.cursor = 0
+        self.left = n
+        self.retry: list[tuple[int, int]] = []
+        self.queued = False
+        self.status = bytearray(n)
+        self.attempts = array("I", bytes(4 * n))
+        self.t0 = array("d", [_NAN]) * n
+        self.t1 = array("d", [_NAN]) * n
+        self.results: list[Any] = [None] * n
+        self.errors: dict[int, BaseException | str] = {}
+        self.workers: list[str | None] = [None] * n
+
+    def instance(self, k: int) -> str:
+        return f"{self.name}[{k}]"
+
+    def outcome(self, k: int, offset: float) -> TaskOutcome | None:
+        """Instance ``k``'s outcome, or None while it has not ended."""
+        code = self.status[k]
+        if code < _ENDED:
+            return None
+        if code == I_SKIPPED:
+            return _SKIP_STOPPED
+        err = self.errors.get(k)
+        t0, t1 = self.t0[k], self.t1[k]
+        has0, has1 = t0 == t0, t1 == t1
+        return TaskOutcome(
+            _STATUS[code], self.results[k] if code in (I_SUCCEEDED, I_RESTORED) else None,  # type: ignore[arg-type]
+            None if err is None else err if isinstance(err, str) else format_error(err),
+            self.attempts[k], t0 + offset if has0 else None, t1 + offset if has1 else None,
+            t1 - t0 if has0 and has1 else 0.0,
+            exception=err if isinstance(err, BaseException) else None,
+            worker=self.workers[k])
+
+
+class Dynamic:
+    """A run's trigger rules, conditions and mapped tasks (see the module docstring)."""
+
+    def __init__(self, run: "Run"):
+        self.run = run
+        #: expanded mapped tasks by vertex index
+        self.maps: dict[int, MapState] = {}
+        self.mready = run._mready
+
+    # ------------------------------------------------------------------ gate
+    def gate(self, v: Vertex) -> tuple | None:
+        """Trigger rule, then ``when=``: how ``v`` ends right away, or None to go on."""
+        run = self.run
+        i = v.index
+        spec = v.spec
+        assert spec is not None
+        status, reasons = run._status, run._reason
+        rule = spec.trigger
+        if rule == "all_succeeded":
+            worst = None
+            for d in v.deps:
+                st = status[d]
+                if st in _OK:
+                    continue
+                why = reasons[d] if st == SKIPPED and reasons[d] in ("condition", "stopped") \
+                    else "upstream"
+                if worst is None or _RANK[why] > _RANK[worst]:
+                    worst = why
+            if worst is not None:
+                return (i, SKIPPED, None, None, 0, None, None, worst)
+        elif rule != "all_done":
+            failed = any(status[d] == FAILED or status[d] == INTERRUPTED or (
+                status[d] == SKIPPED and reasons[d] == "upstream") for d in v.deps)
+            if failed if rule == "none_failed" else not failed:
+                return (i, SKIPPED, None, None, 0, None, None, "trigger")
+        if spec.when is not None:
+            try:
+                go = spec.when(**self._when_kwargs(v))
+            except Exception as exc:  # noqa: BLE001 - a predicate may raise anything
+                now = run.clock.monotonic()
+                run._t0[i] = now
+                return (i, FAILED, None, exc, 0, now, None, None)
+            if not go:
+                return (i, SKIPPED, None, None, 0, None, None, "condition")
+        return None
+
+    def _when_kwargs(self, v: Vertex) -> dict[str, Any]:
+        spec = v.spec
+        assert spec is not None
+        run = self.run
+        args = dict(v.args)
+        kw: dict[str, Any] = {}
+        for p in spec.when_params:
+            name = p.name
+            if name in args:
+                kw[name] = run.results[args[name]]
+            elif name in v.consts:
+                kw[name] = v.consts[name]
+            elif name == CTX:
+                kw[name] = run._context(v, 1, None)
+            else:
+                for tp in spec.params:
+                    if tp.name == name and tp.has_default:
+                        kw[name] = tp.default
+        return kw
+
+    # ------------------------------------------------------------------ map: expand
+    def expand(self, i: int) -> tuple | None:
+        """Start mapped task ``i``: read the upstream result, queue its instances."""
+        run = self.run
+        v = run.graph.vertices[i]
+        spec = v.spec
+        assert spec is not None and spec.map is not None
+        d = dict(v.args)[spec.map]
+        up = run.graph.vertices[d].name
+        now = run.clock.monotonic()
+        run._t0[i] = now
+        where = f"task {v.name!r} maps over {spec.map!r}"
+        if run._status[d] not in _OK:
+            return self._fail(i, TypeError(
+                f"{where}, but task {up!r} did not succeed ({run._status[d]})"), now)
+        src = run.results[d]
+        if isinstance(src, (list, tuple, range)):
+            items: Any = src
+        elif isinstance(src, (str, bytes, bytearray)):
+            return self._fail(i, TypeError(
+                f"{where}: task {up!r} returned a {type(src).__name__}; map= does not split "
+                "it into characters (return a list of elements)"), now)
+        else:
+            try:
+                it = iter(src)
+            except TypeError:
+                return self._fail(i, TypeError(
+                    f"{where}: task {up!r} returned {type(src).__name__}, which is not "
+                    "iterable (map= needs a list or another iterable of elements)"), now)
+            try:
+                items = list(it)
+            except Exception as exc:  # noqa: BLE001 - a generator may raise anything
+                return self._fail(i, exc, now)
+        n = len(items)
+        if n == 0:
+            return (i, SUCCEEDED, [], None, 1, now, None, None)
+        m = MapState(run, v, items, n)
+        self.maps[i] = m
+        run._state[i] = RUNNING
+        if run.reporting:
+            run._report("task_mapped", v.name, {"instances": n}, now)
+        with run._lock:
+            heapq.heappush(self.mready, m.key)
+            m.queued = True
+        return None
+
+    @staticmethod
+    def _fail(i: int, exc: BaseException, now: float) -> tuple:
+        return (i, FAILED, None, exc, 0, now, None, None)
+
+    # ------------------------------------------------------------------ map: dispatch
+    def _take(self, m: MapState) -> tuple[int, int]:
+        """The next instance of ``m`` (the top of ``mready``) to start; ``run._lock`` held."""
+        if m.retry:
+            k, attempt = m.retry.pop(0)
+        else:
+            k = m.cursor
+            m.cursor = k + 1
+            attempt = 1
+        if not m.retry and m.cursor >= m.n:
+            heapq.heappop(self.mready)
+            m.queued = False
+        return k, attempt
+
+    def dispatch(self) -> None:
+        """``Run._dispatch`` while a mapped task has instances to start: merge by priority."""
+        run = self.run
+        ready, mready, lock, n = run._ready, self.mready, run._lock, run._n
+        maps = self.maps
+        while (ready or mready) and run._inflight < run.workers and not run.stopping:
+            with lock:
+                if mready and (not ready or mready[0] < ready[0]):
+                    m = maps[mready[0] % n]
+                    k, attempt = self._take(m)
+                    i = -1
+                elif ready:
+                    i = heapq.heappop(ready) % n
+                else:
+                    return
+            if i < 0:
+                self.start(m, k, attempt)
+            else:
+                run._start(i, run._next_attempt[i], run._next_iter[i])
+
+    def sync_step(self) -> bool:
+        """``sync`` executor: run the next instance if a mapped task goes first (else False)."""
+        run = self.run
+        ready, mready = run._ready, self.mready
+        if ready and ready[0] < mready[0]:
+            return False
+        m = self.maps[mready[0] % run._n]
+        k, attempt = self._take(m)
+        self.start(m, k, attempt)
+        return True
+
+    def start(self, m: MapState, k: int, attempt: int) -> None:
+        """Start instance ``k`` (scheduler thread), or restore it."""
+        run = self.run
+        if attempt == 1 and run._has_restore:
+            restored = run.hook.flowdeco_task_restore(run=run, task=m.vertex, name=m.instance(k))
+            if restored is not None:
+                now = run.clock.monotonic()
+                m.t0[k] = now
+                self.end(m, k, I_RESTORED, restored.result, None, restored.attempts, now, None)
+                return
+        kw = self.kwargs(m, k, attempt)
+        m.status[k] = I_RUNNING
+        run._inflight += 1
+        if run.reporting:
+            run._report_started(m.instance(k), attempt, None)
+        if run.sync:
+            self._run_sync(m, k, kw, attempt)
+        elif run.local:
+            run.executor.submit(self.work, m, k, kw, attempt)
+        else:
+            self._submit_remote(m, k, kw, attempt)
+
+    def kwargs(self, m: MapState, k: int, attempt: int) -> dict:
+        kw = dict(m.base)
+        kw[m.param] = m.items[k]
+        if m.wants_ctx:
+            run = self.run
+            kw[CTX] = Context(run.run_id, m.instance(k), attempt, None, run.params,
+                              run._log_sink if run.local else None, m.upstream,
+                              run if run.local else None)
+        return kw
+
+    def _run_sync(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
+        run = self.run
+        call, mono = m.call, run.clock.monotonic
+        run._sync_busy = True
+        t0 = mono()
+        try:
+            result, err = (m.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
+        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+            result, err = None, exc
+        t1 = mono()
+        run._sync_busy = False
+        q = run.q
+        while not q.empty():  # log records, events and signals that arrived during the task
+            run._handle(q.get())
+        self.on_done(m, k, attempt, result, err, t0, t1, "sync", -1)
+        if run._has_flush:
+            run.hook.flowdeco_report_flush(run=run)
+
+    def work(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
+        """A thread worker: run instance ``k``, then take the next ones itself.
+
+        It takes the cursor's next instance under the ready-heap lock while
+        ``m`` is still the best ready work (nothing in either heap beats it),
+        and posts "finished k, started k+1" as one message (see ``Run._work``).
+        Retries and restores are left to the scheduler.
+        """
+        run = self.run
+        put = run.q.put
+        try:
+            mono = run.clock.monotonic
+            fn, call = m.fn, m.call
+            lock, ready, mready = run._lock, run._ready, self.mready
+            key, n = m.key, m.n
+            base, items, param = m.base, m.items, m.param
+            chain = run._inline
+            worker = threading.current_thread().name
+            while True:
+                t0 = mono()
+                try:
+                    result, err = (fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
+                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                    result, err = None, exc
+                t1 = mono()
+                nxt = -1
+                if chain and not run.stopping and not run._halt and not (
+                        err is not None and run.stop_on_error):
+                    with lock:
+                        if m.cursor < n and mready and mready[0] == key and (
+                                not ready or ready[0] > key):
+                            nxt = m.cursor
+                            m.cursor = nxt + 1
+                            if nxt + 1 >= n and not m.retry:
+                                heapq.heappop(mready)
+                                m.queued = False
+                put((_IDONE, m, k, attempt, result, err, t0, t1, worker, nxt))
+                if nxt < 0:
+                    return
+                k, attempt = nxt, 1
+                kw = dict(base)
+                kw[param] = items[k]
+                if m.wants_ctx:
+                    kw[CTX] = Context(run.run_id, m.instance(k), 1, None, run.params,
+                                      run._log_sink, m.upstream, run)
+        except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
+            put((_CRASH, exc))
+
+    # -- remote executors: one instance per submission
+    def _submit_remote(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
+        run = self.run
+        try:
+            fut = run.executor.submit(_call_remote, m.call, kw)
+        except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
+            now = run.clock.monotonic()
+            run.q.put((_IDONE, m, k, attempt, None, remote_failure(exc, m.instance(k)),
+                       now, now, None, -1))
+            return
+        fut.add_done_callback(partial(self._remote_done, m, k, attempt))
+
+    def _remote_done(self, m: MapState, k: int, attempt: int, fut: Any) -> None:
+        """A remote instance attempt ended (executor callback thread): post it."""
+        run = self.run
+        put = run.q.put
+        name = m.instance(k)
+        now = run.clock.monotonic()
+        result = None
+        try:
+            payload, err, t0, t1, worker, logs = fut.result()
+        except BaseException as exc:  # noqa: BLE001 - pickling errors, broken pools, cancels
+            err, t0, t1, worker, logs = remote_failure(exc, name), now, now, None, []
+        else:
+            if err is None:
+                try:
+                    result = loads_result(payload)
+                except UnpicklableResult as exc:
+                    err = exc
+        if isinstance(err, UnpicklableResult):
+            err = UnpicklableResult(f"task {name!r} {err}")
+        t0, t1 = now - (t1 - t0), now
+        for level, event, fields in logs:
+            put((_LOG, name, level, attempt, None, event, fields, t1))
+        put((_IDONE, m, k, attempt, result, err, t0, t1, worker, -1))
+
+    # ------------------------------------------------------------------ map: completion
+    def on_done(self, m: MapState, k: int, attempt: int, result: Any, err: BaseException | None,
+                t0: float, t1: float, worker: str | None, nxt: int) -> None:
+        """An instance attempt ended (scheduler thread); ``nxt`` >= 0: the worker took it."""
+        run = self.run
+        if nxt < 0:
+            run._inflight -= 1
+        else:
+            m.status[nxt] = I_RUNNING
+        if m.t0[k] != m.t0[k]:  # NaN: the first attempt
+            m.t0[k] = t0
+        if err is None and not m.watched:
+            m.results[k] = result
+            m.status[k] = I_SUCCEEDED
+            m.attempts[k] = attempt
+            m.t1[k] = t1
+            m.workers[k] = worker
+            if m.errors:  # an earlier attempt's error
+                m.errors.pop(k, None)
+            if run.reporting:
+                run._report_end(m.instance(k), m.outcome(k, run._offset), t1)  # type: ignore[arg-type]
+            m.left -= 1
+            if not m.left:
+                run._finish(*self.result(m))
+        else:
+            self._decide(m, k, attempt, result, err, t0, t1, worker)
+        if nxt >= 0 and run.reporting:
+            run._report_started(m.instance(nxt), 1, None, t1)
+
+    def _decide(self, m: MapState, k: int, attempt: int, result: Any, err: BaseException | None,
+                t0: float, t1: float, worker: str | None) -> None:
+        run = self.run
+        decision = None
+        if run._has_attempt_done:
+            off = run._offset
+            decision = run.hook.flowdeco_attempt_done(
+                run=run, task=m.vertex,
+                attempt=Attempt(attempt, None, result, err, t0 + off, t1 + off, t1 - t0))
+        if isinstance(decision, Reschedule):
+            next_attempt = decision.attempt if decision.attempt is not None else attempt + 1
+            delay = max(float(decision.delay), 0.0)
+            m.attempts[k] = attempt
+            if err is not None:
+                m.errors[k] = err
+                if run.reporting:
+                    run._report("task_retrying", m.instance(k),
+                                {"attempt": attempt, "delay": delay, "error": format_error(err),
+                                 **decision.fields}, t1)
+            if run.stopping:
+                self.end(m, k, I_INTERRUPTED if run.interrupted or err is None else I_FAILED,
+                         None, err, attempt, t1, worker)
+                return
+            m.status[k] = I_WAITING
+            # the timer's iteration slot carries the instance (see Run._release_timers)
+            run._push_timer(run.clock.monotonic() + delay, m.index, next_attempt, k)
+            return
+        if isinstance(decision, Finish):
+            result, err = decision.result, decision.error
+        elif decision is not None:
+            raise InternalError(f"flowdeco_attempt_done returned {decision!r}; expected "
+                                "Reschedule, Finish or None")
+        self.end(m, k, I_SUCCEEDED if err is None else I_FAILED, result, err, attempt, t1,
+                 worker)
+
+    def end(self, m: MapState, k: int, code: int, result: Any, err: BaseException | str | None,
+            attempts: int, t1: float | None, worker: str | None) -> None:
+        """Record how instance ``k`` ended; the mapped task ends with its last instance."""
+        run = self.run
+        m.status[k] = code
+        if code == I_SUCCEEDED or code == I_RESTORED:
+            m.results[k] = result
+        if err is None:
+            m.errors.pop(k, None)
+        else:
+            m.errors[k] = err
+        m.attempts[k] = attempts
+        m.t1[k] = _NAN if t1 is None else t1
+        m.workers[k] = worker
+        if run.reporting:
+            run._report_end(m.instance(k), m.outcome(k, run._offset), t1)  # type: ignore[arg-type]
+        m.left -= 1
+        if not m.left:
+            run._finish(*self.result(m))
+        elif code == I_FAILED and run.stop_on_error and not run.stopping:
+            run._stop(interrupted=False)
+
+    def result(self, m: MapState) -> tuple:
+        """How the mapped task ends, as a ``Run._finish`` tuple (all instances ended)."""
+        i = m.index
+        status = m.status
+        now = self.run.clock.monotonic()
+        failed = status.count(I_FAILED)
+        if failed:
+            names, k = [], status.find(I_FAILED)
+            while k >= 0 and len(names) < _NAMED:
+                names.append(m.instance(k))
+                k = status.find(I_FAILED, k + 1)
+            more = ", ..." if failed > len(names) else ""
+            return (i, FAILED, None,
+                    f"MapFailed: {failed} of {m.n} instances failed: {', '.join(names)}{more}",
+                    1, now, None, None)
+        if any(status.count(c) for c in (I_PENDING, I_RUNNING, I_WAITING, I_INTERRUPTED)):
+            return (i, INTERRUPTED, None, None, 0, now, None, None)
+        if status.count(I_SKIPPED):
+            return (i, SKIPPED, None, None, 0, None, None, "stopped")
+        return (i, SUCCEEDED, list(m.results), None, 1, now, None, None)
+
+    # ------------------------------------------------------------------ map: timers, stop, end
+    def timer(self, i: int, attempt: int, k: int | None) -> bool:
+        """A timer of slow task ``i`` fired: an instance's retry is due, or a mapped
+        task's delay ended.  False: not a mapped task (the runner queues it)."""
+        run = self.run
+        m = self.maps.get(i)
+        if m is not None:
+            assert k is not None
+            with run._lock:
+                m.retry.append((k, attempt))
+                if not m.queued:
+                    heapq.heappush(self.mready, m.key)
+                    m.queued = True
+            return True
+        spec = run.graph.vertices[i].spec
+        if spec is None or spec.map is None:
+            return False
+        done = self.expand(i)
+        if done is not None:
+            run._finish(*done)
+        return True
+
+    def stop_timer(self, i: int, k: int | None, interrupted: bool, now: float) -> bool:
+        """The run stops while instance ``k`` of ``i`` waits for a retry: it ends now."""
+        m = self.maps.get(i)
+        if m is None:
+            return False
+        assert k is not None
+        err = m.errors.get(k)
+        code = I_INTERRUPTED if interrupted or err is None else I_FAILED
+        self.end(m, k, code, None, err, m.attempts[k], now, None)
+        return True
+
+    def finalize(self, i: int) -> tuple:
+        """The run is over with mapped task ``i`` unfinished: give every instance an outcome."""
+        run = self.run
+        m = self.maps[i]
+        if not run.stopping:
+            raise InternalError(f"mapped task {m.name!r} did not finish")
+        now = run.clock.monotonic()
+        status = m.status
+        for k in range(m.n):
+            code = status[k]
+            if code >= _ENDED:
+                continue
+            if code == I_PENDING:
+                end, t1 = I_SKIPPED, None
+            else:
+                end, t1 = I_INTERRUPTED, now
+                if m.t0[k] != m.t0[k]:
+                    m.t0[k] = now
+                m.attempts[k] = max(m.attempts[k], 1)
+            m.left -= 1
+            status[k] = end
+            m.t1[k] = _NAN if t1 is None else t1
+            if run.reporting:
+                run._report_end(m.instance(k), m.outcome(k, run._offset), t1)  # type: ignore[arg-type]
+        run._state[i] = DONE
+        return self.result(m)
+
+    # ------------------------------------------------------------------ outcomes of instances
+    def instance_outcome(self, name: str) -> TaskOutcome | None:
+        """The outcome of instance ``name`` (``task[k]``) once it has ended, else None."""
+        if not name.endswith("]") or "[" not in name:
+            return None
+        base, _, k = name[:-1].rpartition("[")
+        i = self.run.graph.by_name.get(base)
+        m = self.maps.get(i) if i is not None else None
+        if m is None or not k.isdigit() or str(int(k)) != k or int(k) >= m.n:
+            return None
+        return m.outcome(int(k), self.run._offset)
+
+    def instance_names(self, i: int) -> Iterator[str]:
+        m = self.maps.get(i)
+        if m is not None:
+            name = m.name
+            for k in range(m.n):
+                yield f"{name}[{k}]"
+
+    def instance_count(self) -> int:
+        return sum(m.n for m in self.maps.values())
