@@ -16,9 +16,10 @@ rows; without it they are left out.  Two measurements:
    16 x 0.5 s; two processes or two Dask worker processes about half of that.
    Target: process and dask at least 1.7x faster than thread.
 2. **Per-task overhead**: 1,000 independent no-op tasks on the same 2-process
-   Dask cluster through flowdeco, next to the same calls made with
-   ``client.submit`` directly (all submitted, then gathered) -- and, for
-   reference, on the process and thread executors.
+   Dask cluster through flowdeco (with the batching of tiny tasks, and with
+   it turned off), next to the same calls made with ``client.submit``
+   directly (all submitted, then gathered) -- and, for reference, on the
+   process and thread executors.
 
 Repetitions run interleaved (rep 1 of every executor, then rep 2, ...); the
 tables give medians and, for the CPU flow, the best (minimum) wall times too:
@@ -27,8 +28,9 @@ hardly from the thread run (which uses one core), so the best case is the
 better estimate of what the executors can do.
 
 The Dask cluster (a ``LocalCluster`` of 2 worker processes with 1 thread
-each, started like ``--executor dask`` starts one) is started once; its
-start-up time is reported on its own and is not in any other figure.
+each, started like ``--executor dask`` starts one) is started for each
+repetition's Dask measurements and closed after them; its start-up time is
+reported on its own and is not in any other figure.
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ def run_flow(tasks, executor, workers=2) -> float:
     return wall
 
 
+def unbatched(tasks, executor) -> float:
+    """``run_flow`` with the remote batching of tiny tasks turned off."""
+    import flowdeco.runner as runner
+    saved, runner._BATCH_MAX = runner._BATCH_MAX, 1
+    try:
+        return run_flow(tasks, executor)
+    finally:
+        runner._BATCH_MAX = saved
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=1, help="repetitions per cell (median)")
@@ -138,51 +150,45 @@ def main() -> int:
         DaskExecutor = None
         print("flowdeco-dask is not installed: no Dask rows", file=sys.stderr)
 
-    out: dict = {"load_start": os.getloadavg()[0], "loops": loops}
-    t0 = time.perf_counter()
-    burn_s = _timed(bench_flow.burn, loops)
-    out["one_task_s"] = burn_s
-    dask = None
-    if DaskExecutor is not None:
+    out: dict = {"load_start": os.getloadavg()[0], "loops": loops,
+                 "one_task_s": _timed(bench_flow.burn, loops), "dask_startup_s": []}
+    names = ["thread", "process"] + (["dask", "client.submit"] if DaskExecutor else [])
+    cpu: dict[str, list[float]] = {k: [] for k in names if k != "client.submit"}
+    over: dict[str, list[float]] = {k: [] for k in names}
+    over.update({f"{k} unbatched": [] for k in ("process", "dask") if k in names})
+    for rep in range(args.reps):
+        print(f"rep {rep + 1}/{args.reps}: thread, process ...", file=sys.stderr)
+        for name in ("thread", "process"):
+            run_flow(bench_flow.NOOP[:4], name)          # warm-up (imports, first fork)
+            cpu[name].append(run_flow(bench_flow.CPU, name))
+            over[name].append(run_flow(bench_flow.NOOP, name))
+            if name == "process":
+                over["process unbatched"].append(unbatched(bench_flow.NOOP, name))
+        if DaskExecutor is None:
+            continue
+        # the cluster lives only while Dask is measured: idle, it would still
+        # take some CPU from the other executors' runs
+        print(f"rep {rep + 1}/{args.reps}: dask ...", file=sys.stderr)
         t0 = time.perf_counter()
         dask = DaskExecutor.start(2)
-        dask.client.wait_for_workers(2)
-        out["dask_startup_s"] = time.perf_counter() - t0
-
-    executors = {"thread": lambda: "thread", "process": lambda: "process"}
-    if dask is not None:
-        executors["dask"] = lambda: dask.client
-    try:
-        # warm-up: import the flow in every worker, start the process pool once
-        for name, ex in executors.items():
-            run_flow(bench_flow.NOOP[:4], ex())
-        cpu: dict[str, list[float]] = {k: [] for k in executors}
-        for _ in range(args.reps):
-            for name, ex in executors.items():
-                print(f"cpu flow on {name} ...", file=sys.stderr)
-                cpu[name].append(run_flow(bench_flow.CPU, ex()))
-        out["cpu"] = {k: statistics.median(v) for k, v in cpu.items()}
-        out["cpu_best"] = {k: min(v) for k, v in cpu.items()}
-        out["cpu_all"] = cpu
-
-        over: dict[str, list[float]] = {k: [] for k in executors}
-        if dask is not None:
-            over["client.submit"] = []
-        for _ in range(args.reps):
-            for name, ex in executors.items():
-                print(f"{args.noops} no-ops on {name} ...", file=sys.stderr)
-                over[name].append(run_flow(bench_flow.NOOP, ex()))
-            if dask is not None:
-                t0 = time.perf_counter()
-                futs = [dask.client.submit(noop, i, pure=False) for i in range(args.noops)]
-                dask.client.gather(futs)
-                over["client.submit"].append(time.perf_counter() - t0)
-                del futs
-        out["noop"] = {k: statistics.median(v) for k, v in over.items()}
-        out["noop_all"] = over
-    finally:
-        if dask is not None:
+        try:
+            dask.client.wait_for_workers(2)
+            out["dask_startup_s"].append(time.perf_counter() - t0)
+            run_flow(bench_flow.NOOP[:4], dask.client)   # warm-up: workers import the flow
+            cpu["dask"].append(run_flow(bench_flow.CPU, dask.client))
+            over["dask"].append(run_flow(bench_flow.NOOP, dask.client))
+            over["dask unbatched"].append(unbatched(bench_flow.NOOP, dask.client))
+            t0 = time.perf_counter()
+            futs = [dask.client.submit(noop, i, pure=False) for i in range(args.noops)]
+            dask.client.gather(futs)
+            over["client.submit"].append(time.perf_counter() - t0)
+            del futs
+        finally:
             dask.shutdown()
+    out["cpu"] = {k: statistics.median(v) for k, v in cpu.items()}
+    out["cpu_best"] = {k: min(v) for k, v in cpu.items()}
+    out["noop"] = {k: statistics.median(v) for k, v in over.items()}
+    out["cpu_all"], out["noop_all"] = cpu, over
     out["load_end"] = os.getloadavg()[0]
     report(out, args)
     if args.json:
@@ -194,9 +200,10 @@ def report(out: dict, args: argparse.Namespace) -> None:
     cpu = out["cpu"]
     print(f"load average {out['load_start']:.2f} -> {out['load_end']:.2f}; "
           f"one task alone: {out['one_task_s']:.3f} s; reps: {args.reps}")
-    if "dask_startup_s" in out:
-        print(f"Dask LocalCluster (2 processes) start-up: {out['dask_startup_s']:.2f} s "
-              "(not in the figures below)")
+    if out["dask_startup_s"]:
+        print(f"Dask LocalCluster (2 processes) start-up: "
+              f"{statistics.median(out['dask_startup_s']):.2f} s (median; not in the figures "
+              "below)")
     print()
     print(f"CPU-bound flow: {args.tasks} tasks x {out['one_task_s']:.2f} s, workers=2")
     print()
@@ -217,9 +224,13 @@ def report(out: dict, args: argparse.Namespace) -> None:
     print("| how | wall (s) | per task (ms) |")
     print("|---|---|---|")
     for name, wall in out["noop"].items():
-        label = {"dask": "flowdeco on dask", "process": "flowdeco on process (2)",
+        label = {"dask": "flowdeco on dask (2 workers)",
+                 "dask unbatched": "flowdeco on dask, batching off",
+                 "process": "flowdeco on process (2)",
+                 "process unbatched": "flowdeco on process (2), batching off",
                  "thread": "flowdeco on thread (2)",
-                 "client.submit": "client.submit directly"}.get(name, name)
+                 "client.submit": "client.submit directly, all at once, then gather"
+                 }.get(name, name)
         print(f"| {label} | {wall:.3f} | {wall / n * 1000:.3f} |")
 
 

@@ -42,8 +42,10 @@ called with the mapped vertex as ``task``: retry policies apply per
 instance), its own restore (``flowdeco_task_restore(name="task[k]")``, asked
 as the instance is about to start).  When every instance has ended the
 vertex ends like a sub-flow node: ``succeeded`` with the list of results in
-element order, else ``failed`` naming the failed instances (``interrupted``
-or ``skipped``/``stopped`` when the run stopped before it could finish).
+element order, else ``failed`` naming the failed instances; when the run
+stops (``-x``, Ctrl-C, ``run.stop()``) no new instance starts, those not
+started are ``skipped`` (``stopped``), and the vertex is ``interrupted`` (or
+``skipped``/``stopped`` when none had started).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class MapState:
         self.retry: list[tuple[int, int]] = []
         self.queued = False
         self.status = bytearray(n)
-        self.attempts = array("I", bytes(4 * n))
+        self.attempts = array("I", [0]) * n
         self.t0 = array("d", [_NAN]) * n
         self.t1 = array("d", [_NAN]) * n
         self.results: list[Any] = [None] * n
@@ -548,10 +550,13 @@ class Dynamic:
             return (i, FAILED, None,
                     f"MapFailed: {failed} of {m.n} instances failed: {', '.join(names)}{more}",
                     1, now, None, None)
-        if any(status.count(c) for c in (I_PENDING, I_RUNNING, I_WAITING, I_INTERRUPTED)):
-            return (i, INTERRUPTED, None, None, 0, now, None, None)
-        if status.count(I_SKIPPED):
+        skipped = status.count(I_SKIPPED)
+        if skipped == m.n:  # the run stopped before any instance started
             return (i, SKIPPED, None, None, 0, None, None, "stopped")
+        if skipped or any(status.count(c) for c in (I_PENDING, I_RUNNING, I_WAITING,
+                                                     I_INTERRUPTED)):
+            # cut short by a stop, like an interval task between two iterations
+            return (i, INTERRUPTED, None, None, 1, now, None, None)
         return (i, SUCCEEDED, list(m.results), None, 1, now, None, None)
 
     # ------------------------------------------------------------------ map: timers, stop, end

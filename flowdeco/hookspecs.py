@@ -188,7 +188,10 @@ def flowdeco_attempt_done(run: "Run", task: "Vertex", attempt: "Attempt") -> "Op
     ``Finish(error=...)`` to end the task with that outcome (an interval task
     ending with the list of its results), or None to end it with the
     attempt's own result or error.  This is the attempt loop: the retry
-    plugin owns it by answering here.
+    plugin owns it by answering here.  For an instance of a mapped task
+    (``@task(map=...)``) ``task`` is the mapped task's vertex and the attempt
+    is that instance's (``Attempt.number`` counts per instance), so a retry
+    policy applies to each instance on its own.
     """
 
 
@@ -202,7 +205,10 @@ def flowdeco_report(run: "Run", event: "Event") -> None:
     task that ended carries ``event.outcome``.  Reporting plugins (audit,
     progress, state) implement this; a figure that can be computed from the
     run's records at the end (metrics) should be, instead of costing a hook
-    call per event.
+    call per event.  Instances of a mapped task report under their own names
+    (``event.task == "scan[3]"``, not in ``run.graph.by_name``);
+    ``task_mapped`` (with ``instances``) announces them, and the mapped task
+    itself ends after its last instance.
     """
 
 

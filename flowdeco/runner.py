@@ -14,6 +14,12 @@ The life of a task::
         -> otherwise: DONE (succeeded / failed); successors are released,
            or skipped with reason "upstream" when this one did not succeed.
 
+Sub-flow nodes and tasks with ``trigger=``, ``when=`` or ``map=`` go through
+``Dynamic.gate`` once their dependencies are done (trigger rule, condition);
+a mapped task then runs as instances ``task[k]`` from a scheduler-side heap
+merged with the ready heap by priority (see ``flowdeco/dynamic.py``).  The
+hot paths of plain tasks never look at that module.
+
 Hand-offs stay rare: a thread worker that finishes a task picks its next
 task itself, under the ready heap's lock -- the best ready task, or the
 successor that depends only on the task it just finished (released by this

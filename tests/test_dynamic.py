@@ -1019,3 +1019,36 @@ def test_dynamic_example_from_the_cli(tmp_path):
     assert "12 succeeded" in proc.stdout
     assert '"task": "parse[3]"' in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_stop_in_the_middle_of_a_map_interrupts_it(executor):
+    gate = threading.Event()
+
+    class StopAfterOne:
+        @hookimpl
+        def flowdeco_report(self, run, event):
+            if event.name == "task_succeeded" and event.task == "scan[1]":
+                run.stop()
+
+        @hookimpl
+        def flowdeco_report_flush(self, run):
+            if run.stopping:
+                gate.set()
+
+    @task
+    def files():
+        return list(range(20))
+
+    @task(map="files")
+    def scan(files):
+        if files >= 2:   # a worker that took the next instance already: wait for the stop
+            assert gate.wait(10)
+        return files
+
+    result = go([files, scan], executor=executor, workers=1, plugins=[StopAfterOne()])
+    assert result.status == "failed"
+    assert result["scan"].status == "interrupted"
+    ran = [k for k in range(20) if result[f"scan[{k}]"].status == "succeeded"]
+    assert ran[:2] == [0, 1] and ran == list(range(len(ran))) and len(ran) < 20
+    assert {result[f"scan[{k}]"].reason for k in range(len(ran), 20)} == {"stopped"}

@@ -23,6 +23,7 @@ changed after an interpreter upgrade (safe, never stale).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from types import CodeType
 from typing import Any
 
@@ -70,8 +71,29 @@ def _hash_code(code: CodeType, h: Any, doc: str | None = None) -> None:
                    code.co_kwonlyargcount, code.co_flags, shown)).encode())
 
 
+#: function -> (its code object, spec, digest): flows run again in one process (tests,
+#: ``serve`` ticks) hash each function once; a replaced ``__code__`` is noticed
+_CACHE: "weakref.WeakKeyDictionary[Any, tuple[Any, Any, str]]" = weakref.WeakKeyDictionary()
+
+
 def code_digest(fn: Any, spec: Any = None) -> str:
     """The ``CODE`` half of a fingerprint for task function ``fn`` with its ``TaskSpec``."""
+    code = getattr(fn, "__code__", None)
+    try:
+        hit = _CACHE.get(fn)
+    except TypeError:  # not weakly referenceable
+        hit = None
+    if hit is not None and hit[0] is code and hit[1] is spec:
+        return hit[2]
+    digest = _code_digest(fn, spec)
+    try:
+        _CACHE[fn] = (code, spec, digest)
+    except TypeError:
+        pass
+    return digest
+
+
+def _code_digest(fn: Any, spec: Any) -> str:
     h = hashlib.blake2b(digest_size=8)
     seen = 0
     obj = fn

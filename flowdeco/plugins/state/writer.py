@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence
 
@@ -40,13 +39,12 @@ from .codec import Unstorable, type_name
 from .store import Store, TaskRow
 
 _STOP = None
-_HURRY = "hurry"
 #: ``seqs[i]`` of a task whose end the scheduler has not seen yet
 UNREPORTED = sys.maxsize
 #: how long the writer gathers batches before committing them together, unless a
-#: gate is waiting (then it commits at once)
+#: gate is waiting (then it commits at once).  A crash loses at most this much of
+#: completions that nothing has used yet (those tasks run again on resume).
 GROUP_WINDOW = 0.02
-GROUP_ROWS = 2000
 
 
 class Writer(threading.Thread):
@@ -63,6 +61,8 @@ class Writer(threading.Thread):
         self.committed = 0
         #: gates waiting right now (the writer then commits without gathering)
         self.waiting = 0
+        #: set by a waiting gate or by stop(): end the gathering now
+        self.hurry = threading.Event()
         self.error: BaseException | None = None
         #: rows of batches that could not be written (after an error)
         self.unwritten: dict[str, TaskRow] = {}
@@ -73,26 +73,23 @@ class Writer(threading.Thread):
     def run(self) -> None:
         get = self.queue.get
         while True:
-            item = get()
-            if item is _HURRY:
-                continue
-            stop = item is _STOP
-            batches = [] if stop else [item]
-            rows = 0 if stop else len(item[1])
-            deadline = 0.0 if self.waiting else time.monotonic() + self.window
-            while not stop and rows < GROUP_ROWS:
-                left = deadline - time.monotonic()
+            first = get()  # idle until a batch arrives
+            stop = first is _STOP
+            if not stop and not self.waiting:
+                # gather for a while; only a waiting gate (or stop) wakes us early, so
+                # batches arriving meanwhile cost no thread switch
+                self.hurry.wait(self.window)
+            self.hurry.clear()
+            batches = [] if stop else [first]
+            while True:
                 try:
-                    nxt = get(timeout=left) if left > 0 else self.queue.get_nowait()
+                    item = self.queue.get_nowait()
                 except Empty:
                     break
-                if nxt is _STOP:
+                if item is _STOP:
                     stop = True
-                elif nxt is _HURRY:
-                    deadline = 0.0  # someone waits: take what is queued and commit
                 else:
-                    batches.append(nxt)
-                    rows += len(nxt[1])
+                    batches.append(item)
             if batches:
                 self._write(batches)
             if stop:
@@ -130,7 +127,7 @@ class Writer(threading.Thread):
         """
         with self.cond:
             self.waiting += 1
-            self.queue.put(_HURRY)
+            self.hurry.set()
             try:
                 while max([seqs[d] for d in deps]) > self.committed and self.error is None:
                     self.cond.wait()
@@ -145,6 +142,7 @@ class Writer(threading.Thread):
         """Commit what is queued and end the thread."""
         if self.is_alive():
             self.queue.put(_STOP)
+            self.hurry.set()
             self.join()
 
 
