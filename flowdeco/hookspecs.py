@@ -131,8 +131,11 @@ def flowdeco_run_start(run: "Run") -> None:
 
     ``run`` exposes ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
     ``state_dir`` (None with ``--no-state``) and ``emit``.  A plugin that
-    must see a task's completion before its dependents start (durable state)
-    sets ``run.inline_successors = False`` here.
+    must see a task's completion before its dependents start can set
+    ``run.inline_successors = False`` here (the scheduler then starts every
+    task itself, after each batch's ``flowdeco_report_flush``), or -- cheaper,
+    what the state plugin does -- wrap attempts (``flowdeco_task_wrap``) so a
+    task waits on its worker until what it depends on has been recorded.
     """
 
 

@@ -28,8 +28,10 @@ only takes a task that the priority rule lets go first: one that beats every
 successor the finished task may release, and with one worker nothing while an
 earlier completion of its own is still unseen by the scheduler.  A chain
 costs a function call instead of two thread switches.  A plugin that must see
-each completion before dependents start (durable state) turns this off with
-``run.inline_successors = False``; the scheduler then starts every task.
+each completion before dependents start can turn this off with
+``run.inline_successors = False`` (the scheduler then starts every task), or
+keep it and make each attempt wait on its worker until its inputs are
+recorded -- the state plugin's way, see ``flowdeco/plugins/state/writer.py``.
 """
 
 from __future__ import annotations
@@ -497,12 +499,19 @@ class Run:
 
     # -- the loop
     def execute(self) -> RunResult:
-        self._setup()
-        if self.reporting:
-            fields: dict[str, Any] = {"flow": self.graph.name, "tasks": len(self.graph)}
-            if self.resumed:
-                fields["resumed"] = True
-            self._report("run_started", None, fields)
+        try:
+            self._setup()
+            if self.reporting:
+                fields: dict[str, Any] = {"flow": self.graph.name, "tasks": len(self.graph)}
+                if self.resumed:
+                    fields["resumed"] = True
+                self._report("run_started", None, fields)
+        except BaseException:
+            # a plugin refused to start (a run in use, a foreign store): release
+            # what the run owns before the error reaches the user
+            if self.owns_executor:
+                self.executor.shutdown(wait=False, cancel_futures=True)
+            raise
         restore = self._install_signals()
         try:
             try:

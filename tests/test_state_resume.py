@@ -507,3 +507,39 @@ def test_resume_keeps_the_audit_trail(etl):
     starts = [e for e in lines if e["event"] == "run_started"]
     assert len(starts) == 2 and starts[1]["resumed"] is True
     assert Path(etl.state / "state.db").exists()
+
+
+def test_mapped_instances_are_restored_one_by_one(flows, tmp_path, monkeypatch):
+    log = tmp_path / "m.log"
+    path = flows.write(f"""
+        import os
+        from flowdeco import task
+
+        @task
+        def files():
+            return ["a", "b", "c", "d"]
+
+        @task(map="files")
+        def scan(files):
+            open({str(log)!r}, "a").write(files + "\\n")
+            if files == "c" and os.environ.get("FD_FAIL_C"):
+                raise ValueError("unreadable")
+            return (files, len(files))
+
+        @task
+        def total(scan):
+            return [name for name, _ in scan]
+    """)
+    st = flows.cwd / "st"
+    monkeypatch.setenv("FD_FAIL_C", "1")
+    first = flowdeco.run(str(path), state_dir=st, run_id="m", workers=2)
+    assert first["scan"].status == "failed" and first["scan[2]"].status == "failed"
+    monkeypatch.delenv("FD_FAIL_C")
+    log.unlink()
+    second = flowdeco.run(str(path), state_dir=st, resume="m", workers=2)
+    assert second.ok and log.read_text().split() == ["c"]
+    assert second["scan[0]"].status == "restored" and second["scan[2]"].status == "succeeded"
+    assert second.results["scan"][0] == ("a", 1)  # restored instance results keep their types
+    assert second.results["total"] == ["a", "b", "c", "d"]
+    third = flowdeco.run(str(path), state_dir=st, resume="m", rerun=["files"])
+    assert third.ok and sorted(log.read_text().split()) == ["a", "b", "c", "c", "d"]

@@ -5,8 +5,12 @@ What it does (contract: DESIGN.md §6):
 - Every task's completion (status, attempts, timings, source fingerprint and
   result as JSON) is committed to ``STATE_DIR/state.db`` before any task that
   depends on it starts, so a run killed at any moment (even by SIGKILL) never
-  runs a recorded task again when resumed.  Rows of tasks that finish
-  together are written in one transaction.
+  runs a recorded task again when resumed.  Completions are written in group
+  commits by a writer thread (at most ~20 ms apart, at once when a dependent
+  is waiting); a dependent's body waits on its worker until its inputs are
+  committed (:mod:`.writer`).  A crash can therefore lose only completions
+  that nothing has used yet: those tasks run again on resume.
+  ``--state-sync full`` adds an fsync per commit (power-loss durability).
 - ``--resume ID|last`` (``run(resume=...)``) restores completed tasks
   (status ``restored``; their stored results feed dependents) and runs the
   rest.  A completed task whose code or bound parameters changed is re-run

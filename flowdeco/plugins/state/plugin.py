@@ -8,13 +8,16 @@ Lifecycle of one session (see :mod:`flowdeco.hookspecs` for the hooks):
 2. ``flowdeco_collection_finish``: a resumed run is resolved (``last`` is the
    latest run *of this flow*), checked (same flow), locked, and its task
    records are loaded; ``--run-id`` is set to the resumed id.
-3. ``flowdeco_run_start``: the run is locked and recorded ``running``; every
-   task's fingerprint is computed; successors are no longer chained on
-   workers (a completion is committed before dependents start); on resume,
-   the tasks to restore are decided and a restorer is registered.
-4. While running: each successful attempt's result is encoded in
-   ``flowdeco_attempt_done`` (an unstorable result fails the task);
-   ``flowdeco_report`` buffers one row per task; ``flowdeco_report_flush``
+3. ``flowdeco_run_start``: the run is locked and recorded ``running``; on
+   resume, fingerprints are compared, the tasks to restore are decided and a
+   restorer is registered.  With a thread (or sync) executor every task is
+   wrapped (``flowdeco_task_wrap``): on its worker it waits until its
+   dependencies' completions are committed, then runs, then encodes its
+   result.  Other executors: results are encoded in ``flowdeco_attempt_done``
+   and ``run.on_success`` lists every task.
+4. While running: an unstorable result fails its task at once (no retry);
+   ``flowdeco_report`` buffers one row per task (with its fingerprint,
+   computed then); ``flowdeco_report_flush``
    turns the buffer into one transaction when it holds a task's end.  With a
    thread executor the transaction is committed by a writer thread and each
    dependent waits on its worker until its inputs are committed (see
@@ -158,14 +161,21 @@ def flowdeco_cli_commands(commands: dict) -> None:
 
 
 class _Restorer:
-    """Supplies stored results of the tasks chosen for restoring (registered only on resume)."""
+    """Supplies stored results chosen for restoring (registered only on resume).
 
-    def __init__(self, restore: dict[int, Restored]):
+    ``restore``: whole tasks by vertex index; ``instances``: single instances
+    of mapped tasks (``scan[3]``) whose task did not complete as a whole.
+    """
+
+    def __init__(self, restore: dict[int, Restored], instances: dict[str, Restored]):
         self.restore = restore
+        self.instances = instances
 
     @hookimpl
-    def flowdeco_task_restore(self, run: Any, task: Any) -> Restored | None:
-        return self.restore.pop(task.index, None)
+    def flowdeco_task_restore(self, run: Any, task: Any, name: str) -> Restored | None:
+        if name == task.name:
+            return self.restore.pop(task.index, None)
+        return self.instances.pop(name, None)
 
 
 class StatePlugin:
@@ -192,6 +202,7 @@ class StatePlugin:
         #: per task index: the batch holding its completion (0: durable already)
         self.seqs: list[int] = []
         self.next_seq = 1
+        #: id(result) -> (result, its JSON), encoded on the worker until it is recorded
         self.encoded: dict[int, tuple[Any, str]] = {}
         self.write_error: BaseException | None = None
         self._restorer: _Restorer | None = None
@@ -287,11 +298,24 @@ class StatePlugin:
         return fp
 
     def _plan_restore(self, run: Any) -> None:
+        """Decide what a resumed run restores (see the module docstring of the package).
+
+        A task is restored when its record is completed, its fingerprint is
+        unchanged, ``--rerun`` does not match it and everything it depends on
+        is restored too.  A mapped task that did not complete as a whole gets
+        its completed instances restored one by one under the same conditions.
+        """
         graph = run.graph
         vertices = graph.vertices
         stored = self.stored or {}
+        instances_of: dict[str, list[TaskRecord]] = {}
+        for name, rec in stored.items():
+            base = _instance_base(name)
+            if base is not None and rec.completed:
+                instances_of.setdefault(base, []).append(rec)
         ok = [False] * len(vertices)
         restore: dict[int, Restored] = {}
+        instances: dict[str, Restored] = {}
         changed: list[tuple[str, str]] = []
         requested = 0
         for i in graph.order:
@@ -301,37 +325,52 @@ class StatePlugin:
                 ok[i] = upstream_ok
                 continue
             rec = stored.get(v.name)
-            if rec is None or not rec.completed:
+            parts = instances_of.get(v.name, ())
+            if rec is None and not parts:
                 continue
             if any(match(v.name) for _, match in self.rerun):
-                requested += 1
+                requested += rec is not None and rec.completed
                 continue
-            why = why_changed(rec.fingerprint or "", self._fingerprint(i))
+            now = self._fingerprint(i)
+            before = rec.fingerprint if rec is not None and rec.fingerprint else \
+                (parts[0].fingerprint if parts else None)
+            why = why_changed(before, now) if before else "no fingerprint"
             if why is not None:
-                changed.append((v.name, why))
+                if rec is not None and rec.completed:
+                    changed.append((v.name, why))
                 continue
             if not upstream_ok:
                 continue
-            if rec.result is None:
-                raise StateError(f"{self.store.location}: run {self.resume_id!r}, task "
-                                 f"{v.name!r}: completed without a stored result; re-run it "
-                                 f"with --rerun {v.name!r}")
-            try:
-                value = self.codec.loads(rec.result)
-            except StateError as exc:
-                raise StateError(f"run {self.resume_id!r}, task {v.name!r}: {exc}; re-run it "
-                                 f"with --rerun {v.name!r}") from None
-            ok[i] = True
-            restore[i] = Restored(value, attempts=rec.attempts)
+            if rec is not None and rec.completed:
+                restore[i] = Restored(self._load(rec), attempts=rec.attempts)
+                ok[i] = True
+                continue
+            for part in parts:
+                if part.fingerprint == now:
+                    instances[part.name] = Restored(self._load(part), attempts=part.attempts)
         for name, why in changed:
             run.emit("task_changed", task=name, reason=why, level="warning",
                      action="re-running it and everything downstream")
         tasks = sum(1 for v in vertices if v.kind is TASK)
-        run.emit("run_resumed", level="info", restored=len(restore), to_run=tasks - len(restore),
-                 changed=len(changed), rerun_requested=requested)
-        if restore:
-            self._restorer = _Restorer(restore)
+        fields: dict[str, Any] = {"restored": len(restore), "to_run": tasks - len(restore),
+                                  "changed": len(changed), "rerun_requested": requested}
+        if instances:
+            fields["restored_instances"] = len(instances)
+        run.emit("run_resumed", level="info", **fields)
+        if restore or instances:
+            self._restorer = _Restorer(restore, instances)
             self.config.pluginmanager.register(self._restorer, RESTORER_NAME)
+
+    def _load(self, rec: TaskRecord) -> Any:
+        if rec.result is None:
+            raise StateError(f"{self.store.location}: run {self.resume_id!r}, task "
+                             f"{rec.name!r}: completed without a stored result; re-run it "
+                             f"with --rerun {_base_name(rec.name)!r}")
+        try:
+            return self.codec.loads(rec.result)
+        except StateError as exc:
+            raise StateError(f"run {self.resume_id!r}, task {rec.name!r}: {exc}; re-run it "
+                             f"with --rerun {_base_name(rec.name)!r}") from None
 
     # -- attempts
     @hookimpl(tryfirst=True)
@@ -351,15 +390,15 @@ class StatePlugin:
             text = self.codec.dumps(result)
         except Unstorable as exc:
             return Finish(error=unstorable_error(task.name, result, exc))
-        self.encoded[task.index] = (result, text)
+        self.encoded[id(result)] = (result, text)
         return None
 
     @hookimpl
     def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
         if not self.local or task.kind is not TASK:
             return None
-        return wrapper(task.index, task.name, self.codec.dumps, self.encoded, self.writer,
-                       self.seqs, task.deps)
+        return wrapper(task.name, self.codec.dumps, self.encoded, self.writer, self.seqs,
+                       task.deps)
 
     # -- recording
     @hookimpl
@@ -376,6 +415,7 @@ class StatePlugin:
         graph = run.graph
         i = graph.by_name.get(event.task)
         if i is None:
+            self._report_instance(run, event.task, out)
             return
         status = out.status
         if status == "restored":
@@ -390,7 +430,7 @@ class StatePlugin:
         else:
             self.seqs[i] = self.next_seq
             if status == "succeeded":
-                result, status, error = self._result_text(run, v, out.result, status, error)
+                result, status, error = self._result_text(run, v.name, out.result, status, error)
         if error is not None and len(error) > _MAX_ERROR:
             error = error[:_MAX_ERROR] + "..."
         fp = self.fps[i] if v.kind is not TASK else self._fingerprint(i)
@@ -399,17 +439,32 @@ class StatePlugin:
             fp, result, error, out.reason)
         self.completions = True
 
-    def _result_text(self, run: Any, v: Any, value: Any, status: str, error: str | None
+    def _report_instance(self, run: Any, name: str, out: Any) -> None:
+        """An instance of a mapped task (``scan[3]``) ended: its own row, for restoring it alone."""
+        base = _instance_base(name)
+        i = run.graph.by_name.get(base) if base is not None else None
+        if i is None or out.status == "restored":
+            return
+        status, error, result = out.status, out.error, None
+        if status == "succeeded":
+            result, status, error = self._result_text(run, name, out.result, status, error)
+        if error is not None and len(error) > _MAX_ERROR:
+            error = error[:_MAX_ERROR] + "..."
+        self.pending[name] = TaskRow(name, status, out.attempts, out.started, out.finished,
+                                     self._fingerprint(i), result, error, out.reason)
+        self.completions = True
+
+    def _result_text(self, run: Any, name: str, value: Any, status: str, error: str | None
                      ) -> tuple[str | None, str, str | None]:
-        enc = self.encoded.pop(v.index, None)
+        enc = self.encoded.pop(id(value), None)
         if enc is not None and enc[0] is value:
             return enc[1], status, error
         try:  # a plugin ended the task with a result of its own (an interval's list)
             return self.codec.dumps(value), status, error
         except Unstorable as exc:
             # too late to fail the task: record it failed, so that a resume runs it again
-            error = f"StateError: {unstorable_error(v.name, value, exc)}"
-            run.emit("state_warning", task=v.name, level="warning", error=error)
+            error = f"StateError: {unstorable_error(name, value, exc)}"
+            run.emit("state_warning", task=name, level="warning", error=error)
             return None, "failed", error
 
     @hookimpl
@@ -479,6 +534,7 @@ class StatePlugin:
 
     def close(self) -> None:
         """Release the run lock and the store (idempotent; also called at unconfigure)."""
+        self.encoded.clear()
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.stop()
@@ -493,6 +549,18 @@ class StatePlugin:
                 lock.release()
         finally:
             self.store.close()
+
+
+def _instance_base(name: str) -> str | None:
+    """``"scan"`` for a mapped instance name ``"scan[3]"``, else None."""
+    if not name.endswith("]"):
+        return None
+    base, sep, index = name[:-1].rpartition("[")
+    return base if sep and base and index.isdigit() else None
+
+
+def _base_name(name: str) -> str:
+    return _instance_base(name) or name
 
 
 __all__ = ["StatePlugin", "make_store", "add_hookspecs"]

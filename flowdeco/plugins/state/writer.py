@@ -150,7 +150,7 @@ class UnstorableResult(StateError):
     """Raised on the worker when a task's result cannot be stored; fails the task, never retried."""
 
 
-def wrapper(index: int, name: str, dumps: Callable[[Any], str],
+def wrapper(name: str, dumps: Callable[[Any], str],
             encoded: dict[int, tuple[Any, str]], writer: Writer | None, seqs: list[int],
             deps: tuple[int, ...]) -> Callable[[Callable[[dict], Any]], Callable[[dict], Any]]:
     """The ``flowdeco_task_wrap`` decorator of a task on an in-process executor.
@@ -169,7 +169,7 @@ def wrapper(index: int, name: str, dumps: Callable[[Any], str],
                 text = dumps(result)
             except Unstorable as exc:
                 raise unstorable_error(name, result, exc) from None
-            encoded[index] = (result, text)
+            encoded[id(result)] = (result, text)
             return result
         return attempt
     return decorate
