@@ -58,16 +58,34 @@ def completed(state: Path) -> set[str] | None:
 
 
 def test_sigkill_at_random_moments_then_resume_until_done(tmp_path):
+    """At least KILLS kills in all: on a slow machine one flow may finish before its
+    kills are used up, so a fresh flow (new state, new log) continues the count --
+    every flow is checked in full."""
+    rng = random.Random(SEED)
+    started = time.monotonic()
+    total_kills = resumed_mid_run = 0
+    for round_ in range(4):
+        kills, mid = _crash_round(tmp_path / f"round{round_}", rng, KILLS - total_kills)
+        total_kills += kills
+        resumed_mid_run += mid
+        if total_kills >= KILLS:
+            break
+    assert total_kills >= KILLS
+    assert resumed_mid_run >= 5          # kills did land while tasks were recorded
+    assert time.monotonic() - started < 120
+
+
+def _crash_round(tmp_path: Path, rng: random.Random, wanted: int) -> tuple[int, int]:
+    """Kill one flow up to ``wanted`` times, resume it until done, check it; (kills, mid-run kills)."""
+    tmp_path.mkdir()
     (tmp_path / "crash.py").write_text(crash_flow())
     log = tmp_path / "effects.log"
     state = tmp_path / "state"
     env = {**os.environ, "FD_CRASH_LOG": str(log)}
-    rng = random.Random(SEED)
     kills: list[tuple[int, set[str]]] = []   # (session index, recorded completed after the kill)
     pids: list[int] = []
     done = False
-    started = time.monotonic()
-    for session in range(KILLS + 10):
+    for session in range(wanted + 10):
         known = completed(state)
         args = ["--resume", "crash"] if known is not None else ["--run-id", "crash"]
         proc = subprocess.Popen(
@@ -75,7 +93,7 @@ def test_sigkill_at_random_moments_then_resume_until_done(tmp_path):
              "-q", "-q", *args], cwd=tmp_path, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         pids.append(proc.pid)
-        if len(kills) < KILLS:
+        if len(kills) < wanted:
             if rng.random() < 0.25:   # anywhere, start-up and opening the store included
                 time.sleep(rng.uniform(0.0, 0.6))
             else:                     # while tasks run: after this process's first effect
@@ -97,8 +115,6 @@ def test_sigkill_at_random_moments_then_resume_until_done(tmp_path):
             break
         assert proc.returncode in (1, 4) or proc.returncode < 0, err
     assert done, "the run never completed"
-    assert len(kills) >= 10
-    assert time.monotonic() - started < 60
 
     names = {f"t{layer}_{j}" for layer in range(LAYERS) for j in range(WIDTH)}
     assert completed(state) == names                       # every task completed
@@ -109,5 +125,4 @@ def test_sigkill_at_random_moments_then_resume_until_done(tmp_path):
         later = [name for pid, name in effects if session_of[pid] > session]
         again = recorded & set(later)
         assert not again, f"recorded before kill {session}, ran again: {sorted(again)}"
-    # kills did land while tasks were recorded: the test exercised resume for real
-    assert sum(1 for _, rec in kills if 0 < len(rec) < len(names)) >= 5
+    return len(kills), sum(1 for _, rec in kills if 0 < len(rec) < len(names))
