@@ -19,7 +19,7 @@ from .config import Parser
 from .errors import FlowError, UsageError
 from .manager import make_pluginmanager
 from .outcome import ExitCode
-from .runner import InternalError, NoTasksError, Session
+from .runner import NoTasksError, Session
 
 _EPILOG = """\
 commands (python -m flowdeco COMMAND --help): {commands}
@@ -105,27 +105,37 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
             sys.stderr.flush()
             os._exit(int(ExitCode.INTERRUPTED))
         return result.exit_code
-    except NoTasksError as exc:
-        print(f"flowdeco: {exc}", file=err)
-        return ExitCode.NO_TASKS_COLLECTED
-    except FlowError as exc:
-        print(f"flowdeco: error: {exc}", file=err)
-        return ExitCode.USAGE_ERROR
-    except KeyboardInterrupt:
-        print("flowdeco: interrupted", file=err)
-        return ExitCode.INTERRUPTED
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else ExitCode.OK
-    except (InternalError, Exception) as exc:  # noqa: BLE001 - last line of defence
-        print("flowdeco: internal error (please report it):", file=err)
-        traceback.print_exception(exc, file=err)
-        return ExitCode.INTERNAL_ERROR
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:  # noqa: BLE001 - see exit_code_for
+        return exit_code_for(exc, err)
     finally:
         if session is not None:
             try:
                 session.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def exit_code_for(exc: BaseException, err: Any = None) -> int:
+    """Tell the user about ``exc`` in one line (a traceback only for our own bugs); its exit code.
+
+    Shared by every command (``run``, ``serve``, plugins' commands) so they
+    all map errors to pytest's exit codes the same way.
+    """
+    err = err or sys.stderr
+    if isinstance(exc, NoTasksError):
+        print(f"flowdeco: {exc}", file=err)
+        return ExitCode.NO_TASKS_COLLECTED
+    if isinstance(exc, FlowError):
+        print(f"flowdeco: error: {exc}", file=err)
+        return ExitCode.USAGE_ERROR
+    if isinstance(exc, KeyboardInterrupt):
+        print("flowdeco: interrupted", file=err)
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, SystemExit):  # --help
+        return exc.code if isinstance(exc.code, int) else ExitCode.OK
+    print("flowdeco: internal error (please report it):", file=err)
+    traceback.print_exception(exc, file=err)
+    return ExitCode.INTERNAL_ERROR
 
 
 def _summary(result, quiet: int, state: bool) -> None:  # type: ignore[no-untyped-def]

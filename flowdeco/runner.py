@@ -41,7 +41,6 @@ import os
 import pickle
 import re
 import secrets
-import signal
 import threading
 import time
 import traceback
@@ -62,6 +61,7 @@ from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt
                       Finish, Reschedule, RunResult, TaskOutcome, format_error)
 from .pickling import UnpicklableResult, dumps_result, loads_result
 from .select import compile_expression
+from .signals import on_stop_signals
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -1187,9 +1187,6 @@ class Run:
 
     # -- signals
     def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
         received = [0]
 
         def handler(signum: int, frame: Any) -> None:
@@ -1199,17 +1196,7 @@ class Run:
                 raise KeyboardInterrupt  # stop waiting for a task running on this thread
             self.q.put((_SIGNAL, signum))
 
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except (ValueError, OSError):
-                pass
-
-        def restore() -> None:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-        return restore
+        return on_stop_signals(handler)
 
 
 # --------------------------------------------------------------------------- sessions

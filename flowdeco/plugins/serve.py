@@ -45,10 +45,7 @@ import datetime as _dt
 import json
 import os
 import re
-import signal
 import sys
-import threading
-import traceback
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import IO, Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -59,7 +56,8 @@ from ..clock import Clock
 from ..config import Parser
 from ..errors import FlowError, UsageError
 from ..outcome import INTERRUPTED, ExitCode, RunResult
-from ..runner import NoTasksError, Session, validate_run_id
+from ..runner import Session, validate_run_id
+from ..signals import on_stop_signals
 from .timers import CronSchedule, parse_cron, zone_info
 
 UTC = _dt.timezone.utc
@@ -387,23 +385,7 @@ class Scheduler:
 
     # -- signals
     def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            self._wake.put(_STOP)
-
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except (ValueError, OSError):
-                pass
-
-        def restore() -> None:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-        return restore
+        return on_stop_signals(lambda signum, frame: self._wake.put(_STOP))
 
 
 def _private_dirs(path: Path) -> None:
@@ -544,21 +526,9 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
                           catch_up=catch_up, max_ticks=max_ticks, clock=clock, out=sys.stdout,
                           quiet=values.get("quiet") or 0, can_resume="resume" in parser)
         return int(sched.run().exit_code)
-    except NoTasksError as exc:
-        print(f"flowdeco: {exc}", file=err)
-        return ExitCode.NO_TASKS_COLLECTED
-    except FlowError as exc:
-        print(f"flowdeco: error: {exc}", file=err)
-        return ExitCode.USAGE_ERROR
-    except KeyboardInterrupt:
-        print("flowdeco: interrupted", file=err)
-        return ExitCode.INTERRUPTED
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else ExitCode.OK
-    except Exception as exc:  # noqa: BLE001 - last line of defence, like the main CLI
-        print("flowdeco: internal error (please report it):", file=err)
-        traceback.print_exception(exc, file=err)
-        return ExitCode.INTERNAL_ERROR
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:  # noqa: BLE001 - one mapping for all commands
+        from ..cli import exit_code_for
+        return exit_code_for(exc, err)
 
 
 __all__ = ["serve", "Scheduler", "ServeReport", "TickRun", "tick_run_id", "main"]

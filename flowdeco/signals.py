@@ -1,0 +1,36 @@
+"""Ctrl-C and SIGTERM as messages instead of exceptions.
+
+The scheduler (and ``flowdeco serve``) must stop at a point of their choosing,
+not wherever a ``KeyboardInterrupt`` happens to land, so while they run both
+signals call a handler that only posts a message.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Callable
+
+Handler = Callable[[int, Any], None]
+
+
+def on_stop_signals(handler: Handler) -> Callable[[], None]:
+    """Route SIGINT and SIGTERM to ``handler``; returns the function that puts the old ones back.
+
+    Signal handlers can only be set from the main thread: elsewhere (a run
+    started from a worker thread of the application) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+
+    def restore() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+    return restore
