@@ -543,3 +543,20 @@ def test_mapped_instances_are_restored_one_by_one(flows, tmp_path, monkeypatch):
     assert second.results["total"] == ["a", "b", "c", "d"]
     third = flowdeco.run(str(path), state_dir=st, resume="m", rerun=["files"])
     assert third.ok and sorted(log.read_text().split()) == ["a", "b", "c", "c", "d"]
+
+
+def test_fingerprint_covers_options_that_shape_the_result():
+    """Changing `until=` or `map=` changes what a task returns, so a resumed run must
+    not restore its old result (they were missing from the fingerprint)."""
+    import attrs as _attrs
+    from flowdeco.plugins.state.fingerprint import fingerprint
+    from flowdeco.task import make_spec
+
+    def poll(ctx):
+        return ctx.iteration
+
+    base = make_spec(poll, every=1.0, times=3)
+    with_until = make_spec(poll, every=1.0, times=3, until=lambda r: r > 1)
+    assert fingerprint(poll, base, None) != fingerprint(poll, with_until, None)
+    mapped = _attrs.evolve(base, map="items")
+    assert fingerprint(poll, base, None) != fingerprint(poll, mapped, None)

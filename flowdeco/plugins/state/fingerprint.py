@@ -28,7 +28,8 @@ from types import CodeType
 from typing import Any
 
 _SIMPLE = (str, bytes, int, float, complex, bool, type(None), type(Ellipsis))
-_OPTIONS = ("every", "times")
+#: @task options that change what a task returns (not just when it runs)
+_OPTIONS = ("every", "times", "until", "map")
 _FAST = frozenset({str, bytes, int, float, complex, bool, type(None), type(Ellipsis)})
 
 
