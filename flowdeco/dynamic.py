@@ -302,6 +302,8 @@ class Dynamic:
             if i < 0:
                 self.start(m, k, attempt)
             else:
+                if run._flush_due:
+                    run._flush()
                 run._start(i, run._next_attempt[i], run._next_iter[i])
 
     def sync_step(self) -> bool:
@@ -321,10 +323,16 @@ class Dynamic:
         if attempt == 1 and run._has_restore:
             restored = run.hook.flowdeco_task_restore(run=run, task=m.vertex, name=m.instance(k))
             if restored is not None:
+                if restored.fields:
+                    run._restore_fields[m.instance(k)] = restored.fields
                 now = run.clock.monotonic()
                 m.t0[k] = now
                 self.end(m, k, I_RESTORED, restored.result, None, restored.attempts, now, None)
+                # reported outside message handling: flush before anything else starts
+                run._flush_due = run._has_flush
                 return
+        if run._flush_due:
+            run._flush()
         kw = self.kwargs(m, k, attempt)
         m.status[k] = I_RUNNING
         run._inflight += 1
@@ -630,6 +638,16 @@ class Dynamic:
         if m is None or not k.isdigit() or str(int(k)) != k or int(k) >= m.n:
             return None
         return m.outcome(int(k), self.run._offset)
+
+    def instance_inputs(self, i: int, name: str) -> dict | None:
+        """The arguments of instance ``name`` of mapped task ``i`` (no ``ctx``), or None."""
+        m = self.maps.get(i)
+        base, _, k = name[:-1].rpartition("[")
+        if m is None or base != m.name or not k.isdigit() or int(k) >= m.n:
+            return None
+        kw = dict(m.base)
+        kw[m.param] = m.items[int(k)]
+        return kw
 
     def instance_names(self, i: int) -> Iterator[str]:
         m = self.maps.get(i)

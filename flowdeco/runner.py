@@ -356,6 +356,11 @@ class Run:
         self._first_iteration = [1 if v.spec is not None and v.spec.every is not None else None
                                  for v in graph.vertices]
         self._next_iter: list[int | None] = list(self._first_iteration)
+        #: extra ``task_restored`` fields (``Restored.fields``) by task or instance name
+        self._restore_fields: dict[str, Any] = {}
+        #: something was reported while dispatching (a restored mapped instance): call
+        #: flowdeco_report_flush before the next task starts (see _flush)
+        self._flush_due = False
 
     # -- public helpers for plugins
     def emit(self, name: str, task: str | None = None, **fields: Any) -> None:
@@ -384,6 +389,25 @@ class Run:
                 return self._dyn.instance_outcome(name)
             raise KeyError(name)
         return self.outcome_at(i) if self._status[i] is not None else None
+
+    def task_inputs(self, task: Vertex, name: str | None = None) -> dict[str, Any]:
+        """The arguments ``task`` is called with once its dependencies are done (no ``ctx``).
+
+        ``name`` may name an instance of a mapped task (``scan[3]``): its own
+        arguments.  Scheduler thread only, from ``flowdeco_task_restore`` or
+        later (input-hash caching keys tasks by these).  Parameters left to
+        their defaults are not included.
+        """
+        if name is not None and name != task.name:
+            kw = self._dynamic().instance_inputs(task.index, name)
+            if kw is None:
+                raise KeyError(name)
+            return kw
+        kw = dict(task.consts) if task.consts else {}
+        results = self.results
+        for p, d in task.args:
+            kw[p] = results[d]
+        return kw
 
     def _dynamic(self) -> Any:
         """This run's :class:`~flowdeco.dynamic.Dynamic` (trigger rules, when=, map=)."""
@@ -558,6 +582,8 @@ class Run:
         dispatch = self._dispatch_sync if self.sync else self._dispatch
         while True:
             dispatch()
+            if self._flush_due:
+                self._flush()
             if self.abandoned:
                 return
             if self._inflight == 0 and (self.stopping or (
@@ -578,6 +604,11 @@ class Run:
                 self._release_timers()
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
+
+    def _flush(self) -> None:
+        """Flush reports made outside message handling, so gates waiting on them open."""
+        self._flush_due = False
+        self.hook.flowdeco_report_flush(run=self)
 
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -649,6 +680,8 @@ class Run:
             if mready and self._dyn.sync_step():  # a mapped task's instance went first
                 continue
             i = heappop(ready) % n
+            if self._flush_due:
+                self._flush()
             attempt = next_attempt[i]
             v = vertices[i]
             kw = dict(v.consts) if v.consts else {}
@@ -1064,6 +1097,8 @@ class Run:
         if self._has_restore:
             restored = self.hook.flowdeco_task_restore(run=self, task=v, name=v.name)
             if restored is not None:
+                if restored.fields:
+                    self._restore_fields[v.name] = restored.fields
                 now = self.clock.monotonic()
                 self._t0[i] = now
                 return (i, RESTORED, restored.result, None, restored.attempts, now, None, None)
@@ -1129,7 +1164,10 @@ class Run:
         elif status == SKIPPED:
             self._report("task_skipped", name, {"reason": out.reason}, None, out)
         elif status == RESTORED:
-            self._report("task_restored", name, {"attempts": out.attempts}, None, out)
+            fields = {"attempts": out.attempts}
+            if self._restore_fields:
+                fields.update(self._restore_fields.pop(name, ()))
+            self._report("task_restored", name, fields, None, out)
         else:
             self._report("task_interrupted", name, {"attempts": out.attempts}, None, out)
 

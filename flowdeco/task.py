@@ -76,6 +76,8 @@ class TaskSpec:
     params: tuple[Param, ...] = ()
     #: the parameters of ``when``, read once at decoration
     when_params: tuple[Param, ...] = ()
+    #: the parameters of a ``cache=`` key function, read once at decoration
+    cache_params: tuple[Param, ...] = ()
     owner: "Flow | None" = None
     #: names of the plugin-implemented options this task sets (computed once)
     uses: tuple[str, ...] = attrs.field(init=False)
@@ -227,16 +229,41 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
                 f"{where}: after= takes tasks or task names, got {a!r}")
     params = read_params(fn, where)
     when_params = _check_dynamic(where, params, map, when, trigger, every, cron)
-    cache_ttl = _positive(where, "cache_ttl", cache_ttl)
-    if cache is not None and not (isinstance(cache, bool) or callable(cache)):
-        raise TaskDefinitionError(
-            f"{where}: cache= takes True/False or a key function, got {cache!r}")
+    cache, cache_ttl, cache_params = _check_cache(where, params, cache, cache_ttl)
     return TaskSpec(fn=fn, name=name, after=after_t, retries=retries, retry=retry,
                     timeout=timeout, delay=delay, every=every, times=times,
                     priority=priority, circuit=circuit, tags=tags_set,
                     until=until, cron=cron, map=map, when=when, trigger=trigger,
                     cache=cache, cache_ttl=cache_ttl, options=dict(options), params=params,
-                    when_params=when_params, owner=owner)
+                    when_params=when_params, cache_params=cache_params, owner=owner)
+
+
+def _check_cache(where: str, params: tuple[Param, ...], cache: Any, ttl: Any
+                 ) -> tuple[Any, float | None, tuple[Param, ...]]:
+    """Validate ``cache=`` / ``cache_ttl=``; ``cache=False`` is the same as leaving it out."""
+    ttl = _positive(where, "cache_ttl", ttl)
+    if cache is False:
+        cache = None
+    if cache is None:
+        if ttl is not None:
+            raise TaskDefinitionError(f"{where}: cache_ttl= needs cache=True (or a key function)")
+        return None, None, ()
+    if cache is True:
+        return True, ttl, ()
+    if not callable(cache) or isinstance(cache, type):
+        raise TaskDefinitionError(
+            f"{where}: cache= takes True/False or a key function of the task's parameters, "
+            f"got {cache!r}")
+    names = [p.name for p in params if p.name != CTX]
+    kname = getattr(cache, "__name__", None) or repr(cache)
+    kparams = read_params(cache, f"{where}: cache= key function {kname!r}")
+    for p in kparams:
+        if p.name not in names and not p.has_default:
+            raise TaskDefinitionError(
+                f"{where}: cache= key function {kname!r} takes parameter {p.name!r}, which is "
+                f"not a parameter of the task; it may take "
+                f"{', '.join(_reprs(names)) or 'nothing'}")
+    return cache, ttl, kparams
 
 
 def _check_dynamic(where: str, params: tuple[Param, ...], map: Any, when: Any, trigger: Any,

@@ -24,6 +24,9 @@ What it does (contract: DESIGN.md §6):
 - A full disk (any failed write) stops the run -- nothing new starts,
   running tasks finish -- keeps what was written and reports
   ``state_write_failed``; resume once there is space.
+- Input-hash caching: ``@task(cache=True, cache_ttl=...)`` restores a task
+  whose code and inputs match a stored successful run's, across runs;
+  ``--no-cache``, ``--refresh EXPR`` (:mod:`.cache`).
 - Run history: ``python -m flowdeco runs`` (:mod:`.commands`).
 - ``--no-state`` (``state_dir=None``) registers nothing: no file, no cost.
 
@@ -49,7 +52,8 @@ from __future__ import annotations
 
 from .codec import Codec, Unstorable, register_type
 from .plugin import (StatePlugin, flowdeco_addoption, flowdeco_cli_commands,
-                     flowdeco_configure, flowdeco_state_store, flowdeco_unconfigure, make_store)
+                     flowdeco_configure, flowdeco_state_store, flowdeco_task_options,
+                     flowdeco_unconfigure, make_store)
 from .store import RunLock, RunRecord, RunSummary, SQLiteStore, Store, TaskRecord, TaskRow
 
 NAME = "state"
@@ -57,4 +61,4 @@ NAME = "state"
 __all__ = ["Codec", "RunLock", "RunRecord", "RunSummary", "SQLiteStore", "StatePlugin", "Store",
            "TaskRecord", "TaskRow", "Unstorable", "make_store", "register_type",
            "flowdeco_addoption", "flowdeco_cli_commands", "flowdeco_configure",
-           "flowdeco_state_store", "flowdeco_unconfigure"]
+           "flowdeco_state_store", "flowdeco_task_options", "flowdeco_unconfigure"]

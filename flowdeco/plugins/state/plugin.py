@@ -25,6 +25,10 @@ Lifecycle of one session (see :mod:`flowdeco.hookspecs` for the hooks):
    anything new is dispatched.  A failed commit (disk full) stops the run and
    is reported as ``state_write_failed``.
 5. ``flowdeco_run_finish``: last rows, final status, lock released.
+
+Input-hash caching (``@task(cache=...)``, :mod:`.cache`) rides on the same
+hooks: the restorer asks the cache when a cached task is ready, and the
+task's row carries its cache key.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ...outcome import Event, Finish, Restored
 from ...runner import validate_run_id
 from ...select import compile_expression
 from . import hookspecs
+from .cache import Cache
 from .codec import Codec, Unstorable, default_codec
 from .fingerprint import fingerprint, why_changed
 from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
@@ -89,10 +94,21 @@ def flowdeco_addoption(parser: Any) -> None:
     parser.addoption("--rerun", dest="rerun", default=[], action="append", metavar="EXPR",
                      group=g, help="with --resume: run matching tasks again (-k syntax, "
                                    "repeatable), and everything downstream of them")
+    parser.addoption("--no-cache", dest="no_cache", default=False, action="store_true",
+                     group=g, help="run tasks with cache= instead of restoring stored results "
+                                   "(the new results are stored for later runs)")
+    parser.addoption("--refresh", dest="refresh", default=[], action="append", metavar="EXPR",
+                     group=g, help="like --no-cache for the tasks matching EXPR (-k syntax, "
+                                   "repeatable)")
     parser.addoption("--state-sync", dest="state_sync", default="normal",
                      choices=("normal", "full"), group=g,
                      help="normal (default): a completion survives flowdeco being killed; "
                           "full: also a power loss (an fsync per commit, slower)")
+
+
+@hookimpl
+def flowdeco_task_options() -> list[str]:
+    return ["cache", "cache_ttl"]  # with --no-state nothing is cached: the tasks just run
 
 
 @hookimpl(trylast=True)
@@ -125,9 +141,12 @@ def flowdeco_configure(config: Any) -> None:
     if sync not in ("normal", "full"):
         raise UsageError(f"state_sync must be 'normal' or 'full', got {sync!r}")
     matchers = [(expr, compile_expression(expr)) for expr in rerun]
+    refresh = [(expr, compile_expression(expr))
+               for expr in _rerun_list(config.getoption("refresh", None))]
     state_dir = str(config.getoption("state_dir"))
     store = make_store(config.pluginmanager, state_dir, config)
-    plugin = StatePlugin(config, store, state_dir, resume, matchers)
+    plugin = StatePlugin(config, store, state_dir, resume, matchers, refresh,
+                         bool(config.getoption("no_cache", False)))
     try:
         if resume is not None and resume != "last":
             plugin.check_exists(resume)
@@ -161,33 +180,47 @@ def flowdeco_cli_commands(commands: dict) -> None:
 
 
 class _Restorer:
-    """Supplies stored results chosen for restoring (registered only on resume).
+    """Supplies stored results (registered only on resume or when some task has ``cache=``).
 
     ``restore``: whole tasks by vertex index; ``instances``: single instances
-    of mapped tasks (``scan[3]``) whose task did not complete as a whole.
+    of mapped tasks (``scan[3]``) whose task did not complete as a whole;
+    then the input-hash ``cache`` for tasks with ``cache=``.
     """
 
-    def __init__(self, restore: dict[int, Restored], instances: dict[str, Restored]):
+    def __init__(self, restore: dict[int, Restored], instances: dict[str, Restored],
+                 cache: Cache | None):
         self.restore = restore
         self.instances = instances
+        self.cache = cache
 
     @hookimpl
     def flowdeco_task_restore(self, run: Any, task: Any, name: str) -> Restored | None:
         if name == task.name:
-            return self.restore.pop(task.index, None)
-        return self.instances.pop(name, None)
+            hit = self.restore.pop(task.index, None)
+        else:
+            hit = self.instances.pop(name, None)
+        if hit is None and self.cache is not None and task.kind is TASK \
+                and task.spec.cache is not None:
+            hit = self.cache.lookup(run, task, name)
+        return hit
 
 
 class StatePlugin:
     """Durable state for one session; registered by ``flowdeco_configure`` when state is on."""
 
     def __init__(self, config: Any, store: Store, state_dir: str, resume: str | None,
-                 rerun: list[tuple[str, Callable[[str], bool]]], codec: Codec = default_codec):
+                 rerun: list[tuple[str, Callable[[str], bool]]],
+                 refresh: list[tuple[str, Callable[[str], bool]]] = (),  # type: ignore[assignment]
+                 no_cache: bool = False, codec: Codec = default_codec):
         self.config = config
         self.store = store
         self.state_dir = state_dir
         self.resume = resume
         self.rerun = rerun
+        self.refresh = list(refresh)
+        self.no_cache = no_cache
+        #: input-hash caching of this run, when some task has cache= (see .cache)
+        self.cache: Cache | None = None
         self.codec = codec
         self.lock: RunLock | None = None
         self.resume_id: str | None = None
@@ -273,8 +306,11 @@ class StatePlugin:
             store.open()
             if self.lock is None:
                 self.lock = store.lock_run(run.run_id)
-            if self.stored is not None:
-                self._plan_restore(run)  # may refuse a stored result: before anything is written
+            restore, instances = self._plan_restore(run) if self.stored is not None else ({}, {})
+            self.cache = self._make_cache(run)
+            if restore or instances or self.cache is not None:
+                self._restorer = _Restorer(restore, instances, self.cache)
+                self.config.pluginmanager.register(self._restorer, RESTORER_NAME)
             store.begin_run(run.run_id, graph.name, run.now(), self.resume_id is not None)
         except BaseException:
             self.close()
@@ -297,7 +333,23 @@ class StatePlugin:
             fp = self.fps[i] = fingerprint(v.fn, v.spec, v.consts)
         return fp
 
-    def _plan_restore(self, run: Any) -> None:
+    def _make_cache(self, run: Any) -> Cache | None:
+        vertices = run.graph.vertices
+        for expr, match in self.refresh:
+            if not any(match(v.name) for v in vertices):
+                raise UsageError(f"--refresh {expr!r} matches no task of flow {run.graph.name!r}")
+        if not any(v.kind is TASK and v.spec.cache is not None for v in vertices):
+            return None
+        if self.no_cache:
+            refresh: Callable[[str], bool] | None = lambda name: True  # noqa: E731
+        elif self.refresh:
+            matchers = [m for _, m in self.refresh]
+            refresh = lambda name: any(m(name) for m in matchers)  # noqa: E731
+        else:
+            refresh = None
+        return Cache(self.store, self.codec, self._fingerprint, refresh)
+
+    def _plan_restore(self, run: Any) -> tuple[dict[int, Restored], dict[str, Restored]]:
         """Decide what a resumed run restores (see the module docstring of the package).
 
         A task is restored when its record is completed, its fingerprint is
@@ -357,9 +409,7 @@ class StatePlugin:
         if instances:
             fields["restored_instances"] = len(instances)
         run.emit("run_resumed", level="info", **fields)
-        if restore or instances:
-            self._restorer = _Restorer(restore, instances)
-            self.config.pluginmanager.register(self._restorer, RESTORER_NAME)
+        return restore, instances
 
     def _load(self, rec: TaskRecord) -> Any:
         if rec.result is None:
@@ -418,11 +468,16 @@ class StatePlugin:
             self._report_instance(run, event.task, out)
             return
         status = out.status
-        if status == "restored":
-            self.seqs[i] = 0  # its record is already there: durable
-            return
+        cache, key = self.cache, None
+        if cache is not None:
+            key = cache.keys.pop(event.task, None)
         v = graph.vertices[i]
         result = None
+        if status == "restored":
+            result = cache.hits.pop(event.task, None) if cache is not None else None
+            if result is None:
+                self.seqs[i] = 0  # resumed: its record is already there, durable
+                return
         error = out.error
         if v.kind is SUBFLOW:
             # done when its members are: durable when their rows are
@@ -436,22 +491,29 @@ class StatePlugin:
         fp = self.fps[i] if v.kind is not TASK else self._fingerprint(i)
         self.pending[event.task] = TaskRow(
             event.task, status, out.attempts, out.started, out.finished,
-            fp, result, error, out.reason)
+            fp, result, error, out.reason, key)
         self.completions = True
 
     def _report_instance(self, run: Any, name: str, out: Any) -> None:
         """An instance of a mapped task (``scan[3]``) ended: its own row, for restoring it alone."""
         base = _instance_base(name)
         i = run.graph.by_name.get(base) if base is not None else None
-        if i is None or out.status == "restored":
+        if i is None:
             return
+        cache, key = self.cache, None
         status, error, result = out.status, out.error, None
+        if cache is not None:
+            key = cache.keys.pop(name, None)
+            if status == "restored":
+                result = cache.hits.pop(name, None)
+        if status == "restored" and result is None:
+            return  # resumed: its record is already there
         if status == "succeeded":
             result, status, error = self._result_text(run, name, out.result, status, error)
         if error is not None and len(error) > _MAX_ERROR:
             error = error[:_MAX_ERROR] + "..."
         self.pending[name] = TaskRow(name, status, out.attempts, out.started, out.finished,
-                                     self._fingerprint(i), result, error, out.reason)
+                                     self._fingerprint(i), result, error, out.reason, key)
         self.completions = True
 
     def _result_text(self, run: Any, name: str, value: Any, status: str, error: str | None

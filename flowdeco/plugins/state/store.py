@@ -7,7 +7,8 @@ a plugin's ``flowdeco_state_store`` hook (see :mod:`flowdeco.plugins.state`).
 The SQLite store keeps every run of a state dir in ``STATE_DIR/state.db``
 (WAL mode): table ``runs`` (one row per run id) and table ``tasks`` (one row
 per task of a run: status, attempts, timings, source fingerprint, the result
-as JSON, error or skip reason).  The schema version is ``PRAGMA
+as JSON, error or skip reason, and the input-hash cache key of a task with
+``cache=``, indexed so :meth:`SQLiteStore.find_cached` is one lookup).  The schema version is ``PRAGMA
 user_version``; ``PRAGMA application_id`` marks the file as flowdeco's.
 Migrations run inside one ``BEGIN IMMEDIATE`` transaction, so concurrent
 openers never see half a schema.
@@ -46,12 +47,12 @@ from ...errors import StateError
 from ..audit import make_private_dirs
 from .codec import MAX_RESULT_BYTES
 
-__all__ = ["Store", "SQLiteStore", "RunRecord", "TaskRecord", "TaskRow", "RunSummary",
+__all__ = ["Store", "SQLiteStore", "RunRecord", "TaskRecord", "TaskRow", "RunSummary", "CacheEntry",
            "RunLock", "SCHEMA_VERSION", "APPLICATION_ID"]
 
 #: ``PRAGMA application_id`` of a flowdeco state database ("fdst")
 APPLICATION_ID = 0x66647374
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "state.db"
 #: databases up to this size get ``PRAGMA quick_check`` when opened
 QUICK_CHECK_MAX_BYTES = 64 * 2**20
@@ -90,6 +91,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (run_id, name)
         ) WITHOUT ROWID""",
         "CREATE INDEX runs_by_flow ON runs (flow, session_started)",
+    ),
+    2: (  # input-hash caching (@task(cache=...)): the key a successful result answers
+        "ALTER TABLE tasks ADD COLUMN cache_key TEXT",
+        "CREATE INDEX tasks_by_cache_key ON tasks (cache_key, finished) "
+        "WHERE cache_key IS NOT NULL",
     ),
 }
 
@@ -153,6 +159,8 @@ class TaskRecord:
     result: str | None = attrs.field(default=None, validator=_max_len(MAX_RESULT_BYTES))
     error: str | None = attrs.field(default=None, validator=_max_len(MAX_ERROR))
     reason: Literal["upstream", "stopped", "condition", "trigger"] | None = None
+    #: the input-hash cache key (tasks with ``cache=``), else None
+    cache_key: str | None = attrs.field(default=None, validator=_max_len(64))
 
     @property
     def completed(self) -> bool:
@@ -177,6 +185,17 @@ class TaskRow(NamedTuple):
     result: str | None
     error: str | None
     reason: str | None
+    cache_key: str | None = None
+
+
+@attrs.frozen
+class CacheEntry:
+    """A stored successful result that answers an input-hash cache key."""
+
+    run_id: str = attrs.field(validator=_run_id)
+    name: str = attrs.field(validator=_max_len(MAX_NAME))
+    finished: float = attrs.field(validator=_timestamp)
+    result: str = attrs.field(validator=_max_len(MAX_RESULT_BYTES))
 
 
 @attrs.frozen
@@ -279,6 +298,14 @@ class Store(Protocol):
     def delete_run(self, run_id: str) -> None:
         """Forget the run and its tasks."""
 
+    # Optional (input-hash caching, ``@task(cache=...)``): a store without it
+    # keeps ``cache_key`` on rows but never answers a lookup, so cached tasks run.
+    #
+    # def find_cached(self, key: str, since: float) -> CacheEntry | None:
+    #     """The newest ``succeeded`` row with this ``cache_key`` finished at or
+    #     after ``since`` (POSIX seconds), with a result; called from the
+    #     scheduler thread while another thread may be in ``record_tasks``."""
+
 
 class RunLock:
     """An exclusive ``flock`` on ``LOCK_DIR/RUN_ID.lock``; the kernel drops it if we die."""
@@ -326,7 +353,7 @@ class RunLock:
 
 
 _TASK_COLUMNS = ("name", "status", "attempts", "started", "finished", "fingerprint", "result",
-                 "error", "reason")
+                 "error", "reason", "cache_key")
 _RUN_COLUMNS = tuple(f.name for f in attrs.fields(RunRecord))
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -344,6 +371,8 @@ class SQLiteStore:
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.conn: sqlite3.Connection | None = None
+        #: a second connection for cache lookups (the writer thread uses ``conn``)
+        self._reader: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._commits = 0
 
@@ -526,12 +555,13 @@ class SQLiteStore:
         cp, self._checkpointer = self._checkpointer, None
         if cp is not None:
             cp.stop()
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+        for conn in (self._reader, self.conn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+        self._reader = self.conn = None
 
     def _c(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -650,6 +680,25 @@ class SQLiteStore:
             _rollback(conn)
             raise
 
+    # -- input-hash caching
+    def find_cached(self, key: str, since: float) -> CacheEntry | None:
+        """The newest successful result stored under ``key`` that finished at or after ``since``."""
+        conn = self._reader
+        if conn is None:
+            self._c()  # created, migrated
+            conn = self._reader = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False)
+        with _reading(self):
+            row = conn.execute(
+                "SELECT run_id, name, finished, result FROM tasks INDEXED BY tasks_by_cache_key "
+                "WHERE cache_key=? AND finished>=? AND status='succeeded' AND result IS NOT NULL "
+                "ORDER BY finished DESC LIMIT 1", (key, since)).fetchone()
+        if row is None:
+            return None
+        return structure(dict(zip(("run_id", "name", "finished", "result"), row)), CacheEntry,
+                         f"{self.path}: the cache entry {key[:16]}")
+
 
 #: rows per INSERT: one statement (one step, one release of the GIL) for a whole batch
 _ROWS_PER_STATEMENT = 256
@@ -657,7 +706,7 @@ _ROWS_PER_STATEMENT = 256
 
 @functools.lru_cache(maxsize=64)
 def _insert_tasks(n: int) -> str:
-    return "INSERT OR REPLACE INTO tasks VALUES " + ", ".join(["(?,?,?,?,?,?,?,?,?,?)"] * n)
+    return "INSERT OR REPLACE INTO tasks VALUES " + ", ".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * n)
 
 
 def _flat(run_id: str, rows: Sequence[TaskRow]) -> list:
