@@ -9,7 +9,9 @@
 with a few sample files.  ``discover`` lists the files; ``parse`` runs once per
 file (``parse[0]``, ``parse[1]``, ... each with its own retries, outcome and
 audit events) and ``summary`` receives the list of their results in file
-order.  ``archive_big`` and ``inline_small`` are routed by ``when=``
+order; with state on, an unchanged file is not parsed again in later runs
+(``cache=file_identity``: ``--param folder=`` a fixed folder to see it).
+``archive_big`` and ``inline_small`` are routed by ``when=``
 conditions on the sizes: a branch with nothing to do is ``skipped`` with
 reason ``condition``.  ``report`` (``trigger="none_failed"``) merges whichever
 branches ran, and ``cleanup`` (``trigger="all_done"``) removes the temporary
@@ -42,9 +44,19 @@ def discover(workdir):
     return sorted(str(p) for p in Path(workdir["path"]).iterdir() if p.is_file())
 
 
-@task(map="discover", retries=1)
+def file_identity(discover):
+    """The cache key of one file: path, size and modification time (not its content)."""
+    st = Path(discover).stat()
+    return [discover, st.st_size, st.st_mtime_ns]
+
+
+@task(map="discover", retries=1, cache=file_identity)
 def parse(discover):
-    """One file: its size and line count (runs once per discovered file)."""
+    """One file: its size and line count (runs once per discovered file).
+
+    With state on, a file parsed before and unchanged since (same path, size
+    and mtime) is restored from the cache instead of read again.
+    """
     path = Path(discover)
     text = path.read_text(encoding="utf-8")
     return {"file": path.name, "bytes": path.stat().st_size, "lines": text.count("\n")}

@@ -169,6 +169,11 @@ def flowdeco_task_restore(run: "Run", task: "Vertex", name: str) -> "Optional[Re
     Implementations may leave ``name`` out; such an implementation answers
     for the whole task only (it is asked about instances too, so it should
     answer None when it has nothing, as usual).
+
+    ``Restored(result, attempts=0, fields={...})``: ``fields`` are added to
+    the ``task_restored`` event (the cache adds ``source="cache"``).
+    ``run.task_inputs(task, name)`` gives the arguments the task (or
+    instance) would be called with, for keying results by their inputs.
     """
 
 

@@ -20,7 +20,7 @@ def _display_deps(graph: Graph, v: Vertex) -> list[int]:
 
 
 def _dynamic(v: Vertex) -> list[str]:
-    """How a task is dynamic, as short notes: map, condition, non-default trigger rule."""
+    """How a task is dynamic, as short notes: map, condition, non-default trigger rule, cache."""
     spec = v.spec
     if spec is None:
         return []
@@ -31,6 +31,10 @@ def _dynamic(v: Vertex) -> list[str]:
         notes.append(f"when={getattr(spec.when, '__name__', None) or repr(spec.when)}")
     if spec.trigger != "all_succeeded":
         notes.append(f"trigger={spec.trigger}")
+    if spec.cache is not None:
+        ttl = f", ttl {spec.cache_ttl:g}s" if spec.cache_ttl is not None else ""
+        notes.append(("cached" if spec.cache is True else
+                      f"cached by {getattr(spec.cache, '__name__', None) or 'key'}") + ttl)
     return notes
 
 
@@ -57,7 +61,8 @@ def collect_only(graph: Graph) -> str:
 
     A mapped task shows as ``scan_file[*]  (map over files)``; a condition as
     ``when=<predicate name>``, a trigger rule other than the default as
-    ``trigger=<rule>``.
+    ``trigger=<rule>``, input-hash caching as ``cached`` (``cached by
+    <key function>``, ``, ttl 60s``).
     """
     nodes = sum(1 for v in graph if v.kind is SUBFLOW)
     head = f"<flow {graph.name}: {len(graph) - nodes} tasks"

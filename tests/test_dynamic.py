@@ -884,7 +884,7 @@ DYNAMIC_FLOW = """
     def scan_file(files):
         return len(files)
 
-    @task(when=is_big)
+    @task(when=is_big, cache=True, cache_ttl=60)
     def archive(scan_file):
         return 1
 
@@ -900,7 +900,7 @@ def test_collect_only_shows_maps_conditions_and_trigger_rules(flows, capsys):
     lines = [ln.strip() for ln in capsys.readouterr().out.splitlines()]
     assert "files" in lines
     assert "scan_file[*]  (map over files)  <- files" in lines
-    assert "archive  <- scan_file  when=is_big" in lines
+    assert "archive  <- scan_file  when=is_big  cached, ttl 60s" in lines
     assert "cleanup  <- archive  trigger=all_done  priority=2" in lines
 
 
@@ -910,14 +910,14 @@ def test_graph_shows_maps_conditions_and_trigger_rules(flows, capsys):
     out = capsys.readouterr().out
     assert 'n1[["scan_file[*]<br/>map over files"]]' in out
     assert "n0 -->|map| n1" in out
-    assert 'n2["archive<br/>when=is_big"]' in out
+    assert 'n2["archive<br/>when=is_big<br/>cached, ttl 60s"]' in out
     assert 'n3["cleanup<br/>trigger=all_done"]' in out
     assert "n1 --> n2" in out
     assert cli.main([str(path), "--graph", "dot"]) == 0
     out = capsys.readouterr().out
     assert '"scan_file" [label="scan_file[*]\\nmap over files", shape=box3d];' in out
     assert '"files" -> "scan_file" [label="map"];' in out
-    assert '"archive" [label="archive\\nwhen=is_big"];' in out
+    assert '"archive" [label="archive\\nwhen=is_big\\ncached, ttl 60s"];' in out
     assert '"files";' in out
 
 

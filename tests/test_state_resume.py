@@ -543,6 +543,18 @@ def test_mapped_instances_are_restored_one_by_one(flows, tmp_path, monkeypatch):
     assert second.results["total"] == ["a", "b", "c", "d"]
     third = flowdeco.run(str(path), state_dir=st, resume="m", rerun=["files"])
     assert third.ok and sorted(log.read_text().split()) == ["a", "b", "c", "c", "d"]
+    # killed after every instance was recorded but before the mapped task was: on
+    # resume all instances are restored while the scheduler dispatches, and the
+    # dependent must still start (its commit gate once waited forever here)
+    log.unlink()
+    for workers in (1, 2):
+        conn = sqlite3.connect(st / "state.db")
+        conn.execute("DELETE FROM tasks WHERE run_id='m' AND name IN ('scan', 'total')")
+        conn.commit()
+        conn.close()
+        fourth = flowdeco.run(str(path), state_dir=st, resume="m", workers=workers)
+        assert fourth.ok and fourth.results["total"] == ["a", "b", "c", "d"]
+        assert fourth["scan[3]"].status == "restored" and not log.exists()
 
 
 def test_fingerprint_covers_options_that_shape_the_result():

@@ -2,18 +2,20 @@
 
 A task with ``cache=`` gets a *cache key* when it becomes ready:
 
-    sha256(JSON [task name, source fingerprint, inputs])
+    sha256(JSON [task name, code digest, inputs])
 
 - the task name is the qualified name (``etl.load``); for an instance of a
   mapped task (``parse[3]``) it is the mapped task's name, so an element's
   cached result is found again when the list it came from grew or was
   reordered;
-- the source fingerprint is the resume fingerprint (:mod:`.fingerprint`): a
-  change to the task's code or bound run parameters is a miss;
-- inputs are the task's arguments (its dependencies' results, run parameters;
-  ``ctx`` and defaults left out) in the result codec's JSON form with object
-  keys sorted, or, with ``cache=key_fn``, what ``key_fn`` returns when called
-  with the task's parameters by name (like ``when=``).  An input that has no
+- the code digest is the ``CODE`` half of the resume fingerprint
+  (:mod:`.fingerprint`): a change to the task's code (or to the ``@task``
+  options that shape its result) is a miss;
+- inputs are the task's arguments (its dependencies' results and bound run
+  parameters; ``ctx`` and defaults left out) in the result codec's JSON form
+  with object keys sorted, or, with ``cache=key_fn``, what ``key_fn`` returns
+  when called with the task's parameters by name (like ``when=``): then only
+  what the key function returns counts.  An input that has no
   JSON form (a connection, a lock) cannot be hashed: the task runs uncached
   and one ``state_warning`` per task says to give ``cache=`` a key function.
 
@@ -109,7 +111,8 @@ class Cache:
                                        "(give cache= a key function of the inputs that "
                                        "identify the result)")
             return None
-        text = json.dumps([task.name, self.fingerprint(task.index), tree], sort_keys=True,
+        code = self.fingerprint(task.index).partition(".")[0]
+        text = json.dumps([task.name, code, tree], sort_keys=True,
                           separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
