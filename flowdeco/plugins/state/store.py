@@ -696,6 +696,13 @@ class SQLiteStore:
                 "ORDER BY finished DESC LIMIT 1", (key, since)).fetchone()
         if row is None:
             return None
+        run_id, name, finished, result = row
+        if type(run_id) is str and type(name) is str and type(finished) is float \
+                and type(result) is str:
+            try:  # the common case, without the converter (a lookup per cached task)
+                return CacheEntry(run_id, name, finished, result)
+            except ValueError:
+                pass
         return structure(dict(zip(("run_id", "name", "finished", "result"), row)), CacheEntry,
                          f"{self.path}: the cache entry {key[:16]}")
 
