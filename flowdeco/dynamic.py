@@ -321,7 +321,7 @@ class Dynamic:
         """Start instance ``k`` (scheduler thread), or restore it."""
         run = self.run
         if attempt == 1 and run._has_restore:
-            restored = run.hook.flowdeco_task_restore(run=run, task=m.vertex, name=m.instance(k))
+            restored = run._restore(run, m.vertex, m.instance(k))
             if restored is not None:
                 if restored.fields:
                     run._restore_fields[m.instance(k)] = restored.fields

@@ -56,7 +56,7 @@ from .context import Context
 from .errors import CollectionError, FlowError, UsageError
 from .executors import SyncExecutor, default_workers, remote_failure
 from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph
-from .manager import Lease, acquire, release
+from .manager import Lease, acquire, direct_caller, release
 from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Event,
                       Finish, Reschedule, RunResult, TaskOutcome, format_error)
 from .pickling import UnpicklableResult, dumps_result, loads_result
@@ -457,13 +457,17 @@ class Run:
         self._has_delay = has(hook.flowdeco_task_delay)
         self._has_attempt_done = has(hook.flowdeco_attempt_done)
         self._watched = self.on_success if self._has_attempt_done else frozenset()
-        wrap = has(hook.flowdeco_task_wrap)
+        wrap = direct_caller(hook.flowdeco_task_wrap, ("run", "task")) \
+            if has(hook.flowdeco_task_wrap) else None
+        if self._has_restore:
+            self._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
+                                          firstresult=True)
         calls: list[Callable[[dict], Any] | None] = []
         for v in self.graph.vertices:
             call = None
             if v.kind is TASK:
-                decos = [d for d in hook.flowdeco_task_wrap(run=self, task=v) if d is not None] \
-                    if wrap else ()
+                decos = [d for d in wrap(self, v) if d is not None] \
+                    if wrap is not None else ()
                 if decos or not self.local:
                     call = partial(_invoke, v.fn)
                     for deco in reversed(decos):
@@ -1095,7 +1099,7 @@ class Run:
             if done is not None:
                 return done
         if self._has_restore:
-            restored = self.hook.flowdeco_task_restore(run=self, task=v, name=v.name)
+            restored = self._restore(self, v, v.name)
             if restored is not None:
                 if restored.fields:
                     self._restore_fields[v.name] = restored.fields

@@ -337,7 +337,15 @@ class CircuitCall:
         self.breaker = breaker
 
     def __call__(self, kwargs: dict) -> Any:
-        return self.breaker.call(self.call, kwargs)
+        b = self.breaker
+        if b._state is not CLOSED or b._failures:
+            return b.call(self.call, kwargs)
+        gen = b._gen  # closed with a clean record: breaker.call without its checks
+        try:
+            return self.call(kwargs)
+        except Exception:
+            b._record_failure(gen, False)
+            raise
 
     def __getstate__(self) -> tuple:
         return (self.call, self.breaker)
