@@ -485,9 +485,13 @@ class Run:
         # with one worker, priority order must be exact: a worker does not pick its
         # next task while a completion of its own that may release tasks is unseen
         self._strict = self.workers == 1
-        self._nsuccs = [len(x) for x in self.graph.succs]
-        key = self._key
-        self._best_succ = [min((key[x] for x in succ), default=_INF) for succ in self.graph.succs]
+        # for thread workers picking their next task (_work): successor counts, and
+        # the best priority key among each task's successors
+        if self.local and not self.sync:
+            self._nsuccs = [len(x) for x in self.graph.succs]
+            get = self._key.__getitem__
+            self._best_succ = [min(map(get, succ), default=_INF) for succ in self.graph.succs] \
+                if self._pull else []
         #: per worker thread: completions posted / handled by the scheduler
         self._posted: dict[str, int] = {}
         self._handled: dict[str, int] = {}
