@@ -1,6 +1,8 @@
 """Where task bodies run: the core's ``thread``, ``process`` and ``sync`` executors.
 
-- ``thread`` (default): a ``ThreadPoolExecutor``.  Tasks share this process;
+- ``thread`` (default): a :class:`~flowdeco.threadpool.ThreadPool` (a
+  ``ThreadPoolExecutor`` of daemon threads that can give up on a thread whose
+  attempt overran its timeout).  Tasks share this process;
   nothing is pickled.  Right for I/O-bound work and for code that releases
   the GIL (NumPy, most C extensions).
 - ``process``: a :class:`ProcessExecutor`, a ``ProcessPoolExecutor`` that
@@ -31,6 +33,8 @@ from concurrent.futures import (BrokenExecutor, Executor, Future, ProcessPoolExe
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from multiprocessing.connection import wait as _wait_sentinels
+
+from .threadpool import ThreadPool
 from typing import Any, Callable
 
 from .errors import FlowError
@@ -282,7 +286,7 @@ def _relay(pool: _Pool, key: int, outer: Future, inner: Future) -> None:
 @hookimpl(trylast=True)
 def flowdeco_make_executor(config: Any, name: str, workers: int) -> Executor | None:
     if name == "thread":
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowdeco-worker")
+        return ThreadPool(max_workers=workers, thread_name_prefix="flowdeco-worker")
     if name == "process":
         return ProcessExecutor(max_workers=workers)
     if name == "sync":

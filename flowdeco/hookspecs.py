@@ -39,7 +39,7 @@ so a plugin that is off (not registered) costs nothing per task.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import pluggy
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .config import Config, Parser
     from .graph import Graph, Vertex
-    from .outcome import Attempt, Event, Finish, Reschedule, Restored, RunResult
+    from .outcome import Attempt, Deadline, Event, Finish, Reschedule, Restored, RunResult
     from .runner import Run
 
 hookspec = pluggy.HookspecMarker("flowdeco")
@@ -150,6 +150,22 @@ def flowdeco_task_wrap(run: "Run", task: "Vertex") -> "Optional[Callable[[Callab
     a timeout (``TaskTimeout``) or an open circuit (``CircuitOpenError``)
     fails an attempt.  Decorators compose in plugin registration order, the
     last registered outermost.
+    """
+
+
+@hookspec
+def flowdeco_task_deadlines(run: "Run") -> "Optional[Mapping[int, Deadline]]":
+    """Return ``{task index: Deadline}`` to limit each attempt of those tasks, or None.
+
+    Called once per run, after ``flowdeco_run_start`` and before
+    ``flowdeco_task_wrap``, and only when the scheduler can enforce deadlines
+    itself (``run.can_abandon``: flowdeco's thread pool).  An attempt still
+    running at its deadline fails with ``deadline.error(task_name)`` and its
+    thread is given up (:mod:`flowdeco.deadlines`): no per-attempt hand-off,
+    no wrapper.  Instances of mapped tasks are not covered (their index is
+    ignored); limit those, and everything on other executors, with a
+    ``flowdeco_task_wrap`` wrapper, as the timeout plugin does.  When several
+    plugins answer for one task, the first answer (pluggy order) wins.
     """
 
 

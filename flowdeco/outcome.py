@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 from functools import cached_property
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import attrs
 
@@ -125,6 +125,19 @@ class Restored:
     result: Any
     attempts: int = 0
     fields: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Deadline:
+    """A time limit on each attempt of a task (``flowdeco_task_deadline``).
+
+    ``seconds`` of real time; ``error(task_name)`` makes the exception an
+    overrun attempt fails with (the timeout plugin's ``TaskTimeout``).  One
+    Deadline may serve many tasks.
+    """
+
+    seconds: float
+    error: Callable[[str], BaseException]
 
 
 @attrs.frozen

@@ -56,9 +56,11 @@ from .context import Context
 from .errors import CollectionError, FlowError, UsageError
 from .executors import SyncExecutor, default_workers, remote_failure
 from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph
+from .deadlines import Watchdog
 from .manager import Lease, acquire, direct_caller, release
-from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Event,
-                      Finish, Reschedule, RunResult, TaskOutcome, format_error)
+from .threadpool import ThreadPool
+from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
+                      Event, Finish, Reschedule, RunResult, TaskOutcome, format_error)
 from .pickling import UnpicklableResult, dumps_result, loads_result
 from .select import compile_expression
 from .signals import on_stop_signals
@@ -70,6 +72,7 @@ PENDING, WAITING, READY, RUNNING, DONE = range(5)
 # message kinds
 _DONE, _LOG, _EMIT, _SIGNAL, _CRASH = range(5)
 _IDONE = 5  # a mapped task's instance ended (see .dynamic)
+_EXPIRED = 6  # an attempt overran its deadline (see .deadlines)
 
 _OK = (SUCCEEDED, RESTORED)
 _INF = float("inf")
@@ -358,6 +361,11 @@ class Run:
         self._next_iter: list[int | None] = list(self._first_iteration)
         #: extra ``task_restored`` fields (``Restored.fields``) by task or instance name
         self._restore_fields: dict[str, Any] = {}
+        #: attempts may have deadlines the scheduler enforces (flowdeco_task_deadline):
+        #: true on flowdeco's thread pool, which can give up on a thread
+        self.can_abandon = isinstance(executor, ThreadPool)
+        self._deadlines: list[Deadline | None] | None = None
+        self._watchdog: Watchdog | None = None
         #: something was reported while dispatching (a restored mapped instance): call
         #: flowdeco_report_flush before the next task starts (see _flush)
         self._flush_due = False
@@ -462,6 +470,8 @@ class Run:
         if self._has_restore:
             self._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
                                           firstresult=True)
+        if self.can_abandon and has(hook.flowdeco_task_deadlines):
+            self._setup_deadlines(hook.flowdeco_task_deadlines(run=self))
         calls: list[Callable[[dict], Any] | None] = []
         for v in self.graph.vertices:
             call = None
@@ -561,6 +571,8 @@ class Run:
             self._finalize()
         finally:
             restore()
+            if self._watchdog is not None:
+                self._watchdog.stop()
             if self.owns_executor:
                 self.executor.shutdown(wait=not self.abandoned, cancel_futures=True)
         finished = self.clock.monotonic()
@@ -613,6 +625,28 @@ class Run:
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
+    def _setup_deadlines(self, answers: list) -> None:
+        merged: dict[int, Deadline] = {}
+        for answer in answers:
+            for i, d in answer.items():
+                merged.setdefault(i, d)
+        vertices = self.graph.vertices
+        deadlines: list[Deadline | None] = [None] * len(vertices)
+        found = False
+        for i, d in merged.items():
+            v = vertices[i]
+            if d is not None and v.kind is TASK and (v.spec is None or v.spec.map is None):
+                deadlines[i] = d
+                found = True
+        if found:
+            self._deadlines = deadlines
+            self._watchdog = Watchdog(self._expire)
+            self._watchdog.start()
+
+    def _expire(self, armed: Any) -> None:
+        """The watchdog's thread: an attempt overran its deadline; the scheduler ends it."""
+        self.q.put((_EXPIRED, armed))
+
     def _flush(self) -> None:
         """Flush reports made outside message handling, so gates waiting on them open."""
         self._flush_due = False
@@ -642,6 +676,12 @@ class Run:
                 self._stop(interrupted=True)
             else:
                 self.abandoned = True
+        elif kind == _EXPIRED:
+            i, attempt, iteration, t0, thread, deadline = msg[1][2:]
+            self.executor.give_up(thread)
+            self._on_done(i, attempt, iteration, None,
+                          deadline.error(self.graph.vertices[i].name), t0,
+                          self.clock.monotonic(), thread.name, None, 0)
         elif kind == _CRASH:
             raise InternalError("a worker crashed inside flowdeco") from msg[1]
 
@@ -846,7 +886,8 @@ class Run:
             key = self._key
             chain_next = self._chain_next
             n = self._n
-            worker = threading.current_thread().name
+            me = threading.current_thread()
+            worker = me.name
             nsuccs = self._nsuccs
             best_succ = self._best_succ
             handled = self._handled
@@ -858,14 +899,21 @@ class Run:
             # than the one it chained to: until the scheduler has handled it, the
             # ready set is incomplete (matters when priority order must be exact)
             fanout = 0
+            deadlines = self._deadlines
             while True:
                 call = calls[i]
                 t0 = mono()
+                armed = None
+                if deadlines is not None and deadlines[i] is not None:
+                    armed = self._watchdog.arm(i, attempt, iteration, t0,  # type: ignore[union-attr]
+                                               me, deadlines[i])
                 try:
                     result, err = (fns[i](**kw) if call is None else call(kw)), None  # type: ignore[misc]
                 except BaseException as exc:  # noqa: BLE001 - a task may raise anything
                     result, err = None, exc
                 t1 = mono()
+                if armed is not None and not Watchdog.disarm(armed):
+                    return  # overran: the scheduler ended this attempt and gave up this thread
                 nxt = None
                 chained = False
                 if pull and not self.stopping and not self._halt and not (

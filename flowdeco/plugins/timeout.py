@@ -13,18 +13,25 @@ How an attempt is stopped depends on where it runs:
   call) and the worker process serves the next task.  Code stuck inside a C
   extension that never returns to the interpreter cannot be interrupted this
   way, and a task that catches every ``Exception`` can swallow the timeout.
-- **Threads** (``thread`` and ``sync`` executors, Dask workers): the attempt
-  runs on a helper daemon thread while the worker waits at most ``S``
-  seconds for it.  On expiry the worker raises ``TaskTimeout`` and moves on,
-  so the run goes on and ends, but **a Python thread cannot be killed**: the
-  timed-out code keeps running in the background until it returns on its own
-  (its result is dropped; its side effects happen).  A retry of that task
-  may therefore overlap the abandoned attempt.  Use ``executor="process"``
-  when a timed-out attempt must really stop.
+- **Thread executor**: the attempt runs on its worker like any other, with a
+  deadline (``flowdeco_task_deadline``, enforced by the scheduler's watchdog,
+  :mod:`flowdeco.deadlines`).  At the deadline the scheduler fails the
+  attempt with ``TaskTimeout`` and stops waiting; the pool replaces the
+  worker thread, so the run keeps its concurrency, goes on and ends.  But
+  **a Python thread cannot be killed**: the timed-out code keeps running in
+  the background (a daemon thread) until it returns on its own (its result
+  is dropped; its side effects happen).  A retry of that task may therefore
+  overlap the abandoned attempt.  Use ``executor="process"`` when a
+  timed-out attempt must really stop.
+- **Elsewhere on threads** (``sync`` executor, Dask workers, instances of
+  mapped tasks, tasks that also have a circuit breaker -- the breaker must
+  count the timeout as a failure): the attempt runs on a helper daemon thread while the caller
+  waits at most ``S`` seconds for it, with the same abandonment on expiry.
 
-Cost: the wrapper is installed only when some task of the flow has a timeout
-(or a default is set), and only on those tasks; on threads an attempt that
-finishes in time costs one hand-off to a pooled helper thread.
+Cost: nothing is registered unless some task of the flow has a timeout (or a
+default is set), and only those tasks are limited; on the thread executor an
+attempt that finishes in time costs two short lock sections (no thread
+hand-off); with the helper-thread wrapper it costs one hand-off.
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ from typing import Any, Callable
 
 from ..errors import FlowError, UsageError
 from ..manager import hookimpl
+from ..outcome import Deadline
 
 NAME = "timeout"
 _GUARD = "timeout-guard"
+_WRAPPER = "timeout-wrapper"
 
 
 class TaskTimeout(FlowError):
@@ -199,19 +208,77 @@ class TimeoutCall:
 
 
 class TimeoutGuard:
-    """Registered for a run whose flow uses timeouts: wraps the tasks that have one."""
+    """Registered for a flow that uses timeouts; at run start decides how each task is limited.
+
+    On flowdeco's thread pool (``run.can_abandon``) a task gets a scheduler
+    deadline (``flowdeco_task_deadlines``): no wrapper, no hand-off.  The
+    others -- every task on other executors, instances of mapped tasks, and
+    tasks with a circuit breaker, which must count a timeout as its call's
+    failure and never count the abandoned call's late end -- get a
+    :class:`TimeoutCall` wrapper from a :class:`TimeoutWrapper` registered for
+    that run only, so a run that needs no wrapper pays no per-task hook.
+    """
 
     def __init__(self, default: float | None):
         self.default = default
+        #: one Deadline per limit in seconds
+        self._shared: dict[float, Deadline] = {}
+        self._deadlines: dict[int, Deadline] = {}
+
+    def _deadline(self, seconds: float) -> Deadline:
+        deadline = self._shared.get(seconds)
+        if deadline is None:
+            deadline = self._shared[seconds] = Deadline(
+                seconds, lambda name: TaskTimeout(_message(name, seconds)))
+        return deadline
+
+    @hookimpl(tryfirst=True)
+    def flowdeco_run_start(self, run: Any) -> None:
+        default = self.default
+        limits = [(v, t) for v in run.graph.vertices if v.spec is not None and
+                  (t := v.spec.timeout if v.spec.timeout is not None else default) is not None]
+        deadlines: dict[int, Deadline] = {}
+        wrapped: dict[int, float] = {}
+        abandon = run.can_abandon
+        for v, seconds in limits:
+            if abandon and v.spec.map is None and v.spec.circuit is None:
+                deadlines[v.index] = self._deadline(seconds)
+            else:
+                wrapped[v.index] = seconds
+        self._deadlines = deadlines
+        pm = run.config.pluginmanager
+        old = pm.get_plugin(_WRAPPER)
+        if old is not None:
+            pm.unregister(old)
+        if wrapped:
+            pm.register(TimeoutWrapper(wrapped), _WRAPPER)
+
+    @hookimpl
+    def flowdeco_task_deadlines(self, run: Any) -> dict[int, Deadline] | None:
+        deadlines, self._deadlines = self._deadlines, {}
+        return deadlines or None
+
+    @hookimpl
+    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+        pm = run.config.pluginmanager
+        wrapper = pm.get_plugin(_WRAPPER)
+        if wrapper is not None:
+            pm.unregister(wrapper)
+
+
+class TimeoutWrapper:
+    """Wraps the attempts of the tasks a run cannot limit with a deadline (see TimeoutGuard)."""
+
+    def __init__(self, seconds: dict[int, float]):
+        self.seconds = seconds
+        self.pid = os.getpid()
 
     @hookimpl
     def flowdeco_task_wrap(self, run: Any, task: Any) -> Callable[[Callable], Callable] | None:
-        spec = task.spec
-        seconds = spec.timeout if spec is not None and spec.timeout is not None else self.default
+        seconds = self.seconds.get(task.index)
         if seconds is None:
             return None
-        name = task.name
-        pid = os.getpid()
+        name, pid = task.name, self.pid
         return lambda call: TimeoutCall(call, seconds, name, pid)
 
 
@@ -257,6 +324,8 @@ def flowdeco_collection_finish(config: Any, graph: Any) -> None:
 
 @hookimpl
 def flowdeco_unconfigure(config: Any) -> None:
-    guard = config.pluginmanager.get_plugin(_GUARD)
-    if guard is not None:
-        config.pluginmanager.unregister(guard)
+    pm = config.pluginmanager
+    for name in (_WRAPPER, _GUARD):
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            pm.unregister(plugin)
