@@ -9,8 +9,8 @@ from .clock import Clock, FakeClock
 from .errors import (CollectionError, CycleError, DuplicateTaskError, FlowError,
                      MissingDependencyError, StateError, TaskDefinitionError, UsageError)
 from .flow import Flow, SubflowNode
-from .outcome import (Attempt, Event, ExitCode, Finish, Reschedule, Restored, RunResult,
-                      TaskOutcome)
+from .outcome import (Attempt, Deadline, Event, ExitCode, Finish, Reschedule, Restored,
+                      RunResult, TaskOutcome)
 from .secret import Secret
 from .task import TaskSpec, task
 
@@ -53,7 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt", "CircuitBreaker", "CircuitOpenError", "Clock", "CollectionError", "Context",
-    "CycleError", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
+    "CycleError", "Deadline", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
     "FlowError", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
     "Reschedule", "Restored", "Retry", "Run", "RunResult", "Secret", "StateError",
     "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout", "UsageError",

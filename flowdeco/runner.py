@@ -499,8 +499,8 @@ class Run:
         # the best priority key among each task's successors
         if self.local and not self.sync:
             self._nsuccs = [len(x) for x in self.graph.succs]
-            get = self._key.__getitem__
-            self._best_succ = [min(map(get, succ), default=_INF) for succ in self.graph.succs] \
+            key = self._key
+            self._best_succ = [_INF if f is None else key[f] for f in self._first_succ()] \
                 if self._pull else []
         #: per worker thread: completions posted / handled by the scheduler
         self._posted: dict[str, int] = {}
@@ -516,18 +516,26 @@ class Run:
         have to start first by the priority rule, and never a task that goes
         through the dynamic gate (``map=``, ``when=``, ``trigger=``).
         """
-        g = self.graph
+        vertices = self.graph.vertices
+        watched, slow = self._watched, self._slow
         out: list[int | None] = []
-        for v in g.vertices:
+        for i, first in enumerate(self._first_succ()):
             best = None
-            succs = g.succs[v.index]
-            if succs and v.index not in self._watched:
-                first = min(succs, key=lambda s: (-g.vertices[s].priority, s))
-                w = g.vertices[first]
-                if w.kind is TASK and len(w.deps) == 1 and not self._slow[first]:
+            if first is not None and i not in watched:
+                w = vertices[first]
+                if w.kind is TASK and len(w.deps) == 1 and not slow[first]:
                     best = first
             out.append(best)
         return out
+
+    def _first_succ(self) -> list[int | None]:
+        """Each task's successor that goes first by the priority rule (None: no successor)."""
+        first = self.__dict__.get("_firsts")
+        if first is None:
+            get = self._key.__getitem__
+            first = self._firsts = [min(succ, key=get) if succ else None
+                                    for succ in self.graph.succs]
+        return first
 
     # -- reporting
     def _report(self, name: str, task: str | None, fields: dict, mono: float | None = None,
@@ -626,19 +634,17 @@ class Run:
                 self.hook.flowdeco_report_flush(run=self)
 
     def _setup_deadlines(self, answers: list) -> None:
-        merged: dict[int, Deadline] = {}
-        for answer in answers:
-            for i, d in answer.items():
-                merged.setdefault(i, d)
         vertices = self.graph.vertices
         deadlines: list[Deadline | None] = [None] * len(vertices)
-        found = False
-        for i, d in merged.items():
-            v = vertices[i]
-            if d is not None and v.kind is TASK and (v.spec is None or v.spec.map is None):
+        for answer in reversed(answers):  # the first answer for a task wins
+            for i, d in answer.items():
                 deadlines[i] = d
-                found = True
-        if found:
+        slow = [i for i, d in enumerate(deadlines) if d is not None and (
+            vertices[i].kind is not TASK or (vertices[i].spec is not None
+                                             and vertices[i].spec.map is not None))]
+        for i in slow:  # sub-flow nodes have no attempts; mapped instances: not covered
+            deadlines[i] = None
+        if any(d is not None for d in deadlines):
             self._deadlines = deadlines
             self._watchdog = Watchdog(self._expire)
             self._watchdog.start()

@@ -235,16 +235,19 @@ class TimeoutGuard:
     @hookimpl(tryfirst=True)
     def flowdeco_run_start(self, run: Any) -> None:
         default = self.default
-        limits = [(v, t) for v in run.graph.vertices if v.spec is not None and
-                  (t := v.spec.timeout if v.spec.timeout is not None else default) is not None]
+        specs = [(v.index, v.spec) for v in run.graph.vertices if v.spec is not None]
+        if default is None:
+            specs = [(i, spec) for i, spec in specs if spec.timeout is not None]
         deadlines: dict[int, Deadline] = {}
         wrapped: dict[int, float] = {}
         abandon = run.can_abandon
-        for v, seconds in limits:
-            if abandon and v.spec.map is None and v.spec.circuit is None:
-                deadlines[v.index] = self._deadline(seconds)
+        for i, spec in specs:
+            seconds = spec.timeout if spec.timeout is not None else default
+            if abandon and spec.map is None and spec.circuit is None:
+                d = self._shared.get(seconds)
+                deadlines[i] = d if d is not None else self._deadline(seconds)
             else:
-                wrapped[v.index] = seconds
+                wrapped[i] = seconds
         self._deadlines = deadlines
         pm = run.config.pluginmanager
         old = pm.get_plugin(_WRAPPER)
