@@ -14,8 +14,10 @@ How one run unfolds (the narrative the individual docstrings refer to):
    which ``@task`` options some active plugin handles, so a task using an
    option nobody handles is a collection error, not a silent no-op.
 4. ``flowdeco_make_executor(config, workers)`` picks where task bodies run.
-5. ``flowdeco_run_start(run)``; then once per task ``flowdeco_task_wrap(run,
-   task)`` composes the per-attempt wrappers (timeout, circuit breaker) -- both
+5. ``flowdeco_run_start(run)``; on flowdeco's thread pool
+   ``flowdeco_task_deadlines(run)`` (attempt time limits the scheduler
+   enforces); then once per task ``flowdeco_task_wrap(run, task)`` composes
+   the per-attempt wrappers (circuit breaker, timeouts elsewhere) -- all
    before any worker thread starts.
 6. The scheduler loop: when a task becomes ready, ``flowdeco_task_restore``
    may supply its result without running it (resume, caching), else
