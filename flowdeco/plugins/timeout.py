@@ -225,6 +225,10 @@ class TimeoutGuard:
         self._shared: dict[float, Deadline] = {}
         self._deadlines: dict[int, Deadline] = {}
 
+    def _limit(self, v: Any) -> float:
+        t = v.spec.timeout
+        return t if t is not None else self.default  # type: ignore[return-value]
+
     def _deadline(self, seconds: float) -> Deadline:
         deadline = self._shared.get(seconds)
         if deadline is None:
@@ -235,19 +239,25 @@ class TimeoutGuard:
     @hookimpl(tryfirst=True)
     def flowdeco_run_start(self, run: Any) -> None:
         default = self.default
-        specs = [(v.index, v.spec) for v in run.graph.vertices if v.spec is not None]
-        if default is None:
-            specs = [(i, spec) for i, spec in specs if spec.timeout is not None]
-        deadlines: dict[int, Deadline] = {}
+        vertices = run.graph.vertices
+        # one pass, no intermediate objects: most flows give most tasks the same limit
+        limited = [v for v in vertices if v.spec is not None and (
+            v.spec.timeout is not None or default is not None)]
         wrapped: dict[int, float] = {}
-        abandon = run.can_abandon
-        for i, spec in specs:
-            seconds = spec.timeout if spec.timeout is not None else default
-            if abandon and spec.map is None and spec.circuit is None:
-                d = self._shared.get(seconds)
-                deadlines[i] = d if d is not None else self._deadline(seconds)
+        deadlines: dict[int, Deadline] = {}
+        if run.can_abandon:
+            plain = [v for v in limited if v.spec.map is None and v.spec.circuit is None]
+            if len(plain) < len(limited):
+                ids = {id(v) for v in plain}
+                wrapped = {v.index: self._limit(v) for v in limited if id(v) not in ids}
+            same = {v.spec.timeout for v in plain}
+            if len(same) == 1:
+                d = self._deadline(next(iter(same)) if None not in same else default)
+                deadlines = dict.fromkeys([v.index for v in plain], d)
             else:
-                wrapped[i] = seconds
+                deadlines = {v.index: self._deadline(self._limit(v)) for v in plain}
+        else:
+            wrapped = {v.index: self._limit(v) for v in limited}
         self._deadlines = deadlines
         pm = run.config.pluginmanager
         old = pm.get_plugin(_WRAPPER)
