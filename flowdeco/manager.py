@@ -211,6 +211,14 @@ def direct_caller(caller: Any, argnames: tuple[str, ...], firstresult: bool = Fa
             return None
         return first
 
+    if len(order) == 1:
+        only = order[0]
+
+        def one(*args: Any) -> list:
+            res = only(*args)
+            return [] if res is None else [res]
+        return one
+
     def every(*args: Any) -> list:
         out = []
         for fn in order:

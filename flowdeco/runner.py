@@ -473,12 +473,12 @@ class Run:
         if self.can_abandon and has(hook.flowdeco_task_deadlines):
             self._setup_deadlines(hook.flowdeco_task_deadlines(run=self))
         calls: list[Callable[[dict], Any] | None] = []
+        local = self.local
         for v in self.graph.vertices:
             call = None
             if v.kind is TASK:
-                decos = [d for d in wrap(self, v) if d is not None] \
-                    if wrap is not None else ()
-                if decos or not self.local:
+                decos = wrap(self, v) if wrap is not None else ()  # (no None in it)
+                if decos or not local:
                     call = partial(_invoke, v.fn)
                     for deco in reversed(decos):
                         call = deco(call)
