@@ -16,9 +16,10 @@ How one run unfolds (the narrative the individual docstrings refer to):
 4. ``flowdeco_make_executor(config, workers)`` picks where task bodies run.
 5. ``flowdeco_run_start(run)``; on flowdeco's thread pool
    ``flowdeco_task_deadlines(run)`` (attempt time limits the scheduler
-   enforces); then once per task ``flowdeco_task_wrap(run, task)`` composes
-   the per-attempt wrappers (circuit breaker, timeouts elsewhere) -- all
-   before any worker thread starts.
+   enforces); in-process ``flowdeco_task_guards(run)`` (enter/exit around
+   attempts: circuit breakers); then once per task ``flowdeco_task_wrap(run,
+   task)`` composes the per-attempt wrappers (anything else; breakers and
+   timeouts elsewhere) -- all before any worker thread starts.
 6. The scheduler loop: when a task becomes ready, ``flowdeco_task_restore``
    may supply its result without running it (resume, caching), else
    ``flowdeco_task_delay`` may hold it back without holding a worker; then an
@@ -168,6 +169,24 @@ def flowdeco_task_deadlines(run: "Run") -> "Optional[Mapping[int, Deadline]]":
     ignored); limit those, and everything on other executors, with a
     ``flowdeco_task_wrap`` wrapper, as the timeout plugin does.  When several
     plugins answer for one task, the first answer (pluggy order) wins.
+    """
+
+
+@hookspec
+def flowdeco_task_guards(run: "Run") -> "Optional[Mapping[int, Any]]":
+    """Return ``{task index: guard}`` to bracket each attempt of those tasks, or None.
+
+    Called once per run, after ``flowdeco_run_start`` and before
+    ``flowdeco_task_wrap``, only when attempts run in this process
+    (``run.local``: thread and sync executors).  On the worker, around every
+    attempt and outside all wrappers, the runner calls ``token =
+    guard.enter()`` -- raising fails the attempt without running it (an open
+    circuit) -- and then ``guard.exit(token, error)`` with the attempt's
+    exception or None; ``exit`` must not raise.  One guard object may serve
+    many tasks (nothing is built per task: cheaper than a wrapper).  Instances
+    of mapped tasks are not guarded (their index is ignored); cover those,
+    and other executors, with ``flowdeco_task_wrap``, as the circuit plugin
+    does.  When several plugins answer for one task, the first answer wins.
     """
 
 

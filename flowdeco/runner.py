@@ -126,6 +126,21 @@ def _invoke(fn: Callable[..., Any], kwargs: dict) -> Any:
     return fn(**kwargs)
 
 
+def _guarded(guard: Any, fn: Any, call: Any, kw: dict) -> tuple[Any, BaseException | None]:
+    """One attempt between ``guard.enter()`` and ``guard.exit(token, error)`` (on the worker)."""
+    try:
+        token = guard.enter()
+    except BaseException as exc:  # noqa: BLE001 - the guard refuses the attempt
+        return None, exc
+    try:
+        result = fn(**kw) if call is None else call(kw)
+    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+        guard.exit(token, exc)
+        return None, exc
+    guard.exit(token, None)
+    return result, None
+
+
 def _portable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
@@ -365,6 +380,9 @@ class Run:
         #: true on flowdeco's thread pool, which can give up on a thread
         self.can_abandon = isinstance(executor, ThreadPool)
         self._deadlines: list[Deadline | None] | None = None
+        #: per task, an object whose enter()/exit() bracket each attempt on the worker
+        #: (flowdeco_task_guards: circuit breakers), or None
+        self._guards: list[Any] | None = None
         self._watchdog: Watchdog | None = None
         #: something was reported while dispatching (a restored mapped instance): call
         #: flowdeco_report_flush before the next task starts (see _flush)
@@ -472,6 +490,8 @@ class Run:
                                           firstresult=True)
         if self.can_abandon and has(hook.flowdeco_task_deadlines):
             self._setup_deadlines(hook.flowdeco_task_deadlines(run=self))
+        if self.local and has(hook.flowdeco_task_guards):
+            self._guards = self._per_task(hook.flowdeco_task_guards(run=self))
         calls: list[Callable[[dict], Any] | None] = []
         local = self.local
         for v in self.graph.vertices:
@@ -633,18 +653,21 @@ class Run:
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
-    def _setup_deadlines(self, answers: list) -> None:
+    def _per_task(self, answers: list) -> list | None:
+        """``{task index: value}`` answers merged into a per-vertex list (first answer wins),
+        keeping plain tasks only (not sub-flow nodes, not mapped tasks); None if empty."""
         vertices = self.graph.vertices
-        deadlines: list[Deadline | None] = [None] * len(vertices)
-        for answer in reversed(answers):  # the first answer for a task wins
-            for i, d in answer.items():
-                deadlines[i] = d
-        slow = [i for i, d in enumerate(deadlines) if d is not None and (
-            vertices[i].kind is not TASK or (vertices[i].spec is not None
-                                             and vertices[i].spec.map is not None))]
-        for i in slow:  # sub-flow nodes have no attempts; mapped instances: not covered
-            deadlines[i] = None
-        if any(d is not None for d in deadlines):
+        out: list[Any] = [None] * len(vertices)
+        for answer in reversed(answers):
+            for i, x in answer.items():
+                v = vertices[i]
+                if x is not None and v.kind is TASK and (v.spec is None or v.spec.map is None):
+                    out[i] = x
+        return out if any(x is not None for x in out) else None
+
+    def _setup_deadlines(self, answers: list) -> None:
+        deadlines = self._per_task(answers)
+        if deadlines is not None:
             self._deadlines = deadlines
             self._watchdog = Watchdog(self._expire)
             self._watchdog.start()
@@ -720,6 +743,7 @@ class Run:
         calls = self._calls
         watched = self._watched
         plain = not self._has_restore and not self._has_delay
+        guards = self._guards
         mono = self.clock.monotonic
         heappop, heappush = heapq.heappop, heapq.heappush
         n = self._n
@@ -749,10 +773,13 @@ class Run:
             call = calls[i]
             self._sync_busy = True
             t0 = mono()
-            try:
-                result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
-            except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-                result, err = None, exc
+            if guards is None or guards[i] is None:
+                try:
+                    result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
+                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                    result, err = None, exc
+            else:
+                result, err = _guarded(guards[i], v.fn, call, kw)
             t1 = mono()
             self._sync_busy = False
             if not empty():  # log records, events and signals that arrived during the task
@@ -906,6 +933,7 @@ class Run:
             # ready set is incomplete (matters when priority order must be exact)
             fanout = 0
             deadlines = self._deadlines
+            guards = self._guards
             while True:
                 call = calls[i]
                 t0 = mono()
@@ -913,10 +941,13 @@ class Run:
                 if deadlines is not None and deadlines[i] is not None:
                     armed = self._watchdog.arm(i, attempt, iteration, t0,  # type: ignore[union-attr]
                                                me, deadlines[i])
-                try:
-                    result, err = (fns[i](**kw) if call is None else call(kw)), None  # type: ignore[misc]
-                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-                    result, err = None, exc
+                if guards is None or guards[i] is None:
+                    try:
+                        result, err = (fns[i](**kw) if call is None else call(kw)), None  # type: ignore[misc]
+                    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                        result, err = None, exc
+                else:
+                    result, err = _guarded(guards[i], fns[i], call, kw)
                 t1 = mono()
                 if armed is not None and not Watchdog.disarm(armed):
                     return  # overran: the scheduler ended this attempt and gave up this thread

@@ -56,6 +56,7 @@ from ..manager import hookimpl
 
 NAME = "circuit"
 _GUARD = "circuit-guard"
+_WRAPPER = "circuit-wrapper"
 
 R = TypeVar("R")
 
@@ -238,6 +239,27 @@ class CircuitBreaker:
             self._record_success(gen, trial)
         return result
 
+    # -- the attempt guard protocol (flowdeco_task_guards): call() split in two
+    def enter(self) -> Any:
+        """Admit a call (raise :class:`CircuitOpenError` if open); returns a token for exit()."""
+        if self._state is CLOSED:
+            return self._gen  # an int: closed, not a trial
+        return self._admit()
+
+    def exit(self, token: Any, error: BaseException | None) -> None:
+        """Count the end of a call admitted by enter(): ``error`` None on success."""
+        if type(token) is int:
+            gen, trial = token, False
+        else:
+            gen, trial = token
+        if error is None:
+            if trial or self._failures:
+                self._record_success(gen, trial)
+        elif isinstance(error, Exception):
+            self._record_failure(gen, trial)
+        elif trial:
+            self._release(gen)
+
     def _admit(self) -> tuple[int, bool]:
         with self._lock:
             if self._state is OPEN:
@@ -383,41 +405,74 @@ def resolve(task: Any) -> CircuitBreaker | None:
 
 
 class CircuitGuard:
-    """Registered when a flow's tasks use breakers: wraps their attempts, reports transitions."""
+    """Registered when a flow's tasks use breakers: guards their attempts, reports transitions.
+
+    In this process (thread and sync executors) a task's breaker is its
+    attempt guard (``flowdeco_task_guards``: nothing built per task).  Tasks
+    the guards do not cover -- every task on other executors, instances of
+    mapped tasks -- get a :class:`CircuitCall` wrapper from a
+    :class:`CircuitWrapper` registered for that run only.
+    """
 
     def __init__(self) -> None:
-        #: id(breaker) -> (breaker, its run listener, the decorator handed to the core)
-        self._used: dict[int, tuple[CircuitBreaker, Listener, Callable]] = {}
+        #: id(breaker) -> (breaker, its run listener)
+        self._used: dict[int, tuple[CircuitBreaker, Listener]] = {}
+        self._guards: dict[int, CircuitBreaker] = {}
+
+    @hookimpl
+    def flowdeco_run_start(self, run: Any) -> None:
+        self.unsubscribe_all()
+        tasks = [(v, resolve(v)) for v in run.graph.vertices
+                 if v.spec is not None and v.spec.circuit is not None]
+        for _, breaker in tasks:
+            if id(breaker) not in self._used:  # report its transitions in the run
+                def listener(b: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+                    run.emit(EVENTS[new], breaker=b.name)
+                breaker.subscribe(listener)  # type: ignore[union-attr]
+                self._used[id(breaker)] = (breaker, listener)  # type: ignore[assignment]
+        local = run.local
+        self._guards = {v.index: b for v, b in tasks if local and v.spec.map is None}
+        wrapped = {v.index: b for v, b in tasks if v.index not in self._guards}
+        pm = run.config.pluginmanager
+        old = pm.get_plugin(_WRAPPER)
+        if old is not None:
+            pm.unregister(old)
+        if wrapped:
+            pm.register(CircuitWrapper(wrapped), _WRAPPER)
+
+    @hookimpl
+    def flowdeco_task_guards(self, run: Any) -> dict[int, CircuitBreaker] | None:
+        guards, self._guards = self._guards, {}
+        return guards or None
+
+    @hookimpl
+    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+        self.unsubscribe_all()
+        pm = run.config.pluginmanager
+        wrapper = pm.get_plugin(_WRAPPER)
+        if wrapper is not None:
+            pm.unregister(wrapper)
+
+    def unsubscribe_all(self) -> None:
+        used, self._used = self._used, {}
+        for breaker, listener in used.values():
+            breaker.unsubscribe(listener)
+
+
+class CircuitWrapper:
+    """Wraps the attempts of the tasks guards cannot cover (see CircuitGuard)."""
+
+    def __init__(self, breakers: dict[int, CircuitBreaker]):
+        self.breakers = breakers
 
     # tryfirst: the outermost wrapper, so a timed-out attempt counts as a failure and an
     # open breaker refuses before a timeout helper is involved
     @hookimpl(tryfirst=True)
     def flowdeco_task_wrap(self, run: Any, task: Any) -> Callable[[Callable], Callable] | None:
-        spec = task.spec
-        if spec is None or spec.circuit is None:
+        breaker = self.breakers.get(task.index)
+        if breaker is None:
             return None
-        breaker = resolve(task)
-        assert breaker is not None
-        used = self._used.get(id(breaker))
-        if used is None:
-            # first task of this run on this breaker: report its transitions in the run
-            def listener(b: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-                run.emit(EVENTS[new], breaker=b.name)
-
-            def deco(call: Callable[[dict], Any]) -> CircuitCall:
-                return CircuitCall(call, breaker)
-            breaker.subscribe(listener)
-            used = self._used[id(breaker)] = (breaker, listener, deco)
-        return used[2]
-
-    @hookimpl
-    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
-        self.unsubscribe_all()
-
-    def unsubscribe_all(self) -> None:
-        used, self._used = self._used, {}
-        for breaker, listener, _ in used.values():
-            breaker.unsubscribe(listener)
+        return lambda call: CircuitCall(call, breaker)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -442,7 +497,11 @@ def flowdeco_collection_finish(config: Any, graph: Any) -> None:
 
 @hookimpl
 def flowdeco_unconfigure(config: Any) -> None:
-    guard = config.pluginmanager.get_plugin(_GUARD)
+    pm = config.pluginmanager
+    wrapper = pm.get_plugin(_WRAPPER)
+    if wrapper is not None:
+        pm.unregister(wrapper)
+    guard = pm.get_plugin(_GUARD)
     if guard is not None:
         guard.unsubscribe_all()
-        config.pluginmanager.unregister(guard)
+        pm.unregister(guard)

@@ -1,0 +1,110 @@
+"""``flowdeco_task_guards``: enter/exit around attempts, without wrappers."""
+
+from __future__ import annotations
+
+import pytest
+
+import flowdeco
+from flowdeco import CircuitBreaker, CircuitOpenError, run, task
+
+
+class Guard:
+    def __init__(self, refuse: bool = False):
+        self.calls: list = []
+        self.refuse = refuse
+
+    def enter(self):
+        self.calls.append("enter")
+        if self.refuse:
+            raise RuntimeError("refused by the guard")
+        return len(self.calls)
+
+    def exit(self, token, error):
+        self.calls.append(("exit", token, None if error is None else type(error).__name__))
+
+
+class Guarding:
+    def __init__(self, guards):
+        self.guards = guards
+
+    @flowdeco.hookimpl
+    def flowdeco_task_guards(self, run):
+        return {run.graph.by_name[name]: g for name, g in self.guards.items()}
+
+
+@pytest.mark.parametrize("executor", ["thread", "sync"])
+def test_enter_and_exit_bracket_every_attempt(executor):
+    ran = []
+
+    @task(retries=1)
+    def flaky():
+        ran.append("flaky")
+        if len(ran) == 1:
+            raise ValueError("first attempt fails")
+        return 1
+
+    @task
+    def refused():
+        ran.append("refused")
+
+    @task
+    def free():
+        return 2
+
+    g, r = Guard(), Guard(refuse=True)
+    result = run([flaky, refused, free], state_dir=None, executor=executor,
+                 plugins=[Guarding({"flaky": g, "refused": r})])
+    assert result.results["flaky"] == 1 and result.results["free"] == 2
+    assert g.calls == ["enter", ("exit", 1, "ValueError"), "enter", ("exit", 3, None)]
+    assert result["refused"].error == "RuntimeError: refused by the guard"
+    assert "refused" not in ran and r.calls == ["enter"]
+
+
+def test_mapped_tasks_are_not_guarded():
+    @task
+    def items():
+        return [1, 2]
+
+    @task(map="items")
+    def each(items):
+        return items
+
+    g = Guard()
+    result = run([items, each], state_dir=None, plugins=[Guarding({"each": g})])
+    assert result.results["each"] == [1, 2] and g.calls == []
+
+
+class WrapperSeen:
+    seen: list = []
+
+    @flowdeco.hookimpl(trylast=True)
+    def flowdeco_run_start(self, run):
+        self.seen.append(run.config.pluginmanager.get_plugin("circuit-wrapper") is not None)
+
+
+@pytest.mark.parametrize("executor", ["thread", "sync"])
+def test_a_breaker_guards_in_process_tasks_without_a_wrapper(executor):
+    b = CircuitBreaker("guards-test", threshold=2, reset_after=60)
+    b.reset()
+    calls = []
+
+    @task(circuit=b)
+    def down():
+        calls.append(1)
+        raise ConnectionError("down")
+
+    @task(circuit=b, after=[down], trigger="all_done")
+    def again():
+        calls.append(2)
+        raise ConnectionError("down")
+
+    @task(circuit=b, after=[again], trigger="all_done")
+    def refused():
+        calls.append(3)
+
+    seen = WrapperSeen()
+    seen.seen = []
+    result = run([down, again, refused], state_dir=None, executor=executor, plugins=[seen])
+    assert seen.seen == [False]  # guards, no per-task wrapper
+    assert calls == [1, 2] and b.state == "open"
+    assert isinstance(result["refused"].exception, CircuitOpenError)
