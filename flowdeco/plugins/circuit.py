@@ -422,17 +422,23 @@ class CircuitGuard:
     @hookimpl
     def flowdeco_run_start(self, run: Any) -> None:
         self.unsubscribe_all()
-        tasks = [(v, resolve(v)) for v in run.graph.vertices
-                 if v.spec is not None and v.spec.circuit is not None]
-        for _, breaker in tasks:
-            if id(breaker) not in self._used:  # report its transitions in the run
-                def listener(b: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-                    run.emit(EVENTS[new], breaker=b.name)
-                breaker.subscribe(listener)  # type: ignore[union-attr]
-                self._used[id(breaker)] = (breaker, listener)  # type: ignore[assignment]
-        local = run.local
-        self._guards = {v.index: b for v, b in tasks if local and v.spec.map is None}
-        wrapped = {v.index: b for v, b in tasks if v.index not in self._guards}
+        tasks = [v for v in run.graph.vertices if v.spec is not None and v.spec.circuit is not None]
+        # resolve each distinct circuit= value once (most flows share a few breakers)
+        firsts = {id(v.spec.circuit): v for v in tasks}
+        breakers = {key: resolve(v) for key, v in firsts.items()}
+        for breaker in {id(b): b for b in breakers.values()}.values():
+            def listener(b: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+                run.emit(EVENTS[new], breaker=b.name)  # its transitions, in the run's events
+            breaker.subscribe(listener)  # type: ignore[union-attr]
+            self._used[id(breaker)] = (breaker, listener)  # type: ignore[assignment]
+        if run.local:
+            self._guards = {v.index: breakers[id(v.spec.circuit)] for v in tasks
+                            if v.spec.map is None}  # type: ignore[misc]
+            wrapped = {v.index: breakers[id(v.spec.circuit)] for v in tasks
+                       if v.spec.map is not None}
+        else:
+            self._guards = {}
+            wrapped = {v.index: breakers[id(v.spec.circuit)] for v in tasks}
         pm = run.config.pluginmanager
         old = pm.get_plugin(_WRAPPER)
         if old is not None:
