@@ -28,8 +28,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from concurrent.futures import (BrokenExecutor, Executor, Future, ProcessPoolExecutor,
-                                ThreadPoolExecutor)
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from multiprocessing.connection import wait as _wait_sentinels

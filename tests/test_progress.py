@@ -107,6 +107,23 @@ def test_live_line_counts_tasks_and_erases_itself_at_the_end():
     assert view._thread is None                             # the ticker thread has ended
 
 
+def test_mapped_instances_count_in_the_total():
+    view = ProgressView(FakeTTY(), interval=10)
+
+    @task
+    def items():
+        return [1, 2, 3]
+
+    @task(map="items")
+    def each(items):
+        return items
+
+    result = flowdeco.run([items, each], state_dir=None, plugins=[view])
+    assert result.ok
+    assert view.total == 5 and sum(view.counts.values()) == 5  # 2 tasks + 3 instances
+    assert view.line().startswith("flowdeco 5/5 done")
+
+
 def test_line_shows_remaining_estimate_and_pipeline_rate():
     tty = FakeTTY()
     now = [0.0]

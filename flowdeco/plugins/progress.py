@@ -106,6 +106,8 @@ class ProgressView:
                 name = event.name
                 if name == "task_started":
                     self.running.add(event.task)
+                elif name == "task_mapped":  # its instances count as tasks of the run
+                    self.total += event.fields.get("instances", 0)
                 else:
                     kind = _DONE.get(name)
                     if kind is not None:
