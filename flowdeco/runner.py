@@ -492,17 +492,21 @@ class Run:
             self._setup_deadlines(hook.flowdeco_task_deadlines(run=self))
         if self.local and has(hook.flowdeco_task_guards):
             self._guards = self._per_task(hook.flowdeco_task_guards(run=self))
-        calls: list[Callable[[dict], Any] | None] = []
         local = self.local
-        for v in self.graph.vertices:
-            call = None
-            if v.kind is TASK:
-                decos = wrap(self, v) if wrap is not None else ()  # (no None in it)
-                if decos or not local:
-                    call = partial(_invoke, v.fn)
-                    for deco in reversed(decos):
-                        call = deco(call)
-            calls.append(call)
+        calls: list[Callable[[dict], Any] | None]
+        if wrap is None and local:
+            calls = [None] * len(self.graph)  # every task a plain call, made inline
+        else:
+            calls = []
+            for v in self.graph.vertices:
+                call = None
+                if v.kind is TASK:
+                    decos = wrap(self, v) if wrap is not None else ()  # (no None in it)
+                    if decos or not local:
+                        call = partial(_invoke, v.fn)
+                        for deco in reversed(decos):
+                            call = deco(call)
+                calls.append(call)
         self._calls = calls
         self._fns = [v.fn for v in self.graph.vertices]
         # thread workers take their next task themselves (no hand-off through the
