@@ -131,6 +131,38 @@ def test_run_on_a_fake_clock_gives_exact_figures():
     assert m.workers == [WorkerMetrics("sync", 4, 6.5, 1.0)]
 
 
+def test_mapped_instances_have_their_own_figures_on_a_fake_clock():
+    clock = FakeClock(start=100.0)
+
+    @task
+    def items():
+        clock.advance(1.0)
+        return [1.0, 2.0, 0.5]
+
+    @task(map="items")
+    def each(items):
+        clock.advance(items)
+        return items
+
+    @task
+    def total(each):
+        clock.advance(0.25)
+        return sum(each)
+
+    result = flowdeco.run([items, each, total], state_dir=None, executor="sync", clock=clock)
+    assert result.results["total"] == 3.5
+    m = result.metrics
+    assert {n: t.duration for n, t in m.tasks.items() if "[" in n} == {
+        "each[0]": 1.0, "each[1]": 2.0, "each[2]": 0.5}
+    assert m.tasks["each[1]"].queued == 1.0 and m.tasks["each[1]"].started == 2.0
+    assert m.tasks["each[2]"].worker == "sync" and m.tasks["each[2]"].status == "succeeded"
+    assert m.makespan == 4.75
+    # the instances' work, not the mapped task's span on top of it
+    assert m.total_task_time == 4.75
+    assert m.workers == [WorkerMetrics("sync", 5, 4.75, 1.0)]  # items, 3 instances, total
+    assert m.critical_path == ["items", "each", "total"]
+
+
 def test_contract_fields_on_a_thread_run_with_retries():
     calls = []
 

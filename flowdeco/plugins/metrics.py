@@ -5,7 +5,9 @@
 - ``tasks[name]``: :class:`TaskMetrics` -- ``queued`` (when its dependencies
   were done), ``started``, ``finished`` (all in seconds since the run
   started), ``duration``, ``attempts``, ``worker``, ``status``; ``wait`` is
-  started - queued.
+  started - queued.  Instances of mapped tasks (``scan[3]``) are listed
+  after the tasks; a mapped task's own entry spans its instances, and
+  busy and total task time count the instances' work instead.
 - ``workers``: one :class:`WorkerMetrics` per worker that ran a task --
   ``worker``, ``tasks_processed``, ``busy`` (seconds), ``utilisation`` (busy /
   makespan).
@@ -102,19 +104,21 @@ class Arrays:
     workers: int
     is_task: Sequence[bool] | None = None
     results: Sequence[Any] | None = None
+    #: True for a mapped task's own record when its instances follow as records of
+    #: their own: its span is not a task's work (busy time, total task time)
+    mapped: Sequence[bool] | None = None
 
 
 class _RunArrays:
-    """:class:`Arrays` read from a run, only when metrics are first asked for."""
+    """:class:`Arrays` read from a run, only when metrics are first asked for.
+
+    Instances of mapped tasks (``scan[3]``) are appended after the graph's
+    vertices, each with the mapped task's dependencies, read from the run's
+    compact per-instance arrays.
+    """
 
     def __init__(self, run: Any):
         self._run = run
-        self.t0 = run._t0
-        self.t1 = run._t1
-        self.worker = run._worker
-        self.attempts = run._attempts
-        self.status = run._status
-        self.results = run.results
         self.workers = run.workers
 
     @property
@@ -122,16 +126,75 @@ class _RunArrays:
         return self._run.started
 
     @functools.cached_property
+    def _maps(self) -> list:
+        dyn = self._run._dyn
+        return sorted(dyn.maps.items()) if dyn is not None and dyn.maps else []
+
+    def _joined(self, own: list, per_instance: Any) -> list:
+        """``own`` (one entry per vertex), then ``per_instance(mapstate, k)`` for every instance."""
+        if not self._maps:
+            return own
+        out = list(own)
+        for _, m in self._maps:
+            out.extend(per_instance(m, k) for k in range(m.n))
+        return out
+
+    @functools.cached_property
+    def t0(self) -> list:
+        return self._joined(self._run._t0, lambda m, k: _num(m.t0[k]))
+
+    @functools.cached_property
+    def t1(self) -> list:
+        return self._joined(self._run._t1, lambda m, k: _num(m.t1[k]))
+
+    @functools.cached_property
+    def worker(self) -> list:
+        return self._joined(self._run._worker, lambda m, k: m.workers[k])
+
+    @functools.cached_property
+    def attempts(self) -> list:
+        return self._joined(self._run._attempts, lambda m, k: m.attempts[k])
+
+    @functools.cached_property
+    def status(self) -> list:
+        return self._joined(self._run._status, lambda m, k: _instance_status(m, k))
+
+    @functools.cached_property
+    def results(self) -> list:
+        return self._joined(self._run.results, lambda m, k: None)
+
+    @functools.cached_property
     def names(self) -> list[str]:
-        return [v.name for v in self._run.graph.vertices]
+        return self._joined([v.name for v in self._run.graph.vertices],
+                            lambda m, k: m.instance(k))
 
     @functools.cached_property
     def deps(self) -> list[tuple[int, ...]]:
-        return [v.deps for v in self._run.graph.vertices]
+        return self._joined([v.deps for v in self._run.graph.vertices],
+                            lambda m, k: m.vertex.deps)
 
     @functools.cached_property
     def is_task(self) -> list[bool]:
-        return [v.kind is TASK for v in self._run.graph.vertices]
+        return self._joined([v.kind is TASK for v in self._run.graph.vertices],
+                            lambda m, k: True)
+
+    @functools.cached_property
+    def mapped(self) -> list[bool] | None:
+        if not self._maps:
+            return None
+        flags = [False] * len(self._run.graph.vertices)
+        for i, _ in self._maps:
+            flags[i] = True
+        return self._joined(flags, lambda m, k: False)
+
+
+def _num(x: float) -> float | None:
+    return None if x != x else x  # NaN: not started / not ended
+
+
+def _instance_status(m: Any, k: int) -> str | None:
+    from ..dynamic import _STATUS
+    return _STATUS.get(m.status[k])
 
 
 class _Tasks(Mapping[str, TaskMetrics]):
@@ -176,11 +239,15 @@ class RunMetrics:
 
     # -- helpers
     def _ran(self) -> Iterator[int]:
+        """Records of work done: tasks and instances that ran (not sub-flow points,
+        not a mapped task's own span, which its instances' records cover)."""
         a = self._a
         is_task = a.is_task
+        mapped = getattr(a, "mapped", None)
         t0, t1 = a.t0, a.t1
         for i in range(len(t0)):
-            if t0[i] is not None and t1[i] is not None and (is_task is None or is_task[i]):
+            if t0[i] is not None and t1[i] is not None and (is_task is None or is_task[i]) \
+                    and (mapped is None or not mapped[i]):
                 yield i
 
     def _task(self, i: int) -> TaskMetrics:
