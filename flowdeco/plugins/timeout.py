@@ -240,7 +240,8 @@ class TimeoutGuard:
     def flowdeco_run_start(self, run: Any) -> None:
         default = self.default
         vertices = run.graph.vertices
-        # one pass, no intermediate objects: most flows give most tasks the same limit
+        # a few list passes and one shared Deadline when the limits agree (the usual
+        # case): no object per task beyond the table itself
         limited = [v for v in vertices if v.spec is not None and (
             v.spec.timeout is not None or default is not None)]
         wrapped: dict[int, float] = {}
