@@ -254,6 +254,30 @@ def test_resuming_a_run_restores_its_cache_hits(cf, monkeypatch, flow_state):
     assert cf.calls() == ["count", "report", "report", "report"]
 
 
+def test_rerun_runs_cached_tasks_and_their_downstream_again(flows, flow_run, tmp_path):
+    log = tmp_path / "log"
+    path = flows.write(f"""
+        from flowdeco import task
+        def mark(n):
+            with open({str(log)!r}, "a") as fh:
+                fh.write(n + "\\n")
+        @task(cache=True)
+        def first():
+            mark("first"); return 1
+        @task(cache=True)
+        def second(first):
+            mark("second"); return first + 1
+        @task(cache=True)
+        def other():
+            mark("other"); return 0
+    """)
+    assert flow_run(str(path), state=True, run_id="r1").ok
+    log.unlink()
+    r = flow_run(str(path), state=True, resume="r1", rerun=["first"])
+    assert r.ok and sorted(log.read_text().split()) == ["first", "second"]
+    assert r["other"].status == "restored"
+
+
 def test_without_state_cached_tasks_just_run(cf):
     cf.run(state=False)
     cf.run(state=False)

@@ -28,8 +28,9 @@ without ``cache_ttl``); its ``task_restored`` event carries ``source="cache"``,
 the current run, so resuming that run restores it like any completed task.
 
 ``--no-cache`` runs every cached task and ``--refresh EXPR`` (``-k`` syntax,
-repeatable) the matching ones; both still record their keys, so the fresh
-results answer later runs.  Deleting a run (``flowdeco runs --delete``)
+repeatable) the matching ones; so does ``--rerun`` for its tasks and their
+downstream.  All still record their keys, so the fresh results answer later
+runs.  Deleting a run (``flowdeco runs --delete``)
 forgets its cached results.  Without a store (``--no-state``) nothing is
 cached and every task runs.
 """

@@ -340,11 +340,17 @@ class StatePlugin:
                 raise UsageError(f"--refresh {expr!r} matches no task of flow {run.graph.name!r}")
         if not any(v.kind is TASK and v.spec.cache is not None for v in vertices):
             return None
+        # --rerun asks for tasks and their downstream to run again: not from the cache either
+        rerun = {v.name for v in vertices if any(m(v.name) for _, m in self.rerun)}
+        if rerun:
+            graph = run.graph
+            rerun = {vertices[i].name for i in graph.descendants(
+                graph.by_name[n] for n in rerun)} | rerun
         if self.no_cache:
             refresh: Callable[[str], bool] | None = lambda name: True  # noqa: E731
-        elif self.refresh:
+        elif self.refresh or rerun:
             matchers = [m for _, m in self.refresh]
-            refresh = lambda name: any(m(name) for m in matchers)  # noqa: E731
+            refresh = lambda name: name in rerun or any(m(name) for m in matchers)  # noqa: E731
         else:
             refresh = None
         return Cache(self.store, self.codec, self._fingerprint, refresh)
