@@ -24,6 +24,7 @@ _LAZY = {
     "Retry": "plugins.retry", "CircuitBreaker": "plugins.circuit",
     "CircuitOpenError": "plugins.circuit", "TaskTimeout": "plugins.timeout",
     "Pipeline": "pipeline", "PipelineResult": "pipeline",
+    "WorkerCrashed": "executors", "UnpicklableResult": "pickling",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plugins.circuit import CircuitBreaker, CircuitOpenError
     from .plugins.retry import Retry
     from .plugins.timeout import TaskTimeout
+    from .executors import WorkerCrashed
+    from .pickling import UnpicklableResult
     from .runner import NoTasksError, Run, run
 
 
@@ -56,6 +59,6 @@ __all__ = [
     "CycleError", "Deadline", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
     "FlowError", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
     "Reschedule", "Restored", "Retry", "Run", "RunResult", "Secret", "StateError",
-    "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout", "UsageError",
-    "hookimpl", "run", "task",
+    "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout",
+    "UnpicklableResult", "UsageError", "WorkerCrashed", "hookimpl", "run", "task",
 ]

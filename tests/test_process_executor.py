@@ -686,3 +686,11 @@ def test_slow_tasks_are_not_batched(write_module):
     assert result.ok
     assert ex.sizes == [1] * 7
     assert wall < 0.6 * 3 + 2
+
+
+def test_errors_are_exported_from_the_package_lazily():
+    import flowdeco
+    from flowdeco.executors import WorkerCrashed
+    from flowdeco.pickling import UnpicklableResult
+    assert flowdeco.WorkerCrashed is WorkerCrashed and flowdeco.UnpicklableResult is UnpicklableResult
+    assert {"WorkerCrashed", "UnpicklableResult"} <= set(flowdeco.__all__)
