@@ -61,7 +61,7 @@ from .executors import remote_failure
 from .graph import Vertex
 from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Finish,
                       Reschedule, TaskOutcome, format_error)
-from .pickling import UnpicklableResult, loads_result
+from .pickling import load_outcome
 from .task import CTX
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -439,19 +439,11 @@ class Dynamic:
         put = run.q.put
         name = m.instance(k)
         now = run.clock.monotonic()
-        result = None
         try:
             payload, err, t0, t1, worker, logs = fut.result()
         except BaseException as exc:  # noqa: BLE001 - pickling errors, broken pools, cancels
-            err, t0, t1, worker, logs = remote_failure(exc, name), now, now, None, []
-        else:
-            if err is None:
-                try:
-                    result = loads_result(payload)
-                except UnpicklableResult as exc:
-                    err = exc
-        if isinstance(err, UnpicklableResult):
-            err = UnpicklableResult(f"task {name!r} {err}")
+            payload, err, t0, t1, worker, logs = None, remote_failure(exc, name), now, now, None, []
+        result, err = load_outcome(payload, err, name)
         t0, t1 = now - (t1 - t0), now
         for level, event, fields in logs:
             put((_LOG, name, level, attempt, None, event, fields, t1))

@@ -173,6 +173,18 @@ def release(lease: Lease) -> None:
             idle.append(lease)
 
 
+def swap_plugin(pm: pluggy.PluginManager, name: str, plugin: Any = None) -> None:
+    """Unregister what is registered as ``name`` (if anything), then register ``plugin`` under it.
+
+    For plugin objects that live for one run only (the wrappers the timeout and
+    circuit plugins register at run start); ``plugin=None`` just removes.
+    """
+    old = pm.get_plugin(name)
+    if old is not None:
+        pm.unregister(old)
+    if plugin is not None:
+        pm.register(plugin, name)
+
 def direct_caller(caller: Any, argnames: tuple[str, ...], firstresult: bool = False) -> Any:
     """A plain function calling ``caller``'s implementations as pluggy would.
 

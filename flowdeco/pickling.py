@@ -148,6 +148,20 @@ def loads_result(payload: bytes) -> Any:
             f"({type(exc).__name__}: {exc}); is its class importable here?") from None
 
 
+
+def load_outcome(payload: Any, err: BaseException | None, task: str
+                 ) -> tuple[Any, BaseException | None]:
+    """An attempt that ran elsewhere, in the driver: its result, or its error naming ``task``."""
+    result = None
+    if err is None:
+        try:
+            result = loads_result(payload)
+        except UnpicklableResult as exc:
+            err = exc
+    if isinstance(err, UnpicklableResult):
+        err = UnpicklableResult(f"task {task!r} {err}")
+    return result, err
+
 def _type_name(obj: Any) -> str:
     t = type(obj)
     mod = t.__module__

@@ -61,7 +61,7 @@ from .manager import Lease, acquire, direct_caller, release
 from .threadpool import ThreadPool
 from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
                       Event, Finish, Reschedule, RunResult, TaskOutcome, format_error)
-from .pickling import UnpicklableResult, dumps_result, loads_result
+from .pickling import UnpicklableResult, dumps_result, load_outcome
 from .select import compile_expression
 from .signals import on_stop_signals
 
@@ -1026,14 +1026,7 @@ class Run:
         for k, ((i, attempt, iteration), (payload, err, t0, t1, worker, logs)) in \
                 enumerate(zip(members, outs)):
             name = vertices[i].name
-            result = None
-            if err is None:
-                try:
-                    result = loads_result(payload)
-                except UnpicklableResult as exc:
-                    err = exc
-            if isinstance(err, UnpicklableResult):
-                err = UnpicklableResult(f"task {name!r} {err}")
+            result, err = load_outcome(payload, err, name)
             t0, t1 = t0 + shift, t1 + shift
             for level, event, fields in logs:
                 put((_LOG, name, level, attempt, iteration, event, fields, t1))

@@ -52,7 +52,7 @@ import warnings
 from typing import Any, Callable, ClassVar, TypeVar
 
 from ..errors import CollectionError, FlowError, TaskDefinitionError, suggest
-from ..manager import hookimpl
+from ..manager import hookimpl, swap_plugin
 
 NAME = "circuit"
 _GUARD = "circuit-guard"
@@ -439,12 +439,7 @@ class CircuitGuard:
         else:
             self._guards = {}
             wrapped = {v.index: breakers[id(v.spec.circuit)] for v in tasks}
-        pm = run.config.pluginmanager
-        old = pm.get_plugin(_WRAPPER)
-        if old is not None:
-            pm.unregister(old)
-        if wrapped:
-            pm.register(CircuitWrapper(wrapped), _WRAPPER)
+        swap_plugin(run.config.pluginmanager, _WRAPPER, CircuitWrapper(wrapped) if wrapped else None)
 
     @hookimpl
     def flowdeco_task_guards(self, run: Any) -> dict[int, CircuitBreaker] | None:
@@ -454,10 +449,7 @@ class CircuitGuard:
     @hookimpl
     def flowdeco_run_finish(self, run: Any, result: Any) -> None:
         self.unsubscribe_all()
-        pm = run.config.pluginmanager
-        wrapper = pm.get_plugin(_WRAPPER)
-        if wrapper is not None:
-            pm.unregister(wrapper)
+        swap_plugin(run.config.pluginmanager, _WRAPPER)
 
     def unsubscribe_all(self) -> None:
         used, self._used = self._used, {}
@@ -504,9 +496,7 @@ def flowdeco_collection_finish(config: Any, graph: Any) -> None:
 @hookimpl
 def flowdeco_unconfigure(config: Any) -> None:
     pm = config.pluginmanager
-    wrapper = pm.get_plugin(_WRAPPER)
-    if wrapper is not None:
-        pm.unregister(wrapper)
+    swap_plugin(pm, _WRAPPER)
     guard = pm.get_plugin(_GUARD)
     if guard is not None:
         guard.unsubscribe_all()

@@ -44,7 +44,7 @@ from queue import Empty, SimpleQueue
 from typing import Any, Callable
 
 from ..errors import FlowError, UsageError
-from ..manager import hookimpl
+from ..manager import hookimpl, swap_plugin
 from ..outcome import Deadline
 
 NAME = "timeout"
@@ -260,12 +260,7 @@ class TimeoutGuard:
         else:
             wrapped = {v.index: self._limit(v) for v in limited}
         self._deadlines = deadlines
-        pm = run.config.pluginmanager
-        old = pm.get_plugin(_WRAPPER)
-        if old is not None:
-            pm.unregister(old)
-        if wrapped:
-            pm.register(TimeoutWrapper(wrapped), _WRAPPER)
+        swap_plugin(run.config.pluginmanager, _WRAPPER, TimeoutWrapper(wrapped) if wrapped else None)
 
     @hookimpl
     def flowdeco_task_deadlines(self, run: Any) -> dict[int, Deadline] | None:
@@ -274,10 +269,7 @@ class TimeoutGuard:
 
     @hookimpl
     def flowdeco_run_finish(self, run: Any, result: Any) -> None:
-        pm = run.config.pluginmanager
-        wrapper = pm.get_plugin(_WRAPPER)
-        if wrapper is not None:
-            pm.unregister(wrapper)
+        swap_plugin(run.config.pluginmanager, _WRAPPER)
 
 
 class TimeoutWrapper:
@@ -338,8 +330,5 @@ def flowdeco_collection_finish(config: Any, graph: Any) -> None:
 
 @hookimpl
 def flowdeco_unconfigure(config: Any) -> None:
-    pm = config.pluginmanager
     for name in (_WRAPPER, _GUARD):
-        plugin = pm.get_plugin(name)
-        if plugin is not None:
-            pm.unregister(plugin)
+        swap_plugin(config.pluginmanager, name)

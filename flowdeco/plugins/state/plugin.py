@@ -40,7 +40,7 @@ from typing import Any, Callable
 from ...errors import StateError, UsageError
 from ...executors import SyncExecutor
 from ...graph import SUBFLOW, TASK, Graph
-from ...manager import hookimpl
+from ...manager import hookimpl, swap_plugin
 from ...outcome import Event, Finish, Restored
 from ...runner import validate_run_id
 from ...select import compile_expression
@@ -165,9 +165,7 @@ def flowdeco_unconfigure(config: Any) -> None:
             plugin.close()
         finally:
             pm.unregister(plugin)
-    restorer = pm.get_plugin(RESTORER_NAME)
-    if restorer is not None:
-        pm.unregister(restorer)
+    swap_plugin(pm, RESTORER_NAME)
 
 
 @hookimpl
