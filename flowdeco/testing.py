@@ -166,6 +166,31 @@ class FlowRunner:
         return self.result
 
 
+def within(seconds: float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on a helper thread; fail the test if it takes over ``seconds``.
+
+    A flow that hangs (a deadlock in a task, or in a plugin under test) then
+    fails its own test instead of stalling the whole suite.  Exceptions from
+    ``fn`` are re-raised here.
+    """
+    import threading
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=body, name="flowdeco-within", daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{getattr(fn, '__name__', fn)} did not finish within {seconds}s"
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 @pytest.fixture
 def flow_events() -> FlowEvents:
     """Audit events of the last ``flow_run`` in this test."""

@@ -11,8 +11,9 @@ import pytest
 
 import flowdeco
 from flowdeco import (CircuitBreaker, CircuitOpenError, CollectionError, FakeClock, Retry,
-                      TaskDefinitionError, hookimpl, run, task)
+                      TaskDefinitionError, run, task)
 from flowdeco.plugins.circuit import CircuitCall, CircuitState
+from flowdeco.testing import FlowEvents
 
 _names = itertools.count()
 BARRIER_TIMEOUT = 5.0
@@ -45,18 +46,6 @@ class Transitions:
 
     def __call__(self, breaker, old, new):
         self.seen.append((str(old), str(new)))
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list = []
-
-    @hookimpl
-    def flowdeco_report(self, run, event):
-        self.events.append(event)
-
-    def names(self, prefix: str = "") -> list[str]:
-        return [e.name for e in self.events if e.name.startswith(prefix)]
 
 
 # --------------------------------------------------------------------------- construction
@@ -437,7 +426,7 @@ def test_retry_meets_open_breaker_waits_by_policy_then_half_open_trial_closes_it
             raise ConnectionError("still down")
         return "up"
 
-    rec = Recorder()
+    rec = FlowEvents()
     result = run([recovering], state_dir=None, clock=clock, plugins=[rec])
     assert result.ok
     # attempts 1, 2 fail (breaker opens at t=20); attempt 3 at t=40 is refused

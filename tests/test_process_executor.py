@@ -19,6 +19,7 @@ import pytest
 from flowdeco import CollectionError, run, task
 from flowdeco import cli
 from flowdeco.executors import ProcessExecutor, WorkerCrashed
+from flowdeco.testing import within
 
 TIMEOUT = 60.0
 
@@ -27,21 +28,7 @@ def go(target, timeout=TIMEOUT, **kw):
     """``run`` in a helper thread, so a hanging engine fails the test instead of the suite."""
     kw.setdefault("state_dir", None)
     kw.setdefault("executor", "process")
-    box: dict = {}
-
-    def body():
-        try:
-            box["result"] = run(target, **kw)
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"run did not finish within {timeout}s"
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return within(timeout, run, target, **kw)
 
 
 # --------------------------------------------------------------------------- collection

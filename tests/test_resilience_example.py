@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import flowdeco
-from flowdeco import CircuitOpenError, FakeClock, TaskTimeout, hookimpl
+from flowdeco import CircuitOpenError, FakeClock, TaskTimeout
+from flowdeco.testing import FlowEvents
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "resilient_api.py"
@@ -25,18 +26,9 @@ def load_fresh():
     return mod
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list = []
-
-    @hookimpl
-    def flowdeco_report(self, run, event):
-        self.events.append(event)
-
-
 def test_outcomes_of_the_resilient_api_example():
     mod = load_fresh()
-    rec = Recorder()
+    rec = FlowEvents()
     result = flowdeco.run(mod, state_dir=None, workers=4, clock=FakeClock(),
                           params={"hang": 0.15}, plugins=[rec])
     out = result.outcomes

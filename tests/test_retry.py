@@ -17,24 +17,11 @@ from hypothesis import strategies as st
 
 import flowdeco
 from flowdeco import (CollectionError, FakeClock, Retry, TaskDefinitionError, UsageError,
-                      hookimpl, run, task)
+                      run, task)
 from flowdeco.cli import main as cli_main
+from flowdeco.testing import FlowEvents
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Recorder:
-    """A plugin that keeps every reported event."""
-
-    def __init__(self) -> None:
-        self.events: list = []
-
-    @hookimpl
-    def flowdeco_report(self, run, event):
-        self.events.append(event)
-
-    def named(self, name: str, task: str | None = None) -> list:
-        return [e for e in self.events if e.name == name and (task is None or e.task == task)]
 
 
 def go(target, **kw):
@@ -262,19 +249,19 @@ def test_no_retry_by_default():
 def test_task_retrying_events_carry_attempt_delay_and_error():
     policy = Retry(retries=3, backoff="exponential", delay=2.0)
     flaky = failing_times(3, retry=policy)
-    rec = Recorder()
+    rec = FlowEvents()
     result = go([flaky], plugins=[rec])
     assert result.ok
-    retrying = rec.named("task_retrying", "flaky")
+    retrying = rec.of("task_retrying", task="flaky")
     assert [e.fields["attempt"] for e in retrying] == [1, 2, 3]
     assert [e.fields["delay"] for e in retrying] == [2.0, 4.0, 8.0]
     assert [e.fields["error"] for e in retrying] == [
         "ConnectionError: attempt 1 failed", "ConnectionError: attempt 2 failed",
         "ConnectionError: attempt 3 failed"]
-    assert [e.fields["attempt"] for e in rec.named("task_started", "flaky")] == [1, 2, 3, 4]
-    assert rec.named("task_succeeded", "flaky")[0].fields["attempts"] == 4
+    assert [e.fields["attempt"] for e in rec.of("task_started", task="flaky")] == [1, 2, 3, 4]
+    assert rec.of("task_succeeded", task="flaky")[0].fields["attempts"] == 4
     # the waits happened on the run's clock: 2 + 4 + 8 virtual seconds
-    starts = [e.timestamp for e in rec.named("task_started", "flaky")]
+    starts = [e.timestamp for e in rec.of("task_started", task="flaky")]
     assert starts[-1] - starts[0] == pytest.approx(14.0, abs=0.5)
 
 
@@ -282,9 +269,9 @@ def test_seeded_jitter_in_a_run_equals_preview():
     policy = Retry(retries=4, backoff="exponential", delay=1.0, jitter=0.5, seed=99)
     delays_of_runs = []
     for _ in range(2):
-        rec = Recorder()
+        rec = FlowEvents()
         go([failing_times(4, retry=policy)], plugins=[rec])
-        delays_of_runs.append([e.fields["delay"] for e in rec.named("task_retrying")])
+        delays_of_runs.append([e.fields["delay"] for e in rec.of("task_retrying")])
     assert delays_of_runs[0] == delays_of_runs[1] == policy.preview()
 
 
@@ -338,13 +325,13 @@ def test_run_retries_applies_to_tasks_that_set_none():
 
 
 def test_run_retry_policy_default():
-    rec = Recorder()
+    rec = FlowEvents()
     a = failing_times(2, name="a")
     b = failing_times(2, name="b", retry=Retry(retries=2, delay=5.0))
     result = go([a, b], retry=Retry(retries=3, backoff="linear", delay=1.0), plugins=[rec])
     assert result.ok
-    assert [e.fields["delay"] for e in rec.named("task_retrying", "a")] == [1.0, 2.0]
-    assert [e.fields["delay"] for e in rec.named("task_retrying", "b")] == [5.0, 5.0]
+    assert [e.fields["delay"] for e in rec.of("task_retrying", task="a")] == [1.0, 2.0]
+    assert [e.fields["delay"] for e in rec.of("task_retrying", task="b")] == [5.0, 5.0]
 
 
 @pytest.mark.parametrize("options, words", [

@@ -12,6 +12,7 @@ import pytest
 
 from flowdeco import (FlowError, NoTasksError, RunResult, TaskOutcome, UsageError, hookimpl,
                       run, task)
+from flowdeco.testing import within
 
 TIMEOUT = 10.0
 
@@ -23,21 +24,7 @@ def go(target, **kw):
 
 def go_bounded(target, timeout=TIMEOUT, **kw):
     """Run in a helper thread so a hanging engine fails the test instead of the suite."""
-    box: dict = {}
-
-    def body():
-        try:
-            box["result"] = go(target, **kw)
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"run did not finish within {timeout}s"
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return within(timeout, go, target, **kw)
 
 
 def make(name, params=(), body="return {name!r}", ns=None, **opts):

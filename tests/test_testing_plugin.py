@@ -227,3 +227,16 @@ def test_flow_clock_runs_a_24_hour_interval_schedule_instantly(pytester):
             assert time.monotonic() - start_real < 1.0
     ''')
     res.assert_outcomes(passed=1)
+
+
+def test_within_returns_reraises_and_bounds_a_hang():
+    import threading
+
+    from flowdeco.testing import within
+    assert within(5, lambda a, b=0: a + b, 1, b=2) == 3
+    with pytest.raises(KeyError):
+        within(5, {}.__getitem__, "missing")
+    gate = threading.Event()
+    with pytest.raises(AssertionError, match="wait did not finish within 0.05s"):
+        within(0.05, gate.wait, 10)
+    gate.set()

@@ -18,6 +18,7 @@ import flowdeco
 from flowdeco import CollectionError, TaskTimeout, UsageError, hookimpl, run, task
 from flowdeco.cli import main as cli_main
 from flowdeco.plugins.timeout import TimeoutCall, call_in_thread, call_with_alarm
+from flowdeco.testing import FlowEvents
 
 ROOT = Path(__file__).resolve().parents[1]
 POSIX = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM")
@@ -28,18 +29,14 @@ def go(target, **kw):
     return run(target, **kw)
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list = []
-        self.guard_registered: bool | None = None
+class Recorder(FlowEvents):
+    """The audit events, and whether the timeout plugin registered its guard for the run."""
+
+    guard_registered: bool | None = None
 
     @hookimpl
     def flowdeco_run_start(self, run):
         self.guard_registered = run.config.pluginmanager.get_plugin("timeout-guard") is not None
-
-    @hookimpl
-    def flowdeco_report(self, run, event):
-        self.events.append(event)
 
 
 # --------------------------------------------------------------------------- threads

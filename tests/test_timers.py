@@ -21,23 +21,10 @@ import pytest
 from flowdeco import (CollectionError, FakeClock, Retry, TaskDefinitionError, hookimpl, run,
                       task)
 from flowdeco.plugins.timers import CronSchedule, parse_cron, zone_info
+from flowdeco.testing import FlowEvents
 
 ROOT = Path(__file__).resolve().parents[1]
 BERLIN = ZoneInfo("Europe/Berlin")
-
-
-class Recorder:
-    """A plugin that keeps every reported event."""
-
-    def __init__(self) -> None:
-        self.events: list = []
-
-    @hookimpl
-    def flowdeco_report(self, run, event):
-        self.events.append(event)
-
-    def named(self, name: str, task: str | None = None) -> list:
-        return [e for e in self.events if e.name == name and (task is None or e.task == task)]
 
 
 def go(target, **kw):
@@ -168,7 +155,7 @@ def test_an_overrun_is_followed_at_once_and_shifts_the_grid():
     """The drift rule: no pile-up, no burst of catch-up iterations."""
     clock = FakeClock()
     starts = []
-    rec = Recorder()
+    rec = FlowEvents()
 
     @task(every=10, times=5)
     def poll(ctx):
@@ -180,14 +167,14 @@ def test_an_overrun_is_followed_at_once_and_shifts_the_grid():
     result = go([poll], clock=clock, plugins=[rec])
     assert result.results["poll"] == [1, 2, 3, 4, 5]
     assert starts == [0.0, 10.0, 35.0, 45.0, 55.0]
-    (overrun,) = rec.named("interval_overrun", "poll")
+    (overrun,) = rec.of("interval_overrun", task="poll")
     assert overrun.fields["iteration"] == 3
     assert overrun.fields["late"] == 15.0
     assert overrun.fields["every"] == 10.0
 
 
 def test_ctx_iteration_is_none_outside_interval_tasks_and_reported_inside():
-    rec = Recorder()
+    rec = FlowEvents()
     seen = {}
 
     @task(every=1, times=3)
@@ -201,9 +188,9 @@ def test_ctx_iteration_is_none_outside_interval_tasks_and_reported_inside():
     result = go([ticking, plain], plugins=[rec])
     assert result.results["ticking"] == [1, 2, 3]
     assert seen["plain"] is None
-    started = [e.fields.get("iteration") for e in rec.named("task_started", "ticking")]
+    started = [e.fields.get("iteration") for e in rec.of("task_started", task="ticking")]
     assert started == [1, 2, 3]
-    assert "iteration" not in rec.named("task_started", "plain")[0].fields
+    assert "iteration" not in rec.of("task_started", task="plain")[0].fields
 
 
 def test_until_stops_early_with_the_results_so_far():
@@ -247,7 +234,7 @@ def test_a_failing_until_fails_the_task():
 def test_a_failed_iteration_is_retried_by_its_policy_and_keeps_its_number():
     clock = FakeClock()
     calls = []
-    rec = Recorder()
+    rec = FlowEvents()
 
     @task(every=10, times=3, retry=Retry(retries=2, delay=3))
     def flaky(ctx):
@@ -259,9 +246,9 @@ def test_a_failed_iteration_is_retried_by_its_policy_and_keeps_its_number():
     result = go([flaky], clock=clock, plugins=[rec])
     assert result.results["flaky"] == [1, 2, 3]
     assert calls == [(1, 1, 0.0), (2, 1, 10.0), (2, 2, 13.0), (2, 3, 16.0), (3, 1, 20.0)]
-    retrying = rec.named("task_retrying", "flaky")
+    retrying = rec.of("task_retrying", task="flaky")
     assert [e.fields["attempt"] for e in retrying] == [1, 2]
-    assert [e.fields.get("iteration") for e in rec.named("task_started", "flaky")] == \
+    assert [e.fields.get("iteration") for e in rec.of("task_started", task="flaky")] == \
         [1, 2, 2, 2, 3]
 
 

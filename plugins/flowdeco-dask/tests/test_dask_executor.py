@@ -8,7 +8,6 @@ import itertools
 import json
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ distributed = pytest.importorskip("distributed")
 from flowdeco import CollectionError, UsageError, hookimpl, run  # noqa: E402
 from flowdeco import cli  # noqa: E402
 from flowdeco.manager import make_pluginmanager  # noqa: E402
+from flowdeco.testing import within  # noqa: E402
 from flowdeco_dask.executor import DaskExecutor  # noqa: E402
 
 TIMEOUT = 120.0
@@ -59,21 +59,7 @@ def cluster(tmp_path_factory):
 def go(target, timeout=TIMEOUT, **kw):
     """``run`` in a helper thread, so a hanging engine fails the test instead of the suite."""
     kw.setdefault("state_dir", None)
-    box: dict = {}
-
-    def body():
-        try:
-            box["result"] = run(target, **kw)
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"run did not finish within {timeout}s"
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return within(timeout, run, target, **kw)
 
 
 def _audit(state_dir, run_id):
