@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 import time
 
 import pytest
@@ -74,6 +75,30 @@ def cf(flows, flow_run, tmp_path):
     return flow
 
 
+class Logged:
+    """Flow modules whose tasks call ``mark(name)`` to log that they ran (``log``)."""
+
+    def __init__(self, flows, tmp_path):
+        self.flows = flows
+        self.log = tmp_path / "log"
+
+    def write(self, body: str):
+        return self.flows.write(f"""
+            from flowdeco import task
+            def mark(n):
+                with open({str(self.log)!r}, "a") as fh:
+                    fh.write(str(n) + "\\n")
+        """ + textwrap.dedent(body).replace("\n", "\n            "))
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().split() if self.log.exists() else []
+
+
+@pytest.fixture
+def logged(flows, tmp_path):
+    return Logged(flows, tmp_path)
+
+
 @pytest.mark.parametrize("executor", ["thread", "sync"])
 def test_same_code_and_inputs_are_restored_from_the_cache(cf, flow_events, executor):
     first = cf.run(run_id="r1", executor=executor)
@@ -138,13 +163,8 @@ def test_no_cache_runs_and_refreshes_the_entry(cf):
     assert cf.calls() == ["count", "report", "count", "report", "report"]
 
 
-def test_refresh_bypasses_matching_tasks_only(flows, flow_run, flow_events, tmp_path):
-    log = tmp_path / "log"
-    path = flows.write(f"""
-        from flowdeco import task
-        def mark(n):
-            with open({str(log)!r}, "a") as fh:
-                fh.write(n + "\\n")
+def test_refresh_bypasses_matching_tasks_only(logged, flow_run):
+    path = logged.write("""
         @task(cache=True)
         def a():
             mark("a"); return 1
@@ -154,35 +174,29 @@ def test_refresh_bypasses_matching_tasks_only(flows, flow_run, flow_events, tmp_
     """)
     flow_run(str(path), state=True)
     flow_run(str(path), state=True, refresh=["b"])
-    assert sorted(log.read_text().split()) == ["a", "b", "b"]  # a and b run in parallel
+    assert sorted(logged.calls()) == ["a", "b", "b"]  # a and b run in parallel
     with pytest.raises(UsageError, match="--refresh 'nope' matches no task"):
         flow_run(str(path), state=True, refresh=["nope"])
 
 
-def test_a_key_function_picks_the_inputs_that_matter(flows, flow_run, tmp_path):
-    log = tmp_path / "log"
-    path = flows.write(f"""
-        from flowdeco import task
+def test_a_key_function_picks_the_inputs_that_matter(logged, flow_run):
+    path = logged.write("""
         @task(cache=lambda url: url.lower())
         def fetch(url, verbose=False):
-            with open({str(log)!r}, "a") as fh:
-                fh.write(url + "\\n")
+            mark(url)
             return len(url)
     """)
     assert flow_run(str(path), state=True, params={"url": "HTTP://X", "verbose": True}).ok
     r = flow_run(str(path), state=True, params={"url": "http://x", "verbose": False})
     assert r.outcomes["fetch"].status == "restored" and r.results["fetch"] == 8
-    assert log.read_text().split() == ["HTTP://X"]
+    assert logged.calls() == ["HTTP://X"]
 
 
-def test_unhashable_inputs_run_uncached_with_one_warning(flows, flow_run, flow_events, tmp_path):
-    log = tmp_path / "log"
-    path = flows.write(f"""
-        from flowdeco import task
+def test_unhashable_inputs_run_uncached_with_one_warning(logged, flow_run, flow_events):
+    path = logged.write("""
         @task(cache=True)
         def use(lock):
-            with open({str(log)!r}, "a") as fh:
-                fh.write("use\\n")
+            mark("use")
             return 1
     """)
     import threading
@@ -191,7 +205,7 @@ def test_unhashable_inputs_run_uncached_with_one_warning(flows, flow_run, flow_e
         (warn,) = flow_events.of("state_warning", task="use")
         assert "input 'lock' cannot be hashed" in warn.fields["error"]
         assert "key function" in warn.fields["error"]
-    assert log.read_text().split() == ["use", "use"]
+    assert logged.calls() == ["use", "use"]
 
 
 def test_key_function_errors_warn_and_run(flows, flow_run, flow_events):
@@ -206,19 +220,17 @@ def test_key_function_errors_warn_and_run(flows, flow_run, flow_events):
     assert "key function raised ZeroDivisionError" in warn.fields["error"]
 
 
-def test_mapped_instances_are_cached_one_by_one(flows, flow_run, flow_events, tmp_path):
-    log, data = tmp_path / "log", tmp_path / "files"
+def test_mapped_instances_are_cached_one_by_one(logged, flow_run, flow_events, tmp_path):
+    data = tmp_path / "files"
     data.write_text("a b")
-    path = flows.write(f"""
+    path = logged.write(f"""
         from pathlib import Path
-        from flowdeco import task
         @task
         def files():
             return Path({str(data)!r}).read_text().split()
         @task(map="files", cache=True)
         def parse(files):
-            with open({str(log)!r}, "a") as fh:
-                fh.write(files + "\\n")
+            mark(files)
             return files.upper()
         @task
         def joined(parse):
@@ -228,7 +240,7 @@ def test_mapped_instances_are_cached_one_by_one(flows, flow_run, flow_events, tm
     data.write_text("x a b")        # a new element in front: indices shift
     r = flow_run(str(path), state=True, run_id="m2")
     assert r.results["joined"] == "XAB"
-    assert sorted(log.read_text().split()) == ["a", "b", "x"]
+    assert sorted(logged.calls()) == ["a", "b", "x"]
     restored = {e.task: e.fields["cached_run"] for e in flow_events.of("task_restored")}
     assert restored == {"parse[1]": "m1", "parse[2]": "m1"}
     # all instances cached: the mapped task ends while the scheduler dispatches, and
@@ -254,13 +266,8 @@ def test_resuming_a_run_restores_its_cache_hits(cf, monkeypatch, flow_state):
     assert cf.calls() == ["count", "report", "report", "report"]
 
 
-def test_rerun_runs_cached_tasks_and_their_downstream_again(flows, flow_run, tmp_path):
-    log = tmp_path / "log"
-    path = flows.write(f"""
-        from flowdeco import task
-        def mark(n):
-            with open({str(log)!r}, "a") as fh:
-                fh.write(n + "\\n")
+def test_rerun_runs_cached_tasks_and_their_downstream_again(logged, flow_run):
+    path = logged.write("""
         @task(cache=True)
         def first():
             mark("first"); return 1
@@ -272,9 +279,9 @@ def test_rerun_runs_cached_tasks_and_their_downstream_again(flows, flow_run, tmp
             mark("other"); return 0
     """)
     assert flow_run(str(path), state=True, run_id="r1").ok
-    log.unlink()
+    logged.log.unlink()
     r = flow_run(str(path), state=True, resume="r1", rerun=["first"])
-    assert r.ok and sorted(log.read_text().split()) == ["first", "second"]
+    assert r.ok and sorted(logged.calls()) == ["first", "second"]
     assert r["other"].status == "restored"
 
 
