@@ -25,10 +25,11 @@ from typing import Any
 __all__ = ["Watchdog"]
 
 #: an armed attempt is a list (cheap to make on the hot path):
-#: [due, claim, task index, attempt, iteration, t0, thread, deadline]; ``claim`` is a
+#: [due, claim, task index, attempt, iteration, t0, thread, deadline, guard, guard token]
+#: (the guard, if any, is exited by the scheduler when the attempt overruns); ``claim`` is a
 #: one-element list whose ``pop()`` (atomic) decides between the attempt's end and
 #: its expiry: whoever pops it first wins
-DUE, CLAIM, INDEX, ATTEMPT, ITERATION, T0, THREAD, DEADLINE = range(8)
+DUE, CLAIM, INDEX, ATTEMPT, ITERATION, T0, THREAD, DEADLINE, GUARD, TOKEN = range(10)
 #: the longest the watchdog sleeps: arming an attempt due later than its next look
 #: costs no thread switch (most attempts never overrun)
 IDLE_WAKE = 0.5
@@ -55,10 +56,10 @@ class Watchdog(threading.Thread):
         self._stopped = False
 
     def arm(self, i: int, attempt: int, iteration: int | None, t0: float,
-            thread: threading.Thread, deadline: Any) -> list:
-        """On the worker (``thread``), before the attempt runs."""
+            thread: threading.Thread, deadline: Any, guard: Any = None, token: Any = None) -> list:
+        """On the worker (``thread``), before the attempt runs (after its guard admitted it)."""
         due = time.monotonic() + deadline.seconds
-        armed = [due, [None], i, attempt, iteration, t0, thread, deadline]
+        armed = [due, [None], i, attempt, iteration, t0, thread, deadline, guard, token]
         self._slots[thread] = armed
         wake = self._wake
         if due < wake or wake == _SCANNING:

@@ -188,8 +188,9 @@ def flowdeco_task_guards(run: "Run") -> "Optional[Mapping[int, Any]]":
     and other executors, with ``flowdeco_task_wrap``, as the circuit plugin
     does.  When several plugins answer for one task, the first answer wins.
     If the task also has a deadline (``flowdeco_task_deadlines``) and overruns
-    it, ``exit`` still runs, on the abandoned thread, when the call finally
-    returns (the timeout plugin therefore gives guarded tasks no deadline).
+    it, the scheduler calls ``exit(token, deadline_error)`` (from its own
+    thread: guards must be thread-safe) and the abandoned call's late end is
+    never reported to the guard.
     """
 
 

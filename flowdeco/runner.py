@@ -676,6 +676,35 @@ class Run:
             self._watchdog = Watchdog(self._expire)
             self._watchdog.start()
 
+    def _limited(self, i: int, attempt: int, iteration: int | None, t0: float,
+                 thread: threading.Thread, call: Any, kw: dict, guard: Any, deadline: Any
+                 ) -> tuple[Any, BaseException | None, bool]:
+        """One attempt on a thread worker with a guard and/or a deadline: (result, error, overran).
+
+        The guard is entered before the deadline is armed, so an overrun attempt
+        is exited by the scheduler (with the deadline's error) and never again
+        when its call finally returns.
+        """
+        token = None
+        if guard is not None:
+            try:
+                token = guard.enter()
+            except BaseException as exc:  # noqa: BLE001 - the guard refuses the attempt
+                return None, exc, False
+        armed = None
+        if deadline is not None:
+            armed = self._watchdog.arm(i, attempt, iteration, t0, thread,  # type: ignore[union-attr]
+                                       deadline, guard, token)
+        try:
+            result, err = (self._fns[i](**kw) if call is None else call(kw)), None
+        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+            result, err = None, exc
+        if armed is not None and not Watchdog.disarm(armed):
+            return None, None, True
+        if guard is not None:
+            guard.exit(token, err)
+        return result, err, False
+
     def _expire(self, armed: Any) -> None:
         """The watchdog's thread: an attempt overran its deadline; the scheduler ends it."""
         self.q.put((_EXPIRED, armed))
@@ -710,11 +739,13 @@ class Run:
             else:
                 self.abandoned = True
         elif kind == _EXPIRED:
-            i, attempt, iteration, t0, thread, deadline = msg[1][2:]
+            i, attempt, iteration, t0, thread, deadline, guard, token = msg[1][2:]
             self.executor.give_up(thread)
-            self._on_done(i, attempt, iteration, None,
-                          deadline.error(self.graph.vertices[i].name), t0,
-                          self.clock.monotonic(), thread.name, None, 0)
+            error = deadline.error(self.graph.vertices[i].name)
+            if guard is not None:
+                guard.exit(token, error)  # the overrun counts as the guarded call's failure
+            self._on_done(i, attempt, iteration, None, error, t0, self.clock.monotonic(),
+                          thread.name, None, 0)
         elif kind == _CRASH:
             raise InternalError("a worker crashed inside flowdeco") from msg[1]
 
@@ -941,20 +972,19 @@ class Run:
             while True:
                 call = calls[i]
                 t0 = mono()
-                armed = None
-                if deadlines is not None and deadlines[i] is not None:
-                    armed = self._watchdog.arm(i, attempt, iteration, t0,  # type: ignore[union-attr]
-                                               me, deadlines[i])
-                if guards is None or guards[i] is None:
+                deadline = deadlines[i] if deadlines is not None else None
+                guard = guards[i] if guards is not None else None
+                if deadline is None and guard is None:
                     try:
                         result, err = (fns[i](**kw) if call is None else call(kw)), None  # type: ignore[misc]
                     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
                         result, err = None, exc
                 else:
-                    result, err = _guarded(guards[i], fns[i], call, kw)
+                    result, err, overran = self._limited(i, attempt, iteration, t0, me, call, kw,
+                                                         guard, deadline)
+                    if overran:
+                        return  # the scheduler ended this attempt and gave up this thread
                 t1 = mono()
-                if armed is not None and not Watchdog.disarm(armed):
-                    return  # overran: the scheduler ended this attempt and gave up this thread
                 nxt = None
                 chained = False
                 if pull and not self.stopping and not self._halt and not (

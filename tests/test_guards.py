@@ -108,3 +108,23 @@ def test_a_breaker_guards_in_process_tasks_without_a_wrapper(executor):
     assert seen.seen == [False]  # guards, no per-task wrapper
     assert calls == [1, 2] and b.state == "open"
     assert isinstance(result["refused"].exception, CircuitOpenError)
+
+
+def test_an_overrun_attempt_exits_its_guard_once_with_the_timeout():
+    import threading
+
+    from flowdeco import TaskTimeout
+    release = threading.Event()
+
+    @task(timeout=0.1)
+    def hangs():
+        release.wait(10)
+        return "late"
+
+    g = Guard()
+    result = run([hangs], state_dir=None, plugins=[Guarding({"hangs": g})])
+    assert isinstance(result["hangs"].exception, TaskTimeout)
+    release.set()
+    for worker in [t for t in threading.enumerate() if t.name.startswith("flowdeco-worker")]:
+        worker.join(5)  # the abandoned attempt returns, and must not reach the guard
+    assert g.calls == ["enter", ("exit", 1, "TaskTimeout")]  # the late return is not reported

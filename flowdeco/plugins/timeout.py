@@ -23,9 +23,10 @@ How an attempt is stopped depends on where it runs:
   is dropped; its side effects happen).  A retry of that task may therefore
   overlap the abandoned attempt.  Use ``executor="process"`` when a
   timed-out attempt must really stop.
+  A circuit breaker on the same task counts the timeout as its call's
+  failure (the scheduler exits the task's guard with ``TaskTimeout``).
 - **Elsewhere on threads** (``sync`` executor, Dask workers, instances of
-  mapped tasks, tasks that also have a circuit breaker -- the breaker must
-  count the timeout as a failure): the attempt runs on a helper daemon thread while the caller
+  mapped tasks): the attempt runs on a helper daemon thread while the caller
   waits at most ``S`` seconds for it, with the same abandonment on expiry.
 
 Cost: nothing is registered unless some task of the flow has a timeout (or a
@@ -212,9 +213,7 @@ class TimeoutGuard:
 
     On flowdeco's thread pool (``run.can_abandon``) a task gets a scheduler
     deadline (``flowdeco_task_deadlines``): no wrapper, no hand-off.  The
-    others -- every task on other executors, instances of mapped tasks, and
-    tasks with a circuit breaker, which must count a timeout as its call's
-    failure and never count the abandoned call's late end -- get a
+    others -- every task on other executors, and instances of mapped tasks -- get a
     :class:`TimeoutCall` wrapper from a :class:`TimeoutWrapper` registered for
     that run only, so a run that needs no wrapper pays no per-task hook.
     """
@@ -247,7 +246,7 @@ class TimeoutGuard:
         wrapped: dict[int, float] = {}
         deadlines: dict[int, Deadline] = {}
         if run.can_abandon:
-            plain = [v for v in limited if v.spec.map is None and v.spec.circuit is None]
+            plain = [v for v in limited if v.spec.map is None]
             if len(plain) < len(limited):
                 ids = {id(v) for v in plain}
                 wrapped = {v.index: self._limit(v) for v in limited if id(v) not in ids}
