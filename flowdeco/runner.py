@@ -126,21 +126,6 @@ def _invoke(fn: Callable[..., Any], kwargs: dict) -> Any:
     return fn(**kwargs)
 
 
-def _guarded(guard: Any, fn: Any, call: Any, kw: dict) -> tuple[Any, BaseException | None]:
-    """One attempt between ``guard.enter()`` and ``guard.exit(token, error)`` (on the worker)."""
-    try:
-        token = guard.enter()
-    except BaseException as exc:  # noqa: BLE001 - the guard refuses the attempt
-        return None, exc
-    try:
-        result = fn(**kw) if call is None else call(kw)
-    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-        guard.exit(token, exc)
-        return None, exc
-    guard.exit(token, None)
-    return result, None
-
-
 def _portable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
@@ -679,7 +664,8 @@ class Run:
     def _limited(self, i: int, attempt: int, iteration: int | None, t0: float,
                  thread: threading.Thread, call: Any, kw: dict, guard: Any, deadline: Any
                  ) -> tuple[Any, BaseException | None, bool]:
-        """One attempt on a thread worker with a guard and/or a deadline: (result, error, overran).
+        """One attempt with a guard and/or a deadline (the latter on thread workers only):
+        (result, error, overran).
 
         The guard is entered before the deadline is armed, so an overrun attempt
         is exited by the scheduler (with the deadline's error) and never again
@@ -814,7 +800,8 @@ class Run:
                 except BaseException as exc:  # noqa: BLE001 - a task may raise anything
                     result, err = None, exc
             else:
-                result, err = _guarded(guards[i], v.fn, call, kw)
+                result, err, _ = self._limited(i, attempt, None, t0, None, call, kw,  # type: ignore[arg-type]
+                                               guards[i], None)
             t1 = mono()
             self._sync_busy = False
             if not empty():  # log records, events and signals that arrived during the task
