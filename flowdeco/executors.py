@@ -246,7 +246,7 @@ class ProcessExecutor(Executor):
                 pool = self._pool = _Pool(self._max_workers, self._ctx)
                 inner = pool.executor.submit(_tracked, key, fn, args, kwargs)
         outer: Future = Future()
-        inner.add_done_callback(partial(_relay, pool, key, outer))
+        inner.add_done_callback(partial(relay, outer, crash=partial(_pool_crash, pool, key)))
         return outer
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -265,18 +265,26 @@ class ProcessExecutor(Executor):
                     p.terminate()
 
 
-def _relay(pool: _Pool, key: int, outer: Future, inner: Future) -> None:
-    """The pool's future ended: pass its outcome on, a broken pool as WorkerCrashed."""
+def relay(outer: Future, inner: Future, crash: Callable[[BaseException], BaseException | None]
+          ) -> None:
+    """``inner`` (a pool's or a cluster's future) ended: pass its outcome on to ``outer``.
+
+    ``crash(exc)`` turns an error that means "the worker died" into the error
+    the attempt fails with (:class:`WorkerCrashed`), or returns None for any
+    other error, which passes on unchanged.  Executor plugins use it too.
+    """
     if inner.cancelled():
         outer.cancel()
         return
     exc = inner.exception()
     if exc is None:
         outer.set_result(inner.result())
-    elif isinstance(exc, BrokenProcessPool):
-        outer.set_exception(pool.crash_error(key, exc))
     else:
-        outer.set_exception(exc)
+        outer.set_exception(crash(exc) or exc)
+
+
+def _pool_crash(pool: _Pool, key: int, exc: BaseException) -> BaseException | None:
+    return pool.crash_error(key, exc) if isinstance(exc, BrokenProcessPool) else None
 
 
 # --------------------------------------------------------------------------- hooks

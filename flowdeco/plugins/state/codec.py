@@ -276,28 +276,21 @@ class Codec:
             return {TAG: tag, "v": self._enc_list(items)}
         return enc
 
-    def _enc_fields(self, v: dict) -> dict:
+    def _enc_fields(self, v: dict, attributes: bool = True) -> dict:
+        """Encode the values of a str-keyed mapping (an object's fields, or a plain dict)."""
         out = {}
         enc = self._enc
         for k, x in v.items():
             try:
                 out[k] = enc(x)
             except Unstorable as exc:
-                exc.path.append(f".{k}")
+                exc.path.append(f".{k}" if attributes else f"[{k!r}]")
                 raise
         return out
 
     def _enc_dict(self, v: dict) -> dict:
         if TAG not in v and all(type(k) is str for k in v):
-            out = {}
-            enc = self._enc
-            for k, x in v.items():
-                try:
-                    out[k] = enc(x)
-                except Unstorable as exc:
-                    exc.path.append(f"[{k!r}]")
-                    raise
-            return out
+            return self._enc_fields(v, attributes=False)
         pairs = []
         for k, x in v.items():
             try:

@@ -14,7 +14,7 @@ from distributed.cfexecutor import ClientExecutor
 from distributed.scheduler import KilledWorker
 
 from flowdeco import UsageError
-from flowdeco.executors import WorkerCrashed
+from flowdeco.executors import WorkerCrashed, relay
 from flowdeco.pickling import _importable
 from flowdeco.pickling import check_graph as _check_graph
 
@@ -107,7 +107,7 @@ class DaskExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         inner = self._inner.submit(fn, *args, **kwargs)
         outer: Future = Future()
-        inner.add_done_callback(partial(_relay, outer))
+        inner.add_done_callback(partial(relay, outer, crash=_worker_crash))
         return outer
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -127,16 +127,9 @@ class DaskExecutor(Executor):
         return f"<DaskExecutor {where} {self.client.scheduler.address if self.client.scheduler else '?'}>"
 
 
-def _relay(outer: Future, inner: Future) -> None:
-    if inner.cancelled():
-        outer.cancel()
-        return
-    exc = inner.exception()
-    if exc is None:
-        outer.set_result(inner.result())
-    elif isinstance(exc, KilledWorker):
-        last = getattr(getattr(exc, "last_worker", None), "address", None)
-        outer.set_exception(WorkerCrashed(
-            f"dask worker {last or '(unknown)'} died" if last else "a dask worker died"))
-    else:
-        outer.set_exception(exc)
+def _worker_crash(exc: BaseException) -> BaseException | None:
+    """A killed Dask worker fails the attempt with WorkerCrashed (see ``flowdeco.executors.relay``)."""
+    if not isinstance(exc, KilledWorker):
+        return None
+    last = getattr(getattr(exc, "last_worker", None), "address", None)
+    return WorkerCrashed(f"dask worker {last or '(unknown)'} died" if last else "a dask worker died")
