@@ -178,7 +178,8 @@ def _rss_now() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
+    """VmHWM of this process in bytes (Linux), else ru_maxrss."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -265,7 +266,7 @@ def run_cell(graph: str, method: str) -> dict:
         t0 = perf_counter()
         result = run(fns, state_dir=None, executor=executor, workers=4)
         out["wall"] = perf_counter() - t0
-        peak = _peak_rss()
+        peak = peak_rss()
         out.update(rss_before=rss0, rss_peak=peak, bytes_per_task=(peak - rss0) / n)
         assert result.ok, result.status
         _check(spec, lambda name: result.outcomes[name].result, full_check)

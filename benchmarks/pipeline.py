@@ -39,9 +39,13 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _p in (ROOT, HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from overhead import peak_rss  # noqa: E402 - the same VmHWM reading as the core benchmark
 
 STAGES = 3
 QUEUE = 100
@@ -127,19 +131,6 @@ METHODS = {
 }
 
 
-def peak_rss() -> int:
-    """VmHWM of this process in bytes (Linux), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def cell(method: str, n: int, collect: bool) -> dict:
     fn, workers = METHODS[method]
     if fn is flowdeco_pipeline:
@@ -201,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {hw} | {med[hw]:,.0f} | {best[hw]:,.0f} | | |")
         lines.append(f"| {fd} (ordered) | {med[fd]:,.0f} | {best[fd]:,.0f} | {ratio:.2f}x | "
                      f">= 0.5x {'PASS' if ok else 'FAIL'} |")
-    lines += ["", f"## Peak RSS, outputs dropped (2 workers per stage)", "",
+    lines += ["", "## Peak RSS, outputs dropped (2 workers per stage)", "",
               "| pipeline | " + " | ".join(f"{s:,} items" for s in sizes) + " | growth | target |",
               "|---|" + "---:|" * len(sizes) + "---:|---|"]
     for m in ("hand-written w2", "flowdeco w2"):
