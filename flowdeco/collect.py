@@ -26,7 +26,7 @@ import attrs
 
 from .errors import CollectionError, suggest
 from .flow import Flow, SubflowNode
-from .task import TaskSpec, get_spec, make_spec
+from .task import SPEC_ATTR, TaskSpec, get_spec, make_spec
 
 
 @attrs.frozen
@@ -65,9 +65,7 @@ def resolve_target(target: Any) -> Target:
 def _list_target(items: Sequence[Any]) -> Target:
     members: list[Any] = []
     for item in items:
-        if isinstance(item, (SubflowNode, TaskSpec)):
-            members.append(item)
-        elif get_spec(item) is not None:
+        if getattr(item, SPEC_ATTR, None) is not None or isinstance(item, (SubflowNode, TaskSpec)):
             members.append(item)
         elif callable(item) and not isinstance(item, type):
             members.append(make_spec(item))  # plain function: default options, not mutated

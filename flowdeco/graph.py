@@ -15,13 +15,14 @@ ready tasks of equal priority.  The runner works on these integer indices only.
 
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import CollectionError, CycleError, DuplicateTaskError, MissingDependencyError
 from .flow import Flow, SubflowNode
-from .task import CTX, TaskSpec, get_spec
+from .task import CTX, SPEC_ATTR, TaskSpec, get_spec
 
 TASK = "task"
 SUBFLOW = "subflow"
@@ -59,18 +60,64 @@ class Vertex:
 
 
 class Graph:
-    """A validated DAG of :class:`Vertex` objects in declaration order."""
+    """A validated DAG of :class:`Vertex` objects in declaration order.
 
-    def __init__(self, name: str, vertices: list[Vertex]):
+    ``order`` is a topological order (Kahn's algorithm, declaration order among
+    ties); ``succs`` the successors of each vertex (computed on first use: a
+    ``sync`` run of a graph declared upstream-first never needs them);
+    :meth:`using` the tasks that set a plugin option, so a plugin looks at
+    those instead of scanning every vertex.
+    """
+
+    def __init__(self, name: str, vertices: list[Vertex], special: Iterable[int] | None = None,
+                 declared_in_order: bool | None = None):
         self.name = name
         self.vertices = vertices
         self.by_name = {v.name: v.index for v in vertices}
-        succs: list[list[int]] = [[] for _ in vertices]
-        for v in vertices:
+        if declared_in_order is None:
+            declared_in_order = all(not v.deps or max(v.deps) < v.index for v in vertices)
+        #: the graph was declared upstream-first (every dependency before its dependents)
+        self.declared_in_order = declared_in_order
+        if special is None:
+            special = [v.index for v in vertices
+                       if v.kind is not TASK or v.spec is None or v.spec.uses or v.spec.dynamic]
+        using: dict[str, list[Vertex]] = {}
+        dynamic: list[int] = []
+        for i in special:
+            v = vertices[i]
+            if v.spec is None or v.kind is not TASK:
+                dynamic.append(i)
+                continue
+            if v.spec.dynamic:
+                dynamic.append(i)
+            for opt in v.spec.uses:
+                using.setdefault(opt, []).append(v)
+        self._using = using
+        #: sub-flow nodes and tasks with ``map=``, ``when=`` or a trigger rule other
+        #: than ``all_succeeded`` (their readiness goes through the dynamic gate)
+        self.dynamic: tuple[int, ...] = tuple(dynamic)
+        # an upstream-first graph's order is its declaration order (by induction, the
+        # lowest ready index is always the next one), and it cannot have a cycle
+        self.order = list(range(len(vertices))) if self.declared_in_order else _toposort(self)
+
+    @functools.cached_property
+    def succs(self) -> list[tuple[int, ...]]:
+        """Successors (dependents) of each vertex, in declaration order."""
+        succs: list[list[int]] = [[] for _ in self.vertices]
+        for v in self.vertices:
             for d in v.deps:
                 succs[d].append(v.index)
-        self.succs: list[tuple[int, ...]] = [tuple(s) for s in succs]
-        self.order = _toposort(self)
+        return [tuple(s) if s else () for s in succs]
+
+    def using(self, option: str) -> list[Vertex]:
+        """The tasks that set the plugin option ``option`` (``retry``, ``circuit``, a
+        third-party option...), in declaration order."""
+        return self._using.get(option, [])
+
+    @property
+    def options_used(self) -> list[str]:
+        """Every plugin option some task of the graph sets."""
+        return list(self._using)
 
     def __len__(self) -> int:
         return len(self.vertices)
@@ -208,7 +255,10 @@ class GraphBuilder:
         self.vertices: list[Vertex] = []
         self._tasks: list[tuple[int, _Scope]] = []
         self._nodes: list[tuple[int, _Scope, _Scope]] = []
-        self._origin: dict[int, Any] = {}
+        #: vertices the Graph indexes (plugin options, dynamic tasks, sub-flow nodes)
+        self._special: list[int] = []
+        #: every dependency seen so far was declared before its dependent
+        self._in_order = True
         self._root = _Scope(root_flow, name, "", None, {}, None)
 
     def build(self, members: Sequence[Any]) -> Graph:
@@ -225,27 +275,44 @@ class GraphBuilder:
             i += 1
         for index, _outer, inner in self._nodes:
             self._resolve_node(self.vertices[index], inner)
-        return Graph(self.name, self.vertices)
+        return Graph(self.name, self.vertices, self._special, self._in_order)
 
     # -- phase 1: declare
     def _declare(self, scope: _Scope, members: Sequence[Any]) -> None:
+        vertices, tasks, special = self.vertices, self._tasks, self._special
+        local, prefix = scope.local, scope.prefix
         for m in members:
-            if isinstance(m, SubflowNode):
-                self._declare_node(scope, m)
-            else:
-                spec = m if isinstance(m, TaskSpec) else get_spec(m)
-                if spec is None:
+            spec = getattr(m, SPEC_ATTR, None)
+            if spec is None or not callable(m):
+                if isinstance(m, SubflowNode):
+                    self._declare_node(scope, m)
+                    continue
+                if not isinstance(m, TaskSpec):
                     raise CollectionError(f"flow {scope.flow_name!r}: {m!r} is not a task")
-                self._add_task(scope, spec)
+                spec = m
+            # _add_task, written out: this loop runs once per task of the flow
+            name = spec.name
+            if name in local:
+                self._duplicate(scope, name, spec)
+            index = len(vertices)
+            local[name] = index
+            vertices.append(Vertex(index, prefix + name, TASK, spec, spec.priority, spec.tags))
+            tasks.append((index, scope))
+            if spec.uses or spec.dynamic:
+                special.append(index)
 
-    def _claim(self, scope: _Scope, name: str, origin: Any) -> int:
+    def _duplicate(self, scope: _Scope, name: str, origin: TaskSpec | str) -> None:
+        first = self.vertices[scope.local[name]]
+        was = first.spec.source_name if first.spec is not None else \
+            f"sub-flow node of flow {first.node.flow.name!r}"  # type: ignore[union-attr]
+        where = origin.source_name if isinstance(origin, TaskSpec) else origin
+        raise DuplicateTaskError(scope.prefix + name, [was, where])
+
+    def _claim(self, scope: _Scope, name: str, origin: TaskSpec | str) -> int:
         if name in scope.local:
-            where = [o.source_name if isinstance(o, TaskSpec) else o
-                     for o in (self._origin[scope.local[name]], origin)]
-            raise DuplicateTaskError(scope.prefix + name, where)
+            self._duplicate(scope, name, origin)
         index = len(self.vertices)
         scope.local[name] = index
-        self._origin[index] = origin
         return index
 
     def _add_task(self, scope: _Scope, spec: TaskSpec) -> int:
@@ -253,6 +320,8 @@ class GraphBuilder:
         self.vertices.append(Vertex(index, scope.prefix + spec.name, TASK, spec,
                                     spec.priority, spec.tags))
         self._tasks.append((index, scope))
+        if spec.uses or spec.dynamic:
+            self._special.append(index)
         return index
 
     def _declare_node(self, scope: _Scope, node: SubflowNode) -> None:
@@ -264,6 +333,7 @@ class GraphBuilder:
         vertex = Vertex(index, scope.prefix + node.name, SUBFLOW, None, node.priority,
                         node.tags, node)
         self.vertices.append(vertex)
+        self._special.append(index)
         inner = _Scope(node.flow, node.flow.name, vertex.name + ".", scope, node.bind, node)
         self._nodes.append((index, scope, inner))
         start = len(self.vertices)
@@ -322,13 +392,32 @@ class GraphBuilder:
     def _resolve_task(self, v: Vertex, scope: _Scope) -> None:
         spec = v.spec
         assert spec is not None
+        v.wants_ctx = spec.wants_ctx
+        names = spec.arg_names
+        # the root flow binds nothing from outside: a name is its member or nothing
+        if scope.parent is None:
+            get = scope.local.get
+            found_all = [get(name) for name in names]
+        else:
+            found_all = [self._lookup(scope, name) for name in names]
+        if None not in found_all:  # the usual case: every parameter names a task of the flow
+            if v.index in found_all:
+                raise CycleError([v.name, v.name])
+            args = list(zip(names, found_all))
+            deps = found_all
+        else:
+            args, deps = self._resolve_params(v, scope, found_all)
+        self._resolve_rest(v, scope, args, deps)
+
+    def _resolve_params(self, v: Vertex, scope: _Scope, found_all: list[int | None]
+                        ) -> tuple[list[tuple[str, int]], list[int]]:
+        """Parameters that are not all tasks of the flow: imported tasks, run
+        parameters, defaults -- or a missing dependency."""
+        spec = v.spec
+        assert spec is not None
         args: list[tuple[str, int]] = []
         deps: list[int] = []
-        for p in spec.params:
-            if p.name == CTX:
-                v.wants_ctx = True
-                continue
-            found = self._lookup(scope, p.name)
+        for p, found in zip([p for p in spec.params if p.name != CTX], found_all):
             if found is None:
                 imported = get_spec((getattr(spec.fn, "__globals__", None) or {}).get(p.name))
                 if imported is not None and imported.owner is None:
@@ -346,12 +435,20 @@ class GraphBuilder:
             elif not p.has_default:
                 raise MissingDependencyError(
                     v.name, p.name, "parameter", scope.visible() + list(self.params) + [CTX])
+        return args, deps
+
+    def _resolve_rest(self, v: Vertex, scope: _Scope, args: list[tuple[str, int]],
+                      deps: list[int]) -> None:
+        """``after=`` entries, the sub-flow node's ``after=``, ``map=``; then store."""
+        spec = v.spec
+        assert spec is not None
         for a in spec.after:
             found = self._lookup_after(scope, a, v.name)
             if found == v.index:
                 raise CycleError([v.name, v.name])
             deps.append(found)
-        deps.extend(scope.after)
+        if scope.after:
+            deps.extend(scope.after)
         if spec.map is not None and all(p != spec.map for p, _ in args):
             what = "a run parameter" if spec.map in v.consts else "not bound to any task"
             raise CollectionError(
@@ -359,7 +456,10 @@ class GraphBuilder:
                 f"task (the task runs once per element of that task's result), but "
                 f"{spec.map!r} is {what}")
         v.args = tuple(args)
-        v.deps = tuple(deps) if len(deps) < 2 else tuple(dict.fromkeys(deps))
+        if deps:
+            v.deps = tuple(deps) if len(deps) < 2 else tuple(dict.fromkeys(deps))
+            if self._in_order and max(deps) > v.index:
+                self._in_order = False
 
     def _resolve_node(self, v: Vertex, inner: _Scope) -> None:
         members = set(v.members)
@@ -367,6 +467,7 @@ class GraphBuilder:
         sinks = sorted(i for i in inner.local.values() if i not in depended_on)
         v.sinks = tuple((self.vertices[i].name[len(inner.prefix):], i) for i in sinks)
         v.deps = tuple(dict.fromkeys(v.members + inner.after))
+        self._in_order = False  # the node's vertex comes before its members
 
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}

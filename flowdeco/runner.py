@@ -80,12 +80,15 @@ _SKIP_UPSTREAM = TaskOutcome(SKIPPED, reason="upstream")
 _SKIP_STOPPED = TaskOutcome(SKIPPED, reason="stopped")
 
 
-def _priority_keys(graph: Graph) -> list[int]:
-    """Sort keys: rank of the priority (highest first) * n + declaration index."""
+def _priority_keys(graph: Graph) -> tuple[list[int], bool]:
+    """Sort keys: rank of the priority (highest first) * n + declaration index; and
+    whether every task has the same priority (then a key is the index)."""
     n = max(len(graph), 1)
-    ranks = {p: r for r, p in enumerate(sorted({v.priority for v in graph.vertices},
-                                               reverse=True))}
-    return [ranks[v.priority] * n + v.index for v in graph.vertices]
+    priorities = {v.priority for v in graph.vertices}
+    if len(priorities) < 2:
+        return list(range(len(graph))), True
+    ranks = {p: r for r, p in enumerate(sorted(priorities, reverse=True))}
+    return [ranks[v.priority] * n + v.index for v in graph.vertices], False
 
 
 class InternalError(Exception):
@@ -329,23 +332,26 @@ class Run:
         self._t1: list[float | None] = [None] * n
         self._worker: list[str | None] = [None] * n
         self._cache: list[TaskOutcome | None] = [None] * n
-        self._remaining = [len(v.deps) for v in graph.vertices]
+        #: per task, dependencies not ended yet (filled by execute(), see _in_order)
+        self._remaining: list[int] = []
         self._last_error: list[BaseException | None] = [None] * n
         # ready tasks as int keys (priority rank * n + index: highest priority, then
         # declared first), so heap operations compare ints and allocate nothing; the
         # attempt and iteration a queued task starts with are kept beside it
         self._ready: list[int] = []
         self._n = max(n, 1)
-        self._key = _priority_keys(graph)
+        #: _uniform: every task has the same priority (the ready heap's order is the
+        #: graph's order)
+        self._key, self._uniform = _priority_keys(graph)
         # dynamic flows (.dynamic, made on first use): mapped tasks with instances to
         # start (priority keys, under _lock), and the tasks whose readiness goes
         # through Dynamic.gate -- sub-flow nodes, map=/when=/trigger= tasks, and
         # tasks whose dependency was skipped for a reason they inherit
         self._mready: list[int] = []
         self._dyn: Any = None
-        self._slow = [v.kind is SUBFLOW or (v.spec is not None and (
-            v.spec.map is not None or v.spec.when is not None
-            or v.spec.trigger != "all_succeeded")) for v in graph.vertices]
+        self._slow = [False] * n
+        for i in graph.dynamic:
+            self._slow[i] = True
         self._next_attempt = [1] * n
         self._timers: list[tuple[float, int, int, int, int | None]] = []
         self._timer_seq = 0
@@ -356,8 +362,9 @@ class Run:
         self._halt = False
         #: guards the ready heap, which thread workers also pop from (see _work)
         self._lock = threading.Lock()
-        self._first_iteration = [1 if v.spec is not None and v.spec.every is not None else None
-                                 for v in graph.vertices]
+        self._first_iteration: list[int | None] = [None] * n
+        for v in graph.using("every"):
+            self._first_iteration[v.index] = 1
         self._next_iter: list[int | None] = list(self._first_iteration)
         #: extra ``task_restored`` fields (``Restored.fields``) by task or instance name
         self._restore_fields: dict[str, Any] = {}
@@ -514,8 +521,11 @@ class Run:
         #: per worker thread: completions posted / handled by the scheduler
         self._posted: dict[str, int] = {}
         self._handled: dict[str, int] = {}
-        self._prio = [v.priority for v in self.graph.vertices]
         self._log_sink = self._sink if self.reporting else None
+        # the sync executor runs a graph with nothing dynamic in it straight down its
+        # priority order until the first attempt that does not simply succeed
+        self._in_order = self.sync and not self._has_restore and not self._has_delay \
+            and not self._watched and not self.graph.dynamic and not self.graph.using("every")
 
     def _chains(self) -> list[int | None]:
         """For each task, the successor a worker may run right after it, or None.
@@ -574,11 +584,15 @@ class Run:
         restore = self._install_signals()
         try:
             try:
-                for i in range(len(self.graph)):
-                    if self._remaining[i] == 0 and self._state[i] == PENDING:
-                        done = self._make_ready(i)
-                        if done is not None:
-                            self._finish(*done)
+                if self._in_order:  # no counters needed unless it hands over (_leave_order)
+                    self._remaining = [0] * len(self.graph)
+                else:
+                    self._remaining = [len(v.deps) for v in self.graph.vertices]
+                    for i in range(len(self.graph)):
+                        if self._remaining[i] == 0 and self._state[i] == PENDING:
+                            done = self._make_ready(i)
+                            if done is not None:
+                                self._finish(*done)
                 if self._has_flush:
                     self.hook.flowdeco_report_flush(run=self)
                 self._loop()
@@ -754,6 +768,9 @@ class Run:
         succeeded, no plugin watches it) is written out here rather than going
         through :meth:`_on_done`; every other case does go through it.
         """
+        if self._in_order:
+            self._in_order = False
+            self._run_in_order()
         ready = self._ready
         vertices = self.graph.vertices
         succs = self.graph.succs
@@ -834,6 +851,109 @@ class Run:
                 self._on_done(i, attempt, next_iter[i], result, err, t0, t1, "sync", None, 0)
             if has_flush:
                 self.hook.flowdeco_report_flush(run=self)
+
+    def _run_in_order(self) -> None:
+        """The ``sync`` executor's fast path: run the tasks in the order the ready heap
+        would give them, with no heap and no dependency counting.
+
+        Taken when nothing can change that order (no restore, delay, dynamic task,
+        interval, or plugin watching successful attempts): run one by one, the ready
+        heap is exactly Kahn's algorithm keyed by priority then declaration, which
+        is the graph's own order when priorities are all equal.  The first attempt
+        that fails, or a stop, hands the rest over to the general loop
+        (:meth:`_leave_order` rebuilds its ready heap and counters).
+        """
+        order = self.graph.order if self._uniform else self._priority_order()
+        vertices = self.graph.vertices
+        results = self.results
+        state, status, attempts = self._state, self._status, self._attempts
+        t0s, t1s, workers = self._t0, self._t1, self._worker
+        calls, guards = self._calls, self._guards
+        mono = self.clock.monotonic
+        empty, get, handle = self.q.empty, self.q.get, self._handle
+        reporting, has_flush = self.reporting, self._has_flush
+        for i in order:
+            if self.stopping:
+                return self._leave_order()
+            if self._flush_due:
+                self._flush()
+            v = vertices[i]
+            kw = dict(v.consts) if v.consts else {}
+            for p, d in v.args:
+                kw[p] = results[d]
+            if v.wants_ctx:
+                kw["ctx"] = self._context(v, 1, None)
+            state[i] = RUNNING
+            if reporting:
+                self._report_started(v.name, 1, None)
+            call = calls[i]
+            self._sync_busy = True
+            t0 = mono()
+            if guards is None or guards[i] is None:
+                try:
+                    result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
+                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                    result, err = None, exc
+            else:
+                result, err, _ = self._limited(i, 1, None, t0, None, call, kw,  # type: ignore[arg-type]
+                                               guards[i], None)
+            t1 = mono()
+            self._sync_busy = False
+            while not empty():  # log records, events and signals that arrived during the task
+                handle(get())
+            if err is not None:
+                self._leave_order()
+                self._inflight += 1
+                self._on_done(i, 1, None, result, err, t0, t1, "sync", None, 0)
+                if has_flush:
+                    self.hook.flowdeco_report_flush(run=self)
+                return None
+            results[i] = result
+            status[i] = SUCCEEDED
+            state[i] = DONE
+            attempts[i] = 1
+            t0s[i] = t0
+            t1s[i] = t1
+            workers[i] = "sync"
+            if reporting:
+                self._report_outcome(i)
+            if has_flush:
+                self.hook.flowdeco_report_flush(run=self)
+        return None
+
+    def _leave_order(self) -> None:
+        """Build the general loop's ready heap and dependency counters mid-run."""
+        state, remaining, key = self._state, self._remaining, self._key
+        ready: list[int] = []
+        for j, v in enumerate(self.graph.vertices):
+            if state[j] == PENDING or state[j] == READY:
+                r = 0
+                for d in v.deps:
+                    if state[d] != DONE:
+                        r += 1
+                remaining[j] = r
+                if r == 0:
+                    state[j] = READY
+                    ready.append(key[j])
+        heapq.heapify(ready)
+        with self._lock:
+            self._ready[:] = ready
+
+    def _priority_order(self) -> list[int]:
+        """Kahn's algorithm keyed like the ready heap: the order ``sync`` runs tasks in."""
+        key, n, succs = self._key, self._n, self.graph.succs
+        indeg = [len(v.deps) for v in self.graph.vertices]
+        ready = [key[i] for i, d in enumerate(indeg) if d == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            i = heapq.heappop(ready) % n
+            order.append(i)
+            for s in succs[i]:
+                indeg[s] -= 1
+                if indeg[s] == 0:
+                    heapq.heappush(ready, key[s])
+        return order
 
     def _report_started(self, name: str, attempt: int, iteration: int | None,
                         mono: float | None = None) -> None:
@@ -1414,16 +1534,17 @@ class Session:
         return graph
 
     def _check_options(self, graph: Graph) -> None:
+        used = graph.options_used
+        if not used:
+            return
         claimed = {name for names in self.config.hook.flowdeco_task_options() for name in names}
-        for v in graph.vertices:
-            if v.spec is None:
-                continue
-            for opt in v.spec.uses:
-                if opt not in claimed:
-                    raise CollectionError(
-                        f"task {v.name!r} sets {opt}= but no active plugin handles it "
-                        "(is the plugin that provides it disabled with -p no:NAME or not "
-                        "installed?)")
+        for opt in used:
+            if opt not in claimed:
+                v = graph.using(opt)[0]
+                raise CollectionError(
+                    f"task {v.name!r} sets {opt}= but no active plugin handles it "
+                    "(is the plugin that provides it disabled with -p no:NAME or not "
+                    "installed?)")
 
     def execute(self, graph: Graph) -> RunResult:
         cfg = self.config

@@ -81,10 +81,20 @@ class TaskSpec:
     owner: "Flow | None" = None
     #: names of the plugin-implemented options this task sets (computed once)
     uses: tuple[str, ...] = attrs.field(init=False)
+    #: map=, when= or a trigger rule other than all_succeeded: the task's readiness
+    #: goes through the runner's dynamic gate (computed once)
+    dynamic: bool = attrs.field(init=False)
+    #: the parameter names other than ``ctx``, and whether ``ctx`` is one (computed once)
+    arg_names: tuple[str, ...] = attrs.field(init=False)
+    wants_ctx: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         uses = tuple(k for k in _PLUGIN_OPTIONS if getattr(self, k) is not None)
         object.__setattr__(self, "uses", uses + tuple(self.options))
+        object.__setattr__(self, "dynamic", self.map is not None or self.when is not None
+                           or self.trigger != "all_succeeded")
+        object.__setattr__(self, "arg_names", tuple(p.name for p in self.params if p.name != CTX))
+        object.__setattr__(self, "wants_ctx", len(self.arg_names) < len(self.params))
 
     @property
     def source_name(self) -> str:

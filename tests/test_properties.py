@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from flowdeco import CycleError, run, task
 from flowdeco.graph import build_graph
+from flowdeco.runner import Run
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """A monkeypatch usable inside a hypothesis test (function-scoped fixtures are not)."""
+    with pytest.MonkeyPatch.context() as m:
+        yield m
 
 SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -16,14 +26,16 @@ SETTINGS = settings(max_examples=50, deadline=None,
 
 @st.composite
 def dags(draw, max_n=40):
-    """(n, deps, priorities): deps[j] maps each dependency i < j to "data" or "after"."""
+    """(n, deps, priorities, declared): deps[j] maps each dependency i < j to "data" or
+    "after"; ``declared`` is the order the tasks are declared in (often not topological)."""
     n = draw(st.integers(1, max_n))
     deps: list[dict[int, str]] = []
     for j in range(n):
         chosen = draw(st.lists(st.integers(0, j - 1), unique=True, max_size=min(j, 4))) if j else []
         deps.append({i: draw(st.sampled_from(["data", "after"])) for i in chosen})
     prios = draw(st.lists(st.integers(-2, 2), min_size=n, max_size=n))
-    return n, deps, prios
+    declared = draw(st.one_of(st.just(list(range(n))), st.permutations(range(n))))
+    return n, deps, prios, declared
 
 
 class Journal:
@@ -42,9 +54,9 @@ class Journal:
         return ctx.task if not wrong else ("WRONG", wrong)
 
 
-def build_tasks(n, deps, prios, journal, failing=frozenset()):
+def build_tasks(n, deps, prios, journal, failing=frozenset(), declared=None):
     fns = []
-    for j in range(n):
+    for j in declared if declared is not None else range(n):
         data = [f"t{i}" for i, kind in deps[j].items() if kind == "data"]
         after = [f"t{i}" for i, kind in deps[j].items() if kind == "after"]
         ns = {"_journal": journal}
@@ -58,10 +70,10 @@ def build_tasks(n, deps, prios, journal, failing=frozenset()):
 @SETTINGS
 @given(dag=dags(), workers=st.integers(1, 4), executor=st.sampled_from(["thread", "sync"]))
 def test_random_dags_run_each_task_once_after_its_dependencies(dag, workers, executor):
-    n, deps, prios = dag
+    n, deps, prios, declared = dag
     journal = Journal()
-    result = run(build_tasks(n, deps, prios, journal), workers=workers, executor=executor,
-                 state_dir=None)
+    result = run(build_tasks(n, deps, prios, journal, declared=declared), workers=workers,
+                 executor=executor, state_dir=None)
     assert result.ok, result.failed()
     assert result.results == {f"t{j}": f"t{j}" for j in range(n)}
     ev = journal.events
@@ -85,16 +97,17 @@ def test_random_dags_run_each_task_once_after_its_dependencies(dag, workers, exe
 @given(dag=dags(), executor=st.sampled_from(["thread", "sync"]))
 def test_random_dags_with_one_worker_respect_priority(dag, executor):
     """With one worker, each start is the best ready task: highest priority, then declared first."""
-    n, deps, prios = dag
+    n, deps, prios, declared = dag
     journal = Journal()
-    result = run(build_tasks(n, deps, prios, journal), workers=1, executor=executor,
-                 state_dir=None)
+    result = run(build_tasks(n, deps, prios, journal, declared=declared), workers=1,
+                 executor=executor, state_dir=None)
     assert result.ok
     starts = [int(name[1:]) for kind, name in journal.events if kind == "start"]
+    position = {u: k for k, u in enumerate(declared)}
     done: set[int] = set()
     for j in starts:
         ready = [u for u in range(n) if u not in done and all(i in done for i in deps[u])]
-        best = min(ready, key=lambda u: (-prios[u], u))
+        best = min(ready, key=lambda u: (-prios[u], position[u]))
         assert j == best, (f"t{j} (priority {prios[j]}) started while t{best} "
                            f"(priority {prios[best]}) was ready; order {starts}")
         done.add(j)
@@ -104,10 +117,10 @@ def test_random_dags_with_one_worker_respect_priority(dag, executor):
 @given(dag=dags(max_n=25), data=st.data(), workers=st.integers(1, 4),
        executor=st.sampled_from(["thread", "sync"]))
 def test_random_failures_skip_exactly_the_downstream(dag, data, workers, executor):
-    n, deps, prios = dag
+    n, deps, prios, declared = dag
     failing = frozenset(data.draw(st.sets(st.integers(0, n - 1), max_size=3)))
     journal = Journal()
-    result = run(build_tasks(n, deps, prios, journal, failing), workers=workers,
+    result = run(build_tasks(n, deps, prios, journal, failing, declared), workers=workers,
                  executor=executor, state_dir=None)
     expected: dict[int, str] = {}
     for j in range(n):
@@ -125,6 +138,36 @@ def test_random_failures_skip_exactly_the_downstream(dag, data, workers, executo
     started = {name for kind, name in journal.events if kind == "start"}
     assert started == {f"t{j}" for j in range(n) if expected[j] != "skipped"}
     assert result.status == ("failed" if "failed" in expected.values() else "succeeded")
+
+
+@SETTINGS
+@given(dag=dags(max_n=25), data=st.data())
+def test_sync_fast_path_matches_the_general_loop(dag, data, monkeypatch_module):
+    """``sync`` runs plain graphs straight down their order and hands over to the
+    general loop at the first failure: starts, ends and outcomes are the same as
+    with the general loop alone."""
+    n, deps, prios, declared = dag
+    failing = frozenset(data.draw(st.sets(st.integers(0, n - 1), max_size=3)))
+    stop = data.draw(st.booleans())
+
+    def once():
+        journal = Journal()
+        result = run(build_tasks(n, deps, prios, journal, failing, declared),
+                     executor="sync", stop_on_error=stop, state_dir=None)
+        return journal.events, {name: (o.status, o.reason, o.error, o.attempts, o.result)
+                                for name, o in result.outcomes.items()}, result.status
+
+    fast = once()
+    setup = Run._setup
+
+    def general_only(self):
+        setup(self)
+        self._in_order = False
+
+    with monkeypatch_module.context() as m:
+        m.setattr(Run, "_setup", general_only)
+        general = once()
+    assert fast == general
 
 
 @st.composite

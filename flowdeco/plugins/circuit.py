@@ -422,7 +422,7 @@ class CircuitGuard:
     @hookimpl
     def flowdeco_run_start(self, run: Any) -> None:
         self.unsubscribe_all()
-        tasks = [v for v in run.graph.vertices if v.spec is not None and v.spec.circuit is not None]
+        tasks = run.graph.using("circuit")
         # resolve each distinct circuit= value once (most flows share a few breakers)
         firsts = {id(v.spec.circuit): v for v in tasks}
         breakers = {key: resolve(v) for key, v in firsts.items()}
@@ -483,12 +483,9 @@ def flowdeco_task_options() -> list[str]:
 
 @hookimpl
 def flowdeco_collection_finish(config: Any, graph: Any) -> None:
-    used = False
-    for v in graph.vertices:
-        spec = v.spec
-        if spec is not None and spec.circuit is not None:
-            resolve(v)  # unknown names and wrong types fail here, before anything runs
-            used = True
+    used = graph.using("circuit")
+    for v in used:
+        resolve(v)  # unknown names and wrong types fail here, before anything runs
     if used and config.pluginmanager.get_plugin(_GUARD) is None:
         config.pluginmanager.register(CircuitGuard(), _GUARD)
 

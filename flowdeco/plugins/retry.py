@@ -256,9 +256,9 @@ def flowdeco_task_options() -> list[str]:
 
 @hookimpl
 def flowdeco_collection_finish(config: Any, graph: Any) -> None:
-    for v in graph.vertices:
+    for v in graph.using("retry"):
         spec = v.spec
-        if spec is not None and spec.retry is not None and not isinstance(spec.retry, Retry):
+        if not isinstance(spec.retry, Retry):
             raise CollectionError(
                 f"task {v.name!r}: retry= must be a flowdeco.Retry policy, got "
                 f"{spec.retry!r} (for a number of retries use retries=N)")

@@ -189,11 +189,9 @@ class Scheduler:
         finally:
             session.close()
         entries = []
-        for v in graph.vertices:
-            spec = v.spec
-            if spec is not None and spec.cron is not None:
-                entries.append(_Entry(v.name, parse_cron(spec.cron, self.tz,
-                                                         where=f"task {v.name!r}"), (v.name,)))
+        for v in graph.using("cron"):
+            entries.append(_Entry(v.name, parse_cron(v.spec.cron, self.tz,
+                                                     where=f"task {v.name!r}"), (v.name,)))
         if self.cron is not None:
             entries.append(_Entry("*", parse_cron(self.cron, self.tz, where="--cron"), None))
         if not entries:

@@ -238,11 +238,10 @@ class TimeoutGuard:
     @hookimpl(tryfirst=True)
     def flowdeco_run_start(self, run: Any) -> None:
         default = self.default
-        vertices = run.graph.vertices
         # a few list passes and one shared Deadline when the limits agree (the usual
         # case): no object per task beyond the table itself
-        limited = [v for v in vertices if v.spec is not None and (
-            v.spec.timeout is not None or default is not None)]
+        limited = run.graph.using("timeout") if default is None else \
+            [v for v in run.graph.vertices if v.spec is not None]
         wrapped: dict[int, float] = {}
         deadlines: dict[int, Deadline] = {}
         if run.can_abandon:
@@ -314,13 +313,8 @@ def flowdeco_task_options() -> list[str]:
 @hookimpl
 def flowdeco_collection_finish(config: Any, graph: Any) -> None:
     default = config.getoption("timeout")
-    if default is None:
-        for v in graph.vertices:
-            spec = v.spec
-            if spec is not None and spec.timeout is not None:
-                break
-        else:
-            return  # no task has a timeout: register nothing, cost nothing
+    if default is None and not graph.using("timeout"):
+        return  # no task has a timeout: register nothing, cost nothing
     pm = config.pluginmanager
     guard = pm.get_plugin(_GUARD)
     if guard is None:

@@ -78,24 +78,19 @@ def flowdeco_task_options() -> list[str]:
 @hookimpl
 def flowdeco_collection_finish(config: Any, graph: Any) -> None:
     """Parse every ``cron=`` now, so a bad expression is an error naming its task."""
-    for v in graph.vertices:
-        spec = v.spec
-        if spec is not None and spec.cron is not None:
-            parse_cron(spec.cron, where=f"task {v.name!r}")
+    for v in graph.using("cron"):
+        parse_cron(v.spec.cron, where=f"task {v.name!r}")
 
 
 @hookimpl
 def flowdeco_run_start(run: Any) -> None:
     delays: dict[int, float] = {}
     intervals: dict[int, Any] = {}
-    for v in run.graph.vertices:
-        spec = v.spec
-        if spec is None:
-            continue
-        if spec.delay:
-            delays[v.index] = spec.delay
-        if spec.every is not None:
-            intervals[v.index] = spec
+    for v in run.graph.using("delay"):
+        if v.spec.delay:
+            delays[v.index] = v.spec.delay
+    for v in run.graph.using("every"):
+        intervals[v.index] = v.spec
     if not delays and not intervals:
         return
     pm = run.config.pluginmanager
