@@ -253,7 +253,10 @@ class GraphBuilder:
         self.name = name
         self.params = params
         self.vertices: list[Vertex] = []
-        self._tasks: list[tuple[int, _Scope]] = []
+        #: task vertices to resolve and the scope each was declared in (parallel
+        #: lists: no tuple per task for the garbage collector to scan)
+        self._tasks: list[int] = []
+        self._scopes: list[_Scope] = []
         self._nodes: list[tuple[int, _Scope, _Scope]] = []
         #: vertices the Graph indexes (plugin options, dynamic tasks, sub-flow nodes)
         self._special: list[int] = []
@@ -269,9 +272,9 @@ class GraphBuilder:
             inner.after = outer.after + tuple(
                 self._lookup_after(outer, a, self.vertices[index].name) for a in node.after)
         i = 0
-        while i < len(self._tasks):                      # imported tasks are appended as found
-            index, scope = self._tasks[i]
-            self._resolve_task(self.vertices[index], scope)
+        tasks, scopes, vertices = self._tasks, self._scopes, self.vertices
+        while i < len(tasks):                            # imported tasks are appended as found
+            self._resolve_task(vertices[tasks[i]], scopes[i])
             i += 1
         for index, _outer, inner in self._nodes:
             self._resolve_node(self.vertices[index], inner)
@@ -279,7 +282,7 @@ class GraphBuilder:
 
     # -- phase 1: declare
     def _declare(self, scope: _Scope, members: Sequence[Any]) -> None:
-        vertices, tasks, special = self.vertices, self._tasks, self._special
+        vertices, tasks, scopes, special = self.vertices, self._tasks, self._scopes, self._special
         local, prefix = scope.local, scope.prefix
         for m in members:
             spec = getattr(m, SPEC_ATTR, None)
@@ -297,7 +300,8 @@ class GraphBuilder:
             index = len(vertices)
             local[name] = index
             vertices.append(Vertex(index, prefix + name, TASK, spec, spec.priority, spec.tags))
-            tasks.append((index, scope))
+            tasks.append(index)
+            scopes.append(scope)
             if spec.uses or spec.dynamic:
                 special.append(index)
 
@@ -319,7 +323,8 @@ class GraphBuilder:
         index = self._claim(scope, spec.name, spec)
         self.vertices.append(Vertex(index, scope.prefix + spec.name, TASK, spec,
                                     spec.priority, spec.tags))
-        self._tasks.append((index, scope))
+        self._tasks.append(index)
+        self._scopes.append(scope)
         if spec.uses or spec.dynamic:
             self._special.append(index)
         return index

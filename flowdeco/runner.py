@@ -771,6 +771,8 @@ class Run:
         if self._in_order:
             self._in_order = False
             self._run_in_order()
+            if not self._ready:
+                return  # all ran (or stopped): the graph's successor lists were never needed
         ready = self._ready
         vertices = self.graph.vertices
         succs = self.graph.succs
