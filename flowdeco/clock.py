@@ -19,6 +19,35 @@ UTC = _dt.timezone.utc
 _EMPTY = object()
 
 
+#: the longest a wait blocks without returning to Python (seconds), see wake_up_wait
+WAKE_UP = 0.1
+
+
+def wake_up_wait(get: Callable[..., Any], timeout: float | None) -> Any:
+    """``get(timeout=...)`` for up to ``timeout`` seconds (None: until an item comes),
+    returning to Python at least every :data:`WAKE_UP` seconds.
+
+    Python runs signal handlers on the main thread, between bytecodes.  The
+    OS may deliver a process's SIGINT or SIGTERM to any of its threads, and
+    then a main thread blocked on a lock is not woken: Ctrl-C would wait for
+    the next message or the end of the timeout (up to an interval task's whole
+    period).  Waking up in slices bounds that delay; a wake-up costs a few
+    microseconds.
+    """
+    if timeout is not None and timeout <= WAKE_UP:
+        return get(timeout=max(timeout, 0.0))
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = WAKE_UP if end is None else min(WAKE_UP, end - time.monotonic())
+        if step <= 0:
+            raise queue.Empty
+        try:
+            return get(timeout=step)
+        except queue.Empty:
+            if end is not None and time.monotonic() >= end:
+                raise
+
+
 class Clock:
     """Real time: ``time.monotonic`` for waits, UTC wall time for timestamps."""
 
@@ -43,9 +72,7 @@ class Clock:
         Returns the item, or raises ``queue.Empty`` when the timeout passed.
         ``idle`` tells whether anything is in flight; the real clock ignores it.
         """
-        if timeout is None:
-            return get()
-        return get(timeout=max(timeout, 0.0))
+        return wake_up_wait(get, timeout)
 
 
 class FakeClock(Clock):
@@ -86,4 +113,4 @@ class FakeClock(Clock):
             except queue.Empty:
                 self.advance(max(timeout, 0.0))
                 raise
-        return get() if timeout is None else get(timeout=max(min(timeout, 0.05), 0.0))
+        return wake_up_wait(get, None if timeout is None else max(min(timeout, 0.05), 0.0))

@@ -421,6 +421,38 @@ def test_ctrl_c_during_a_long_interval_wait_stops_at_once(tmp_path):
         ["task_started", "task_interrupted"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_ctrl_c_delivered_to_another_thread_still_stops_at_once(tmp_path):
+    """The OS may hand a process's SIGINT to any thread; Python only runs the handler on
+    the main thread, which used to sleep on through the whole 60 s interval wait.
+    ``kill`` aimed at a worker thread's id makes that thread the receiver on Linux."""
+    mod = tmp_path / "minutely.py"
+    mod.write_text(
+        "from flowdeco import task\n\n"
+        "@task(every=60, times=10)\n"
+        "def tick(ctx):\n"
+        "    print(f'ITERATION {ctx.iteration}', flush=True)\n"
+        "    return ctx.iteration\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "flowdeco", str(mod), "--no-state"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ITERATION 1"
+        others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+        assert others, "the run has worker threads"
+        t0 = time.monotonic()
+        os.kill(max(others), signal.SIGINT)
+        rc = proc.wait(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert rc == 2
+    assert elapsed < 0.5 + 0.5
+
+
 # --------------------------------------------------------------------------- declaring
 
 
