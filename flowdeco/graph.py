@@ -92,7 +92,7 @@ class Graph:
                 dynamic.append(i)
             for opt in v.spec.uses:
                 using.setdefault(opt, []).append(v)
-        self._using = using
+        self._using = {opt: tuple(vs) for opt, vs in using.items()}
         #: sub-flow nodes and tasks with ``map=``, ``when=`` or a trigger rule other
         #: than ``all_succeeded`` (their readiness goes through the dynamic gate)
         self.dynamic: tuple[int, ...] = tuple(dynamic)
@@ -109,10 +109,10 @@ class Graph:
                 succs[d].append(v.index)
         return [tuple(s) if s else () for s in succs]
 
-    def using(self, option: str) -> list[Vertex]:
+    def using(self, option: str) -> tuple[Vertex, ...]:
         """The tasks that set the plugin option ``option`` (``retry``, ``circuit``, a
         third-party option...), in declaration order."""
-        return self._using.get(option, [])
+        return self._using.get(option, ())
 
     @property
     def options_used(self) -> list[str]:

@@ -226,3 +226,50 @@ def test_coerce_param_rejects_bad_values():
     with pytest.raises(UsageError) as info:
         coerce_param("t", "p", "nope", int)
     assert "'t'" in str(info.value) and "p" in str(info.value)
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+def test_using_lists_the_tasks_that_set_an_option_in_declaration_order():
+    a = make("a", retries=2)
+    b = make("b", ["a"])
+    c = make("c", ["a"], retries=1, timeout=5)
+    d = make("d", ["c"], color="blue")            # an option for a third-party plugin
+    g = build_graph("g", [a, b, c, d])
+    assert [v.name for v in g.using("retries")] == ["a", "c"]
+    assert [v.name for v in g.using("timeout")] == ["c"]
+    assert [v.name for v in g.using("color")] == ["d"]
+    assert g.using("circuit") == ()
+    assert sorted(g.options_used) == ["color", "retries", "timeout"]
+    # the same index for a graph narrowed by -k (built from vertices, not by the builder)
+    sub = g.subgraph(g.ancestors([g.by_name["c"]]))
+    assert [v.name for v in sub.using("retries")] == ["a", "c"]
+    assert sorted(sub.options_used) == ["retries", "timeout"]
+
+
+def test_dynamic_lists_subflow_nodes_and_gated_tasks():
+    from flowdeco import Flow
+    inner = Flow("inner")
+
+    @inner.task
+    def check():
+        return 1
+
+    src = make("src")
+    each = make("each", ["src"], map="src")
+    gated = make("gated", ["src"], when=lambda src: bool(src))
+    done = make("done", ["src"], trigger="all_done")
+    plain = make("plain", ["src"])
+    g = build_graph("g", [src, each, gated, done, plain, inner.as_task("node")])
+    assert sorted(g.vertices[i].name for i in g.dynamic) == ["done", "each", "gated", "node"]
+
+
+def test_an_upstream_first_declaration_is_its_own_order_and_otherwise_kahn_decides():
+    a, b, c = make("a"), make("b", ["a"]), make("c", ["b"])
+    g = build_graph("g", [a, b, c])
+    assert g.declared_in_order and g.order == [0, 1, 2]
+    g = build_graph("g", [c, b, a])                 # declared downstream-first
+    assert not g.declared_in_order
+    assert [g.vertices[i].name for i in g.order] == ["a", "b", "c"]
+    assert g.succs[g.by_name["a"]] == (g.by_name["b"],)
