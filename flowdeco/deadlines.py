@@ -56,9 +56,12 @@ class Watchdog(threading.Thread):
         self._stopped = False
 
     def arm(self, i: int, attempt: int, iteration: int | None, t0: float,
-            thread: threading.Thread, deadline: Any, guard: Any = None, token: Any = None) -> list:
-        """On the worker (``thread``), before the attempt runs (after its guard admitted it)."""
-        due = time.monotonic() + deadline.seconds
+            thread: threading.Thread, deadline: Any, guard: Any = None, token: Any = None,
+            now: float | None = None) -> list:
+        """On the worker (``thread``), before the attempt runs (after its guard admitted it).
+
+        ``now``: ``time.monotonic()`` if the caller has just read it."""
+        due = (time.monotonic() if now is None else now) + deadline.seconds
         armed = [due, [None], i, attempt, iteration, t0, thread, deadline, guard, token]
         self._slots[thread] = armed
         wake = self._wake

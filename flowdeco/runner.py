@@ -56,7 +56,7 @@ from .context import Context
 from .errors import CollectionError, FlowError, UsageError
 from .executors import SyncExecutor, default_workers, remote_failure
 from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph
-from .deadlines import Watchdog
+from .deadlines import CLAIM, Watchdog
 from .manager import Lease, acquire, direct_caller, release
 from .threadpool import ThreadPool
 from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
@@ -659,14 +659,20 @@ class Run:
     def _per_task(self, answers: list) -> list | None:
         """``{task index: value}`` answers merged into a per-vertex list (first answer wins),
         keeping plain tasks only (not sub-flow nodes, not mapped tasks); None if empty."""
+        answers = [a for a in answers if a]
+        if not answers:
+            return None
         vertices = self.graph.vertices
-        out: list[Any] = [None] * len(vertices)
-        for answer in reversed(answers):
+        out: list[Any] = list(map(answers[-1].get, range(len(vertices))))  # one pass in C
+        for answer in reversed(answers[:-1]):
             for i, x in answer.items():
-                v = vertices[i]
-                if x is not None and v.kind is TASK and (v.spec is None or v.spec.map is None):
+                if x is not None:
                     out[i] = x
-        return out if any(x is not None for x in out) else None
+        for i in self.graph.dynamic:  # sub-flow nodes and mapped tasks take none
+            v = vertices[i]
+            if v.kind is not TASK or v.spec.map is not None:  # type: ignore[union-attr]
+                out[i] = None
+        return out if out.count(None) < len(out) else None
 
     def _setup_deadlines(self, answers: list) -> None:
         deadlines = self._per_task(answers)
@@ -1078,6 +1084,9 @@ class Run:
             fanout = 0
             deadlines = self._deadlines
             guards = self._guards
+            arm = self._watchdog.arm if self._watchdog is not None else None
+            # deadlines are real time: on the real clock an attempt's start is its arming time
+            real = mono is time.monotonic
             while True:
                 call = calls[i]
                 t0 = mono()
@@ -1088,6 +1097,17 @@ class Run:
                         result, err = (fns[i](**kw) if call is None else call(kw)), None  # type: ignore[misc]
                     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
                         result, err = None, exc
+                elif guard is None:  # a deadline only (timeouts): _limited, written out
+                    armed = arm(i, attempt, iteration, t0, me, deadline,  # type: ignore[misc]
+                                now=t0 if real else None)
+                    try:
+                        result, err = (fns[i](**kw) if call is None else call(kw)), None  # type: ignore[misc]
+                    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                        result, err = None, exc
+                    try:
+                        armed[CLAIM].pop()  # Watchdog.disarm
+                    except IndexError:
+                        return  # the scheduler ended this attempt and gave up this thread
                 else:
                     result, err, overran = self._limited(i, attempt, iteration, t0, me, call, kw,
                                                          guard, deadline)
