@@ -32,7 +32,7 @@ _NO_CONSTS: Mapping[str, Any] = {}
 class Vertex:
     """One node of the compiled graph: a task, or the completion point of a sub-flow node."""
 
-    __slots__ = ("index", "name", "kind", "spec", "fn", "deps", "args", "consts",
+    __slots__ = ("index", "name", "kind", "spec", "fn", "deps", "argnames", "argdeps", "consts",
                  "wants_ctx", "priority", "tags", "members", "sinks", "node")
 
     def __init__(self, index: int, name: str, kind: str, spec: TaskSpec | None,
@@ -43,8 +43,11 @@ class Vertex:
         self.spec = spec
         self.fn: Callable[..., Any] | None = spec.fn if spec is not None else None
         self.deps: tuple[int, ...] = ()
-        #: (parameter, upstream vertex) pairs: the data dependencies
-        self.args: tuple[tuple[str, int], ...] = ()
+        #: the data dependencies: parameter names and, position by position, the
+        #: upstream vertices they take results from (two flat tuples, the first
+        #: usually the spec's own: few objects per vertex for the garbage collector)
+        self.argnames: tuple[str, ...] = ()
+        self.argdeps: tuple[int, ...] = ()
         #: parameters bound to run parameters (a shared empty dict until one is bound)
         self.consts: Mapping[str, Any] = _NO_CONSTS
         self.wants_ctx = False
@@ -57,6 +60,19 @@ class Vertex:
 
     def __repr__(self) -> str:
         return f"<Vertex {self.index} {self.name!r} {self.kind}>"
+
+    @property
+    def args(self) -> tuple[tuple[str, int], ...]:
+        """(parameter, upstream vertex) pairs: the data dependencies."""
+        return tuple(zip(self.argnames, self.argdeps))
+
+    def arguments(self, results: Sequence[Any]) -> dict[str, Any]:
+        """The keyword arguments from upstream ``results`` (by vertex index) and bound
+        run parameters; not ``ctx``."""
+        kw = dict(zip(self.argnames, map(results.__getitem__, self.argdeps)))
+        if self.consts:
+            kw.update(self.consts)
+        return kw
 
 
 class Graph:
@@ -166,7 +182,8 @@ class Graph:
             w = Vertex(remap[old], v.name, v.kind, v.spec, v.priority, v.tags, v.node)
             w.fn = v.fn
             w.deps = tuple(remap[d] for d in v.deps if d in remap)
-            w.args = tuple((p, remap[d]) for p, d in v.args)
+            w.argnames = v.argnames
+            w.argdeps = tuple(remap[d] for d in v.argdeps)
             w.consts = v.consts
             w.wants_ctx = v.wants_ctx
             w.members = tuple(remap[m] for m in v.members if m in remap)
@@ -408,19 +425,19 @@ class GraphBuilder:
         if None not in found_all:  # the usual case: every parameter names a task of the flow
             if v.index in found_all:
                 raise CycleError([v.name, v.name])
-            args = list(zip(names, found_all))
-            deps = found_all
+            # (in the root flow each name is one vertex: the dependencies are distinct)
+            self._resolve_rest(v, scope, names, found_all,  # type: ignore[arg-type]
+                               scope.parent is None or len(found_all) < 2)
         else:
-            args, deps = self._resolve_params(v, scope, found_all)
-        self._resolve_rest(v, scope, args, deps)
+            self._resolve_rest(v, scope, *self._resolve_params(v, scope, found_all), False)
 
     def _resolve_params(self, v: Vertex, scope: _Scope, found_all: list[int | None]
-                        ) -> tuple[list[tuple[str, int]], list[int]]:
+                        ) -> tuple[tuple[str, ...], list[int]]:
         """Parameters that are not all tasks of the flow: imported tasks, run
         parameters, defaults -- or a missing dependency."""
         spec = v.spec
         assert spec is not None
-        args: list[tuple[str, int]] = []
+        names: list[str] = []
         deps: list[int] = []
         for p, found in zip([p for p in spec.params if p.name != CTX], found_all):
             if found is None:
@@ -430,7 +447,7 @@ class GraphBuilder:
             if found is not None:
                 if found == v.index:
                     raise CycleError([v.name, v.name])
-                args.append((p.name, found))
+                names.append(p.name)
                 deps.append(found)
             elif p.name in self.params:
                 if v.consts is _NO_CONSTS:
@@ -440,29 +457,35 @@ class GraphBuilder:
             elif not p.has_default:
                 raise MissingDependencyError(
                     v.name, p.name, "parameter", scope.visible() + list(self.params) + [CTX])
-        return args, deps
+        return tuple(names), deps
 
-    def _resolve_rest(self, v: Vertex, scope: _Scope, args: list[tuple[str, int]],
-                      deps: list[int]) -> None:
+    def _resolve_rest(self, v: Vertex, scope: _Scope, names: tuple[str, ...],
+                      found: list[int], distinct: bool) -> None:
         """``after=`` entries, the sub-flow node's ``after=``, ``map=``; then store."""
         spec = v.spec
         assert spec is not None
-        for a in spec.after:
-            found = self._lookup_after(scope, a, v.name)
-            if found == v.index:
-                raise CycleError([v.name, v.name])
-            deps.append(found)
-        if scope.after:
+        v.argnames = names
+        v.argdeps = tuple(found)
+        deps = found
+        if spec.after or scope.after:
+            deps = list(found)
+            for a in spec.after:
+                dep = self._lookup_after(scope, a, v.name)
+                if dep == v.index:
+                    raise CycleError([v.name, v.name])
+                deps.append(dep)
             deps.extend(scope.after)
-        if spec.map is not None and all(p != spec.map for p, _ in args):
+        if spec.map is not None and spec.map not in names:
             what = "a run parameter" if spec.map in v.consts else "not bound to any task"
             raise CollectionError(
                 f"task {v.name!r}: map={spec.map!r} must name a parameter bound to an upstream "
                 f"task (the task runs once per element of that task's result), but "
                 f"{spec.map!r} is {what}")
-        v.args = tuple(args)
         if deps:
-            v.deps = tuple(deps) if len(deps) < 2 else tuple(dict.fromkeys(deps))
+            if deps is found and distinct:
+                v.deps = v.argdeps
+            else:
+                v.deps = tuple(dict.fromkeys(deps))
             if self._in_order and max(deps) > v.index:
                 self._in_order = False
 

@@ -421,11 +421,7 @@ class Run:
             if kw is None:
                 raise KeyError(name)
             return kw
-        kw = dict(task.consts) if task.consts else {}
-        results = self.results
-        for p, d in task.args:
-            kw[p] = results[d]
-        return kw
+        return task.arguments(self.results)
 
     def _dynamic(self) -> Any:
         """This run's :class:`~flowdeco.dynamic.Dynamic` (trigger rules, when=, map=)."""
@@ -783,6 +779,7 @@ class Run:
         vertices = self.graph.vertices
         succs = self.graph.succs
         results = self.results
+        result_at = results.__getitem__
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
         remaining, key = self._remaining, self._key
@@ -808,9 +805,9 @@ class Run:
                 self._flush()
             attempt = next_attempt[i]
             v = vertices[i]
-            kw = dict(v.consts) if v.consts else {}
-            for p, d in v.args:
-                kw[p] = results[d]
+            kw = dict(zip(v.argnames, map(result_at, v.argdeps)))
+            if v.consts:
+                kw.update(v.consts)
             if v.wants_ctx:
                 kw["ctx"] = self._context(v, attempt, next_iter[i])
             state[i] = RUNNING
@@ -874,6 +871,7 @@ class Run:
         order = self.graph.order if self._uniform else self._priority_order()
         vertices = self.graph.vertices
         results = self.results
+        result_at = results.__getitem__
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
         calls, guards = self._calls, self._guards
@@ -886,9 +884,9 @@ class Run:
             if self._flush_due:
                 self._flush()
             v = vertices[i]
-            kw = dict(v.consts) if v.consts else {}
-            for p, d in v.args:
-                kw[p] = results[d]
+            kw = dict(zip(v.argnames, map(result_at, v.argdeps)))
+            if v.consts:
+                kw.update(v.consts)
             if v.wants_ctx:
                 kw["ctx"] = self._context(v, 1, None)
             state[i] = RUNNING
@@ -978,10 +976,7 @@ class Run:
 
     def _start(self, i: int, attempt: int, iteration: int | None) -> None:
         v = self.graph.vertices[i]
-        kw = dict(v.consts) if v.consts else {}
-        results = self.results
-        for p, d in v.args:
-            kw[p] = results[d]
+        kw = v.arguments(self.results)
         if v.wants_ctx:
             kw["ctx"] = self._context(v, attempt, iteration)
         self._state[i] = RUNNING
@@ -1031,9 +1026,7 @@ class Run:
                     members.append((j, self._next_attempt[j], self._next_iter[j]))
             for j, a, it in members[1:]:
                 v = vertices[j]
-                kj = dict(v.consts) if v.consts else {}
-                for p, d in v.args:
-                    kj[p] = results[d]
+                kj = v.arguments(results)
                 if v.wants_ctx:
                     kj["ctx"] = self._context(v, a, it)
                 self._state[j] = RUNNING
@@ -1064,6 +1057,7 @@ class Run:
             fns = self._fns
             vertices = self.graph.vertices
             results = self.results
+            result_at = results.__getitem__
             ready = self._ready
             lock = self._lock
             key = self._key
@@ -1145,13 +1139,12 @@ class Run:
                     ctx = self._context(v, self._next_attempt[nxt], self._next_iter[nxt],
                                         (i, result, attempt, t0, t1, worker) if chained else None)
                 i, attempt, iteration = nxt, self._next_attempt[nxt], self._next_iter[nxt]
-                kw = dict(v.consts) if v.consts else {}
                 if chained:            # its one dependency is the result in hand
-                    for p, _ in v.args:
-                        kw[p] = result
+                    kw = dict.fromkeys(v.argnames, result)
                 else:
-                    for p, d in v.args:
-                        kw[p] = results[d]
+                    kw = dict(zip(v.argnames, map(result_at, v.argdeps)))
+                if v.consts:
+                    kw.update(v.consts)
                 if ctx is not None:
                     kw["ctx"] = ctx
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
