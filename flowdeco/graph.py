@@ -69,9 +69,9 @@ class Vertex:
     def arguments(self, results: Sequence[Any]) -> dict[str, Any]:
         """The keyword arguments from upstream ``results`` (by vertex index) and bound
         run parameters; not ``ctx``."""
-        kw = dict(zip(self.argnames, map(results.__getitem__, self.argdeps)))
-        if self.consts:
-            kw.update(self.consts)
+        kw = dict(self.consts) if self.consts else {}
+        for p, d in zip(self.argnames, self.argdeps):
+            kw[p] = results[d]
         return kw
 
 

@@ -779,7 +779,6 @@ class Run:
         vertices = self.graph.vertices
         succs = self.graph.succs
         results = self.results
-        result_at = results.__getitem__
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
         remaining, key = self._remaining, self._key
@@ -805,9 +804,9 @@ class Run:
                 self._flush()
             attempt = next_attempt[i]
             v = vertices[i]
-            kw = dict(zip(v.argnames, map(result_at, v.argdeps)))
-            if v.consts:
-                kw.update(v.consts)
+            kw = dict(v.consts) if v.consts else {}
+            for p, d in zip(v.argnames, v.argdeps):
+                kw[p] = results[d]
             if v.wants_ctx:
                 kw["ctx"] = self._context(v, attempt, next_iter[i])
             state[i] = RUNNING
@@ -871,7 +870,6 @@ class Run:
         order = self.graph.order if self._uniform else self._priority_order()
         vertices = self.graph.vertices
         results = self.results
-        result_at = results.__getitem__
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
         calls, guards = self._calls, self._guards
@@ -884,9 +882,9 @@ class Run:
             if self._flush_due:
                 self._flush()
             v = vertices[i]
-            kw = dict(zip(v.argnames, map(result_at, v.argdeps)))
-            if v.consts:
-                kw.update(v.consts)
+            kw = dict(v.consts) if v.consts else {}
+            for p, d in zip(v.argnames, v.argdeps):
+                kw[p] = results[d]
             if v.wants_ctx:
                 kw["ctx"] = self._context(v, 1, None)
             state[i] = RUNNING
@@ -1057,7 +1055,6 @@ class Run:
             fns = self._fns
             vertices = self.graph.vertices
             results = self.results
-            result_at = results.__getitem__
             ready = self._ready
             lock = self._lock
             key = self._key
@@ -1139,12 +1136,13 @@ class Run:
                     ctx = self._context(v, self._next_attempt[nxt], self._next_iter[nxt],
                                         (i, result, attempt, t0, t1, worker) if chained else None)
                 i, attempt, iteration = nxt, self._next_attempt[nxt], self._next_iter[nxt]
+                kw = dict(v.consts) if v.consts else {}
                 if chained:            # its one dependency is the result in hand
-                    kw = dict.fromkeys(v.argnames, result)
+                    for p in v.argnames:
+                        kw[p] = result
                 else:
-                    kw = dict(zip(v.argnames, map(result_at, v.argdeps)))
-                if v.consts:
-                    kw.update(v.consts)
+                    for p, d in zip(v.argnames, v.argdeps):
+                        kw[p] = results[d]
                 if ctx is not None:
                     kw["ctx"] = ctx
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
