@@ -68,10 +68,21 @@ class Vertex:
 
     def arguments(self, results: Sequence[Any]) -> dict[str, Any]:
         """The keyword arguments from upstream ``results`` (by vertex index) and bound
-        run parameters; not ``ctx``."""
-        kw = dict(self.consts) if self.consts else {}
-        for p, d in zip(self.argnames, self.argdeps):
-            kw[p] = results[d]
+        run parameters; not ``ctx``.  Called before every attempt: most tasks take
+        zero to two results, so those get a literal instead of a loop."""
+        names = self.argnames
+        n = len(names)
+        if n == 1:
+            kw = {names[0]: results[self.argdeps[0]]}
+        elif n == 2:
+            d = self.argdeps
+            kw = {names[0]: results[d[0]], names[1]: results[d[1]]}
+        else:
+            kw = {}
+            for p, i in zip(names, self.argdeps):
+                kw[p] = results[i]
+        if self.consts:
+            kw.update(self.consts)
         return kw
 
 

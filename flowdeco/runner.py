@@ -804,9 +804,7 @@ class Run:
                 self._flush()
             attempt = next_attempt[i]
             v = vertices[i]
-            kw = dict(v.consts) if v.consts else {}
-            for p, d in zip(v.argnames, v.argdeps):
-                kw[p] = results[d]
+            kw = v.arguments(results)
             if v.wants_ctx:
                 kw["ctx"] = self._context(v, attempt, next_iter[i])
             state[i] = RUNNING
@@ -882,9 +880,7 @@ class Run:
             if self._flush_due:
                 self._flush()
             v = vertices[i]
-            kw = dict(v.consts) if v.consts else {}
-            for p, d in zip(v.argnames, v.argdeps):
-                kw[p] = results[d]
+            kw = v.arguments(results)
             if v.wants_ctx:
                 kw["ctx"] = self._context(v, 1, None)
             state[i] = RUNNING
@@ -1136,13 +1132,12 @@ class Run:
                     ctx = self._context(v, self._next_attempt[nxt], self._next_iter[nxt],
                                         (i, result, attempt, t0, t1, worker) if chained else None)
                 i, attempt, iteration = nxt, self._next_attempt[nxt], self._next_iter[nxt]
-                kw = dict(v.consts) if v.consts else {}
                 if chained:            # its one dependency is the result in hand
+                    kw = dict(v.consts) if v.consts else {}
                     for p in v.argnames:
                         kw[p] = result
                 else:
-                    for p, d in zip(v.argnames, v.argdeps):
-                        kw[p] = results[d]
+                    kw = v.arguments(results)
                 if ctx is not None:
                     kw["ctx"] = ctx
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
