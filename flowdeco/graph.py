@@ -15,10 +15,11 @@ ready tasks of equal priority.  The runner works on these integer indices only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import heapq
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .errors import CollectionError, CycleError, DuplicateTaskError, MissingDependencyError
 from .flow import Flow, SubflowNode
@@ -129,12 +130,18 @@ class Graph:
 
     @functools.cached_property
     def succs(self) -> list[tuple[int, ...]]:
-        """Successors (dependents) of each vertex, in declaration order."""
-        succs: list[list[int]] = [[] for _ in self.vertices]
-        for v in self.vertices:
-            for d in v.deps:
-                succs[d].append(v.index)
-        return [tuple(s) if s else () for s in succs]
+        """Successors (dependents) of each vertex, in declaration order.
+
+        Built with the garbage collector paused: the one temporary list per
+        vertex would otherwise survive into the oldest generation mid-build
+        and set off a full collection (measured: 5 µs per task at 100,000).
+        """
+        with gc_paused():
+            succs: list[list[int]] = [[] for _ in self.vertices]
+            for v in self.vertices:
+                for d in v.deps:
+                    succs[d].append(v.index)
+            return [tuple(s) if s else () for s in succs]
 
     def using(self, option: str) -> tuple[Vertex, ...]:
         """The tasks that set the plugin option ``option`` (``retry``, ``circuit``, a
@@ -550,10 +557,17 @@ def build_graph(name: str, members: Sequence[Any], params: Mapping[str, Any] | N
     tasks the collector's repeated full passes would cost more than the build.
     No user code runs here (the target was imported before).
     """
+    with gc_paused():
+        return GraphBuilder(name, params or {}, root_flow).build(members)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building long-lived, acyclic structures."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return GraphBuilder(name, params or {}, root_flow).build(members)
+        yield
     finally:
         if enabled:
             gc.enable()
