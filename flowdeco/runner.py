@@ -776,22 +776,16 @@ class Run:
             if not self._ready:
                 return  # all ran (or stopped): the graph's successor lists were never needed
         ready = self._ready
-        vertices = self.graph.vertices
         succs = self.graph.succs
         results = self.results
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
         remaining, key = self._remaining, self._key
-        calls = self._calls
         watched = self._watched
         plain = not self._has_restore and not self._has_delay
-        guards = self._guards
-        mono = self.clock.monotonic
         heappop, heappush = heapq.heappop, heapq.heappush
         n = self._n
         next_attempt, next_iter = self._next_attempt, self._next_iter
-        empty = self.q.empty
-        get = self.q.get
         reporting = self.reporting
         has_flush = self._has_flush
         slow = self._slow
@@ -803,29 +797,7 @@ class Run:
             if self._flush_due:
                 self._flush()
             attempt = next_attempt[i]
-            v = vertices[i]
-            kw = v.arguments(results)
-            if v.wants_ctx:
-                kw["ctx"] = self._context(v, attempt, next_iter[i])
-            state[i] = RUNNING
-            if reporting:
-                self._report_started(v.name, attempt, next_iter[i])
-            call = calls[i]
-            self._sync_busy = True
-            t0 = mono()
-            if guards is None or guards[i] is None:
-                try:
-                    result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
-                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-                    result, err = None, exc
-            else:
-                result, err, _ = self._limited(i, attempt, None, t0, None, call, kw,  # type: ignore[arg-type]
-                                               guards[i], None)
-            t1 = mono()
-            self._sync_busy = False
-            if not empty():  # log records, events and signals that arrived during the task
-                while not empty():
-                    self._handle(get())
+            result, err, t0, t1 = self._attempt_here(i, attempt, next_iter[i])
             if err is None and i not in watched:
                 results[i] = result
                 status[i] = SUCCEEDED
@@ -854,6 +826,37 @@ class Run:
             if has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
+    def _attempt_here(self, i: int, attempt: int, iteration: int | None
+                      ) -> tuple[Any, BaseException | None, float, float]:
+        """The ``sync`` executor: one attempt of task ``i`` on this thread, then the
+        messages that arrived meanwhile; (result, error, start, end)."""
+        v = self.graph.vertices[i]
+        kw = v.arguments(self.results)
+        if v.wants_ctx:
+            kw["ctx"] = self._context(v, attempt, iteration)
+        self._state[i] = RUNNING
+        if self.reporting:
+            self._report_started(v.name, attempt, iteration)
+        call = self._calls[i]
+        guard = self._guards[i] if self._guards is not None else None
+        mono = self.clock.monotonic
+        self._sync_busy = True
+        t0 = mono()
+        if guard is None:
+            try:
+                result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
+            except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                result, err = None, exc
+        else:
+            result, err, _ = self._limited(i, attempt, iteration, t0, None, call, kw,  # type: ignore[arg-type]
+                                           guard, None)
+        t1 = mono()
+        self._sync_busy = False
+        q = self.q
+        while not q.empty():  # log records, events and signals that arrived during the task
+            self._handle(q.get())
+        return result, err, t0, t1
+
     def _run_in_order(self) -> None:
         """The ``sync`` executor's fast path: run the tasks in the order the ready heap
         would give them, with no heap and no dependency counting.
@@ -866,41 +869,17 @@ class Run:
         (:meth:`_leave_order` rebuilds its ready heap and counters).
         """
         order = self.graph.order if self._uniform else self._priority_order()
-        vertices = self.graph.vertices
         results = self.results
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
-        calls, guards = self._calls, self._guards
-        mono = self.clock.monotonic
-        empty, get, handle = self.q.empty, self.q.get, self._handle
+        attempt_here = self._attempt_here
         reporting, has_flush = self.reporting, self._has_flush
         for i in order:
             if self.stopping:
                 return self._leave_order()
             if self._flush_due:
                 self._flush()
-            v = vertices[i]
-            kw = v.arguments(results)
-            if v.wants_ctx:
-                kw["ctx"] = self._context(v, 1, None)
-            state[i] = RUNNING
-            if reporting:
-                self._report_started(v.name, 1, None)
-            call = calls[i]
-            self._sync_busy = True
-            t0 = mono()
-            if guards is None or guards[i] is None:
-                try:
-                    result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
-                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-                    result, err = None, exc
-            else:
-                result, err, _ = self._limited(i, 1, None, t0, None, call, kw,  # type: ignore[arg-type]
-                                               guards[i], None)
-            t1 = mono()
-            self._sync_busy = False
-            while not empty():  # log records, events and signals that arrived during the task
-                handle(get())
+            result, err, t0, t1 = attempt_here(i, 1, None)
             if err is not None:
                 self._leave_order()
                 self._inflight += 1

@@ -387,8 +387,8 @@ def test_an_interrupt_during_an_iteration_waits_for_it_then_stops():
     assert result.duration == 10.0
 
 
-def test_ctrl_c_during_a_long_interval_wait_stops_at_once(tmp_path):
-    """Real time: a task every 60 s; SIGINT after the first iteration -> exit 2 at once."""
+def start_minutely(tmp_path, *options):
+    """``python -m flowdeco`` on a flow whose one task runs every 60 s (10 times)."""
     mod = tmp_path / "minutely.py"
     mod.write_text(
         "from flowdeco import task\n\n"
@@ -396,11 +396,16 @@ def test_ctrl_c_during_a_long_interval_wait_stops_at_once(tmp_path):
         "def tick(ctx):\n"
         "    print(f'ITERATION {ctx.iteration}', flush=True)\n"
         "    return ctx.iteration\n")
-    state = tmp_path / "state"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "flowdeco", str(mod), "--state-dir",
-                             str(state), "--run-id", "minutely-1"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "flowdeco", str(mod), *options],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_during_a_long_interval_wait_stops_at_once(tmp_path):
+    """Real time: a task every 60 s; SIGINT after the first iteration -> exit 2 at once."""
+    state = tmp_path / "state"
+    proc = start_minutely(tmp_path, "--state-dir", str(state), "--run-id", "minutely-1")
     try:
         assert proc.stdout.readline().strip() == "ITERATION 1"
         t0 = time.monotonic()
@@ -426,17 +431,7 @@ def test_ctrl_c_delivered_to_another_thread_still_stops_at_once(tmp_path):
     """The OS may hand a process's SIGINT to any thread; Python only runs the handler on
     the main thread, which used to sleep on through the whole 60 s interval wait.
     ``kill`` aimed at a worker thread's id makes that thread the receiver on Linux."""
-    mod = tmp_path / "minutely.py"
-    mod.write_text(
-        "from flowdeco import task\n\n"
-        "@task(every=60, times=10)\n"
-        "def tick(ctx):\n"
-        "    print(f'ITERATION {ctx.iteration}', flush=True)\n"
-        "    return ctx.iteration\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "flowdeco", str(mod), "--no-state"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_minutely(tmp_path, "--no-state")
     try:
         assert proc.stdout.readline().strip() == "ITERATION 1"
         others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
