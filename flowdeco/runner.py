@@ -872,14 +872,40 @@ class Run:
         results = self.results
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
-        attempt_here = self._attempt_here
+        vertices = self.graph.vertices
+        calls, guards = self._calls, self._guards
+        mono = self.clock.monotonic
+        empty, get, handle = self.q.empty, self.q.get, self._handle
         reporting, has_flush = self.reporting, self._has_flush
         for i in order:
             if self.stopping:
                 return self._leave_order()
             if self._flush_due:
                 self._flush()
-            result, err, t0, t1 = attempt_here(i, 1, None)
+            # _attempt_here(i, 1, None), written out: the call and its attribute
+            # lookups are 15% of this loop's instructions per task (callgrind)
+            v = vertices[i]
+            kw = v.arguments(results)
+            if v.wants_ctx:
+                kw["ctx"] = self._context(v, 1, None)
+            state[i] = RUNNING
+            if reporting:
+                self._report_started(v.name, 1, None)
+            call = calls[i]
+            self._sync_busy = True
+            t0 = mono()
+            if guards is None or guards[i] is None:
+                try:
+                    result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
+                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+                    result, err = None, exc
+            else:
+                result, err, _ = self._limited(i, 1, None, t0, None, call, kw,  # type: ignore[arg-type]
+                                               guards[i], None)
+            t1 = mono()
+            self._sync_busy = False
+            while not empty():  # log records, events and signals that arrived during the task
+                handle(get())
             if err is not None:
                 self._leave_order()
                 self._inflight += 1
