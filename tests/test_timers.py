@@ -402,20 +402,25 @@ def start_minutely(tmp_path, *options):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_ctrl_c_during_a_long_interval_wait_stops_at_once(tmp_path):
-    """Real time: a task every 60 s; SIGINT after the first iteration -> exit 2 at once."""
-    state = tmp_path / "state"
-    proc = start_minutely(tmp_path, "--state-dir", str(state), "--run-id", "minutely-1")
+def interrupt_after_first_iteration(proc, send):
+    """Wait for the first iteration, ``send(proc)`` a signal; (exit code, seconds to exit)."""
     try:
         assert proc.stdout.readline().strip() == "ITERATION 1"
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        send(proc)
         rc = proc.wait(timeout=10)
-        elapsed = time.monotonic() - t0
+        return rc, time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_ctrl_c_during_a_long_interval_wait_stops_at_once(tmp_path):
+    """Real time: a task every 60 s; SIGINT after the first iteration -> exit 2 at once."""
+    state = tmp_path / "state"
+    proc = start_minutely(tmp_path, "--state-dir", str(state), "--run-id", "minutely-1")
+    rc, elapsed = interrupt_after_first_iteration(proc, lambda p: p.send_signal(signal.SIGINT))
     assert rc == 2
     assert elapsed < 0.5 + 0.5            # the contract's 0.5 s, plus margin for a slow CI
     events = [json.loads(line) for line in
@@ -431,19 +436,14 @@ def test_ctrl_c_delivered_to_another_thread_still_stops_at_once(tmp_path):
     """The OS may hand a process's SIGINT to any thread; Python only runs the handler on
     the main thread, which used to sleep on through the whole 60 s interval wait.
     ``kill`` aimed at a worker thread's id makes that thread the receiver on Linux."""
-    proc = start_minutely(tmp_path, "--no-state")
-    try:
-        assert proc.stdout.readline().strip() == "ITERATION 1"
-        others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+
+    def to_a_worker_thread(p):
+        others = [int(t) for t in os.listdir(f"/proc/{p.pid}/task") if int(t) != p.pid]
         assert others, "the run has worker threads"
-        t0 = time.monotonic()
         os.kill(max(others), signal.SIGINT)
-        rc = proc.wait(timeout=10)
-        elapsed = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+
+    rc, elapsed = interrupt_after_first_iteration(start_minutely(tmp_path, "--no-state"),
+                                                  to_a_worker_thread)
     assert rc == 2
     assert elapsed < 0.5 + 0.5
 
