@@ -135,7 +135,9 @@ def test_line_shows_remaining_estimate_and_pipeline_rate():
     def work(x):
         if x == 100:
             now[0] = 4.0
-            tty.wait_for("feed ")
+            # a line drawn once the clock says 4.0 (an earlier one, drawn at 2.0, also
+            # shows the pipeline: waiting for "feed " let the run end before any redraw)
+            tty.wait_for("~4.0s left")
             seen_line.set()
         return x
 
@@ -147,11 +149,8 @@ def test_line_shows_remaining_estimate_and_pipeline_rate():
     node = pipe.as_task("feed", source=first)
     result = flowdeco.run([first, node], state_dir=None, plugins=[view])
     assert result.ok and seen_line.is_set()
-    # lines drawn while `now` was still 2.0 may come first on a busy machine:
-    # look at the ones drawn once the clock said 4.0
-    lines = [chunk for chunk in tty.getvalue().split("\r") if "feed " in chunk]
-    assert lines, tty.getvalue()
-    line = next((chunk for chunk in lines if "4.0s" in chunk), lines[-1])
+    # lines drawn while `now` was still 2.0 come first: look at one drawn at 4.0
+    line = next(chunk for chunk in tty.getvalue().split("\r") if "~4.0s left" in chunk)
     assert line.startswith("flowdeco 1/2 done | 1 running | feed ")
     assert " items " in line and "/s" in line
     assert "4.0s, ~4.0s left" in line                      # 1 of 2 done in 4 s: 4 s to go
