@@ -106,27 +106,26 @@ class Graph:
             declared_in_order = all(not v.deps or max(v.deps) < v.index for v in vertices)
         #: the graph was declared upstream-first (every dependency before its dependents)
         self.declared_in_order = declared_in_order
-        if special is None:
+        if special is None:  # (a task vertex always has its spec)
             special = [v.index for v in vertices
-                       if v.kind is not TASK or v.spec is None or v.spec.uses or v.spec.dynamic]
+                       if v.kind is not TASK or v.spec.uses or v.spec.dynamic]  # type: ignore[union-attr]
         using: dict[str, list[Vertex]] = {}
         dynamic: list[int] = []
         for i in special:
             v = vertices[i]
-            if v.spec is None or v.kind is not TASK:
+            spec = v.spec
+            if v.kind is not TASK or spec.dynamic:  # type: ignore[union-attr]
                 dynamic.append(i)
-                continue
-            if v.spec.dynamic:
-                dynamic.append(i)
-            for opt in v.spec.uses:
-                using.setdefault(opt, []).append(v)
+            if spec is not None:
+                for opt in spec.uses:
+                    using.setdefault(opt, []).append(v)
         self._using = {opt: tuple(vs) for opt, vs in using.items()}
         #: sub-flow nodes and tasks with ``map=``, ``when=`` or a trigger rule other
         #: than ``all_succeeded`` (their readiness goes through the dynamic gate)
         self.dynamic: tuple[int, ...] = tuple(dynamic)
         # an upstream-first graph's order is its declaration order (by induction, the
         # lowest ready index is always the next one), and it cannot have a cycle
-        self.order = list(range(len(vertices))) if self.declared_in_order else _toposort(self)
+        self.order = list(range(len(vertices))) if self.declared_in_order else kahn_order(self)
 
     @functools.cached_property
     def succs(self) -> list[tuple[int, ...]]:
@@ -210,19 +209,27 @@ class Graph:
         return Graph(self.name, out)
 
 
-def _toposort(graph: Graph) -> list[int]:
-    """Kahn's algorithm (declaration order among ties); raises :class:`CycleError`."""
+def kahn_order(graph: Graph, keys: Sequence[int] | None = None) -> list[int]:
+    """Kahn's algorithm: among ready vertices the lowest key goes first.
+
+    ``keys`` are ints whose remainder modulo ``len(graph)`` is the vertex index
+    (the runner's priority keys, ``rank * n + index``); by default the index
+    itself, i.e. declaration order among ties.  Raises :class:`CycleError`.
+    """
+    n = max(len(graph.vertices), 1)
+    key = range(n) if keys is None else keys
+    succs = graph.succs
     indeg = [len(v.deps) for v in graph.vertices]
-    ready = [i for i, d in enumerate(indeg) if d == 0]
+    ready = [key[i] for i, d in enumerate(indeg) if d == 0]
     heapq.heapify(ready)
     order: list[int] = []
     while ready:
-        i = heapq.heappop(ready)
+        i = heapq.heappop(ready) % n
         order.append(i)
-        for s in graph.succs[i]:
+        for s in succs[i]:
             indeg[s] -= 1
             if indeg[s] == 0:
-                heapq.heappush(ready, s)
+                heapq.heappush(ready, key[s])
     if len(order) != len(graph.vertices):
         left = {i for i, d in enumerate(indeg) if d > 0}
         raise CycleError([graph.vertices[i].name for i in _find_cycle(graph, left)])
@@ -317,8 +324,7 @@ class GraphBuilder:
 
     # -- phase 1: declare
     def _declare(self, scope: _Scope, members: Sequence[Any]) -> None:
-        vertices, tasks, scopes, special = self.vertices, self._tasks, self._scopes, self._special
-        local, prefix = scope.local, scope.prefix
+        add = self._add_task
         for m in members:
             spec = getattr(m, SPEC_ATTR, None)
             if spec is None or not callable(m):
@@ -328,28 +334,17 @@ class GraphBuilder:
                 if not isinstance(m, TaskSpec):
                     raise CollectionError(f"flow {scope.flow_name!r}: {m!r} is not a task")
                 spec = m
-            # _add_task, written out: this loop runs once per task of the flow
-            name = spec.name
-            if name in local:
-                self._duplicate(scope, name, spec)
-            index = len(vertices)
-            local[name] = index
-            vertices.append(Vertex(index, prefix + name, TASK, spec, spec.priority, spec.tags))
-            tasks.append(index)
-            scopes.append(scope)
-            if spec.uses or spec.dynamic:
-                special.append(index)
-
-    def _duplicate(self, scope: _Scope, name: str, origin: TaskSpec | str) -> None:
-        first = self.vertices[scope.local[name]]
-        was = first.spec.source_name if first.spec is not None else \
-            f"sub-flow node of flow {first.node.flow.name!r}"  # type: ignore[union-attr]
-        where = origin.source_name if isinstance(origin, TaskSpec) else origin
-        raise DuplicateTaskError(scope.prefix + name, [was, where])
+            add(scope, spec)
 
     def _claim(self, scope: _Scope, name: str, origin: TaskSpec | str) -> int:
+        """The next vertex index for ``name`` in ``scope``; two members of one flow with
+        the same name are refused, naming where both come from."""
         if name in scope.local:
-            self._duplicate(scope, name, origin)
+            first = self.vertices[scope.local[name]]
+            was = first.spec.source_name if first.spec is not None else \
+                f"sub-flow node of flow {first.node.flow.name!r}"  # type: ignore[union-attr]
+            where = origin.source_name if isinstance(origin, TaskSpec) else origin
+            raise DuplicateTaskError(scope.prefix + name, [was, where])
         index = len(self.vertices)
         scope.local[name] = index
         return index

@@ -55,7 +55,7 @@ from .config import Config, Parser, merge_options, parse_params
 from .context import Context
 from .errors import CollectionError, FlowError, UsageError
 from .executors import SyncExecutor, default_workers, remote_failure
-from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph
+from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph, kahn_order
 from .deadlines import CLAIM, Watchdog
 from .manager import Lease, acquire, direct_caller, release
 from .threadpool import ThreadPool
@@ -868,7 +868,7 @@ class Run:
         that fails, or a stop, hands the rest over to the general loop
         (:meth:`_leave_order` rebuilds its ready heap and counters).
         """
-        order = self.graph.order if self._uniform else self._priority_order()
+        order = self.graph.order if self._uniform else kahn_order(self.graph, self._key)
         results = self.results
         state, status, attempts = self._state, self._status, self._attempts
         t0s, t1s, workers = self._t0, self._t1, self._worker
@@ -943,22 +943,6 @@ class Run:
         heapq.heapify(ready)
         with self._lock:
             self._ready[:] = ready
-
-    def _priority_order(self) -> list[int]:
-        """Kahn's algorithm keyed like the ready heap: the order ``sync`` runs tasks in."""
-        key, n, succs = self._key, self._n, self.graph.succs
-        indeg = [len(v.deps) for v in self.graph.vertices]
-        ready = [key[i] for i, d in enumerate(indeg) if d == 0]
-        heapq.heapify(ready)
-        order: list[int] = []
-        while ready:
-            i = heapq.heappop(ready) % n
-            order.append(i)
-            for s in succs[i]:
-                indeg[s] -= 1
-                if indeg[s] == 0:
-                    heapq.heappush(ready, key[s])
-        return order
 
     def _report_started(self, name: str, attempt: int, iteration: int | None,
                         mono: float | None = None) -> None:

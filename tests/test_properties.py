@@ -13,13 +13,6 @@ from flowdeco import CycleError, run, task
 from flowdeco.graph import build_graph
 from flowdeco.runner import Run
 
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    """A monkeypatch usable inside a hypothesis test (function-scoped fixtures are not)."""
-    with pytest.MonkeyPatch.context() as m:
-        yield m
-
 SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -142,7 +135,7 @@ def test_random_failures_skip_exactly_the_downstream(dag, data, workers, executo
 
 @SETTINGS
 @given(dag=dags(max_n=25), data=st.data())
-def test_sync_fast_path_matches_the_general_loop(dag, data, monkeypatch_module):
+def test_sync_fast_path_matches_the_general_loop(dag, data):
     """``sync`` runs plain graphs straight down their order and hands over to the
     general loop at the first failure: starts, ends and outcomes are the same as
     with the general loop alone."""
@@ -164,7 +157,7 @@ def test_sync_fast_path_matches_the_general_loop(dag, data, monkeypatch_module):
         setup(self)
         self._in_order = False
 
-    with monkeypatch_module.context() as m:
+    with pytest.MonkeyPatch.context() as m:  # (function fixtures do not reset per example)
         m.setattr(Run, "_setup", general_only)
         general = once()
     assert fast == general
