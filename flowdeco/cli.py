@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
         graph = session.collect(target, unset_ok=listing)
         if ns.collect_only:
             print(render.collect_only(graph))
-            print(_params_listing(graph, session.params))
+            section = _params_listing(graph, session.params)
+            if section:
+                print(section)
             return ExitCode.OK
         if ns.graph:
             print(render.mermaid(graph) if ns.graph == "mermaid" else render.dot(graph))
@@ -148,17 +150,20 @@ def exit_code_for(exc: BaseException, err: Any = None) -> int:
     return ExitCode.INTERNAL_ERROR
 
 
-def _params_listing(graph, params) -> str:  # type: ignore[no-untyped-def]
-    """``--collect-only``'s run parameter section (states only: a value may be a secret)."""
+def _params_listing(graph, params) -> str | None:  # type: ignore[no-untyped-def]
+    """``--collect-only``'s run parameter section, None when the tasks take none.
+
+    One line per parameter: given, default or unset (values are not shown:
+    one may be a secret), and the tasks that take it.
+    """
     rows = describe_params(graph, params)
     if not rows:
-        return "run parameters: none"
+        return None
     width = max(len(n) for n, _, _ in rows)
     lines = ["run parameters:"]
     for name, state, tasks in rows:
-        note = {"unset": "unset (required: give --param {n}=VALUE to run)",
-                "default": "default", "given": "given"}[state].format(n=name)
-        lines.append(f"  {name:<{width}}  {note}  <- used by {', '.join(tasks)}")
+        note = f"unset (required: --param {name}=VALUE to run)" if state == "unset" else state
+        lines.append(f"  {name:<{width}}  {note}  taken by {', '.join(tasks)}")
     return "\n".join(lines)
 
 

@@ -124,12 +124,12 @@ def free_params(v: Any) -> list[Any]:
     return [p for p in v.spec.params if p.name != CTX and p.name not in bound]
 
 
-def taken_names(graph: Any) -> dict[str, list[str]]:
-    """Run parameter name -> the tasks (qualified names) that take it."""
-    out: dict[str, list[str]] = {}
+def taken_names(graph: Any) -> set[str]:
+    """The run parameter names some task of ``graph`` takes."""
+    out: set[str] = set()
     for v in _task_vertices(graph):
-        for p in free_params(v):
-            out.setdefault(p.name, []).append(v.name)
+        bound = v.argnames
+        out.update(p.name for p in v.spec.params if p.name != CTX and p.name not in bound)
     return out
 
 
@@ -191,10 +191,18 @@ def check_params(graph: Any, params: Mapping[str, Any]) -> None:
     """Refuse run parameters that no task of ``graph`` takes (see the module docstring)."""
     if not params:
         return
-    taken = taken_names(graph)
-    unknown = [n for n in params if n not in taken]
-    if not unknown or _ctx_readers(graph):
+    missing = set(params)
+    for v in _task_vertices(graph):  # usually every name is found among the first tasks
+        bound = v.argnames
+        for p in v.spec.params:
+            if p.name in missing and p.name not in bound:
+                missing.discard(p.name)
+        if not missing:
+            return
+    if _ctx_readers(graph):
         return
+    taken = taken_names(graph)
+    unknown = [n for n in params if n in missing]
     parts = []
     for name in unknown:
         hint = suggest(name, list(taken))
@@ -207,25 +215,20 @@ def check_params(graph: Any, params: Mapping[str, Any]) -> None:
                      "a task reading ctx.params accepts any)")
 
 
-def secret_names(graph: Any) -> set[str]:
-    """Parameter names annotated :class:`Secret` in some task of ``graph``."""
-    out = set()
-    for v in _task_vertices(graph):
-        for p in free_params(v):
-            if secret_annotation(p.annotation)[0]:
-                out.add(p.name)
-    return out
-
-
 def wrap_secrets(graph: Any, params: MutableMapping[str, Any]) -> None:
     """Wrap, in ``params`` (in place) and in every task's bound values, the run parameters
-    annotated ``Secret`` anywhere in ``graph``: one task's annotation protects them all."""
-    names = {n for n in secret_names(graph) if n in params}
+    annotated ``Secret`` in some task of ``graph``: one task's annotation protects them all.
+
+    The graph builder already wrapped the values bound to annotated parameters
+    (:func:`~flowdeco.graph.coerce_param`), so a ``Secret`` among the bound values
+    of a parameter given in the clear names one.
+    """
+    names = {k for v in graph.vertices if v.consts for k, c in v.consts.items()
+             if isinstance(c, Secret) and not isinstance(params.get(k), Secret)}
     if not names:
         return
     for n in names:
-        if not isinstance(params[n], Secret):
-            params[n] = Secret(params[n])
+        params[n] = Secret(params[n])
     for v in _task_vertices(graph):
         consts = v.consts
         if consts and any(n in consts and not isinstance(consts[n], Secret) for n in names):
@@ -253,3 +256,15 @@ def describe(graph: Any, params: Mapping[str, Any]) -> list[tuple[str, str, list
 def unset(graph: Any, params: Mapping[str, Any]) -> list[str]:
     """Required parameters that were not given (only in a graph built with ``unset_ok``)."""
     return [n for n, s, _ in describe(graph, params) if s == "unset"]
+
+
+def scrub_options(option: Any, params: Mapping[str, Any]) -> None:
+    """Mask secret values in the raw ``--param NAME=VALUE`` strings kept in the options,
+    so no plugin that shows or records options can leak them."""
+    pairs = getattr(option, "param", None)
+    if not pairs:
+        return
+    secret = {n for n, v in params.items() if isinstance(v, Secret)}
+    if secret:
+        option.param = [f"{p.partition('=')[0].strip()}=***"
+                        if p.partition("=")[0].strip() in secret else p for p in pairs]

@@ -52,7 +52,8 @@ from typing import Any, Callable, Iterable, Mapping
 from .clock import Clock
 from .collect import resolve_target
 from .config import Config, Parser, merge_options, parse_params
-from .params import check_params, declare_secrets, parse_param_env, wrap_secrets
+from .params import (check_params, declare_secrets, parse_param_env, scrub_options,
+                     wrap_secrets)
 from .context import Context
 from .errors import CollectionError, FlowError, UsageError
 from .executors import SyncExecutor, default_workers, remote_failure
@@ -1527,6 +1528,7 @@ class Session:
         if self.params:  # against the whole flow: a parameter of a task -k leaves out is fine
             check_params(graph, self.params)
             wrap_secrets(graph, self.params)
+            scrub_options(self.config.option, self.params)
         expr = self.config.getoption("select", None)
         if expr:
             match = compile_expression(expr)

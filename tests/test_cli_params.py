@@ -331,6 +331,18 @@ def test_secret_option_for_a_param_not_given_is_exit_4(flows, capsys):
     assert "'pasword'" in line and "did you mean 'password'?" in line
 
 
+def test_secret_not_kept_in_clear_in_the_options(flows):
+    from flowdeco.runner import Session
+    path = flows.write(SECRET_FLOW)
+    session = Session.start(options={"param": ["token=s3cr3t", "user=ann"], "no_state": True})
+    try:
+        session.collect(str(path))
+        assert session.config.option.param == ["token=***", "user=ann"]
+        assert isinstance(session.params["token"], Secret)
+    finally:
+        session.close()
+
+
 def test_secret_annotation_wraps_python_strings_too(flows):
     path = flows.write(SECRET_FLOW)
     result = run(path, state_dir=None, params={"token": "s3cr3t", "user": "u"})
