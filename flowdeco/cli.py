@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import attrs
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
                       file=err)
             return ExitCode.OK
         result = session.execute(graph)
-        _summary(result, quiet=ns.quiet, state=not ns.no_state)
+        _summary(result, quiet=ns.quiet, state=not ns.no_state, state_dir=ns.state_dir)
         if session.last_run.abandoned:
             # workers still run tasks we stopped waiting for: leave without joining them
             sys.stdout.flush()
@@ -171,20 +172,26 @@ def _params_listing(graph, params) -> str | None:  # type: ignore[no-untyped-def
 ITEMS_SHOWN = 10
 
 
-def _item_failures(name: str, result: Any) -> list[str]:
-    """One line per failed item of a pipeline node's result, the first ``ITEMS_SHOWN``,
-    then a count (every item, with its traceback, is in the audit trail)."""
+def _item_failures(name: str, result: Any, trail: Path | None) -> list[str]:
+    """One line per failed item of a pipeline node's result (``item[i]``: the item's
+    0-based position in the source, as ``item_index`` in the audit trail), the first
+    ``ITEMS_SHOWN``, then a count."""
     errors = result.errors
-    lines = [f"FAILED {name} item {e.index} (stage {e.stage}) - {e.error}"
+    lines = [f"FAILED {name} item[{e.index}] (stage {e.stage}) - {e.error}"
              for e in errors[:ITEMS_SHOWN]]
     if len(errors) > ITEMS_SHOWN:
-        lines.append(f"... and {len(errors) - ITEMS_SHOWN} more failed items of {name} "
-                     "(each one is in the run's audit trail)")
+        where = f" (all of them in {trail})" if trail is not None else ""
+        lines.append(f"... and {len(errors) - ITEMS_SHOWN} more failed items of {name}{where}")
     return lines
 
 
-def _summary(result, quiet: int, state: bool) -> None:  # type: ignore[no-untyped-def]
+def _summary(result, quiet: int, state: bool,  # type: ignore[no-untyped-def]
+             state_dir: str | None = None) -> None:
     out = sys.stdout
+    trail = Path(state_dir) / "runs" / result.run_id / "audit.jsonl" if state and state_dir \
+        else None
+    if trail is not None and not trail.exists():  # the audit plugin disabled
+        trail = None
     if quiet < 2:
         # no pipeline imported, no pipeline results: do not import it for nothing
         pipeline = sys.modules.get("flowdeco.pipeline.result")
@@ -195,7 +202,7 @@ def _summary(result, quiet: int, state: bool) -> None:  # type: ignore[no-untype
                 print(f"INTERRUPTED {name}", file=out)
             elif pipeline is not None and isinstance(o.result, pipeline.PipelineResult) \
                     and o.result.errors:
-                for line in _item_failures(name, o.result):
+                for line in _item_failures(name, o.result, trail):
                     print(line, file=out)
     line = f"{result.summary()} (run {result.run_id})" if state else result.summary()
     width = 78

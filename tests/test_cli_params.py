@@ -446,9 +446,15 @@ def test_failed_pipeline_items_are_shown_on_the_console_capped(flows, capsys):
     assert rc == 0, err
     lines = [ln for ln in out.splitlines() if ln.startswith("FAILED node item")]
     assert len(lines) == 10, out
-    assert lines[0] == "FAILED node item 1 (stage parse) - ValueError: odd item 1"
-    assert "... and 5 more failed items of node" in out
+    assert lines[0] == "FAILED node item[1] (stage parse) - ValueError: odd item 1"
+    assert "... and 5 more failed items of node\n" in out  # --no-state: no file to point at
     assert summary_line(out)
+    rc = cli.main([str(path), "--run-id", "items", "-q"])
+    out, _ = capsys.readouterr()
+    trail = Path(".flowdeco") / "runs" / "items" / "audit.jsonl"
+    assert f"... and 5 more failed items of node (all of them in {trail})" in out
+    failed = [e for e in read_audit(Path(".flowdeco"), "items") if e["event"] == "item_failed"]
+    assert len(failed) == 15
 
 
 def test_few_failed_pipeline_items_have_no_count_line(flows, capsys):
@@ -457,8 +463,8 @@ def test_few_failed_pipeline_items_have_no_count_line(flows, capsys):
     out, _ = capsys.readouterr()
     assert rc == 0
     assert [ln for ln in out.splitlines() if ln.startswith("FAILED node item")] == [
-        "FAILED node item 1 (stage parse) - ValueError: odd item 1",
-        "FAILED node item 3 (stage parse) - ValueError: odd item 3"]
+        "FAILED node item[1] (stage parse) - ValueError: odd item 1",
+        "FAILED node item[3] (stage parse) - ValueError: odd item 3"]
     assert "more failed items" not in out
 
 
