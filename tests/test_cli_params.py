@@ -284,7 +284,7 @@ def test_param_env_missing_variable_is_exit_4_naming_it(flows, capsys, monkeypat
                    "--param", "user=ann"])
     assert rc == 4
     line = assert_one_error_line(capsys.readouterr().err)
-    assert "FD_TEST_NOPE" in line and "token" in line
+    assert "FD_TEST_NOPE is not set" in line and "token" in line
 
 
 @pytest.mark.parametrize("arg", ["token", "=X", "token=", "1x=X", "token=X Y"])
@@ -292,7 +292,8 @@ def test_param_env_malformed_is_exit_4(flows, capsys, arg):
     path = flows.write(SECRET_FLOW)
     rc = cli.main([str(path), "--no-state", "--param-env", arg, "--param", "user=ann"])
     assert rc == 4
-    assert "--param-env" in assert_one_error_line(capsys.readouterr().err)
+    line = assert_one_error_line(capsys.readouterr().err)
+    assert f"--param-env {arg!r}: expected NAME=ENV_VAR" in line, line
 
 
 PLAIN_FLOW = """
@@ -363,7 +364,7 @@ def test_secret_value_not_echoed_in_conversion_errors(flows, capsys):
     rc = cli.main([str(path), "--no-state", "--secret", "pin", "--param", "pin=s3cr3t"])
     assert rc == 4
     line = assert_one_error_line(capsys.readouterr().err)
-    assert "s3cr3t" not in line and "pin" in line
+    assert "s3cr3t" not in line and "pin=***" in line and "declares pin: int" in line, line
 
 
 # --------------------------------------------------------------------------- item 9
