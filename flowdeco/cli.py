@@ -164,7 +164,8 @@ def _params_listing(graph, params) -> str | None:  # type: ignore[no-untyped-def
     lines = ["run parameters:"]
     for name, state, tasks in rows:
         note = f"unset (required: --param {name}=VALUE to run)" if state == "unset" else state
-        lines.append(f"  {name:<{width}}  {note}  taken by {', '.join(tasks)}")
+        who = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        lines.append(f"  {name:<{width}}  {note}  taken by {who}")
     return "\n".join(lines)
 
 
