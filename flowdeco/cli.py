@@ -10,15 +10,17 @@ import argparse
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import attrs
 
-from . import render
+from . import __version__, render
 from .config import Parser
 from .errors import FlowError, UsageError
 from .manager import make_pluginmanager
 from .outcome import ExitCode
+from .params import describe as describe_params, unset as unset_params
 from .runner import NoTasksError, Session
 
 _EPILOG = """\
@@ -84,21 +86,32 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
         ap = parser.argparser(prog=prog, epilog=_EPILOG.format(commands=listing),
                               description="Run the @task functions of a module as a workflow.")
         ap.__class__ = _ArgumentParser
+        ap.add_argument("--version", action="version", version=f"flowdeco {__version__}",
+                        help="print flowdeco's version and exit")
         ns = ap.parse_args(args)
         target = ns.target
         if target is None:
             raise UsageError("missing TARGET: give a file path, a module name or module:flow")
         values = {k: v for k, v in vars(ns).items() if k != "target"}
         session = Session.start(options=values, from_cli=True, parser=parser, pm=pm)
-        graph = session.collect(target)
+        listing = bool(ns.collect_only or ns.graph)
+        # a listing needs no run parameters: required ones not given are shown as unset
+        graph = session.collect(target, unset_ok=listing)
         if ns.collect_only:
             print(render.collect_only(graph))
+            section = _params_listing(graph, session.params)
+            if section:
+                print(section)
             return ExitCode.OK
         if ns.graph:
             print(render.mermaid(graph) if ns.graph == "mermaid" else render.dot(graph))
+            missing = unset_params(graph, session.params)
+            if missing:  # stderr: stdout stays a valid Mermaid/dot document
+                print(f"flowdeco: run parameters unset (needed to run): {', '.join(missing)}",
+                      file=err)
             return ExitCode.OK
         result = session.execute(graph)
-        _summary(result, quiet=ns.quiet, state=not ns.no_state)
+        _summary(result, quiet=ns.quiet, state=not ns.no_state, state_dir=ns.state_dir)
         if session.last_run.abandoned:
             # workers still run tasks we stopped waiting for: leave without joining them
             sys.stdout.flush()
@@ -138,14 +151,60 @@ def exit_code_for(exc: BaseException, err: Any = None) -> int:
     return ExitCode.INTERNAL_ERROR
 
 
-def _summary(result, quiet: int, state: bool) -> None:  # type: ignore[no-untyped-def]
+def _params_listing(graph, params) -> str | None:  # type: ignore[no-untyped-def]
+    """``--collect-only``'s run parameter section, None when the tasks take none.
+
+    One line per parameter: given, default or unset (values are not shown:
+    one may be a secret), and the tasks that take it.
+    """
+    rows = describe_params(graph, params)
+    if not rows:
+        return None
+    width = max(len(n) for n, _, _ in rows)
+    lines = ["run parameters:"]
+    for name, state, tasks in rows:
+        note = f"unset (required: --param {name}=VALUE to run)" if state == "unset" else state
+        who = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+        lines.append(f"  {name:<{width}}  {note}  taken by {who}")
+    return "\n".join(lines)
+
+
+#: failed pipeline items listed per node on the console (the rest are counted)
+ITEMS_SHOWN = 10
+
+
+def _item_failures(name: str, result: Any, trail: Path | None) -> list[str]:
+    """One line per failed item of a pipeline node's result (``item[i]``: the item's
+    0-based position in the source, as ``item_index`` in the audit trail), the first
+    ``ITEMS_SHOWN``, then a count."""
+    errors = result.errors
+    lines = [f"FAILED {name} item[{e.index}] (stage {e.stage}) - {e.error}"
+             for e in errors[:ITEMS_SHOWN]]
+    if len(errors) > ITEMS_SHOWN:
+        where = f" (all of them in {trail})" if trail is not None else ""
+        lines.append(f"... and {len(errors) - ITEMS_SHOWN} more failed items of {name}{where}")
+    return lines
+
+
+def _summary(result, quiet: int, state: bool,  # type: ignore[no-untyped-def]
+             state_dir: str | None = None) -> None:
     out = sys.stdout
+    trail = Path(state_dir) / "runs" / result.run_id / "audit.jsonl" if state and state_dir \
+        else None
+    if trail is not None and not trail.exists():  # the audit plugin disabled
+        trail = None
     if quiet < 2:
+        # no pipeline imported, no pipeline results: do not import it for nothing
+        pipeline = sys.modules.get("flowdeco.pipeline.result")
         for name, o in result.outcomes.items():
             if o.status == "failed":
                 print(f"FAILED {name} - {o.error}", file=out)
             elif o.status == "interrupted":
                 print(f"INTERRUPTED {name}", file=out)
+            elif pipeline is not None and isinstance(o.result, pipeline.PipelineResult) \
+                    and o.result.errors:
+                for line in _item_failures(name, o.result, trail):
+                    print(line, file=out)
     line = f"{result.summary()} (run {result.run_id})" if state else result.summary()
     width = 78
     pad = max(width - len(line) - 2, 4) // 2

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .errors import CollectionError, CycleError, DuplicateTaskError, MissingDependencyError
 from .flow import Flow, SubflowNode
+from .params import secret_annotation
+from .secret import Secret
 from .task import CTX, SPEC_ATTR, TaskSpec, get_spec
 
 TASK = "task"
@@ -291,9 +293,13 @@ class _Scope:
 class GraphBuilder:
     """Turns a root flow's members into a validated :class:`Graph`."""
 
-    def __init__(self, name: str, params: Mapping[str, Any], root_flow: Flow | None = None):
+    def __init__(self, name: str, params: Mapping[str, Any], root_flow: Flow | None = None,
+                 unset_ok: bool = False):
         self.name = name
         self.params = params
+        #: a required parameter nothing fills is left unset instead of refused
+        #: (``--collect-only`` and ``--graph`` list a flow without its run parameters)
+        self.unset_ok = unset_ok
         self.vertices: list[Vertex] = []
         #: task vertices to resolve and the scope each was declared in (parallel
         #: lists: no tuple per task for the garbage collector to scan)
@@ -467,7 +473,7 @@ class GraphBuilder:
                     v.consts = {}
                 v.consts[p.name] = coerce_param(  # type: ignore[index]
                     v.name, p.name, self.params[p.name], p.annotation)
-            elif not p.has_default:
+            elif not p.has_default and not self.unset_ok:
                 raise MissingDependencyError(
                     v.name, p.name, "parameter", scope.visible() + list(self.params) + [CTX])
         return tuple(names), deps
@@ -516,9 +522,28 @@ _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
 
 def coerce_param(task: str, name: str, value: Any, annotation: Any) -> Any:
-    """Convert a string run parameter for a parameter annotated int, float, bool or Path."""
+    """Convert a string run parameter for a parameter annotated int, float, bool or Path.
+
+    A parameter annotated ``Secret`` (``Secret[int]``, ...) receives a
+    :class:`~flowdeco.Secret`; a value already wrapped (``--secret``) is
+    converted inside its wrapper.  A secret's value never appears in the error.
+    """
+    is_secret, inner = secret_annotation(annotation)
+    if is_secret:
+        annotation = inner
+    if isinstance(value, Secret):
+        is_secret = True
+        raw = value.reveal()
+        if not isinstance(raw, str) or annotation is None:
+            return value
+        return Secret(_convert(task, name, raw, annotation, secret=True))
     if not isinstance(value, str) or annotation is None:
-        return value
+        return Secret(value) if is_secret else value
+    out = _convert(task, name, value, annotation, secret=is_secret)
+    return Secret(out) if is_secret else out
+
+
+def _convert(task: str, name: str, value: str, annotation: Any, secret: bool) -> Any:
     kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
     try:
         if kind == "int":
@@ -537,23 +562,26 @@ def coerce_param(task: str, name: str, value: Any, annotation: Any) -> Any:
             return Path(value)
     except ValueError:
         from .errors import UsageError
+        shown = f"{name}=***" if secret else f"{name}={value!r}"
+        what = "the secret value" if secret else repr(value)
         raise UsageError(
-            f"run parameter {name}={value!r}: task {task!r} declares {name}: {kind}, "
-            f"and {value!r} is not a valid {kind}") from None
+            f"run parameter {shown}: task {task!r} declares {name}: {kind}, "
+            f"and {what} is not a valid {kind}") from None
     return value
 
 
 def build_graph(name: str, members: Sequence[Any], params: Mapping[str, Any] | None = None,
-                root_flow: Flow | None = None) -> Graph:
+                root_flow: Flow | None = None, unset_ok: bool = False) -> Graph:
     """Build and validate the graph of ``members`` (tasks and sub-flow nodes).
 
     The cyclic garbage collector is paused while building: building creates
     several long-lived objects per task and no garbage cycles, and with 10,000
     tasks the collector's repeated full passes would cost more than the build.
-    No user code runs here (the target was imported before).
+    No user code runs here (the target was imported before).  ``unset_ok``
+    leaves required run parameters nothing fills unset (for listings only).
     """
     with gc_paused():
-        return GraphBuilder(name, params or {}, root_flow).build(members)
+        return GraphBuilder(name, params or {}, root_flow, unset_ok).build(members)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,16 @@ def flowdeco_addoption(parser: Any) -> None:
                      help="where tasks run: thread (default), process, sync, or an executor "
                           "plugin's name (dask)")
     parser.addoption("--param", dest="param", default=[], action="append", metavar="NAME=VALUE",
-                     group=g, help="a run parameter (repeatable)")
+                     group=g, help="a run parameter (repeatable); a parameter no task takes "
+                                   "is an error")
+    parser.addoption("--param-env", dest="param_env", default=[], action="append",
+                     metavar="NAME=ENV_VAR", group=g,
+                     help="run parameter NAME from environment variable ENV_VAR, so the value "
+                          "stays out of shell history (repeatable)")
+    parser.addoption("--secret", dest="secret", default=[], action="append", metavar="NAME",
+                     group=g, help="treat run parameter NAME as a secret: tasks receive a "
+                                   "flowdeco.Secret, logs show *** (repeatable; parameters "
+                                   "annotated Secret are secret anyway)")
     parser.addoption("--run-id", dest="run_id", default=None, metavar="ID", group=g,
                      help="name this run ([A-Za-z0-9._-], up to 128 characters)")
     g = "selection"

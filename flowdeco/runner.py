@@ -52,6 +52,8 @@ from typing import Any, Callable, Iterable, Mapping
 from .clock import Clock
 from .collect import resolve_target
 from .config import Config, Parser, merge_options, parse_params
+from .params import (check_params, declare_secrets, parse_param_env, scrub_options,
+                     wrap_secrets)
 from .context import Context
 from .errors import CollectionError, FlowError, UsageError
 from .executors import SyncExecutor, default_workers, remote_failure
@@ -1488,7 +1490,9 @@ class Session:
             values = merge_options(parser, options or {})
             config = Config(pm, parser, values, clock=clock, from_cli=from_cli)
             all_params = parse_params(values.get("param") or ())
+            all_params.update(parse_param_env(values.get("param_env")))
             all_params.update(params or {})
+            declare_secrets(all_params, values.get("secret"))
         except BaseException:
             if lease is not None:
                 release(lease)
@@ -1510,15 +1514,21 @@ class Session:
                 release(self._lease)
                 self._lease = None
 
-    def collect(self, target: Any) -> Graph:
-        """Resolve the target, build and validate the graph, apply ``-k``."""
+    def collect(self, target: Any, unset_ok: bool = False) -> Graph:
+        """Resolve the target, build and validate the graph, check the run parameters,
+        apply ``-k``.  ``unset_ok``: leave required run parameters unset (listings)."""
         resolved = resolve_target(target)
-        graph = build_graph(resolved.name, resolved.members, self.params, resolved.flow)
+        graph = build_graph(resolved.name, resolved.members, self.params, resolved.flow,
+                            unset_ok=unset_ok)
         if not len(graph):
             raise NoTasksError(f"no tasks found in {resolved.name!r}: decorate functions with "
                                "@task (tasks imported from elsewhere are not collected on "
                                "their own)")
         self._check_options(graph)
+        if self.params:  # against the whole flow: a parameter of a task -k leaves out is fine
+            check_params(graph, self.params)
+            wrap_secrets(graph, self.params)
+            scrub_options(self.config.option, self.params)
         expr = self.config.getoption("select", None)
         if expr:
             match = compile_expression(expr)

@@ -17,8 +17,12 @@ class Secret(Generic[T]):
     never reveal it.  Call :meth:`reveal` where the real value is needed::
 
         @task
-        def fetch(token):            # run(..., params={"token": Secret("s3cr3t")})
+        def fetch(token: Secret):    # --param token=... / --param-env token=API_TOKEN
             return get(url, auth=token.reveal())
+
+    A run parameter taken by a parameter annotated ``Secret`` (or ``Secret[int]``,
+    converted inside the wrapper) in any task, or named by ``--secret NAME``, is
+    wrapped for every task and in ``ctx.params`` (see :mod:`flowdeco.params`).
     """
 
     __slots__ = ("_value",)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from ..errors import TaskDefinitionError, UsageError
 from ..flow import SubflowNode
 from ..outcome import format_error
+from ..params import READS_PARAMS_ATTR
 from ..task import CTX, get_spec, task
 from .engine import PipelineStopped
 
@@ -183,4 +184,5 @@ def make_node(pipe: "Pipeline", name: str, source: Any, *,
     node.__qualname__ = name
     node.__module__ = module
     node.__doc__ = f"Pipeline {pipe.name!r} fed by task {src!r} (made by Pipeline.as_task)."
+    setattr(node, READS_PARAMS_ATTR, False)  # its ctx never reads run parameters
     return task(node, name=name, after=after, priority=priority, tags=tags)

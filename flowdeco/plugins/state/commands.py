@@ -298,11 +298,18 @@ def _prune(store: Store, state_dir: str, keep: int, dry_run: bool, out: IO[str])
         except OSError:
             pass
         removed.append(rid)
+    # one verb per line, on the line of the run it applies to: a bare list under a
+    # "removed N, kept M" header could be read as the runs kept
     verb = "would remove" if dry_run else "removed"
-    print(f"{verb} {len(removed)} run(s), kept {len(runs) - len(doomed)}"
-          + (f"; {len(busy)} in use left alone: {', '.join(busy)}" if busy else ""), file=out)
     for rid in removed:
-        print(f"  {rid}", file=out)
+        print(f"{verb} run {rid}", file=out)
+    for rid in busy:
+        print(f"kept run {rid} (in use)", file=out)
+    kept = [s.run.run_id for s in runs[:keep]]
+    print(f"{verb} {len(removed)} run(s), kept {len(kept) + len(busy)}"
+          + (f"; {len(busy)} in use left alone: {', '.join(busy)}" if busy else "")
+          + (f"; the {len(kept)} newest kept: {', '.join(kept[:10])}"
+             + (", ..." if len(kept) > 10 else "") if kept else ""), file=out)
     return ExitCode.OK
 
 

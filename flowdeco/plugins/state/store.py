@@ -592,9 +592,19 @@ class SQLiteStore:
                         "duration, sessions, pid) VALUES (?, ?, 'running', ?, ?, 0, 1, ?)",
                         (run_id, flow, now, now, os.getpid()))
                 except sqlite3.IntegrityError:
+                    row = conn.execute("SELECT status FROM runs WHERE run_id=?",
+                                       (run_id,)).fetchone()
+                    status = row[0] if row else "unknown"
+                    if status == "succeeded":  # nothing to resume: the run id was reused
+                        fix = (f"a run id names one run: give this one its own, e.g. "
+                               f"--run-id {run_id}-YYYY-MM-DD (or drop the old run with "
+                               f"runs prune); --resume {run_id} would re-run nothing")
+                    else:
+                        fix = (f"resume it with --resume {run_id}, or choose another "
+                               f"--run-id (e.g. --run-id {run_id}-2)")
                     raise StateError(
-                        f"run id {run_id!r} already exists in {self.state_dir}: resume it with "
-                        f"--resume {run_id}, or choose another --run-id") from None
+                        f"run id {run_id!r} already exists in {self.state_dir} "
+                        f"(a {status} run): {fix}") from None
         self._private_files()
 
     def load_run(self, run_id: str) -> RunRecord | None:
