@@ -536,10 +536,10 @@ def coerce_param(task: str, name: str, value: Any, annotation: Any) -> Any:
             from pathlib import Path
             return Path(value)
     except ValueError:
-        from .errors import UsageError
+        from .errors import UsageError, shorten
         raise UsageError(
-            f"run parameter {name}={value!r}: task {task!r} declares {name}: {kind}, "
-            f"and {value!r} is not a valid {kind}") from None
+            f"run parameter {name}={shorten(value)}: task {task!r} declares {name}: {kind}, "
+            f"and {shorten(value)} is not a valid {kind}") from None
     return value
 
 
