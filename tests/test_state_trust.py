@@ -279,7 +279,6 @@ def test_read_commands_change_no_byte_of_a_clean_state_dir(fdi, work):
     assert fdi("flow.py", "--run-id", "r1").returncode == 0
     state = work / ".flowdeco"
     before = snapshot(state)
-    assert sorted(os.listdir(state)) == [".init.lock", "locks", "runs", "state.db"]
     for args in (["runs"], ["runs", "show", "r1"], ["runs", "export", "last"]):
         assert fdi(*args).returncode == 0
         assert snapshot(state) == before, args
@@ -504,8 +503,8 @@ def test_a_huge_run_id_is_echoed_cut(fdi, work):
         r = fdi(*args)
         assert r.returncode == 4
         line = one_error_line(r.stderr)
-        assert len(line) < 400 and "10000 characters" in line or "10001 characters" in line, \
-            line[:500]
+        assert len(line) < 400, line[:500]
+        assert "10000 characters" in line or "10001 characters" in line, line
 
 
 def test_a_multi_line_quick_check_report_is_one_line(fdi, work):

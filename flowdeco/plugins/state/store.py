@@ -463,20 +463,20 @@ class SQLiteStore:
     def _open(self, create: bool) -> bool:
         path = self.path
         existing = self._check_header()
-        if existing is None and not create:
-            return False
         if existing is False:
             self._refuse_empty_beside_runs()
+        if not existing and not create:
+            return False
         if existing:
             self._inspect_read_only()  # classify and check without writing (may be slow)
         make_private_dirs(self.state_dir)
         with self._init_lock():
             existing = self._check_header()  # again: another process may have made it
             if not existing:
-                if existing is None and not create:
-                    return False
                 if existing is False:
                     self._refuse_empty_beside_runs()
+                if not create:
+                    return False
                 self._create()
             conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
