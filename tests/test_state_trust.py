@@ -6,6 +6,7 @@ Each test goes through what users touch: the CLI (exit codes, stderr lines),
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -13,12 +14,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flowdeco import StateError, cli
 from flowdeco.plugins.state import SQLiteStore, TaskRow
@@ -522,3 +526,62 @@ def test_a_multi_line_quick_check_report_is_one_line(fdi, work):
     assert r.returncode == 4
     line = one_error_line(r.stderr)
     assert "corrupted" in line and len(line) < 700, line
+
+
+@functools.lru_cache(maxsize=None)
+def _blob() -> bytes:
+    import flowdeco
+    from flowdeco import task
+
+    @task
+    def one():
+        return {"a": (1, 2), "b": "x" * 300}
+
+    @task
+    def two(one):
+        return [one, one]
+
+    with tempfile.TemporaryDirectory() as d:
+        flowdeco.run([one, two], state_dir=d, run_id="r", disable=["audit"])
+        return (Path(d) / "state.db").read_bytes()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_stores_read_only_raise_state_error_and_change_nothing(data):
+    blob = bytearray(_blob())
+    if data.draw(st.booleans()):
+        blob = blob[:data.draw(st.integers(1, len(blob) - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 6))):
+            pos = data.draw(st.integers(0, len(blob) - 1))
+            blob[pos] ^= data.draw(st.integers(1, 255))
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "state.db").write_bytes(bytes(blob))
+        store = SQLiteStore(d)
+        try:
+            if store.open_read_only():
+                for summary in store.list_runs():
+                    store.load_tasks(summary.run.run_id)
+        except StateError:
+            pass
+        finally:
+            store.close()
+        assert os.listdir(d) == ["state.db"] and (Path(d) / "state.db").read_bytes() == blob
+
+
+def test_read_commands_show_an_older_store_without_migrating_it(fdi, work):
+    assert fdi("flow.py", "--run-id", "r1").returncode == 0
+    db = work / ".flowdeco" / "state.db"
+    conn = sqlite3.connect(db, isolation_level=None)  # as flowdeco 1 left it
+    conn.execute("DROP INDEX tasks_by_cache_key")
+    conn.execute("ALTER TABLE tasks DROP COLUMN checksum")
+    conn.execute("ALTER TABLE tasks DROP COLUMN cache_key")
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    before = snapshot(work / ".flowdeco")
+    r = fdi("runs", "export", "r1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"]["load"] == 60
+    assert snapshot(work / ".flowdeco") == before

@@ -8,15 +8,22 @@ The SQLite store keeps every run of a state dir in ``STATE_DIR/state.db``
 (WAL mode): table ``runs`` (one row per run id) and table ``tasks`` (one row
 per task of a run: status, attempts, timings, source fingerprint, the result
 as JSON, error or skip reason, and the input-hash cache key of a task with
-``cache=``, indexed so :meth:`SQLiteStore.find_cached` is one lookup).  The schema version is ``PRAGMA
+``cache=``, indexed so :meth:`SQLiteStore.find_cached` is one lookup, and
+the sha256 ``checksum`` of the result text, checked before a result is
+restored or answers a cache lookup; rows written before schema version 3 have
+none and are trusted as before).  The schema version is ``PRAGMA
 user_version``; ``PRAGMA application_id`` marks the file as flowdeco's.
-Migrations run inside one ``BEGIN IMMEDIATE`` transaction, so concurrent
-openers never see half a schema.
+A new database is built under a temporary name and renamed into place, and
+migrations run inside one ``BEGIN IMMEDIATE`` transaction, both under an
+exclusive ``flock`` on ``STATE_DIR/.init.lock``, so processes starting together
+never see half a schema.  The ``runs`` commands open the store read-only
+(:meth:`SQLiteStore.open_read_only`) and change no byte of the state dir.
 
 Safety rules: an existing file is inspected read-only before anything writes
 to it; a file that is not SQLite, is truncated, belongs to another program
-or comes from a newer flowdeco raises :class:`~flowdeco.StateError` and is
-left exactly as it was.  The database and its ``-wal``/``-shm`` files are
+or comes from a newer flowdeco, and an empty (0-byte) ``state.db`` beside
+saved runs' audit trails, raise :class:`~flowdeco.StateError` and are left
+exactly as they were.  The database and its ``-wal``/``-shm`` files are
 owner-only (the database is created 0600 before SQLite opens it; SQLite gives
 its side files the database's mode, and the mode is checked after opening).
 A run is protected by an exclusive ``flock`` on ``STATE_DIR/locks/RUN_ID.lock``
@@ -387,6 +394,8 @@ class RunLock:
 _TASK_COLUMNS = ("name", "status", "attempts", "started", "finished", "fingerprint", "result",
                  "error", "reason", "cache_key", "checksum")
 _RUN_COLUMNS = tuple(f.name for f in attrs.fields(RunRecord))
+#: columns of ``tasks`` added after version 1 (a read-only open leaves older stores as they are)
+_ADDED_IN = {"cache_key": 2, "checksum": 3}
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -695,7 +704,7 @@ class SQLiteStore:
         except FileNotFoundError:
             wal_size = None
         base = "file:" + urllib.parse.quote(str(self.path.resolve()))
-        if wal_size and shm.exists():
+        if wal_size and shm.exists() and sqlite3.sqlite_version_info >= (3, 22):
             return sqlite3.connect(base + "?mode=ro&readonly_shm=1", uri=True,
                                    timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
@@ -860,7 +869,8 @@ class SQLiteStore:
                          f"{self.path}: the record of run {run_id!r}")
 
     def load_tasks(self, run_id: str) -> dict[str, TaskRecord]:
-        columns = _TASK_COLUMNS if self.version >= 3 else _TASK_COLUMNS[:-1] + ("NULL",)
+        columns = _TASK_COLUMNS if self.version >= SCHEMA_VERSION else [
+            c if _ADDED_IN.get(c, 1) <= self.version else "NULL" for c in _TASK_COLUMNS]
         with _reading(self):
             rows = self._c().execute(
                 f"SELECT {', '.join(columns)} FROM tasks WHERE run_id=?",
