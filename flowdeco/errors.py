@@ -77,6 +77,25 @@ class SecretRevealError(FlowError):
     """Raised when a :class:`flowdeco.Secret` is used where its value would leak."""
 
 
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for echoing user input in errors.
+
+    A 10,000-character run id must not make a 10 KB error line: the cut keeps
+    the start, adds an ellipsis and the full length (``'xxx...' (10000 characters)``).
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return text[:limit] + "..." + size
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (runs of whitespace, newlines included, become one space), cut."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """Closest names to ``name`` (difflib), for "did you mean" hints."""
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)

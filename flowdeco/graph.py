@@ -561,9 +561,9 @@ def _convert(task: str, name: str, value: str, annotation: Any, secret: bool) ->
             from pathlib import Path
             return Path(value)
     except ValueError:
-        from .errors import UsageError
-        shown = f"{name}=***" if secret else f"{name}={value!r}"
-        what = "the secret value" if secret else repr(value)
+        from .errors import UsageError, shorten
+        shown = f"{name}=***" if secret else f"{name}={shorten(value)}"
+        what = "the secret value" if secret else shorten(value)
         raise UsageError(
             f"run parameter {shown}: task {task!r} declares {name}: {kind}, "
             f"and {what} is not a valid {kind}") from None

@@ -55,7 +55,7 @@ from .config import Config, Parser, merge_options, parse_params
 from .params import (check_params, declare_secrets, parse_param_env, scrub_options,
                      wrap_secrets)
 from .context import Context
-from .errors import CollectionError, FlowError, UsageError
+from .errors import CollectionError, FlowError, UsageError, shorten
 from .executors import SyncExecutor, default_workers, remote_failure
 from .graph import SUBFLOW, TASK, Graph, Vertex, build_graph, kahn_order
 from .deadlines import CLAIM, Watchdog
@@ -104,7 +104,7 @@ class RemoteTaskError(Exception):
 def validate_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or run_id in (".", ".."):
         raise UsageError(
-            f"invalid run id {run_id!r}: use 1-128 characters from A-Z a-z 0-9 . _ - "
+            f"invalid run id {shorten(run_id)}: use 1-128 characters from A-Z a-z 0-9 . _ - "
             "(and not '.' or '..')")
     return run_id
 

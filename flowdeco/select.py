@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from .errors import UsageError
+from .errors import UsageError, shorten
 
 _TOKEN = re.compile(r"\s*(\(|\)|[\w.\-\[\]:]+)")
 
@@ -36,7 +36,7 @@ def compile_expression(expr: str) -> Matcher:
         nonlocal pos
         tok = peek()
         if tok is None:
-            raise UsageError(f"-k {expr!r}: unexpected end of expression")
+            raise UsageError(f"-k {shorten(expr)}: unexpected end of expression")
         pos += 1
         return tok
 
@@ -64,16 +64,16 @@ def compile_expression(expr: str) -> Matcher:
         if tok == "(":
             inner = parse_or()
             if take() != ")":
-                raise UsageError(f"-k {expr!r}: expected ')'")
+                raise UsageError(f"-k {shorten(expr)}: expected ')'")
             return inner
         if tok in (")", "and", "or"):
-            raise UsageError(f"-k {expr!r}: unexpected {tok!r}")
+            raise UsageError(f"-k {shorten(expr)}: unexpected {tok!r}")
         needle = tok.lower()
         return lambda n: needle in n.lower()
 
     matcher = parse_or()
     if pos != len(tokens):
-        raise UsageError(f"-k {expr!r}: unexpected {tokens[pos]!r}")
+        raise UsageError(f"-k {shorten(expr)}: unexpected {tokens[pos]!r}")
     return matcher
 
 
@@ -84,7 +84,7 @@ def _tokenize(expr: str) -> list[str]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise UsageError(f"-k {expr!r}: unexpected character {text[pos:].strip()[:1]!r}")
+            raise UsageError(f"-k {shorten(expr)}: unexpected character {text[pos:].strip()[:1]!r}")
         tokens.append(m.group(1))
         pos = m.end()
     return tokens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -468,7 +469,9 @@ def test_records_are_loaded_strictly(etl):
     with pytest.raises(StateError, match="status"):
         etl.run(resume="r1")
     conn = sqlite3.connect(db)
-    conn.execute("UPDATE tasks SET status='succeeded', result='{\"$t\": 1}' WHERE name='load'")
+    bad = '{"$t": 1}'  # intact (its checksum matches) but not loadable: refused
+    conn.execute("UPDATE tasks SET status='succeeded', result=?, checksum=? WHERE name='load'",
+                 (bad, hashlib.sha256(bad.encode()).hexdigest()))
     conn.commit()
     conn.close()
     with pytest.raises(StateError, match="task 'load'.*--rerun 'load'"):

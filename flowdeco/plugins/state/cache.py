@@ -78,6 +78,11 @@ class Cache:
         entry = self.find(key, now - ttl if ttl is not None else 0.0)
         if entry is None:
             return None
+        if not getattr(entry, "intact", True):
+            self._warn(run, task.name, f"the cached result from run {entry.run_id!r} does not "
+                                       "match its checksum (changed since it was written); "
+                                       "running it again")
+            return None
         try:
             value = self.codec.loads(entry.result)
         except StateError as exc:  # e.g. a class that is gone: compute it again
@@ -115,7 +120,8 @@ class Cache:
         code = self.fingerprint(task.index).partition(".")[0]
         text = json.dumps([task.name, code, tree], sort_keys=True,
                           separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        # surrogatepass: a run parameter decoded with surrogateescape still has a key
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def _warn(self, run: Any, task: str, message: str) -> None:
         if task not in self._warned:  # once per task, not once per mapped instance

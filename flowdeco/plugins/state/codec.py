@@ -208,6 +208,8 @@ class Codec:
                 raise _unstorable(value, "it does not come back equal after a round trip "
                                          "(does it define value equality?)")
             text = _dumps_plain(tree)
+        if not text.isascii():  # O(1) for ASCII text: CPython keeps the flag
+            _check_utf8(value, text)
         if len(text) > MAX_RESULT_BYTES // 4 and len(text.encode("utf-8")) > MAX_RESULT_BYTES:
             raise _unstorable(value, f"its JSON form is larger than {MAX_RESULT_BYTES} bytes")
         return text
@@ -598,6 +600,46 @@ def _dumps_plain(tree: Any) -> str:
         raise Unstorable("value", "nested too deeply") from None
     except (ValueError, TypeError) as exc:
         raise Unstorable(type(tree).__name__, f"JSON refused it: {exc}") from None
+
+
+def _check_utf8(value: Any, text: str) -> None:
+    """Unstorable when ``text`` is not valid UTF-8 (a lone surrogate such as ``"\\ud800"``).
+
+    ``json`` passes lone surrogates through, SQLite cannot store them: found
+    here, on the worker, the task fails alone instead of its whole batch.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return
+    where, bad = _find_surrogate(json.loads(text), [])
+    exc = _unstorable(value, f"its text holds a lone surrogate {bad!r}, which is not valid "
+                             "UTF-8 and cannot be stored (text decoded with "
+                             "errors='surrogateescape'?); return bytes, or clean the text")
+    exc.path.extend(reversed(where))
+    raise exc
+
+
+def _find_surrogate(tree: Any, path: list[str]) -> tuple[list[str], str]:
+    """Where in a JSON tree the first string that UTF-8 refuses is (path, the character)."""
+    if type(tree) is str:
+        for ch in tree:
+            if "\ud800" <= ch <= "\udfff":
+                return path, ch
+        return [], ""
+    items = tree.items() if type(tree) is dict else enumerate(tree) if type(tree) is list else ()
+    for k, v in items:
+        step = f"[{k!r}]" if type(k) is str else f"[{k}]"
+        if type(k) is str:
+            found, ch = _find_surrogate(k, path + [step])
+            if ch:
+                return found, ch
+        found, ch = _find_surrogate(v, path + [step])
+        if ch:
+            return found, ch
+    return [], ""
 
 
 #: the process-wide codec used by the state plugin

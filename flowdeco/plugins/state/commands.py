@@ -7,8 +7,10 @@
     python -m flowdeco runs export ID|last [--state-dir DIR] [-o FILE]     # the run as JSON
     python -m flowdeco runs prune --keep N [--state-dir DIR] [--dry-run]   # forget old runs
 
-Reading never creates or changes the state database.  Exit codes: 0, or 4 for
-usage and state errors (one ``flowdeco: error: ...`` line on stderr).
+Reading changes no byte of the state dir, even beside a crashed run's WAL
+(:meth:`SQLiteStore.open_read_only`; another backend is opened with
+``open(create=False)``), and never creates it.  Exit codes: 0, or 4 for usage
+and state errors (one ``flowdeco: error: ...`` line on stderr).
 
 Export format (``"format": "flowdeco-state/1"``): the seed's keys
 ``workflowId``, ``completedNodes``, ``startedNodes`` (in flight when the run
@@ -32,11 +34,11 @@ from pathlib import Path
 from typing import IO, Any, Sequence
 
 from ...cli import Command
-from ...errors import FlowError, StateError, UsageError
+from ...errors import FlowError, StateError, UsageError, shorten
 from ...outcome import ExitCode
 from ...runner import validate_run_id
 from .plugin import make_store
-from .store import RunSummary, Store, TaskRecord
+from .store import RunSummary, Store, StoreChanged, TaskRecord
 
 _ORDER = ("succeeded", "restored", "failed", "interrupted", "skipped", "running")
 
@@ -80,20 +82,15 @@ def runs_command() -> Command:
 def main(argv: Sequence[str], pluginmanager: Any, out: IO[str] | None = None) -> int:
     """Entry point of ``python -m flowdeco runs``; returns the exit code."""
     out = out or sys.stdout
-    store = None
     try:
         ns = _parser().parse_args(list(argv))
-        state_dir = getattr(ns, "state_dir", ".flowdeco")
-        store = make_store(pluginmanager, state_dir)
-        action = ns.action or "list"
-        if action == "list":
-            return _list(store, state_dir, ns.flow, ns.limit, out)
-        if action == "prune":
-            return _prune(store, state_dir, ns.keep, ns.dry_run, out)
-        run_id = _resolve(store, state_dir, ns.run_id)
-        if action == "show":
-            return _show(store, run_id, out)
-        return _export(store, run_id, ns.output, out)
+        for attempt in range(3):
+            try:
+                return _act(ns, pluginmanager, out)
+            except StoreChanged:  # a run started while the store was read without locks
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
     except FlowError as exc:
         print(f"flowdeco: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
@@ -103,19 +100,40 @@ def main(argv: Sequence[str], pluginmanager: Any, out: IO[str] | None = None) ->
         except (OSError, ValueError):
             pass
         return ExitCode.OK
+
+
+def _act(ns: argparse.Namespace, pluginmanager: Any, out: IO[str]) -> int:
+    """One action (everything is read before anything is printed: it may be run again)."""
+    state_dir = getattr(ns, "state_dir", ".flowdeco")
+    store = make_store(pluginmanager, state_dir)
+    try:
+        action = ns.action or "list"
+        if action == "list":
+            return _list(store, state_dir, ns.flow, ns.limit, out)
+        if action == "prune":
+            return _prune(store, state_dir, ns.keep, ns.dry_run, out)
+        run_id = _resolve(store, state_dir, ns.run_id)
+        if action == "show":
+            return _show(store, run_id, out)
+        return _export(store, run_id, ns.output, out)
     finally:
-        if store is not None:
-            store.close()
+        store.close()
+
+
+def _open_for_reading(store: Store) -> bool:
+    """Open without writing: ``open_read_only`` when the backend has it (SQLite does)."""
+    read_only = getattr(store, "open_read_only", None)
+    return read_only() if read_only is not None else store.open(create=False)
 
 
 def _resolve(store: Store, state_dir: str, run_id: str) -> str:
     if run_id == "last":
-        runs = store.list_runs(limit=1) if store.open(create=False) else []
+        runs = store.list_runs(limit=1) if _open_for_reading(store) else []
         if not runs:
             raise StateError(f"no saved runs in {state_dir}")
         return runs[0].run.run_id
     validate_run_id(run_id)
-    if not store.open(create=False) or store.load_run(run_id) is None:
+    if not _open_for_reading(store) or store.load_run(run_id) is None:
         raise StateError(f"unknown run id {run_id!r}: no such run in {state_dir}; list saved "
                          f"runs with: python -m flowdeco runs --state-dir {state_dir}")
     return run_id
@@ -178,9 +196,10 @@ def _table(rows: list[list[str]], out: IO[str]) -> None:
 def _list(store: Store, state_dir: str, flow: str | None, limit: int | None,
           out: IO[str]) -> int:
     runs: list[RunSummary] = store.list_runs(flow=flow, limit=limit) \
-        if store.open(create=False) else []
+        if _open_for_reading(store) else []
     if not runs:
-        print(f"no saved runs in {state_dir}" + (f" of flow {flow!r}" if flow else ""), file=out)
+        print(f"no saved runs in {state_dir}" + (f" of flow {shorten(flow)}" if flow else ""),
+              file=out)
         return ExitCode.OK
     rows = [["RUN ID", "FLOW", "STATUS", "STARTED", "DURATION", "TASKS"]]
     for s in runs:
@@ -275,7 +294,10 @@ def _export(store: Store, run_id: str, output: str | None, out: IO[str]) -> int:
 def _prune(store: Store, state_dir: str, keep: int, dry_run: bool, out: IO[str]) -> int:
     if keep < 0:
         raise UsageError("runs prune: --keep must be >= 0")
-    runs = store.list_runs() if store.open(create=False) else []
+    if dry_run:
+        runs = store.list_runs() if _open_for_reading(store) else []
+    else:
+        runs = store.list_runs() if store.open(create=False) else []
     doomed = runs[keep:]
     removed, busy = [], []
     for s in doomed:

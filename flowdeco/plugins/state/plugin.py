@@ -37,7 +37,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from ...errors import StateError, UsageError
+from ...errors import StateError, UsageError, shorten
 from ...executors import SyncExecutor
 from ...graph import SUBFLOW, TASK, Graph
 from ...manager import hookimpl, swap_plugin
@@ -79,7 +79,7 @@ def _rerun_list(value: Any) -> list[str]:
         return [value]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise UsageError(f"rerun must be a task expression or a list of them, got {value!r}")
+    raise UsageError(f"rerun must be a task expression or a list of them, got {shorten(value)}")
 
 
 # --------------------------------------------------------------------------- module hooks
@@ -130,12 +130,12 @@ def flowdeco_configure(config: Any) -> None:
         return
     if resume is not None:
         if not isinstance(resume, str):
-            raise UsageError(f"resume must be a run id or 'last', got {resume!r}")
+            raise UsageError(f"resume must be a run id or 'last', got {shorten(resume)}")
         if resume != "last":
             validate_run_id(resume)
             given = config.getoption("run_id")
             if given is not None and given != resume:
-                raise UsageError(f"--run-id {given!r} and --resume {resume!r} disagree: a "
+                raise UsageError(f"--run-id {shorten(given)} and --resume {resume!r} disagree: a "
                                  "resumed run keeps its id (leave out --run-id)")
     sync = config.getoption("state_sync", "normal")
     if sync not in ("normal", "full"):
@@ -266,7 +266,7 @@ class StatePlugin:
             rid = latest[0].run.run_id
             given = self.config.getoption("run_id")
             if given is not None and given != rid:
-                raise UsageError(f"--run-id {given!r} and --resume last ({rid!r}) disagree: "
+                raise UsageError(f"--run-id {shorten(given)} and --resume last ({rid!r}) disagree: "
                                  "a resumed run keeps its id (leave out --run-id)")
         assert rid is not None
         store.open(create=False)
@@ -398,11 +398,12 @@ class StatePlugin:
             if not upstream_ok:
                 continue
             if rec is not None and rec.completed:
-                restore[i] = Restored(self._load(rec), attempts=rec.attempts)
-                ok[i] = True
+                if self._intact(run, rec):
+                    restore[i] = Restored(self._load(rec), attempts=rec.attempts)
+                    ok[i] = True
                 continue
             for part in parts:
-                if part.fingerprint == now:
+                if part.fingerprint == now and self._intact(run, part):
                     instances[part.name] = Restored(self._load(part), attempts=part.attempts)
         for name, why in changed:
             run.emit("task_changed", task=name, reason=why, level="warning",
@@ -414,6 +415,16 @@ class StatePlugin:
             fields["restored_instances"] = len(instances)
         run.emit("run_resumed", level="info", **fields)
         return restore, instances
+
+    def _intact(self, run: Any, rec: TaskRecord) -> bool:
+        """A stored result whose bytes changed since written is not restored (a warning)."""
+        if getattr(rec, "intact", True):
+            return True
+        run.emit("state_warning", task=rec.name, level="warning",
+                 error=f"run {self.resume_id!r}, task {rec.name!r}: the stored result does not "
+                       f"match its checksum (changed in {self.store.location} since it was "
+                       "written); running the task again")
+        return False
 
     def _load(self, rec: TaskRecord) -> Any:
         if rec.result is None:

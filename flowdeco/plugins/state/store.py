@@ -8,15 +8,22 @@ The SQLite store keeps every run of a state dir in ``STATE_DIR/state.db``
 (WAL mode): table ``runs`` (one row per run id) and table ``tasks`` (one row
 per task of a run: status, attempts, timings, source fingerprint, the result
 as JSON, error or skip reason, and the input-hash cache key of a task with
-``cache=``, indexed so :meth:`SQLiteStore.find_cached` is one lookup).  The schema version is ``PRAGMA
+``cache=``, indexed so :meth:`SQLiteStore.find_cached` is one lookup, and
+the sha256 ``checksum`` of the result text, checked before a result is
+restored or answers a cache lookup; rows written before schema version 3 have
+none and are trusted as before).  The schema version is ``PRAGMA
 user_version``; ``PRAGMA application_id`` marks the file as flowdeco's.
-Migrations run inside one ``BEGIN IMMEDIATE`` transaction, so concurrent
-openers never see half a schema.
+A new database is built under a temporary name and renamed into place, and
+migrations run inside one ``BEGIN IMMEDIATE`` transaction, both under an
+exclusive ``flock`` on ``STATE_DIR/.init.lock``, so processes starting together
+never see half a schema.  The ``runs`` commands open the store read-only
+(:meth:`SQLiteStore.open_read_only`) and change no byte of the state dir.
 
 Safety rules: an existing file is inspected read-only before anything writes
 to it; a file that is not SQLite, is truncated, belongs to another program
-or comes from a newer flowdeco raises :class:`~flowdeco.StateError` and is
-left exactly as it was.  The database and its ``-wal``/``-shm`` files are
+or comes from a newer flowdeco, and an empty (0-byte) ``state.db`` beside
+saved runs' audit trails, raise :class:`~flowdeco.StateError` and are left
+exactly as they were.  The database and its ``-wal``/``-shm`` files are
 owner-only (the database is created 0600 before SQLite opens it; SQLite gives
 its side files the database's mode, and the mode is checked after opening).
 A run is protected by an exclusive ``flock`` on ``STATE_DIR/locks/RUN_ID.lock``
@@ -30,12 +37,16 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import math
 import os
 import re
 import sqlite3
+import shutil
 import stat
+import tempfile
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
@@ -43,17 +54,20 @@ from typing import Any, Literal, NamedTuple, Protocol, Sequence, runtime_checkab
 import attrs
 import cattrs
 
-from ...errors import StateError
+from ...errors import StateError, one_line
 from ..audit import make_private_dirs
 from .codec import MAX_RESULT_BYTES
 
 __all__ = ["Store", "SQLiteStore", "RunRecord", "TaskRecord", "TaskRow", "RunSummary", "CacheEntry",
-           "RunLock", "SCHEMA_VERSION", "APPLICATION_ID"]
+           "RunLock", "StoreChanged", "SCHEMA_VERSION", "APPLICATION_ID", "checksum",
+           "result_intact"]
 
 #: ``PRAGMA application_id`` of a flowdeco state database ("fdst")
 APPLICATION_ID = 0x66647374
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "state.db"
+#: ``flock``-ed while a database is created or migrated (never by readers)
+INIT_LOCK = ".init.lock"
 #: databases up to this size get ``PRAGMA quick_check`` when opened
 QUICK_CHECK_MAX_BYTES = 64 * 2**20
 MAX_NAME = 4096
@@ -97,6 +111,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX tasks_by_cache_key ON tasks (cache_key, finished) "
         "WHERE cache_key IS NOT NULL",
     ),
+    # sha256 of ``result`` (the stored text, UTF-8), checked when it is restored; rows
+    # written before version 3 have none and are trusted as before
+    3: ("ALTER TABLE tasks ADD COLUMN checksum TEXT",),
 }
 
 
@@ -161,6 +178,13 @@ class TaskRecord:
     reason: Literal["upstream", "stopped", "condition", "trigger"] | None = None
     #: the input-hash cache key (tasks with ``cache=``), else None
     cache_key: str | None = attrs.field(default=None, validator=_max_len(64))
+    #: sha256 (hex) of ``result`` as written; None for rows of older stores (trusted)
+    checksum: str | None = attrs.field(default=None, validator=_max_len(64))
+
+    @property
+    def intact(self) -> bool:
+        """False when the stored result's bytes changed since they were written."""
+        return result_intact(self.result, self.checksum)
 
     @property
     def completed(self) -> bool:
@@ -196,6 +220,21 @@ class CacheEntry:
     name: str = attrs.field(validator=_max_len(MAX_NAME))
     finished: float = attrs.field(validator=_timestamp)
     result: str = attrs.field(validator=_max_len(MAX_RESULT_BYTES))
+    checksum: str | None = attrs.field(default=None, validator=_max_len(64))
+
+    @property
+    def intact(self) -> bool:
+        return result_intact(self.result, self.checksum)
+
+
+def checksum(result: str) -> str:
+    """What a row's ``checksum`` holds: sha256 (hex) of the result's UTF-8 bytes."""
+    return hashlib.sha256(result.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def result_intact(result: str | None, digest: str | None) -> bool:
+    """Whether ``result`` still matches ``digest`` (no digest: an older row, trusted)."""
+    return digest is None or result is None or checksum(result) == digest
 
 
 @attrs.frozen
@@ -353,13 +392,29 @@ class RunLock:
 
 
 _TASK_COLUMNS = ("name", "status", "attempts", "started", "finished", "fingerprint", "result",
-                 "error", "reason", "cache_key")
+                 "error", "reason", "cache_key", "checksum")
 _RUN_COLUMNS = tuple(f.name for f in attrs.fields(RunRecord))
+#: columns of ``tasks`` added after version 1 (a read-only open leaves older stores as they are)
+_ADDED_IN = {"cache_key": 2, "checksum": 3}
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+class StoreChanged(StateError):
+    """A database read without locks (``immutable``) was written meanwhile: read it again."""
+
+
 class SQLiteStore:
-    """The default :class:`Store`: ``STATE_DIR/state.db`` (see the module docstring)."""
+    """The default :class:`Store`: ``STATE_DIR/state.db`` (see the module docstring).
+
+    Opening for writing (:meth:`open`) creates and migrates the database under
+    an exclusive ``flock`` on ``STATE_DIR/.init.lock``, so processes starting
+    together never see half a schema; a new database is built under a
+    temporary name and renamed into place, so ``state.db`` is never an empty
+    file of ours.  Opening for reading (:meth:`open_read_only`, the ``runs``
+    commands) changes no byte of the state dir (see :meth:`_connect_read_only`).
+    Every statement that takes a lock is retried while SQLite answers "busy"
+    until ``busy_timeout`` seconds have really passed.
+    """
 
     def __init__(self, state_dir: str | os.PathLike, *, synchronous: str = "normal",
                  busy_timeout: float = 30.0):
@@ -375,13 +430,34 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._commits = 0
+        #: schema version of the open database (a read-only open may find an older one)
+        self.version = SCHEMA_VERSION
+        #: read-only, without locks: (inode, size, mtime) of the file when it was opened
+        self._immutable: tuple[int, int, int] | None = None
+        #: read-only from a private copy (a WAL without its -shm): the copy's folder
+        self._copy: str | None = None
+        self._clock = time.monotonic
+        self._sleep = time.sleep
 
     # -- opening
     def open(self, create: bool = True) -> bool:
+        """Open for reading and writing (created when missing and ``create``)."""
         if self.conn is not None:
             return True
+        return self._guarded(lambda: self._open(create))
+
+    def open_read_only(self) -> bool:
+        """Open for reading only, changing no byte of the state dir.  False: no store yet."""
+        if self.conn is not None:
+            return True
+        return self._guarded(self._open_read_only)
+
+    def _guarded(self, fn: Any) -> bool:
         try:
-            return self._open(create)
+            return fn()
+        except StateError:
+            self.close()
+            raise
         except sqlite3.Error as exc:
             self.close()
             raise self._db_error(exc) from None
@@ -396,24 +472,123 @@ class SQLiteStore:
     def _open(self, create: bool) -> bool:
         path = self.path
         existing = self._check_header()
-        if existing is None:  # no file
-            if not create:
-                return False
-            make_private_dirs(self.state_dir)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        elif existing:
-            self._inspect_read_only()
-        conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None,
-                               check_same_thread=False)
-        self.conn = conn
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StateError(f"{path}: cannot switch the database to WAL mode (got {mode!r})")
-        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate(conn)
+        if existing is False:
+            self._refuse_empty_beside_runs()
+        if not existing and not create:
+            return False
+        if existing:
+            self._inspect_read_only()  # classify and check without writing (may be slow)
+        make_private_dirs(self.state_dir)
+        with self._init_lock():
+            existing = self._check_header()  # again: another process may have made it
+            if not existing:
+                if existing is False:
+                    self._refuse_empty_beside_runs()
+                if not create:
+                    return False
+                self._create()
+            conn = sqlite3.connect(path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            self.conn = conn
+            mode = self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            if str(mode).lower() != "wal":
+                raise StateError(f"{path}: cannot switch the database to WAL mode "
+                                 f"(got {mode!r})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate(conn)
+        self.version = SCHEMA_VERSION
         self._private_files()
         return True
+
+    def _open_read_only(self) -> bool:
+        existing = self._check_header()
+        if existing is None:
+            return False
+        if existing is False:
+            self._refuse_empty_beside_runs()
+            return False  # being created by a process starting right now, or left empty
+        self.version = self._inspect_read_only(keep=True)
+        return self.conn is not None
+
+    def _init_lock(self) -> "_FileLock":
+        return _FileLock(self.state_dir / INIT_LOCK, self.busy_timeout, self._clock,
+                         self._sleep, self._locked)
+
+    def _refuse_empty_beside_runs(self) -> None:
+        """A 0-byte ``state.db`` next to saved runs' audit trails lost those runs: refuse it.
+
+        flowdeco never leaves an empty database of its own (it renames a
+        finished one into place), so with saved runs beside it the file was
+        truncated or replaced.  Without saved runs it may be initialised.
+        """
+        runs = self.state_dir / "runs"
+        try:
+            saved = next(runs.glob("*/audit.jsonl"), None) is not None
+        except OSError:
+            saved = False
+        if saved:
+            raise StateError(
+                f"the state database {self.path} is empty (0 bytes) although the state dir "
+                f"holds saved runs (audit trails in {runs}): it was truncated or replaced; it "
+                "was left untouched: restore it from a backup, or move it away to start a new "
+                "history, or use another --state-dir")
+
+    def _create(self) -> None:
+        """Build a new database under a temporary name and rename it to ``state.db``."""
+        wal = Path(str(self.path) + "-wal")
+        try:
+            orphan = wal.stat().st_size > 0
+        except FileNotFoundError:
+            orphan = False
+        if orphan:
+            raise StateError(f"{wal} exists without its database {self.path} (a leftover of "
+                             "a removed database); it was left untouched: move it away, or "
+                             "put the database back, or use another --state-dir")
+        for stale in self.state_dir.glob(".state.db.*.tmp*"):  # a creator killed midway
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".state.db.", suffix=".tmp", dir=self.state_dir)
+        os.close(fd)  # mkstemp: owner-only
+        try:
+            conn = sqlite3.connect(tmp, timeout=self.busy_timeout, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                self._migrate(conn)
+            finally:
+                conn.close()  # the last connection: the WAL is folded in and removed
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            _fsync_dir(self.state_dir)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(tmp + suffix).unlink(missing_ok=True)
+
+    def _retry(self, fn: Any) -> Any:
+        """``fn()``, again while SQLite says "busy", until ``busy_timeout`` s have passed.
+
+        SQLite's own busy handler is skipped in some cases (a journal mode
+        switch or lock upgrade that could deadlock): those answer "busy" at once.
+        """
+        start = self._clock()
+        delay = 0.005
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                if self._clock() - start >= self.busy_timeout:
+                    raise self._locked() from None
+                self._sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def _locked(self) -> StateError:
+        return StateError(f"the state database {self.path} stayed locked by another process "
+                          f"for {self.busy_timeout:g}s; try again")
 
     def _start_checkpointer(self) -> None:
         """Writers stop checkpointing (the fsync) themselves; a helper thread does it."""
@@ -455,30 +630,40 @@ class SQLiteStore:
 
     def _db_error(self, exc: sqlite3.Error) -> StateError:
         code = getattr(exc, "sqlite_errorname", "") or ""
-        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc):
-            return StateError(f"the state database {self.path} stayed locked by another "
-                              f"process for {self.busy_timeout:.0f}s; try again")
+        if _busy(exc):
+            return StateError(f"the state database {self.path} is locked by another process "
+                              f"({code or exc}); try again")
         if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or not code or \
                 type(exc) is sqlite3.DatabaseError:
             return self._corrupt(exc)
         return StateError(f"cannot use the state database {self.path}: {exc} ({code})")
 
     def _corrupt(self, why: Any) -> StateError:
-        return StateError(f"the state database {self.path} is corrupted or unreadable ({why}); "
-                          "it was left untouched: move it away (or restore a backup) and run "
-                          "again, or use another --state-dir")
+        return StateError(f"the state database {self.path} is corrupted or unreadable "
+                          f"({one_line(str(why))}); it was left untouched: move it away (or "
+                          "restore a backup) and run again, or use another --state-dir")
 
     def _foreign(self, detail: str) -> StateError:
         return StateError(f"{self.path} is not a flowdeco state database ({detail}); it was "
                           "left untouched: move it away or use another --state-dir")
 
-    def _classify(self, conn: sqlite3.Connection) -> int:
-        """The schema version of a database that is ours (or empty); StateError otherwise."""
-        # reading the schema makes SQLite check the header against the file (truncation)
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")]
-        app = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    def _classify(self, conn: sqlite3.Connection, in_transaction: bool = False) -> int:
+        """The schema version of a database that is ours (or empty); StateError otherwise.
+
+        The three reads happen in one read transaction: read one by one, a
+        database being created meanwhile looked like someone else's file.
+        """
+        if not in_transaction:
+            conn.execute("BEGIN")
+        try:
+            # reading the schema makes SQLite check the header against the file (truncation)
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")]
+            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            if not in_transaction:
+                _rollback(conn)
         if app == APPLICATION_ID:
             if version < 1:
                 raise self._corrupt(f"invalid schema version {version}")
@@ -494,27 +679,94 @@ class SQLiteStore:
             f"tables {', '.join(map(repr, tables[:5]))}" if tables else f"user version {version}"
         raise self._foreign(what)
 
-    def _inspect_read_only(self) -> None:
-        """Classify an existing file without writing to it (a read-only connection).
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that reads the database (and its WAL) and writes no byte anywhere.
 
-        SQLite may create ``-wal``/``-shm`` files beside a WAL database even
-        then; those it created are removed again when the file is refused.
+        - ``-wal`` and ``-shm`` present (a live run, or one that crashed):
+          ``mode=ro&readonly_shm=1``.  SQLite maps the ``-shm`` read-only: while
+          a live connection holds it, it is trusted; else (a crashed run) SQLite
+          reads the WAL into private memory.  Plain ``mode=ro`` would write the
+          ``-shm``, and create ``-wal``/``-shm`` beside a clean database.
+        - no ``-wal`` (or an empty one): no connection has the database open
+          (a WAL-mode connection keeps its ``-wal``), so nothing waits in a WAL:
+          ``immutable=1`` reads the file without locks or side files.  A run
+          that starts meanwhile could checkpoint into the file as it is read;
+          the file's (inode, size, mtime) is compared after every read, and a
+          change raises :class:`StoreChanged` (the ``runs`` commands read again).
+        - a non-empty ``-wal`` without its ``-shm`` (a copied or damaged state
+          dir): the database and WAL are copied to a private temporary folder
+          and the copy is read (rare; costs a copy).
+        """
+        wal = Path(str(self.path) + "-wal")
+        shm = Path(str(self.path) + "-shm")
+        try:
+            wal_size: int | None = wal.stat().st_size
+        except FileNotFoundError:
+            wal_size = None
+        base = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        if wal_size and shm.exists() and sqlite3.sqlite_version_info >= (3, 22):
+            return sqlite3.connect(base + "?mode=ro&readonly_shm=1", uri=True,
+                                   timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        if wal_size:
+            self._copy = tempfile.mkdtemp(prefix="flowdeco-state-")
+            copy = Path(self._copy) / DB_NAME
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(wal, str(copy) + "-wal")
+            return sqlite3.connect(copy, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        st = self.path.stat()
+        self._immutable = (st.st_ino, st.st_size, st.st_mtime_ns)
+        return sqlite3.connect(base + "?mode=ro&immutable=1", uri=True, isolation_level=None,
+                               check_same_thread=False)
+
+    def _check_unchanged(self) -> None:
+        """After an ``immutable`` read: StoreChanged if the file was written meanwhile."""
+        try:
+            st = self.path.stat()
+            now = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            now = None
+        if now != self._immutable or Path(str(self.path) + "-wal").exists():
+            raise StoreChanged(f"{self.path} changed while it was read; read it again")
+
+    def _inspect_read_only(self, keep: bool = False) -> int:
+        """Classify an existing file without writing to it; its schema version.
+
+        ``keep`` (``runs`` commands): the connection, which writes no byte
+        (:meth:`_connect_read_only`), becomes the store's.  Else (a run about
+        to write): a plain ``mode=ro`` connection, which may create
+        ``-wal``/``-shm`` beside the file; those it created are removed again
+        when the file is refused.
         """
         side = [Path(str(self.path) + s) for s in ("-wal", "-shm")]
         before = [p.exists() for p in side]
-        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)
+        if keep:
+            conn = self._connect_read_only()
+        else:
+            uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
+                                   isolation_level=None)
         ok = False
         try:
-            version = self._classify(conn)
-            if version and self.path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
-                found = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
-                if found != ["ok"]:
-                    raise self._corrupt("; ".join(map(str, found))[:300])
+            try:
+                version = self._classify(conn)
+                if version and self.path.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+                    found = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+                    if found != ["ok"]:
+                        raise self._corrupt("; ".join(map(str, found)))
+            finally:
+                if self._immutable is not None:
+                    self._check_unchanged()  # a run started meanwhile: read it again
             ok = True
         finally:
-            conn.close()
-            if not ok:
+            if keep and ok:
+                self.conn = conn
+            else:
+                conn.close()
+                self._drop_copy()
+                self._immutable = None
+            if not ok and not keep:
                 for p, existed in zip(side, before):
                     if existed:
                         continue
@@ -523,14 +775,22 @@ class SQLiteStore:
                             p.unlink()
                     except OSError:
                         pass
+        if keep and not version:  # an empty SQLite file: no runs yet
+            self.close()
+        return version
+
+    def _drop_copy(self) -> None:
+        copy, self._copy = self._copy, None
+        if copy is not None:
+            shutil.rmtree(copy, ignore_errors=True)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION and \
                 conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
             return
-        conn.execute("BEGIN IMMEDIATE")
+        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
-            version = self._classify(conn)  # again, under the write lock
+            version = self._classify(conn, in_transaction=True)  # again, under the write lock
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target]:
                     conn.execute(statement)
@@ -562,6 +822,8 @@ class SQLiteStore:
                 except sqlite3.Error:
                     pass
         self._reader = self.conn = None
+        self._immutable = None
+        self._drop_copy()
 
     def _c(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -580,17 +842,17 @@ class SQLiteStore:
         conn = self._c()
         with _reading(self):
             if resumed:
-                cur = conn.execute(
+                cur = self._retry(lambda: conn.execute(
                     "UPDATE runs SET status='running', session_started=?, finished=NULL, "
-                    "sessions=sessions+1, pid=? WHERE run_id=?", (now, os.getpid(), run_id))
+                    "sessions=sessions+1, pid=? WHERE run_id=?", (now, os.getpid(), run_id)))
                 if cur.rowcount != 1:
                     raise StateError(f"run {run_id!r} vanished from {self.path}")
             else:
                 try:
-                    conn.execute(
+                    self._retry(lambda: conn.execute(
                         "INSERT INTO runs (run_id, flow, status, started, session_started, "
                         "duration, sessions, pid) VALUES (?, ?, 'running', ?, ?, 0, 1, ?)",
-                        (run_id, flow, now, now, os.getpid()))
+                        (run_id, flow, now, now, os.getpid())))
                 except sqlite3.IntegrityError:
                     row = conn.execute("SELECT status FROM runs WHERE run_id=?",
                                        (run_id,)).fetchone()
@@ -617,9 +879,11 @@ class SQLiteStore:
                          f"{self.path}: the record of run {run_id!r}")
 
     def load_tasks(self, run_id: str) -> dict[str, TaskRecord]:
+        columns = _TASK_COLUMNS if self.version >= SCHEMA_VERSION else [
+            c if _ADDED_IN.get(c, 1) <= self.version else "NULL" for c in _TASK_COLUMNS]
         with _reading(self):
             rows = self._c().execute(
-                f"SELECT {', '.join(_TASK_COLUMNS)} FROM tasks WHERE run_id=?",
+                f"SELECT {', '.join(columns)} FROM tasks WHERE run_id=?",
                 (run_id,)).fetchall()
         out: dict[str, TaskRecord] = {}
         for row in rows:
@@ -631,29 +895,45 @@ class SQLiteStore:
         return out
 
     def record_tasks(self, run_id: str, rows: Sequence[TaskRow]) -> None:
+        """Insert or replace ``rows`` in one transaction.
+
+        A row SQLite cannot take (text that is not valid UTF-8: a lone
+        surrogate in a result, an error message or a name) must not lose the
+        others: the batch is written again with such rows repaired (see
+        :func:`_storable_row`).
+        """
         conn = self._c()
         if self._checkpointer is None:
             self._start_checkpointer()
-        if len(rows) <= _ROWS_PER_STATEMENT:  # one statement is its own transaction
-            conn.execute(_insert_tasks(len(rows)), _flat(run_id, rows))
-        else:
-            conn.execute("BEGIN")
-            try:
-                for i in range(0, len(rows), _ROWS_PER_STATEMENT):
-                    chunk = rows[i:i + _ROWS_PER_STATEMENT]
-                    conn.execute(_insert_tasks(len(chunk)), _flat(run_id, chunk))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
+        try:
+            self._retry(lambda: self._insert(conn, run_id, rows))
+        except (UnicodeEncodeError, OverflowError, sqlite3.InterfaceError,
+                sqlite3.ProgrammingError):
+            self._retry(lambda: self._insert(conn, run_id, [_storable_row(r) for r in rows]))
         self._commits += 1
         if self._commits % _CHECKPOINT_EVERY == 0 and self._checkpointer:
             self._checkpointer.wake.set()
 
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, run_id: str, rows: Sequence[TaskRow]) -> None:
+        if len(rows) <= _ROWS_PER_STATEMENT:  # one statement is its own transaction
+            conn.execute(_insert_tasks(len(rows)), _flat(run_id, rows))
+            return
+        conn.execute("BEGIN")
+        try:
+            for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+                chunk = rows[i:i + _ROWS_PER_STATEMENT]
+                conn.execute(_insert_tasks(len(chunk)), _flat(run_id, chunk))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
     def finish_run(self, run_id: str, status: str, now: float, duration: float) -> None:
-        self._c().execute(
+        conn = self._c()
+        self._retry(lambda: conn.execute(
             "UPDATE runs SET status=?, finished=?, duration=duration+?, pid=NULL WHERE run_id=?",
-            (status, now, duration, run_id))
+            (status, now, duration, run_id)))
 
     def list_runs(self, flow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         where, args = ("WHERE flow=?", [flow]) if flow is not None else ("", [])
@@ -681,7 +961,7 @@ class SQLiteStore:
 
     def delete_run(self, run_id: str) -> None:
         conn = self._c()
-        conn.execute("BEGIN IMMEDIATE")
+        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
             conn.execute("DELETE FROM tasks WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
@@ -701,19 +981,21 @@ class SQLiteStore:
                 check_same_thread=False)
         with _reading(self):
             row = conn.execute(
-                "SELECT run_id, name, finished, result FROM tasks INDEXED BY tasks_by_cache_key "
+                "SELECT run_id, name, finished, result, checksum FROM tasks "
+                "INDEXED BY tasks_by_cache_key "
                 "WHERE cache_key=? AND finished>=? AND status='succeeded' AND result IS NOT NULL "
                 "ORDER BY finished DESC LIMIT 1", (key, since)).fetchone()
         if row is None:
             return None
-        run_id, name, finished, result = row
+        run_id, name, finished, result, digest = row
         if type(run_id) is str and type(name) is str and type(finished) is float \
-                and type(result) is str:
+                and type(result) is str and (digest is None or type(digest) is str):
             try:  # the common case, without the converter (a lookup per cached task)
-                return CacheEntry(run_id, name, finished, result)
+                return CacheEntry(run_id, name, finished, result, digest)
             except ValueError:
                 pass
-        return structure(dict(zip(("run_id", "name", "finished", "result"), row)), CacheEntry,
+        return structure(dict(zip(("run_id", "name", "finished", "result", "checksum"), row)),
+                         CacheEntry,
                          f"{self.path}: the cache entry {key[:16]}")
 
 
@@ -723,7 +1005,7 @@ _ROWS_PER_STATEMENT = 256
 
 @functools.lru_cache(maxsize=64)
 def _insert_tasks(n: int) -> str:
-    return "INSERT OR REPLACE INTO tasks VALUES " + ", ".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * n)
+    return "INSERT OR REPLACE INTO tasks VALUES " + ", ".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * n)
 
 
 def _flat(run_id: str, rows: Sequence[TaskRow]) -> list:
@@ -731,7 +1013,41 @@ def _flat(run_id: str, rows: Sequence[TaskRow]) -> list:
     for r in rows:
         out.append(run_id)
         out.extend(r)
+        result = r.result
+        out.append(None if result is None else
+                   hashlib.sha256(result.encode("utf-8", "surrogatepass")).hexdigest())
     return out
+
+
+def _encodable(text: Any) -> bool:
+    if type(text) is not str or text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _storable_row(row: TaskRow) -> TaskRow:
+    """``row`` with text SQLite can store: a result that is not valid UTF-8 fails its task.
+
+    (The codec refuses such results before they get here; this keeps a batch
+    whole when something else slips through.)  Error messages and names are
+    kept with the offending characters escaped (``\\udcff``).
+    """
+    fields = [f if _encodable(f) else _escaped(f) for f in row]
+    fixed = TaskRow(*fields)
+    if not _encodable(row.result):
+        fixed = fixed._replace(
+            status="failed", result=None, cache_key=None,
+            error=f"UnstorableResult: task {fixed.name!r}: the result cannot be stored: its "
+                  "JSON text is not valid UTF-8 (a lone surrogate)")
+    return fixed
 #: commits between two checkpoints (a commit appends about one 4 KiB page to the WAL)
 _CHECKPOINT_EVERY = 250
 
@@ -780,6 +1096,57 @@ class _Checkpointer(threading.Thread):
         self.join(timeout=60)
 
 
+def _busy(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    return code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _FileLock:
+    """An exclusive ``flock`` on ``path`` (created owner-only), tried until ``timeout`` s."""
+
+    def __init__(self, path: Path, timeout: float, clock: Any, sleep: Any, locked: Any):
+        self.path, self.timeout, self.clock, self.sleep, self.locked = \
+            path, timeout, clock, sleep, locked
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_FileLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        start, delay = self.clock(), 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if self.clock() - start >= self.timeout:
+                    os.close(fd)
+                    raise self.locked() from None
+                self.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            except OSError:
+                os.close(fd)
+                raise
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     try:
         conn.execute("ROLLBACK")
@@ -797,6 +1164,8 @@ class _reading:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if self.store._immutable is not None and not isinstance(exc, StoreChanged):
+            self.store._check_unchanged()  # read without locks: was it written meanwhile?
         if isinstance(exc, UnicodeDecodeError):  # a damaged TEXT value
             raise self.store._corrupt(f"a text value is not UTF-8: {exc.reason}") from None
         if exc is None or not isinstance(exc, sqlite3.Error) \
