@@ -232,7 +232,7 @@ def test_dask_log_lines_follow_quiet(tmp_path):
     got = {}
     for quiet in ((), ("-q",)):
         marker = tmp_path / f"marker{len(quiet)}"
-        proc = flowdeco(flow, "--executor", "dask", "-w", "1", "--no-state",
+        proc = flowdeco(flow, "--executor", "dask", "-w", "2", "--no-state",
                         "--param", f"marker={marker}", *quiet, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert marker.exists()
