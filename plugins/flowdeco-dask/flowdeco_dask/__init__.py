@@ -55,11 +55,10 @@ plugin installed costs other runs nothing.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Any
-
-import argparse
 
 from flowdeco import UsageError, hookimpl
 

@@ -239,3 +239,43 @@ def test_dask_log_lines_follow_quiet(tmp_path):
         got[quiet] = [line for line in proc.stderr.splitlines() if " - distributed." in line]
     assert got[()], "Dask said nothing about its dead worker: this test checks nothing"
     assert got[("-q",)] == []
+
+
+def test_run_with_a_client_uploads_only_when_asked(dask_cluster, tmp_path, monkeypatch):
+    from flowdeco import UsageError, run
+    from flowdeco.testing import within
+
+    flows, out = tmp_path / "flows", tmp_path / "out.json"
+    _write(flows, "fdc_api_helper.py", """
+        def scale(n):
+            return n * 3
+    """)
+    flow = _write(flows, "fdc_api_flow.py", FLOW.format(helper="fdc_api_helper"))
+    monkeypatch.delitem(sys.modules, "fdc_api_flow", raising=False)
+    monkeypatch.delitem(sys.modules, "fdc_api_helper", raising=False)
+    monkeypatch.syspath_prepend(str(flows))   # what loading the file does anyway
+    client = dask_cluster.client
+    with pytest.raises(UsageError, match=r"cannot import module 'fdc_api_flow' .*"
+                                         r"pass dask_upload=True"):
+        within(RUN, run, str(flow), executor=client, state_dir=None, params={"out": str(out)})
+    assert not out.exists()
+    result = within(RUN, run, str(flow), executor=client.get_executor(), dask_upload=True,
+                    state_dir=None, params={"out": str(out)})
+    assert result.ok, result.outcomes
+    assert json.loads(out.read_text())["total"] == 18
+    assert not [n for n in _registered(client) if "flowdeco" in n]
+    assert client.status == "running"            # the client stays the caller's
+
+
+def test_dask_upload_needs_the_dask_executor(tmp_path):
+    flow = _write(tmp_path, "fdc_plain.py", """
+        from flowdeco import task
+
+        @task
+        def one():
+            return 1
+    """)
+    proc = flowdeco(flow, "--no-dask-upload", "--no-state", cwd=tmp_path)
+    assert proc.returncode == 4
+    assert proc.stderr.strip() == ("flowdeco: error: --dask-upload needs --executor dask "
+                                   "(run(..., executor='dask', dask_upload=...))")
