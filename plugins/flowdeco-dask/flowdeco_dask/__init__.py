@@ -156,10 +156,15 @@ def _prepare(config: Any, client: Any, upload: bool) -> Any:
     if graph is None:
         return None
     uploads = None
-    if upload:
-        uploads = config.stash[_UPLOADS] = Uploads(client)
-        uploads.send(files_to_upload(graph))
-    probe(client, graph, uploads, config.getoption("dask_upload"))
+    try:
+        if upload:
+            uploads = config.stash[_UPLOADS] = Uploads(client)
+            uploads.send(files_to_upload(graph))
+        probe(client, graph, uploads, config.getoption("dask_upload"))
+    except BaseException:
+        if uploads is not None:
+            uploads.release()   # a refused run leaves nothing on the cluster
+        raise
     return uploads
 
 

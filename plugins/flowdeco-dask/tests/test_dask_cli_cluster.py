@@ -176,6 +176,7 @@ def test_unimportable_module_fails_before_anything_runs_in_one_line(dask_cluster
             return n + 1
     """)
     flow = _write(flows, "fdc_pkgflow.py", FLOW.format(helper="fdclib.tools"))
+    before = _registered(dask_cluster.client)
     proc = flowdeco(flow, "--executor", "dask", "--dask-address", dask_cluster.address,
                     "--state-dir", state, "--run-id", "bad", "--param", f"out={tmp_path / 'out'}",
                     cwd=elsewhere)
@@ -189,6 +190,7 @@ def test_unimportable_module_fails_before_anything_runs_in_one_line(dask_cluster
     assert "Traceback" not in proc.stderr and "distributed" not in proc.stderr
     assert not (state / "runs" / "bad").exists()   # refused before the run started
     assert not (tmp_path / "out").exists()
+    assert _registered(dask_cluster.client) == before   # the upload was taken back
 
 
 def test_no_dask_upload_names_the_flag(dask_cluster, tmp_path):
