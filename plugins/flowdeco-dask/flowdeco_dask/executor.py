@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from concurrent.futures import Executor, Future
 from functools import partial
@@ -71,10 +72,18 @@ class DaskExecutor(Executor):
         self._inner = client.get_executor(pure=False)
         self._closed = False
         self._max_workers = cluster_threads(self) or None
+        #: files uploaded for the run (``flowdeco_dask.upload.Uploads``), released on shutdown
+        self.uploads: Any = None
 
     @classmethod
-    def start(cls, workers: int, address: str | None = None) -> "DaskExecutor":
-        """Connect to ``address``, or start a ``LocalCluster`` of ``workers`` processes."""
+    def start(cls, workers: int, address: str | None = None,
+              quiet: bool = False) -> "DaskExecutor":
+        """Connect to ``address``, or start a ``LocalCluster`` of ``workers`` processes.
+
+        ``quiet`` (``-q``): the local cluster's scheduler, nannies and workers
+        log nothing below CRITICAL (flowdeco reports what they would warn
+        about: a dead worker is the attempt's ``WorkerCrashed``).
+        """
         if address is not None:
             try:
                 client = Client(address, set_as_default=False, timeout="10s")
@@ -85,7 +94,8 @@ class DaskExecutor(Executor):
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             # the scheduler's HTTP server on a free port (8787 may be taken), no dashboard
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", scheduler_kwargs={"dashboard": False})
+                                   dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                                   silence_logs=logging.CRITICAL if quiet else logging.WARN)
         try:
             client = Client(cluster, set_as_default=False)
         except BaseException:
@@ -116,6 +126,9 @@ class DaskExecutor(Executor):
         self._closed = True
         try:
             self._inner.shutdown(wait=wait and not cancel_futures)
+            if self.uploads is not None and wait:
+                # not when abandoning the run (a second Ctrl-C): no round trips then
+                self.uploads.release()
         finally:
             if self._owns_client:
                 self.client.close()
@@ -133,3 +146,12 @@ def _worker_crash(exc: BaseException) -> BaseException | None:
         return None
     last = getattr(getattr(exc, "last_worker", None), "address", None)
     return WorkerCrashed(f"dask worker {last or '(unknown)'} died" if last else "a dask worker died")
+
+
+def client_of(obj: Any) -> Client:
+    """The ``distributed.Client`` behind a client, its executor, or a :class:`DaskExecutor`."""
+    if isinstance(obj, DaskExecutor):
+        return obj.client
+    if isinstance(obj, ClientExecutor):
+        return obj._client
+    return obj

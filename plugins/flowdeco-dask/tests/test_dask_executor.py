@@ -379,8 +379,8 @@ def test_executor_dask_starts_and_closes_a_local_cluster(tmp_path, capsys, monke
     made = []
     real_start = DaskExecutor.start.__func__
 
-    def spy(cls, workers, address=None):
-        ex = real_start(cls, workers, address)
+    def spy(cls, workers, address=None, **kw):
+        ex = real_start(cls, workers, address, **kw)
         made.append((workers, ex))
         return ex
 
