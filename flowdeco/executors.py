@@ -371,20 +371,31 @@ class ProcessExecutor(Executor):
             outer.set_result(inner.result())
             return
         if isinstance(exc, BrokenProcessPool):
-            verdict = pool.blame(key)
+            verdict = pool.blame(key)   # now, before the pool stops its live processes
             pool.inflight.discard(key)
             if verdict == _BESIDE or (verdict == _UNKNOWN
                                       and call.resends < MAX_UNEXPLAINED_RESENDS):
                 call.resends += verdict == _UNKNOWN
+                # not on this thread: from Python 3.12 it holds the broken pool's
+                # lock, which a submit waiting on self._lock may need (deadlock)
                 try:
-                    self._send(call)
+                    threading.Thread(target=self._resend, args=(pool, key, call, exc, verdict),
+                                     name="flowdeco-resend", daemon=True).start()
                     return
-                except Exception:  # noqa: BLE001 - shut down, or no new pool: fail it below
+                except RuntimeError:  # interpreter shutting down: fail it below
                     pass
             exc = pool.crash_error(key, exc, verdict)
         else:
             pool.inflight.discard(key)
         outer.set_exception(exc)
+
+    def _resend(self, pool: _Pool, key: int, call: _Call, exc: BaseException,
+                verdict: str) -> None:
+        """Send a call lost with a broken pool again (to a new pool); fail it if that fails."""
+        try:
+            self._send(call)
+        except Exception:  # noqa: BLE001 - shut down, or no new pool can start
+            call.outer.set_exception(pool.crash_error(key, exc, verdict))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
