@@ -337,47 +337,7 @@ def test_segfault_without_retries_fails_the_task_and_the_run_goes_on(write_modul
     assert result.results["later"] == "still runs"
 
 
-def test_attempts_in_flight_beside_a_crash_fail_and_are_retried(write_module, tmp_path):
-    markers = tmp_path / "m"
-    markers.mkdir()
-    path = write_module(f"""
-        import os
-        import time
-        from pathlib import Path
-        from flowdeco import task
-
-        D = Path({str(markers)!r})
-
-        @task(retries=1)
-        def bystander(ctx):
-            (D / f"bystander.{{ctx.attempt}}").write_text("")
-            if ctx.attempt == 1:
-                while not (D / "dying").exists():
-                    time.sleep(0.01)
-                time.sleep(30)          # killed with the broken pool long before this ends
-            return ctx.attempt
-
-        @task(retries=1)
-        def killer(ctx):
-            if ctx.attempt == 1:
-                while not (D / "bystander.1").exists():
-                    time.sleep(0.01)
-                (D / "dying").write_text("")
-                os._exit(3)
-            return "ok"
-    """)
-    st = tmp_path / "st"
-    t0 = time.monotonic()
-    result = go(str(path), workers=2, state_dir=st, run_id="two")
-    assert time.monotonic() - t0 < 25
-    assert result.ok, result.outcomes
-    assert result.results == {"bystander": 2, "killer": "ok"}
-    errors = {e["task"]: e["error"] for e in _audit(st, "two") if e["event"] == "task_retrying"}
-    assert errors["killer"].endswith("died (exit code 3) while running task 'killer'")
-    assert errors["bystander"].startswith("WorkerCrashed: worker process ")
-    assert errors["bystander"].endswith(
-        "died (exit code 3) while task 'bystander' was running in the same pool; its attempt "
-        "was lost with the pool, which was replaced")
+# attempts in flight beside a crash: tests/test_process_crash.py
 
 
 def _crash():

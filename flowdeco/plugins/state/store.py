@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import weakref
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, Sequence, runtime_checkable
 
@@ -347,7 +348,15 @@ class Store(Protocol):
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``LOCK_DIR/RUN_ID.lock``; the kernel drops it if we die."""
+    """An exclusive ``flock`` on ``LOCK_DIR/RUN_ID.lock``; the kernel drops it if we die.
+
+    An ``flock`` belongs to the open file, not to the process: a child forked
+    while the lock is held (a ``process`` executor's worker) shares it through
+    its copy of the descriptor, and would keep the run locked after the
+    driver died.  So no child keeps it: a fork handler closes every held
+    lock's descriptor in the child (closing, never unlocking -- an unlock
+    would release the driver's lock too).  ``O_CLOEXEC`` covers ``exec``.
+    """
 
     def __init__(self, path: Path, run_id: str, where: str):
         make_private_dirs(path.parent)
@@ -363,9 +372,11 @@ class RunLock:
             raise
         self.fd: int | None = fd
         self.path = path
+        _HELD_LOCKS.add(self)
 
     def release(self) -> None:
         fd, self.fd = self.fd, None
+        _HELD_LOCKS.discard(self)
         if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -386,6 +397,24 @@ class RunLock:
         finally:
             os.close(fd)
         return False
+
+
+#: the run locks this process holds (see :class:`RunLock`: a forked child drops them)
+_HELD_LOCKS: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def _drop_locks_after_fork() -> None:
+    for lock in list(_HELD_LOCKS):
+        fd, lock.fd = lock.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_after_fork)
 
 
 # --------------------------------------------------------------------------- SQLite
