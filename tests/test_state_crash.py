@@ -3,7 +3,7 @@
 Every task ends up completed, and no task recorded as completed in the store
 before a kill runs again.  The kills are those of the test suite's crash
 campaign (``chaos.crashlib``, shared with ``test_crash_campaign.py``, which
-checks the campaign's other promises): a flow of 80 tasks of 10-40 ms, each
+checks the campaign's other promises): a flow of 120 tasks of 10-40 ms, each
 appending to a side-effect log, run by the CLI with ``-w 4``; after each kill
 a copy of the store says which tasks were recorded completed.
 """
