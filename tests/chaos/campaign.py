@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's tests/ (for chaos.crashlib) and flowdeco, whatever is installed
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
 
 from chaos.crashlib import LeftoverWatch, run_campaign, summary_table  # noqa: E402
 

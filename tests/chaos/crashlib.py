@@ -20,7 +20,8 @@ line skipped), the tasks a copy of the store holds as completed, and where the
 side-effect log ended.  Once the run has completed it checks, per kill:
 
 - *audit promise*: no task audited as succeeded before the kill starts again
-  in a later session;
+  in a later session (each such task counted once, at the kill of the session
+  that wrote its ``task_succeeded`` event);
 - *store promise*: no task the store held as completed starts again;
 - *re-runs*: tasks whose body had finished before the kill and that start
   again later (each re-start is blamed on the kill of the session whose
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -140,6 +142,9 @@ class Kill:
     delay: float                           # seconds after the session started
     offset: int                            # side-effect log size right after the kill
     audited: frozenset[str]                # task_succeeded in the audit trail at the kill
+    #: tasks with a task_succeeded event written since the round's previous kill (a
+    #: violation is blamed on the kill whose session wrote the event that did not hold)
+    audited_new: frozenset[str]
     stored: frozenset[str] | None          # completed in (a copy of) the store; None: no run
     mid_run: bool = False                  # the killed session had started a task body
     reruns: set[str] = field(default_factory=set)
@@ -150,6 +155,7 @@ class Kill:
     refused: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     leftover_checked: bool = False
+    audit_counts: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -254,6 +260,8 @@ class Campaign:
             # distinct tasks (a task lost at one kill may run again after several)
             "audit_violations": len({(k.round, t) for k in self.kills for t in k.audit_violations}),
             "kills_audit_violated": sum(bool(k.audit_violations) for k in self.kills),
+            "audit_violations_max": max((len(k.audit_violations) for k in self.kills),
+                                        default=0),
             "store_violations": len({(k.round, t) for k in self.kills for t in k.store_violations}),
             "resumes": self.resumes(), "refused_resumes": len(self.refused()),
             "kills_refused": self.kills_refused(),
@@ -466,9 +474,10 @@ def audit_events(state: Path) -> list[dict[str, Any]]:
     return out
 
 
-def audit_succeeded(state: Path) -> frozenset[str]:
-    return frozenset(str(e.get("task")) for e in audit_events(state)
-                     if e.get("event") == "task_succeeded")
+def audit_succeeded(state: Path) -> Counter[str]:
+    """How many ``task_succeeded`` events each task has in the audit trail."""
+    return Counter(str(e.get("task")) for e in audit_events(state)
+                   if e.get("event") == "task_succeeded")
 
 
 def stored_completed(state: Path) -> frozenset[str] | None:
@@ -570,8 +579,12 @@ def _kill(proc: subprocess.Popen, rec: Round, session: int, delay: float, log: P
         if st_ is not None and since <= st_[4] <= now:   # not a recycled pid
             suspects[pid_] = st_[4]
     offset = log.stat().st_size if log.exists() else 0
-    kill = Kill(rec.index, session, pid, delay, offset, audit_succeeded(state),
+    audited = audit_succeeded(state)
+    before = rec.kills[-1].audit_counts if rec.kills else Counter()
+    kill = Kill(rec.index, session, pid, delay, offset, frozenset(audited),
+                frozenset(t for t, n in audited.items() if n > before[t]),
                 stored_completed(state))
+    kill.audit_counts = audited
     kill.mid_run = any(e.session == session and e.phase == "start" for e in entries)
     watch.add(kill, pid, since, suspects, killed_at)
     return kill
@@ -698,7 +711,10 @@ def _analyse(rec: Round, entries: list[Entry]) -> None:
     by_session = {k.session: k for k in rec.kills}
     for k in rec.kills:
         later = {e.name for e in entries if e.session > k.session and e.phase == "start"}
-        k.audit_violations = set(k.audited & later)
+        # blamed on the kill whose session wrote the event; the promise as stated (any
+        # event in the trail at the kill) adds nothing unless an event got lost since
+        blamed = set().union(*(j.audit_violations for j in rec.kills if j.session < k.session))
+        k.audit_violations = set(k.audited_new & later) | (set(k.audited & later) - blamed)
         k.store_violations = set((k.stored or frozenset()) & later)
         k.orphan_starts = sum(1 for e in entries if e.session == k.session
                               and e.phase == "start" and e.offset >= k.offset)
