@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,27 @@ def test_an_empty_state_db_without_saved_runs_is_a_new_store(fdi, work):
     assert db.read_bytes() == b"" and sorted(os.listdir(db.parent)) == ["state.db"]
     assert fdi("flow.py", "--run-id", "r1").returncode == 0  # a run initialises it
     assert "r1" in fdi("runs").stdout
+
+
+def test_a_hot_journal_left_by_a_killed_first_open_is_rolled_back_by_the_next_run(fdi, work):
+    """A kill inside the first ``PRAGMA journal_mode=WAL`` (older flowdeco, or any SQLite
+    program) leaves an empty database plus a hot rollback journal.  A read-only look cannot
+    roll it back (SQLITE_READONLY_ROLLBACK), which refused every later run for good."""
+    state = work / ".flowdeco"
+    state.mkdir()
+    db = state / "state.db"
+    os.close(os.open(db, os.O_CREAT | os.O_RDWR, 0o600))
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    header = bytes.fromhex("d9d505f920a163d7") + struct.pack(">IIIII", 0, 0xCDDE3AED, 0, 512,
+                                                             4096)
+    fh = os.open(Path(str(db) + "-journal"), os.O_CREAT | os.O_RDWR, 0o600)
+    os.write(fh, header.ljust(512, b"\0"))
+    os.close(fh)
+    r = fdi("flow.py", "--run-id", "after-kill")
+    assert r.returncode == 0, r.stderr
+    assert "after-kill" in fdi("runs").stdout
 
 
 # --------------------------------------------------------------------------- 7: checksums

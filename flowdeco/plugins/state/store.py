@@ -505,7 +505,7 @@ class SQLiteStore:
             self._refuse_empty_beside_runs()
         if not existing and not create:
             return False
-        if existing:
+        if existing and not self._hot_journal():
             self._inspect_read_only()  # classify and check without writing (may be slow)
         make_private_dirs(self.state_dir)
         with self._init_lock():
@@ -529,6 +529,19 @@ class SQLiteStore:
         self.version = SCHEMA_VERSION
         self._private_files()
         return True
+
+    def _hot_journal(self) -> bool:
+        """A rollback journal left by a process killed mid-transaction (before WAL mode was on).
+
+        Only a read-write connection can roll it back (SQLite's own crash
+        recovery); a read-only look would fail with SQLITE_READONLY_ROLLBACK
+        and refuse the state dir for good, so the write path skips that look
+        and classifies the file under the write lock instead (:meth:`_migrate`).
+        """
+        try:
+            return Path(str(self.path) + "-journal").stat().st_size > 0
+        except OSError:
+            return False
 
     def _open_read_only(self) -> bool:
         existing = self._check_header()
