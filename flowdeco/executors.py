@@ -76,6 +76,8 @@ class WorkerCrashed(FlowError):
     submission.  The next attempts run in a new pool.
     """
 
+    engine_decided = True  # one line on the console (see flowdeco.errors.FlowError)
+
     def __init__(self, detail: str, task: str | None = None, culprit: bool = True):
         self.detail = detail
         self.task = task
@@ -235,14 +237,16 @@ class ProcessExecutor(Executor):
             self._seq += 1
             key = self._seq
             pool = self._pool
-            try:
-                if pool is None:
-                    raise BrokenProcessPool("no pool yet")
-                inner = pool.executor.submit(_tracked, key, fn, args, kwargs)
-            except BrokenProcessPool:
-                if pool is not None:
+            inner = None
+            if pool is not None:
+                try:
+                    inner = pool.executor.submit(_tracked, key, fn, args, kwargs)
+                except BrokenProcessPool:
                     self.rebuilds += 1
                     pool.executor.shutdown(wait=False)
+            if inner is None:
+                # (outside the except block: a forked worker would inherit the exception
+                # being handled as the __context__ of every error its tasks raise)
                 pool = self._pool = _Pool(self._max_workers, self._ctx)
                 inner = pool.executor.submit(_tracked, key, fn, args, kwargs)
         outer: Future = Future()

@@ -135,7 +135,7 @@ def _portable(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         err = RemoteTaskError(format_error(exc))
-        err.remote_traceback = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
+        err.remote_traceback = format_traceback(exc)  # type: ignore[attr-defined]
         return err
 
 
@@ -153,6 +153,11 @@ def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
         result, err = call(kwargs), None
     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
         result, err = None, _portable(exc)
+        if not hasattr(err, "remote_traceback"):  # a traceback does not pickle: its text does
+            try:
+                err.remote_traceback = format_traceback(exc)  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - an exception type refusing attributes
+                pass
     t1 = time.monotonic()
     payload = None
     if err is None:

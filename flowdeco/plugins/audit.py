@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import structlog
 
+from ..errors import engine_decided
 from ..manager import hookimpl
 from ..secret import mask
 
@@ -160,7 +161,11 @@ class AuditTrail:
                 data = {"timestamp": ts[11:23], "level": level, **data}
                 if "duration" in data:
                     data["duration"] = f"{data['duration']:.3f}s"
-                if tb:
+                if tb and not (event.outcome is not None
+                               and engine_decided(event.outcome.exception)):
+                    # the task's own traceback; a failure the engine decided (timeout,
+                    # open breaker, unstorable result) stays one line, its
+                    # traceback is in the file only
                     data["exception"] = tb  # ConsoleRenderer prints it below the line
             self._console_log.msg(name, **data)
 
