@@ -146,6 +146,12 @@ def _summary(result, quiet: int, state: bool) -> None:  # type: ignore[no-untype
                 print(f"FAILED {name} - {o.error}", file=out)
             elif o.status == "interrupted":
                 print(f"INTERRUPTED {name}", file=out)
+        if result.status == "interrupted":  # what the interrupt kept from running
+            skipped = [n for n, o in result.outcomes.items() if o.status == "skipped"]
+            if skipped:
+                shown = ", ".join(skipped[:10])
+                more = f", ... ({len(skipped)} in all)" if len(skipped) > 10 else ""
+                print(f"SKIPPED {shown}{more}", file=out)
     line = f"{result.summary()} (run {result.run_id})" if state else result.summary()
     width = 78
     pad = max(width - len(line) - 2, 4) // 2

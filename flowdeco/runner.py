@@ -41,6 +41,7 @@ import os
 import pickle
 import re
 import secrets
+import signal
 import threading
 import time
 import traceback
@@ -365,6 +366,7 @@ class Run:
         self._sync_busy = False
         #: set by the signal handler itself, so workers stop chaining at once
         self._halt = False
+        self._interrupt_reported = False
         #: guards the ready heap, which thread workers also pop from (see _work)
         self._lock = threading.Lock()
         self._first_iteration: list[int | None] = [None] * n
@@ -742,6 +744,7 @@ class Run:
         elif kind == _SIGNAL:
             self._signals += 1
             if self._signals == 1:
+                self._report_interrupt(msg[1])
                 self._stop(interrupted=True)
             else:
                 self.abandoned = True
@@ -1453,6 +1456,27 @@ class Run:
                 self._report_outcome(i)
 
     # -- signals
+    def running_count(self) -> int:
+        """Tasks and mapped instances running now: what a stopping run waits for."""
+        n = self._state.count(RUNNING)
+        dyn = self._dyn
+        if dyn is not None and dyn.maps:
+            from .dynamic import I_RUNNING
+            for i, m in dyn.maps.items():
+                n += m.status.count(I_RUNNING) - (self._state[i] == RUNNING)
+        return n
+
+    def _report_interrupt(self, signum: int) -> None:
+        """``run_interrupted`` (once): the signal, and how many running tasks are waited for."""
+        if self._interrupt_reported or not self.reporting:
+            return
+        self._interrupt_reported = True
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        self._report("run_interrupted", None, {"signal": name, "running": self.running_count()})
+
     def _install_signals(self) -> Callable[[], None]:
         received = [0]
 
@@ -1461,6 +1485,10 @@ class Run:
             self._halt = True
             if received[0] >= 2 and self._sync_busy:
                 raise KeyboardInterrupt  # stop waiting for a task running on this thread
+            if received[0] == 1 and self._sync_busy:
+                # the scheduler is this thread, inside a task (no hook is running):
+                # say what happens now, not when the task ends
+                self._report_interrupt(signum)
             self.q.put((_SIGNAL, signum))
 
         return on_stop_signals(handler)

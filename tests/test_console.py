@@ -152,3 +152,91 @@ def test_the_marker_is_on_the_exception_classes():
     # of flowdeco's API inside task code is best found by its line)
     assert not engine_decided(ValueError("x"))
     assert not engine_decided(FlowError("x"))
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+HOLD_FLOW = '''
+import os
+import time
+
+from flowdeco import task
+
+RELEASE = {release!r}
+
+
+@task
+def first():
+    return 1
+
+
+@task(priority=1)
+def hold(first):
+    print("HOLDING", flush=True)
+    end = time.monotonic() + 30
+    while not os.path.exists(RELEASE) and time.monotonic() < end:
+        time.sleep(0.01)
+    return 2
+
+
+@task
+def after_hold(hold):
+    return 3
+
+
+@task
+def other(first):
+    return 4
+'''
+
+
+def _lines_until(stream, needle: str, timeout: float, seen: list[str]) -> bool:
+    """Read ``stream`` line by line (on a helper thread) until a line contains ``needle``."""
+    import threading
+
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            seen.append(line)
+            if needle in line:
+                found.set()
+                return
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return found.wait(timeout)
+
+
+@pytest.mark.parametrize("executor", ["sync", "thread", "process"])
+def test_first_ctrl_c_says_at_once_what_it_waits_for_and_the_summary_says_interrupted(
+        tmp_path, executor):
+    release = tmp_path / "release"
+    flow = tmp_path / "flow.py"
+    flow.write_text(HOLD_FLOW.format(release=str(release)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowdeco", str(flow), "--executor", executor, "-w", "1",
+         "--no-state", "-p", "no:metrics"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out: list[str] = []
+        assert _lines_until(proc.stdout, "HOLDING", 30, out), out
+        proc.send_signal(signal.SIGINT)
+        err: list[str] = []
+        # 'hold' cannot end before the test releases it: the line comes while it runs
+        assert _lines_until(proc.stderr, "stopping", 10, err), "".join(err)
+        notice = err[-1]
+        assert "1 running task" in notice and "Ctrl-C again" in notice, notice
+        release.touch()
+        rest_out, rest_err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, "".join(err) + rest_err
+    summary = rest_out.strip().splitlines()
+    # 'hold' was waited for and succeeded; 'after_hold' and 'other' never started
+    assert re.search(r"2 succeeded, 2 skipped, interrupted in \d+\.\d+s", summary[-1]), rest_out
+    assert any("SKIPPED" in line and "after_hold" in line and "other" in line
+               for line in summary), rest_out
+    assert notice.count("\n") == 1  # one line
