@@ -168,7 +168,12 @@ def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
             err = exc
     ctx = kwargs.get("ctx")
     logs = ctx._buffered_logs() if isinstance(ctx, Context) else []
-    return payload, err, t0, t1, f"pid-{os.getpid()}", logs
+    # a worker is one thread of execution (one attempt at a time: metrics' utilisation);
+    # a Dask worker process runs attempts on several threads
+    me = threading.current_thread()
+    worker = f"pid-{os.getpid()}" if me is threading.main_thread() else \
+        f"pid-{os.getpid()}-{me.name}"
+    return payload, err, t0, t1, worker, logs
 
 
 def _call_batch(calls: list[tuple[Callable[[dict], Any], dict]]) -> list[tuple]:
@@ -322,6 +327,11 @@ class Run:
         self.inline_successors = True
         #: task indices whose *successful* attempts also go through flowdeco_attempt_done
         self.on_success: set[int] = set()
+        #: for each task (index) or mapped instance (``(index, k)``) that ran more than one
+        #: attempt (retries, interval iterations): ``(worker, seconds)`` of each attempt, in
+        #: order; a task with one attempt is not listed (its outcome's duration is that
+        #: attempt's).  Kept on the slow paths only; the metrics plugin's busy time.
+        self.attempt_durations: dict[Any, list[tuple[str | None, float]]] = {}
         n = len(graph)
         self.results: list[Any] = [None] * n
         self.q: SimpleQueue = SimpleQueue()
@@ -813,6 +823,8 @@ class Run:
                 attempts[i] = attempt
                 if t0s[i] is None:
                     t0s[i] = t0
+                elif i in self.attempt_durations:  # the last attempt of a retried task
+                    self.attempt_durations[i].append(("sync", t1 - t0))
                 t1s[i] = t1
                 workers[i] = "sync"
                 if reporting:
@@ -1187,6 +1199,10 @@ class Run:
                 self._t0[nxt] = t1
         if self._t0[i] is None:
             self._t0[i] = t0
+        elif self.attempt_durations:  # a later attempt (or a chained task: start set on hand-off)
+            log = self.attempt_durations.get(i)
+            if log is not None:
+                log.append((worker, t1 - t0))
         if err is None and i not in self._watched:
             # the common case, kept flat: success, release successors
             self.results[i] = result
@@ -1225,6 +1241,8 @@ class Run:
                 attempt=Attempt(attempt, iteration, result, err, t0 + self._offset,
                                 t1 + self._offset, t1 - t0))
         if isinstance(decision, Reschedule):
+            if i not in self.attempt_durations:  # the first attempt (later ones: _on_done)
+                self.attempt_durations[i] = [(worker, t1 - t0)]
             next_attempt = decision.attempt if decision.attempt is not None else attempt + 1
             next_iter = decision.iteration if decision.iteration is not None else iteration
             delay = max(float(decision.delay), 0.0)
