@@ -217,7 +217,8 @@ def test_first_ctrl_c_says_at_once_what_it_waits_for_and_the_summary_says_interr
     proc = subprocess.Popen(
         [sys.executable, "-m", "flowdeco", str(flow), "--executor", executor, "-w", "1",
          "--no-state", "-p", "no:metrics"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group: cleaned up with its pool workers
     try:
         out: list[str] = []
         assert _lines_until(proc.stdout, "HOLDING", 30, out), out
@@ -230,9 +231,10 @@ def test_first_ctrl_c_says_at_once_what_it_waits_for_and_the_summary_says_interr
         release.touch()
         rest_out, rest_err = proc.communicate(timeout=30)
     finally:
+        release.touch()
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
     assert proc.returncode == 2, "".join(err) + rest_err
     summary = rest_out.strip().splitlines()
     # 'hold' was waited for and succeeded; 'after_hold' and 'other' never started
