@@ -205,6 +205,12 @@ def _summary(result, quiet: int, state: bool,  # type: ignore[no-untyped-def]
                     and o.result.errors:
                 for line in _item_failures(name, o.result, trail):
                     print(line, file=out)
+        if result.status == "interrupted":  # what the interrupt kept from running
+            skipped = [n for n, o in result.outcomes.items() if o.status == "skipped"]
+            if skipped:
+                shown = ", ".join(skipped[:10])
+                more = f", ... ({len(skipped)} in all)" if len(skipped) > 10 else ""
+                print(f"SKIPPED {shown}{more}", file=out)
     line = f"{result.summary()} (run {result.run_id})" if state else result.summary()
     width = 78
     pad = max(width - len(line) - 2, 4) // 2

@@ -460,6 +460,8 @@ class Dynamic:
             m.status[nxt] = I_RUNNING
         if m.t0[k] != m.t0[k]:  # NaN: the first attempt
             m.t0[k] = t0
+        elif (m.index, k) in run.attempt_durations:  # a later attempt (busy time, metrics)
+            run.attempt_durations[m.index, k].append((worker, t1 - t0))
         if err is None and not m.watched:
             m.results[k] = result
             m.status[k] = I_SUCCEEDED
@@ -488,6 +490,7 @@ class Dynamic:
                 run=run, task=m.vertex,
                 attempt=Attempt(attempt, None, result, err, t0 + off, t1 + off, t1 - t0))
         if isinstance(decision, Reschedule):
+            run.attempt_durations.setdefault((m.index, k), [(worker, t1 - t0)])
             next_attempt = decision.attempt if decision.attempt is not None else attempt + 1
             delay = max(float(decision.delay), 0.0)
             m.attempts[k] = attempt

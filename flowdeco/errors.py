@@ -9,11 +9,18 @@ id) and say what to do, so they are meant to be shown to users verbatim.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 
 class FlowError(Exception):
     """Base class of all flowdeco errors."""
+
+    #: True on classes of failures the engine decides about a task (a timeout, an open
+    #: circuit breaker, a result that cannot be stored, a crashed worker): the console
+    #: shows them as one line, since their traceback would only show flowdeco's own code
+    #: (the audit trail keeps it).  False here: a FlowError that task code raises itself
+    #: (misusing flowdeco's API) is best found by its traceback.
+    engine_decided: ClassVar[bool] = False
 
 
 class UsageError(FlowError):
@@ -72,6 +79,8 @@ class StateError(FlowError):
     unknown or busy run id, a record that fails validation, or a result that
     cannot be stored (then it fails the task instead of escaping)."""
 
+    engine_decided = True
+
 
 class SecretRevealError(FlowError):
     """Raised when a :class:`flowdeco.Secret` is used where its value would leak."""
@@ -94,6 +103,14 @@ def one_line(text: str, limit: int = 300) -> str:
     """``text`` on one line (runs of whitespace, newlines included, become one space), cut."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def engine_decided(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a failure the engine decided (see ``FlowError.engine_decided``).
+
+    Any exception class may opt in with a true ``engine_decided`` class attribute.
+    """
+    return exc is not None and getattr(type(exc), "engine_decided", False) is True
 
 
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:

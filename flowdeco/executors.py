@@ -82,6 +82,8 @@ class WorkerCrashed(FlowError):
     ``MAX_UNEXPLAINED_RESENDS`` resends, or during shutdown.
     """
 
+    engine_decided = True  # one line on the console (see flowdeco.errors.FlowError)
+
     def __init__(self, detail: str, task: str | None = None, culprit: bool = True):
         self.detail = detail
         self.task = task
@@ -343,6 +345,7 @@ class ProcessExecutor(Executor):
             self._seq += 1
             key = self._seq
             pool = self._pool
+            inner = None
             if pool is not None:
                 pool.inflight.add(key)
                 try:
@@ -351,8 +354,9 @@ class ProcessExecutor(Executor):
                     pool.inflight.discard(key)
                     self.rebuilds += 1
                     pool.executor.shutdown(wait=False)
-                    pool = None
-            if pool is None:
+            if inner is None:
+                # (outside the except block: a forked worker would inherit the exception
+                # being handled as the __context__ of every error its tasks raise)
                 pool = self._pool = _Pool(self._max_workers, self._ctx)
                 pool.inflight.add(key)
                 inner = pool.executor.submit(_tracked, key, call.fn, call.args, call.kwargs)

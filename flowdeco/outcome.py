@@ -214,10 +214,13 @@ class RunResult:
         return counts
 
     def summary(self) -> str:
-        """pytest-like: ``3 succeeded, 1 failed, 2 skipped in 0.12s``."""
+        """pytest-like: ``3 succeeded, 1 failed, 2 skipped in 0.12s``; a run stopped by
+        Ctrl-C or SIGTERM says so: ``2 succeeded, 1 skipped, interrupted in 30.00s``."""
         counts = self.counts()
-        parts = [f"{n} {s}" for s, n in counts.items() if n]
-        return f"{', '.join(parts) or 'no tasks'} in {self.duration:.2f}s"
+        parts = [f"{n} {s}" for s, n in counts.items() if n] or ["no tasks"]
+        if self.status == INTERRUPTED:
+            parts.append("interrupted")
+        return f"{', '.join(parts)} in {self.duration:.2f}s"
 
     def assert_ok(self) -> None:
         """Raise ``AssertionError`` unless the run succeeded, listing what went wrong.

@@ -35,6 +35,8 @@ class UnpicklableResult(Exception):
     fails the same way.
     """
 
+    engine_decided = True  # one line on the console (see flowdeco.errors.FlowError)
+
 
 def _what(fn: Any) -> str:
     mod = getattr(fn, "__module__", None) or "?"

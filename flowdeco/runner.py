@@ -41,6 +41,7 @@ import os
 import pickle
 import re
 import secrets
+import signal
 import threading
 import time
 import traceback
@@ -137,7 +138,7 @@ def _portable(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         err = RemoteTaskError(format_error(exc))
-        err.remote_traceback = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
+        err.remote_traceback = format_traceback(exc)  # type: ignore[attr-defined]
         return err
 
 
@@ -155,6 +156,11 @@ def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
         result, err = call(kwargs), None
     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
         result, err = None, _portable(exc)
+        if not hasattr(err, "remote_traceback"):  # a traceback does not pickle: its text does
+            try:
+                err.remote_traceback = format_traceback(exc)  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - an exception type refusing attributes
+                pass
     t1 = time.monotonic()
     payload = None
     if err is None:
@@ -164,7 +170,12 @@ def _call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
             err = exc
     ctx = kwargs.get("ctx")
     logs = ctx._buffered_logs() if isinstance(ctx, Context) else []
-    return payload, err, t0, t1, f"pid-{os.getpid()}", logs
+    # a worker is one thread of execution (one attempt at a time: metrics' utilisation);
+    # a Dask worker process runs attempts on several threads
+    me = threading.current_thread()
+    worker = f"pid-{os.getpid()}" if me is threading.main_thread() else \
+        f"pid-{os.getpid()}-{me.name}"
+    return payload, err, t0, t1, worker, logs
 
 
 def _call_batch(calls: list[tuple[Callable[[dict], Any], dict]]) -> list[tuple]:
@@ -318,6 +329,11 @@ class Run:
         self.inline_successors = True
         #: task indices whose *successful* attempts also go through flowdeco_attempt_done
         self.on_success: set[int] = set()
+        #: for each task (index) or mapped instance (``(index, k)``) that ran more than one
+        #: attempt (retries, interval iterations): ``(worker, seconds)`` of each attempt, in
+        #: order; a task with one attempt is not listed (its outcome's duration is that
+        #: attempt's).  Kept on the slow paths only; the metrics plugin's busy time.
+        self.attempt_durations: dict[Any, list[tuple[str | None, float]]] = {}
         n = len(graph)
         self.results: list[Any] = [None] * n
         self.q: SimpleQueue = SimpleQueue()
@@ -362,6 +378,7 @@ class Run:
         self._sync_busy = False
         #: set by the signal handler itself, so workers stop chaining at once
         self._halt = False
+        self._interrupt_reported = False
         #: guards the ready heap, which thread workers also pop from (see _work)
         self._lock = threading.Lock()
         self._first_iteration: list[int | None] = [None] * n
@@ -739,6 +756,7 @@ class Run:
         elif kind == _SIGNAL:
             self._signals += 1
             if self._signals == 1:
+                self._report_interrupt(msg[1])
                 self._stop(interrupted=True)
             else:
                 self.abandoned = True
@@ -807,6 +825,8 @@ class Run:
                 attempts[i] = attempt
                 if t0s[i] is None:
                     t0s[i] = t0
+                elif i in self.attempt_durations:  # the last attempt of a retried task
+                    self.attempt_durations[i].append(("sync", t1 - t0))
                 t1s[i] = t1
                 workers[i] = "sync"
                 if reporting:
@@ -1181,6 +1201,10 @@ class Run:
                 self._t0[nxt] = t1
         if self._t0[i] is None:
             self._t0[i] = t0
+        elif self.attempt_durations:  # a later attempt (or a chained task: start set on hand-off)
+            log = self.attempt_durations.get(i)
+            if log is not None:
+                log.append((worker, t1 - t0))
         if err is None and i not in self._watched:
             # the common case, kept flat: success, release successors
             self.results[i] = result
@@ -1219,6 +1243,8 @@ class Run:
                 attempt=Attempt(attempt, iteration, result, err, t0 + self._offset,
                                 t1 + self._offset, t1 - t0))
         if isinstance(decision, Reschedule):
+            if i not in self.attempt_durations:  # the first attempt (later ones: _on_done)
+                self.attempt_durations[i] = [(worker, t1 - t0)]
             next_attempt = decision.attempt if decision.attempt is not None else attempt + 1
             next_iter = decision.iteration if decision.iteration is not None else iteration
             delay = max(float(decision.delay), 0.0)
@@ -1450,6 +1476,27 @@ class Run:
                 self._report_outcome(i)
 
     # -- signals
+    def running_count(self) -> int:
+        """Tasks and mapped instances running now: what a stopping run waits for."""
+        n = self._state.count(RUNNING)
+        dyn = self._dyn
+        if dyn is not None and dyn.maps:
+            from .dynamic import I_RUNNING
+            for i, m in dyn.maps.items():
+                n += m.status.count(I_RUNNING) - (self._state[i] == RUNNING)
+        return n
+
+    def _report_interrupt(self, signum: int) -> None:
+        """``run_interrupted`` (once): the signal, and how many running tasks are waited for."""
+        if self._interrupt_reported or not self.reporting:
+            return
+        self._interrupt_reported = True
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        self._report("run_interrupted", None, {"signal": name, "running": self.running_count()})
+
     def _install_signals(self) -> Callable[[], None]:
         received = [0]
 
@@ -1458,6 +1505,10 @@ class Run:
             self._halt = True
             if received[0] >= 2 and self._sync_busy:
                 raise KeyboardInterrupt  # stop waiting for a task running on this thread
+            if received[0] == 1 and self._sync_busy:
+                # the scheduler is this thread, inside a task (no hook is running):
+                # say what happens now, not when the task ends
+                self._report_interrupt(signum)
             self.q.put((_SIGNAL, signum))
 
         return on_stop_signals(handler)

@@ -133,6 +133,16 @@ def _select(kwargs: dict, accepts: set[str] | None) -> dict:
     return kwargs if accepts is None else {k: v for k, v in kwargs.items() if k in accepts}
 
 
+class FlowRealTimeWarning(pytest.PytestWarning):
+    """A flow started by ``flow_run`` waited seconds of real time for a timer."""
+
+
+def _real_time_message(waited: float, timeout: float) -> str:
+    return (f"flow_run: the flow has been waiting on the real clock for {waited:g} s, "
+            f"for a timer due in {timeout:,.0f} s more (every=, delay= or a retry delay); "
+            "use the flow_clock fixture to run schedules instantly")
+
+
 class FlowRunner:
     """The ``flow_run`` fixture: ``flow_run(target, override=None, overrides=None, **run_kwargs)``.
 
@@ -141,12 +151,26 @@ class FlowRunner:
     uses the test's ``flow_clock`` when the test asked for it; records the
     events in ``flow_events``.  Returns the :class:`flowdeco.RunResult`, also
     kept as ``flow_run.result``.
+
+    Ctrl-C or SIGTERM during the run stops the flow like on the command line
+    (running tasks are waited for and recorded), then raises
+    ``KeyboardInterrupt`` so pytest stops the session as for any test.
+
+    On the real clock, a flow that has waited ``real_wait_warning`` seconds for
+    a timer (an ``every=3600`` task in a test without ``flow_clock``) is
+    reported at once on the terminal and with a :class:`FlowRealTimeWarning`
+    (once per test), instead of hanging the suite silently.  Set
+    ``flow_run.real_wait_warning = None`` to turn that off.
     """
+
+    #: seconds of real time a flow may wait for a timer before the warning
+    real_wait_warning: float | None = 5.0
 
     def __init__(self, request: pytest.FixtureRequest, events: FlowEvents):
         self._request = request
         self.events = events
         self.result: RunResult | None = None
+        self._warned: str | None = None
 
     def __call__(self, target: Any, *, override: Mapping[str, Callable[..., Any]] | None = None,
                  overrides: Mapping[str, Any] | None = None, state: bool = False,
@@ -162,8 +186,63 @@ class FlowRunner:
         kwargs.setdefault("state_dir", None)
         if "flow_clock" in self._request.fixturenames:
             kwargs.setdefault("clock", self._request.getfixturevalue("flow_clock"))
+        if kwargs.get("clock") is None and self.real_wait_warning is not None \
+                and self._warned is None:
+            kwargs["clock"] = _watched_clock(self.real_wait_warning, self._long_wait)
         self.result = run(target, plugins=plugins, **kwargs)
+        if self._warned is not None and self._warned != "issued":
+            message, self._warned = self._warned, "issued"
+            import warnings
+            warnings.warn(FlowRealTimeWarning(message), stacklevel=2)
+        if self.result.status == "interrupted" and self.events.of("run_interrupted"):
+            # Ctrl-C / SIGTERM (not a plugin's run.stop): the flow has stopped and
+            # is recorded; now stop the session, as an interrupt does in any test
+            raise KeyboardInterrupt
         return self.result
+
+    def _long_wait(self, waited: float, timeout: float) -> None:
+        """The clock's report of a long wait: say it now, on the terminal (past capture)."""
+        self._warned = message = _real_time_message(waited, timeout)
+        config = self._request.config
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        capture = config.pluginmanager.getplugin("capturemanager")
+        try:
+            if reporter is None:
+                import sys
+                print(message, file=sys.__stderr__, flush=True)
+                return
+            if capture is not None:
+                with capture.global_and_fixture_disabled():
+                    reporter.write_line(message)
+            else:
+                reporter.write_line(message)
+        except Exception:  # noqa: BLE001 - a notice must never break the run
+            pass
+
+
+def _watched_clock(after: float, notice: Callable[[float, float], None]) -> Any:
+    """The real clock, calling ``notice(after, timeout)`` once a timer wait has lasted ``after`` s."""
+    import queue
+
+    from .clock import Clock, wake_up_wait
+
+    class WatchedClock(Clock):
+        """Real time; the first wait for a timer that lasts ``after`` seconds is reported."""
+
+        def wait(self, get: Callable[..., Any], timeout: float | None, idle: bool) -> Any:
+            if timeout is None or timeout <= after or self.told:
+                return wake_up_wait(get, timeout)
+            try:
+                return wake_up_wait(get, after)
+            except queue.Empty:
+                pass
+            self.told = True
+            notice(after, timeout - after)
+            return wake_up_wait(get, timeout - after)
+
+        told = False
+
+    return WatchedClock()
 
 
 def within(seconds: float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

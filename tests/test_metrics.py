@@ -184,7 +184,8 @@ def test_contract_fields_on_a_thread_run_with_retries():
     workers = result.metrics.workers
     assert sum(w.tasks_processed for w in workers) == 2
     assert all(w.busy >= 0 and 0 <= w.utilisation for w in workers)
-    assert {w.worker for w in workers} == {result.metrics.tasks[n].worker for n in ("flaky", "after")}
+    # every worker that ran an attempt (a failed one too), at least those where tasks ended
+    assert {w.worker for w in workers} >= {result.metrics.tasks[n].worker for n in ("flaky", "after")}
 
 
 def test_disabling_the_plugin_leaves_no_metrics():
@@ -290,3 +291,101 @@ def test_metrics_json_from_python(tmp_path):
     flowdeco.run([one], state_dir=None, metrics_json=tmp_path / "m.json")
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["tasks"]["one"]["attempts"] == 1
+
+
+# --------------------------------------------------------------------------- busy time
+
+
+def _flow_with_waits(clock):
+    """On a fake clock: a task failing twice (10 s back-off) and an interval task (every 5 s).
+
+    Each attempt / iteration is 1 s (flaky) or 0.5 s (poll) of work: 4.5 s of work in
+    all, spread over a makespan of over 20 s of waiting.
+    """
+    calls = []
+
+    @task(retry=Retry(retries=2, delay=10.0))
+    def flaky():
+        calls.append(1)
+        clock.advance(1.0)
+        if len(calls) < 3:
+            raise ConnectionError("again")
+        return 1
+
+    @task(every=5.0, times=3)
+    def poll(ctx):
+        clock.advance(0.5)
+        return ctx.iteration
+
+    @task
+    def both(flaky, poll):
+        return len(poll)
+
+    return [flaky, poll, both]
+
+
+@pytest.mark.parametrize("executor", ["sync", "thread"])
+def test_busy_time_is_attempt_time_never_waits_and_utilisation_at_most_one(executor):
+    clock = FakeClock(start=100.0)
+    result = flowdeco.run(_flow_with_waits(clock), state_dir=None, executor=executor,
+                          workers=1, clock=clock)
+    assert result.ok, result.outcomes
+    m = result.metrics
+    flaky, poll = m.tasks["flaky"], m.tasks["poll"]
+    assert flaky.attempts == 3 and flaky.duration >= 23.0   # span: 3 attempts + 2 x 10 s
+    assert flaky.busy == 3.0                                # work: the 3 attempts only
+    assert poll.busy == 1.5 and poll.duration > 10.0
+    assert m.tasks["both"].busy == m.tasks["both"].duration == 0.0
+    assert m.total_task_time == 4.5
+    assert sum(w.busy for w in m.workers) == 4.5
+    assert m.makespan >= 23.0
+    for w in m.workers:
+        assert 0.0 <= w.utilisation <= 1.0, m.workers
+    assert m.parallel_efficiency <= 1.0
+    assert sum(w.tasks_processed for w in m.workers) == 3
+
+
+def test_a_mapped_instance_retry_counts_its_attempts_not_its_back_off():
+    clock = FakeClock(start=100.0)
+    failed = set()
+
+    @task
+    def items():
+        return [1, 2]
+
+    @task(map="items", retry=Retry(retries=1, delay=30.0))
+    def each(items):
+        clock.advance(1.0)
+        if items == 2 and items not in failed:
+            failed.add(items)
+            raise ConnectionError("again")
+        return items
+
+    result = flowdeco.run([items, each], state_dir=None, executor="sync", clock=clock)
+    assert result.ok
+    m = result.metrics
+    assert m.tasks["each[1]"].duration == 32.0 and m.tasks["each[1]"].busy == 2.0
+    assert m.total_task_time == 3.0
+    assert m.workers[0].busy == 3.0 and m.workers[0].utilisation <= 1.0
+
+
+def test_timer_example_utilisation_never_exceeds_one():
+    """The issue's example: ``5 tasks 161.1ms 196%`` for an 82 ms makespan (real time)."""
+    from pathlib import Path
+    example = Path(__file__).resolve().parent.parent / "examples" / "timer_tasks.py"
+    result = flowdeco.run(str(example), state_dir=None)
+    assert result.ok
+    m = result.metrics
+    for w in m.workers:
+        assert w.busy <= m.makespan and w.utilisation <= 1.0, m.workers
+    assert m.parallel_efficiency <= 1.0
+
+
+def test_synthetic_attempt_durations():
+    m = RunMetrics.from_arrays(
+        names=["a", "b"], deps=[(), (0,)], t0=[0.0, 1.0], t1=[1.0, 11.0],
+        worker=["w0", "w1"], attempts=[1, 2], status=["succeeded"] * 2, start=0.0,
+        workers=2, attempt_durations={1: [("w0", 0.5), ("w1", 1.0)]})
+    assert m.tasks["b"].busy == 1.5 and m.tasks["b"].duration == 10.0
+    assert {w.worker: (w.tasks_processed, w.busy) for w in m.workers} == {
+        "w0": (1, 1.5), "w1": (1, 1.0)}

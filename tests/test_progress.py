@@ -196,3 +196,33 @@ def test_cli_on_a_terminal(tmp_path, extra, shown):
     err = b"".join(chunks).decode()
     assert ("flowdeco 0/1 done | 1 running" in err) is shown, err
     assert ("\x1b[K" in err) is shown
+
+
+def test_after_ctrl_c_the_line_says_stopping_and_no_longer_estimates_time_left():
+    import signal
+    tty = FakeTTY()
+    now = [0.0]
+    view = ProgressView(tty, interval=0.01, clock=lambda: now[0])
+
+    @task
+    def first():
+        now[0] = 2.0
+        return 1
+
+    @task
+    def second(first):
+        tty.wait_for("~")                       # 1 of 3 done: an estimate is shown
+        os.kill(os.getpid(), signal.SIGINT)     # the run's handler, on the main thread
+        tty.wait_for("stopping")
+        return 2
+
+    @task
+    def third(second):
+        return 3
+
+    result = flowdeco.run([first, second, third], state_dir=None, plugins=[view], workers=1)
+    assert result.status == "interrupted"
+    after = tty.getvalue().split("stopping", 1)[1]
+    line = next(chunk for chunk in tty.getvalue().split("\r") if "stopping" in chunk)
+    assert line.startswith("flowdeco 1/3 done | stopping | 1 running"), line
+    assert "left" not in after                  # no estimate once stopping

@@ -240,3 +240,104 @@ def test_within_returns_reraises_and_bounds_a_hang():
     with pytest.raises(AssertionError, match="wait did not finish within 0.05s"):
         within(0.05, gate.wait, 10)
     gate.set()
+
+
+# --------------------------------------------------------------------------- Ctrl-C, real time
+
+STOPPED_FLOW = '''
+import os
+import signal
+import time
+
+from flowdeco import task
+
+@task
+def first():
+    return 1
+
+@task
+def interrupted(first):
+    os.kill(os.getpid(), signal.{sig})   # Ctrl-C while this task runs
+    time.sleep(0.3)                      # (still running when the run sees the signal)
+    return 2
+
+@task
+def never(interrupted):
+    print("NEVER RAN")
+    return 3
+'''
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_in_flow_run_stops_the_flow_then_the_session(pytester, sig):
+    pytester.makepyfile(stopflow=STOPPED_FLOW.format(sig=sig))
+    pytester.makepyfile(test_user=textwrap.dedent('''
+        import pytest
+
+        def test_a(flow_run):
+            try:
+                flow_run("stopflow", workers=2)
+            except KeyboardInterrupt:
+                r = flow_run.result     # the flow was stopped and recorded first
+                print("STATUS", r.status, r["interrupted"].status, r["never"].status,
+                      r["never"].reason)
+                raise
+            print("RETURNED NORMALLY")
+
+        def test_b():
+            print("TEST B RAN")
+    '''))
+    res = pytester.runpytest_subprocess("-q", "-s", "-p", "no:cacheprovider")
+    out = res.stdout.str()
+    assert res.ret == pytest.ExitCode.INTERRUPTED, out
+    assert "STATUS interrupted succeeded skipped stopped" in out, out
+    assert "RETURNED NORMALLY" not in out and "NEVER RAN" not in out
+    assert "TEST B RAN" not in out                  # pytest stopped the session
+    assert "KeyboardInterrupt" in out
+
+
+def test_a_long_real_time_wait_in_flow_run_is_reported_at_once_and_warned_once(pytester):
+    pytester.makepyfile(test_user=textwrap.dedent('''
+        from flowdeco import task
+
+        @task(every=0.6, times=3)
+        def poll(ctx):
+            return ctx.iteration
+
+        def test_it(flow_run):
+            flow_run.real_wait_warning = 0.2    # seconds (default: a few)
+            result = flow_run([poll])
+            assert result.results["poll"] == [1, 2, 3]
+    '''))
+    res = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-W",
+                                        "default::pytest.PytestWarning")
+    out = res.stdout.str()
+    res.assert_outcomes(passed=1, warnings=1)
+    # on the terminal as it happens (not only in the captured output of a hung test)...
+    assert out.count("waiting on the real clock") == 2, out   # the line and the warning
+    assert "flow_clock" in out
+    # ... and as a pytest warning in the summary
+    assert "FlowRealTimeWarning" in out
+
+
+def test_no_real_time_warning_with_flow_clock_or_short_waits(pytester):
+    pytester.makepyfile(test_user=textwrap.dedent('''
+        from flowdeco import task
+
+        @task(every=3600, times=3)
+        def hourly(ctx):
+            return ctx.iteration
+
+        @task(every=0.05, times=3)
+        def quick(ctx):
+            return ctx.iteration
+
+        def test_fake_clock(flow_run, flow_clock):
+            assert flow_run([hourly]).results["hourly"] == [1, 2, 3]
+
+        def test_short_waits(flow_run):
+            assert flow_run([quick]).results["quick"] == [1, 2, 3]
+    '''))
+    res = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=2)
+    assert "real clock" not in res.stdout.str()

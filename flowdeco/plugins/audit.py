@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import structlog
 
+from ..errors import engine_decided
 from ..manager import hookimpl
 from ..secret import mask
 
@@ -34,9 +35,9 @@ NAME = "audit"
 #: events shown on the console at the default verbosity (others go to the file only)
 _CONSOLE_EVENTS = {"run_started", "run_finished", "task_succeeded", "task_failed",
                    "task_retrying", "task_skipped", "task_restored", "task_interrupted",
-                   "circuit_opened", "circuit_half_open", "circuit_closed"}
+                   "circuit_opened", "circuit_half_open", "circuit_closed", "run_interrupted"}
 _LEVELS = {"task_failed": "error", "task_interrupted": "warning", "task_retrying": "warning",
-           "circuit_opened": "warning", "task_skipped": "info"}
+           "circuit_opened": "warning", "task_skipped": "info", "run_interrupted": "warning"}
 _RANK = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
@@ -46,6 +47,16 @@ def _mask_secrets(logger: Any, method: str, event_dict: dict) -> dict:
     for k, v in event_dict.items():
         out[k] = mask(v)
     return out
+
+
+def stopping_line(fields: dict) -> str:
+    """The console's sentence for ``run_interrupted`` (the first Ctrl-C or SIGTERM)."""
+    n = fields.get("running", 0)
+    again = "Ctrl-C" if fields.get("signal", "SIGINT") == "SIGINT" else fields["signal"]
+    if not n:
+        return "stopping: no task is running"
+    return (f"stopping: waiting for {n} running task{'s' if n != 1 else ''} to finish; "
+            f"{again} again to abandon {'it' if n == 1 else 'them'}")
 
 
 def _json() -> Any:
@@ -155,12 +166,18 @@ class AuditTrail:
                 return
             data.pop("run_id", None)
             if self.console == "console":
+                if name == "run_interrupted":
+                    name, data = stopping_line(data), {"timestamp": data["timestamp"]}
                 ts = data.pop("timestamp")
                 tb = data.pop("traceback", None)
                 data = {"timestamp": ts[11:23], "level": level, **data}
                 if "duration" in data:
                     data["duration"] = f"{data['duration']:.3f}s"
-                if tb:
+                if tb and not (event.outcome is not None
+                               and engine_decided(event.outcome.exception)):
+                    # the task's own traceback; a failure the engine decided (timeout,
+                    # open breaker, unstorable result) stays one line, its
+                    # traceback is in the file only
                     data["exception"] = tb  # ConsoleRenderer prints it below the line
             self._console_log.msg(name, **data)
 

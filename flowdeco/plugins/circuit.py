@@ -87,6 +87,8 @@ class CircuitOpenError(FlowError):
     lets a trial call through (0 when half-open).
     """
 
+    engine_decided = True  # one line on the console (see flowdeco.errors.FlowError)
+
     def __init__(self, message: str, breaker: str = "", retry_after: float = 0.0):
         super().__init__(message)
         self.breaker = breaker

@@ -27,8 +27,12 @@ creating that object.  The CLI prints a compact table after each run (``-q``
 hides it); ``--metrics-json PATH`` writes everything as JSON.
 
 **Definitions.** A task's ``duration`` is its outcome's (first attempt's
-start to last attempt's end, so waits between retries count); ``busy`` sums
-the durations of the tasks whose last attempt ran on that worker.  The
+start to last attempt's end, so waits between retries count); its ``busy``
+is its work: the sum of its attempts' durations, never the waits between
+them (retry back-off, interval periods).  ``total_task_time`` sums the tasks'
+busy time; a worker's ``busy`` sums the durations of the attempts that ran on
+it, and as a worker runs one attempt at a time within the makespan its
+``utilisation`` (busy / makespan) is at most 100%.  The
 critical path is found backwards: start at the task that finished last, go
 to the dependency that finished last (the one it waited for), and so on -- the
 chain of tasks that bounded the makespan in this run.
@@ -63,6 +67,8 @@ class TaskMetrics:
     duration: float
     attempts: int
     worker: str | None
+    #: seconds of work: the sum of its attempts' durations (never waits between them)
+    busy: float = attrs.field(default=0.0, eq=False)
 
     @property
     def wait(self) -> float | None:
@@ -107,6 +113,9 @@ class Arrays:
     #: True for a mapped task's own record when its instances follow as records of
     #: their own: its span is not a task's work (busy time, total task time)
     mapped: Sequence[bool] | None = None
+    #: for records that ran more than one attempt: ``(worker, seconds)`` of each attempt
+    #: (the others ran one attempt, from ``t0`` to ``t1``)
+    attempt_durations: Mapping[int, Sequence[tuple[str | None, float]]] | None = None
 
 
 class _RunArrays:
@@ -177,6 +186,21 @@ class _RunArrays:
     def is_task(self) -> list[bool]:
         return self._joined([v.kind is TASK for v in self._run.graph.vertices],
                             lambda m, k: True)
+
+    @functools.cached_property
+    def attempt_durations(self) -> dict[int, list]:
+        """``run.attempt_durations`` keyed by record index (instances after the vertices)."""
+        log = self._run.attempt_durations
+        if not log:
+            return {}
+        first: dict[int, int] = {}
+        n = len(self._run.graph.vertices)
+        for i, m in self._maps:
+            first[i] = n
+            n += m.n
+        return {(key if isinstance(key, int) else first[key[0]] + key[1]): spans
+                for key, spans in log.items()
+                if isinstance(key, int) or key[0] in first}
 
     @functools.cached_property
     def mapped(self) -> list[bool] | None:
@@ -250,6 +274,25 @@ class RunMetrics:
                     and (mapped is None or not mapped[i]):
                 yield i
 
+    @functools.cached_property
+    def _attempts(self) -> Mapping[int, Sequence[tuple[str | None, float]]]:
+        return getattr(self._a, "attempt_durations", None) or {}
+
+    def _spans(self, i: int) -> Iterator[tuple[str | None, float]]:
+        """``(worker, seconds)`` of each attempt of record ``i`` (which ran)."""
+        spans = self._attempts.get(i)
+        if spans is None:
+            a = self._a
+            yield a.worker[i], a.t1[i] - a.t0[i]
+        else:
+            yield from spans
+
+    def _busy(self, i: int) -> float:
+        a = self._a
+        if a.t0[i] is None or a.t1[i] is None:
+            return 0.0
+        return sum(d for _, d in self._spans(i))
+
     def _task(self, i: int) -> TaskMetrics:
         a = self._a
         start = a.start
@@ -263,7 +306,7 @@ class RunMetrics:
             started=None if t0 is None else t0 - start,
             finished=None if t1 is None else t1 - start,
             duration=0.0 if t0 is None or t1 is None else t1 - t0,
-            attempts=a.attempts[i], worker=a.worker[i])
+            attempts=a.attempts[i], worker=a.worker[i], busy=self._busy(i))
 
     # -- per task
     @functools.cached_property
@@ -280,9 +323,9 @@ class RunMetrics:
 
     @functools.cached_property
     def total_task_time(self) -> float:
-        """The sum of all task durations, in seconds."""
-        t0, t1 = self._a.t0, self._a.t1
-        return sum(t1[i] - t0[i] for i in self._ran())
+        """Seconds of work: the sum of every attempt's duration (waits between
+        attempts -- retry back-off, interval periods -- are not work)."""
+        return sum(self._busy(i) for i in self._ran())
 
     @property
     def workers_configured(self) -> int:
@@ -297,18 +340,27 @@ class RunMetrics:
 
     @functools.cached_property
     def workers(self) -> list[WorkerMetrics]:
-        """One entry per worker that ran a task, by worker name."""
+        """One entry per worker that ran an attempt, by worker name.
+
+        ``busy`` sums the durations of the attempts that ran on the worker; a
+        worker runs one attempt at a time, within the makespan, so
+        ``utilisation`` (busy / makespan) is at most 1.  ``tasks_processed``
+        counts the tasks whose last attempt ran there.
+        """
         a = self._a
         busy: dict[str, float] = {}
         count: dict[str, int] = {}
         for i in self._ran():
+            for w, d in self._spans(i):
+                if w is not None:
+                    busy[w] = busy.get(w, 0.0) + d
             w = a.worker[i]
-            if w is None:
-                continue
-            busy[w] = busy.get(w, 0.0) + (a.t1[i] - a.t0[i])
-            count[w] = count.get(w, 0) + 1
+            if w is not None:
+                count[w] = count.get(w, 0) + 1
         span = self.makespan
-        return [WorkerMetrics(w, count[w], busy[w], busy[w] / span if span > 0 else 0.0)
+        # (min: sums of differences of clock readings may exceed their span by a rounding)
+        return [WorkerMetrics(w, count.get(w, 0), busy[w],
+                              min(busy[w] / span, 1.0) if span > 0 else 0.0)
                 for w in sorted(busy)]
 
     @functools.cached_property

@@ -15,7 +15,8 @@ the scheduler thread) and a small daemon thread redraws the line at most 10
 times a second, so the elapsed time keeps moving during a long task.  Around
 each report the view takes its lock and erases its line first, so lines the
 audit trail prints to the console never get mixed with it.  Items per second
-are shown for each pipeline node that is running.
+are shown for each pipeline node that is running.  After the first Ctrl-C
+the line says ``stopping`` and no longer estimates the time left.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class ProgressView:
         self.total = 0
         self.started_at = 0.0
         self.running: set[str] = set()
+        #: after the first Ctrl-C (``run_interrupted``): no new task starts
+        self.stopping = False
         self.counts = dict.fromkeys(("succeeded", "failed", "skipped", "interrupted"), 0)
         self._rates: dict[str, tuple[float, int, float]] = {}
         self._stop = threading.Event()
@@ -108,6 +111,8 @@ class ProgressView:
                     self.running.add(event.task)
                 elif name == "task_mapped":  # its instances count as tasks of the run
                     self.total += event.fields.get("instances", 0)
+                elif name == "run_interrupted":
+                    self.stopping = True
                 else:
                     kind = _DONE.get(name)
                     if kind is not None:
@@ -124,8 +129,10 @@ class ProgressView:
         c = self.counts
         done = sum(c.values())
         extra = ", ".join(f"{n} {k}" for k, n in c.items() if n and k != "succeeded")
-        parts = [f"flowdeco {done}/{self.total} done" + (f" ({extra})" if extra else ""),
-                 f"{len(self.running)} running"]
+        parts = [f"flowdeco {done}/{self.total} done" + (f" ({extra})" if extra else "")]
+        if self.stopping:
+            parts.append("stopping")
+        parts.append(f"{len(self.running)} running")
         now = self.clock()
         if self.run is not None:
             from ..pipeline import live
@@ -133,7 +140,7 @@ class ProgressView:
                 parts.append(f"{name} {_count(ex.delivered)} items {_count(self._rate(name, ex, now))}/s")
         elapsed = now - self.started_at
         timing = _secs(elapsed)
-        if 0 < done < self.total:
+        if 0 < done < self.total and not self.stopping:  # what is left will not run
             timing += f", ~{_secs(elapsed / done * (self.total - done))} left"
         parts.append(timing)
         return " | ".join(parts)

@@ -56,6 +56,8 @@ _WRAPPER = "timeout-wrapper"
 class TaskTimeout(FlowError):
     """An attempt ran longer than its timeout (a failed attempt, retryable like any other)."""
 
+    engine_decided = True  # one line on the console (see flowdeco.errors.FlowError)
+
 
 def _message(name: str, seconds: float) -> str:
     return f"task {name!r} exceeded its timeout of {seconds:g} s"
