@@ -367,3 +367,127 @@ def test_sigterm_stops_serve_cleanly(tmp_path):
     assert rc == 0
     assert elapsed < 1.0
     assert "flowdeco serve: stopped" in out
+
+
+# --------------------------------------------------------------------------- kills (issue 14)
+#
+# A tick is claimed (STATE_DIR/serve/FLOW.json) before its run is recorded in
+# the store.  serve is killed (SIGKILL, like the OOM killer) at a chosen moment
+# by a plugin that stops it there and says so in a marker file; the next start
+# with --catch-up must run (or resume) the claimed tick, exactly once.
+
+TICKER = """
+    import os
+
+    from flowdeco import task
+
+    @task(cron="* * * * * *")
+    def beat(ctx):
+        with open(os.environ["TICK_LOG"], "a") as f:
+            f.write(ctx.run_id + "\\n")
+        return ctx.run_id
+"""
+
+PAUSER = """
+    import os
+    import time
+
+    from flowdeco import hookimpl
+
+    def _pause(where, run_id):
+        if os.environ.get("PAUSE_AT") != where or os.path.exists(os.environ["PAUSE_MARK"]):
+            return
+        with open(os.environ["PAUSE_MARK"] + ".tmp", "w") as f:
+            f.write(run_id)
+        os.replace(os.environ["PAUSE_MARK"] + ".tmp", os.environ["PAUSE_MARK"])
+        time.sleep(60)          # the test kills us here
+
+    @hookimpl
+    def flowdeco_configure(config):
+        run_id = config.getoption("run_id") or config.getoption("resume")
+        if run_id:              # a tick's session (the first session only collects)
+            _pause("configure", run_id)
+
+    @hookimpl(trylast=True)
+    def flowdeco_run_start(run):
+        _pause("run_start", run.run_id)
+
+    @hookimpl(tryfirst=True)
+    def flowdeco_unconfigure(config):
+        run_id = config.getoption("run_id") or config.getoption("resume")
+        if run_id:
+            _pause("unconfigure", run_id)
+"""
+
+
+def _ticker(tmp_path: Path) -> tuple[Path, dict]:
+    (tmp_path / "ticker.py").write_text(textwrap.dedent(TICKER))
+    (tmp_path / "pauser.py").write_text(textwrap.dedent(PAUSER))
+    env = dict(os.environ, TICK_LOG=str(tmp_path / "ticks.log"),
+               PAUSE_MARK=str(tmp_path / "paused"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path),
+                                           os.environ.get("PYTHONPATH", "")]))
+    return tmp_path / "ticker.py", env
+
+
+def _serve_cmd(mod: Path, state: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "flowdeco", "serve", str(mod), "--tz", "UTC",
+            "--state-dir", str(state), *extra]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def _stored_runs(state: Path) -> dict[str, str]:
+    from flowdeco.plugins.state import SQLiteStore
+
+    store = SQLiteStore(state)
+    try:
+        if not store.open(create=False):
+            return {}
+        return {s.run.run_id: s.run.status for s in store.list_runs()}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("where", ["configure", "run_start", "unconfigure"])
+def test_a_tick_claimed_when_serve_is_killed_runs_exactly_once(tmp_path, where):
+    """configure: claimed, run not recorded yet; run_start: recorded, nothing ran;
+    unconfigure: the run ended and is recorded, the claim is not cleared yet."""
+    mod, env = _ticker(tmp_path)
+    state = tmp_path / "st"
+    proc = subprocess.Popen(_serve_cmd(mod, state, "-p", "pauser"), cwd=tmp_path,
+                            env=dict(env, PAUSE_AT=where), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "paused", proc)
+    finally:
+        proc.kill()
+        proc.communicate()
+    claimed = (tmp_path / "paused").read_text()
+    saved = json.loads((state / "serve" / "ticker.json").read_text())
+    assert saved["running"]["run_id"] == claimed      # the kill hit the claimed tick
+
+    again = subprocess.run(_serve_cmd(mod, state, "--catch-up", "--max-ticks", "1"),
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    log = (tmp_path / "ticks.log").read_text().split()
+    assert log.count(claimed) == 1, again.stdout
+    assert len(log) == len(set(log))                   # no tick ran twice
+    runs = _stored_runs(state)
+    assert runs[claimed] == "succeeded"
+    assert set(runs.values()) == {"succeeded"}
+    if where == "unconfigure":    # it had finished: nothing to report, nothing run again
+        assert "did not finish" not in again.stdout
+        assert f"run {claimed}" not in again.stdout
+    elif where == "configure":    # never started: it is a missed tick, run by --catch-up
+        tick = dt.datetime.strptime(claimed[-16:], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        assert f"caught up {tick.isoformat()}: run {claimed}" in again.stdout
+    else:                         # recorded, cut short: resumed
+        assert f"run {claimed} did not finish" in again.stdout
+        assert "resumed " in again.stdout
