@@ -491,3 +491,34 @@ def test_a_tick_claimed_when_serve_is_killed_runs_exactly_once(tmp_path, where):
     else:                         # recorded, cut short: resumed
         assert f"run {claimed} did not finish" in again.stdout
         assert "resumed " in again.stdout
+
+
+# --------------------------------------------------------------------------- cron that never fires
+
+NEVER = "1 1 */100 * MON#4"     # day-of-month 1 only AND the 4th Monday (a '*' field: both)
+
+
+@pytest.mark.parametrize("how", ["serve-task", "serve-cron", "run", "collect-only"])
+def test_a_cron_expression_that_never_fires_is_a_usage_error(tmp_path, how):
+    mod = tmp_path / "nevermod.py"
+    cron = "*/5 * * * *" if how == "serve-cron" else NEVER
+    mod.write_text(textwrap.dedent(f"""
+        from flowdeco import task
+
+        @task(cron={cron!r})
+        def never():
+            return 1
+    """))
+    args = {"serve-task": ["serve", str(mod)], "serve-cron": ["serve", str(mod), "--cron", NEVER],
+            "run": [str(mod)], "collect-only": [str(mod), "--collect-only"]}[how]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "flowdeco", *args, "--tz", "UTC", "--no-state"]
+                          if how.startswith("serve") else
+                          [sys.executable, "-m", "flowdeco", *args, "--no-state"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert NEVER in lines[0] and "never" in lines[0]
+    assert ("--cron" if how == "serve-cron" else "task 'never'") in lines[0]
+    assert "Traceback" not in proc.stderr
