@@ -121,17 +121,106 @@ def test_a_yearly_schedule_is_instant_on_the_fake_clock(write_module):
 
 
 def test_a_tick_run_that_cannot_start_is_reported_and_serve_goes_on(hourly, tmp_path):
+    # a claim left by a serve killed before the run was recorded, for a task since removed
     (tmp_path / "serve").mkdir()
     (tmp_path / "serve" / "hourly.json").write_text(json.dumps({
-        "version": 1, "flow": "hourly", "last_tick": None,
-        "running": {"run_id": "hourly-gone", "tick": 1_780_000_000.0, "tasks": ["report"]}}))
+        "version": 1, "flow": "hourly", "last_tick": 1_780_000_000.0,
+        "running": {"run_id": "hourly-gone", "tick": 1_780_000_000.0, "tasks": ["removed"]}}))
     out = io.StringIO()
-    report = serve(str(hourly), clock=clock_at("2026-06-01T10:20:00+00:00"), max_ticks=1,
+    report = serve(str(hourly), clock=clock_at("2026-05-28T20:30:00+00:00"), max_ticks=1,
                    tz="UTC", state_dir=tmp_path, catch_up=True, out=out)
+    assert report.missed == (dt.datetime.fromtimestamp(1_780_000_000.0, UTC),)
     failed, ok = report.runs
-    assert failed.result is None and "hourly-gone" in failed.error
+    assert failed.run_id == "hourly-gone" and failed.catch_up
+    assert failed.result is None and "'removed' are no longer in flow 'hourly'" in failed.error
     assert ok.result.ok
     assert "could not start" in out.getvalue()
+    # reported once: the claim is gone
+    saved = json.loads((tmp_path / "serve" / "hourly.json").read_text())
+    assert saved["running"] is None
+
+
+def test_a_claimed_tick_whose_run_was_never_recorded_is_missed_and_caught_up(hourly, tmp_path):
+    tick = dt.datetime(2026, 6, 1, 11, tzinfo=UTC)
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / "hourly.json").write_text(json.dumps({
+        "version": 1, "flow": "hourly", "last_tick": tick.timestamp(),
+        "running": {"run_id": tick_run_id("hourly", tick), "tick": tick.timestamp(),
+                    "tasks": ["report"]}}))
+    clock = clock_at("2026-06-01T12:30:00+00:00")
+    out = io.StringIO()
+    down = serve(str(hourly), clock=clock, max_ticks=0, tz="UTC", state_dir=tmp_path, out=out)
+    assert [t.strftime("%H:%M") for t in down.missed] == ["11:00", "12:00"]
+    assert down.unfinished is None
+    assert "2 tick(s) of flow 'hourly' missed" in out.getvalue()
+    caught = serve(str(hourly), clock=clock, max_ticks=0, tz="UTC", state_dir=tmp_path,
+                   catch_up=True)
+    assert [(r.run_id, r.catch_up, r.resumed, r.result.ok) for r in caught.runs] == [
+        ("hourly-20260601T110000Z", True, False, True),
+        ("hourly-20260601T120000Z", True, False, True)]
+    assert serve(str(hourly), clock=clock, max_ticks=0, tz="UTC", state_dir=tmp_path,
+                 catch_up=True).runs == ()
+
+
+def test_a_clock_set_back_across_a_restart_never_serves_a_claimed_tick_again(hourly, tmp_path):
+    first = serve(str(hourly), clock=clock_at("2026-06-01T10:20:00+00:00"), max_ticks=1,
+                  tz="UTC", state_dir=tmp_path)
+    assert [r.run_id for r in first.runs] == ["hourly-20260601T110000Z"]
+    back = serve(str(hourly), clock=clock_at("2026-06-01T10:50:00+00:00"), max_ticks=1,
+                 tz="UTC", state_dir=tmp_path)
+    assert [(r.run_id, r.error) for r in back.runs] == [("hourly-20260601T120000Z", None)]
+
+
+@pytest.mark.parametrize("running, words", [
+    ("yes", ["running is not an object"]),
+    ({"tick": 1.0, "tasks": []}, ["running.run_id"]),
+    ({"run_id": "../x", "tick": 1.0, "tasks": []}, ["running.run_id", "invalid run id"]),
+    ({"run_id": "x", "tick": "soon", "tasks": []}, ["running.tick"]),
+    ({"run_id": "x", "tick": 1.0, "tasks": "report"}, ["running.tasks"]),
+])
+def test_a_damaged_claim_is_one_clear_error(hourly, tmp_path, capsys, running, words):
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / "hourly.json").write_text(json.dumps({
+        "version": 1, "flow": "hourly", "last_tick": 1.0, "running": running}))
+    rc = serve_mod.main([str(hourly), "--state-dir", str(tmp_path)], make_pluginmanager(),
+                        clock=FakeClock())
+    assert rc == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "unreadable serve state" in line and "delete it" in line
+    for w in words:
+        assert w in line
+
+
+class _Lines(io.StringIO):
+    """An ``out`` stream that tells when serve is serving (its lock is held by then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.serving = threading.Event()
+
+    def write(self, text: str) -> int:
+        if "serving flow" in text:
+            self.serving.set()
+        return super().write(text)
+
+
+def test_a_second_serve_of_the_same_flow_and_state_dir_is_refused(hourly, tmp_path, capsys):
+    box: list = []
+    out = _Lines()
+    t = threading.Thread(target=serve, args=(str(hourly),),
+                         kwargs=dict(tz="UTC", state_dir=tmp_path, scheduler=box, out=out))
+    t.start()       # real time: it waits for the next hour (stopped long before)
+    try:
+        assert out.serving.wait(10)
+        rc = serve_mod.main([str(hourly), "--state-dir", str(tmp_path), "--max-ticks", "1"],
+                            make_pluginmanager(), clock=clock_at("2026-06-01T10:20:00+00:00"))
+    finally:
+        box[0].stop()
+        t.join(10)
+    assert not t.is_alive()
+    assert rc == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "flow 'hourly' is already served from state dir" in line
 
 
 def test_schedules_that_fall_together_make_one_run(write_module):
