@@ -182,8 +182,8 @@ def test_a_damaged_claim_is_one_clear_error(hourly, tmp_path, capsys, running, w
     (tmp_path / "serve").mkdir()
     (tmp_path / "serve" / "hourly.json").write_text(json.dumps({
         "version": 1, "flow": "hourly", "last_tick": 1.0, "running": running}))
-    rc = serve_mod.main([str(hourly), "--state-dir", str(tmp_path)], make_pluginmanager(),
-                        clock=FakeClock())
+    rc = serve_mod.main([str(hourly), "--state-dir", str(tmp_path), "--max-ticks", "1"],
+                        make_pluginmanager(), clock=FakeClock())
     assert rc == 4
     (line,) = capsys.readouterr().err.splitlines()
     assert "unreadable serve state" in line and "delete it" in line
@@ -611,3 +611,52 @@ def test_a_cron_expression_that_never_fires_is_a_usage_error(tmp_path, how):
     assert NEVER in lines[0] and "never" in lines[0]
     assert ("--cron" if how == "serve-cron" else "task 'never'") in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_killed_at_random_moments_loses_and_repeats_no_tick(tmp_path):
+    """A seeded campaign: serve (a tick a second) is SIGKILLed at random moments and
+    restarted with --catch-up.  The tick claimed at each kill ends up run, every run
+    ends ``succeeded``, and a tick's task runs again only when a kill cut its run
+    short (at most once per kill).  FLOWDECO_SERVE_KILLS=N runs a longer campaign."""
+    import random
+
+    kills = int(os.environ.get("FLOWDECO_SERVE_KILLS", "12"))
+    rng = random.Random(1414)
+    mod, env = _ticker(tmp_path)
+    state = tmp_path / "st"
+    claims: list[tuple[str, str | None]] = []       # (claimed run id, its status at the kill)
+    for _ in range(kills):
+        proc = subprocess.Popen(_serve_cmd(mod, state, "--catch-up"), cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().startswith("flowdeco serve: serving flow"), \
+                proc.communicate()
+            # a random moment in the first 20 ms after a tick (ticks are on whole
+            # seconds): claim, run start, the run itself, the claim's clearing
+            now = time.time()
+            time.sleep(1 + int(now) - now + rng.uniform(0.0, 0.02))
+        finally:
+            proc.kill()
+            proc.communicate()
+        saved = json.loads((state / "serve" / "ticker.json").read_text())
+        if saved["running"]:
+            claimed = saved["running"]["run_id"]
+            claims.append((claimed, _stored_runs(state).get(claimed)))
+    final = subprocess.run(_serve_cmd(mod, state, "--catch-up", "--max-ticks", "1"),
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert final.returncode == 0, final.stderr
+    runs = _stored_runs(state)
+    log = (tmp_path / "ticks.log").read_text().split()
+    twice = {r for r in log if log.count(r) > 1}
+    lost = [c for c, _ in claims if runs.get(c) != "succeeded"]
+    print(f"\n{kills} kills; claimed at the kill: {len(claims)} (run not recorded yet: "
+          f"{sum(s is None for _, s in claims)}, recorded running: "
+          f"{sum(s == 'running' for _, s in claims)}, ended: "
+          f"{sum(s == 'succeeded' for _, s in claims)}); runs: {len(runs)}; "
+          f"claimed ticks never run: {len(lost)}; tasks run twice: {len(twice)}")
+    assert claims                                   # some kills hit a claimed tick
+    assert lost == [], "ticks claimed at a kill were never run"
+    assert set(runs.values()) == {"succeeded"}, runs
+    assert set(log) == set(runs)                    # every recorded run ran its task
+    assert all(log.count(r) == 2 for r in twice)
+    assert twice <= {c for c, status in claims if status == "running"}
