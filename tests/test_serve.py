@@ -204,6 +204,11 @@ class _Lines(io.StringIO):
         return super().write(text)
 
 
+def _second_serve(hourly: Path, state: Path) -> int:
+    return serve_mod.main([str(hourly), "--state-dir", str(state), "--max-ticks", "1"],
+                          make_pluginmanager(), clock=clock_at("2026-06-01T10:20:00+00:00"))
+
+
 def test_a_second_serve_of_the_same_flow_and_state_dir_is_refused(hourly, tmp_path, capsys):
     box: list = []
     out = _Lines()
@@ -212,8 +217,7 @@ def test_a_second_serve_of_the_same_flow_and_state_dir_is_refused(hourly, tmp_pa
     t.start()       # real time: it waits for the next hour (stopped long before)
     try:
         assert out.serving.wait(10)
-        rc = serve_mod.main([str(hourly), "--state-dir", str(tmp_path), "--max-ticks", "1"],
-                            make_pluginmanager(), clock=clock_at("2026-06-01T10:20:00+00:00"))
+        rc = _second_serve(hourly, tmp_path)
     finally:
         box[0].stop()
         t.join(10)
@@ -221,6 +225,38 @@ def test_a_second_serve_of_the_same_flow_and_state_dir_is_refused(hourly, tmp_pa
     assert rc == 4
     (line,) = capsys.readouterr().err.splitlines()
     assert "flow 'hourly' is already served from state dir" in line
+    assert _second_serve(hourly, tmp_path) == 0      # released when it stopped
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "flowdeco", "serve", str(hourly), "--tz",
+                             "UTC", "--state-dir", str(tmp_path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("flowdeco serve: serving flow 'hourly'")
+        capsys.readouterr()
+        assert _second_serve(hourly, tmp_path) == 4
+        assert "is already served" in capsys.readouterr().err
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert _second_serve(hourly, tmp_path) == 0      # the kernel dropped it with serve
+
+
+def test_a_tick_that_cannot_be_claimed_is_not_run(hourly, tmp_path, capsys, monkeypatch):
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(serve_mod.os, "replace", full)
+    rc = serve_mod.main([str(hourly), "--state-dir", str(tmp_path), "--max-ticks", "1", "--tz",
+                         "UTC"], make_pluginmanager(),
+                        clock=clock_at("2026-06-01T10:20:00+00:00"))
+    monkeypatch.undo()
+    assert rc == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "cannot claim tick 2026-06-01T11:00:00+00:00 of flow 'hourly'" in line
+    assert "No space left on device" in line and "--catch-up" in line
+    assert not (tmp_path / "runs").exists()              # nothing ran unclaimed
+    assert not (tmp_path / "serve" / "hourly.json").exists()
 
 
 def test_schedules_that_fall_together_make_one_run(write_module):

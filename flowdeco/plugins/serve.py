@@ -58,6 +58,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import IO, Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -212,9 +213,10 @@ class Scheduler:
                 restore()
         finally:
             if lock is not None:
-                os.close(lock)
+                lock.release()
 
-    def _discover(self) -> tuple[str, list[_Entry], dict[str, Any], _Claim | None, int | None]:
+    def _discover(self) -> tuple[str, list[_Entry], dict[str, Any], _Claim | None,
+                                 _ServeLock | None]:
         """Collect the flow, parse its schedules, lock and read its serve state."""
         session = self.start_session({})
         lock = None
@@ -226,7 +228,7 @@ class Scheduler:
             claim = self._claim(saved, session, entries)
         except BaseException:
             if lock is not None:
-                os.close(lock)
+                lock.release()
             raise
         finally:
             session.close()
@@ -464,38 +466,79 @@ class Scheduler:
             os.replace(tmp, path)
             _fsync_dir(path.parent)
         except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
             what = "claim" if running is not None else "record the end of"
             raise StateError(f"{path}: cannot {what} tick {tick.isoformat()} of flow {flow!r} "
                              f"({exc.strerror or exc}); serve stopped; free space or fix the "
                              "permissions, then start serve again with --catch-up") from None
 
-    def _lock(self, flow: str) -> int | None:
-        """Hold ``FLOW.lock`` while serving: two serves of one flow would claim the same
-        ticks and clear each other's claims.  The kernel drops it if we die."""
+    def _lock(self, flow: str) -> _ServeLock | None:
         path = self._state_path(flow)
-        if path is None:
-            return None
-        path = path.with_suffix(".lock")
+        return None if path is None else _ServeLock.acquire(flow, path.with_suffix(".lock"),
+                                                            self.state_dir)
+
+    # -- signals
+    def _install_signals(self) -> Callable[[], None]:
+        return on_stop_signals(lambda signum, frame: self._wake.put(_STOP))
+
+
+class _ServeLock:
+    """``STATE_DIR/serve/FLOW.lock``, held while serving: two serves of one flow would
+    claim the same ticks and clear each other's claims.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process
+    only, so worker processes forked by a tick run (``--executor process``)
+    never hold it, and the kernel drops it the moment serve dies, even if such
+    a worker lives on.  Record locks do not exclude within a process, so
+    :data:`_HELD` does that.
+    """
+
+    def __init__(self, fd: int, key: str):
+        self.fd = fd
+        self.key = key
+
+    @classmethod
+    def acquire(cls, flow: str, path: Path, state_dir: Any) -> "_ServeLock":
         try:
             _private_dirs(path.parent)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"{path}: cannot create the serve lock "
                              f"({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        key = os.path.realpath(path)
+        busy = False
+        with _HELD_LOCK:
+            if key in _HELD:
+                busy = True
+            else:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        os.close(fd)
+                        raise StateError(f"{path}: cannot lock ({exc.strerror or exc})") from None
+                    busy = True
+                else:
+                    _HELD.add(key)
+        if busy:
             os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise StateError(f"{path}: cannot lock ({exc.strerror or exc})") from None
-            raise StateError(f"flow {flow!r} is already served from state dir {self.state_dir} "
-                             f"by another process ({path} is locked); stop it first, or use "
-                             "another --state-dir") from None
-        return fd
+            raise StateError(f"flow {flow!r} is already served from state dir {state_dir} by "
+                             f"another serve ({path} is locked); stop it first, or use another "
+                             "--state-dir")
+        return cls(fd, key)
 
-    # -- signals
-    def _install_signals(self) -> Callable[[], None]:
-        return on_stop_signals(lambda signum, frame: self._wake.put(_STOP))
+    def release(self) -> None:
+        with _HELD_LOCK:
+            _HELD.discard(self.key)
+            os.close(self.fd)  # closing drops the record lock
+
+
+#: lock files held by serves of this process
+_HELD: set[str] = set()
+_HELD_LOCK = threading.Lock()
 
 
 def _number(value: Any) -> bool:
