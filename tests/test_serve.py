@@ -171,17 +171,21 @@ def test_a_clock_set_back_across_a_restart_never_serves_a_claimed_tick_again(hou
     assert [(r.run_id, r.error) for r in back.runs] == [("hourly-20260601T120000Z", None)]
 
 
-@pytest.mark.parametrize("running, words", [
-    ("yes", ["running is not an object"]),
-    ({"tick": 1.0, "tasks": []}, ["running.run_id"]),
-    ({"run_id": "../x", "tick": 1.0, "tasks": []}, ["running.run_id", "invalid run id"]),
-    ({"run_id": "x", "tick": "soon", "tasks": []}, ["running.tick"]),
-    ({"run_id": "x", "tick": 1.0, "tasks": "report"}, ["running.tasks"]),
+@pytest.mark.parametrize("fields, words", [
+    ({"last_tick": 1e300}, ["last_tick"]),
+    ({"last_tick": float("nan")}, ["last_tick"]),
+    ({"running": "yes"}, ["running is not an object"]),
+    ({"running": {"tick": 1.0, "tasks": []}}, ["running.run_id"]),
+    ({"running": {"run_id": "../x", "tick": 1.0, "tasks": []}},
+     ["running.run_id", "invalid run id"]),
+    ({"running": {"run_id": "x", "tick": "soon", "tasks": []}}, ["running.tick"]),
+    ({"running": {"run_id": "x", "tick": 1e300, "tasks": []}}, ["running.tick"]),
+    ({"running": {"run_id": "x", "tick": 1.0, "tasks": "report"}}, ["running.tasks"]),
 ])
-def test_a_damaged_claim_is_one_clear_error(hourly, tmp_path, capsys, running, words):
+def test_a_damaged_serve_state_is_one_clear_error(hourly, tmp_path, capsys, fields, words):
     (tmp_path / "serve").mkdir()
-    (tmp_path / "serve" / "hourly.json").write_text(json.dumps({
-        "version": 1, "flow": "hourly", "last_tick": 1.0, "running": running}))
+    (tmp_path / "serve" / "hourly.json").write_text(json.dumps(
+        {"version": 1, "flow": "hourly", "last_tick": 1.0, "running": None, **fields}))
     rc = serve_mod.main([str(hourly), "--state-dir", str(tmp_path), "--max-ticks", "1"],
                         make_pluginmanager(), clock=FakeClock())
     assert rc == 4

@@ -440,7 +440,7 @@ class Scheduler:
                 raise ValueError("not a serve state file of this version")
             last = data.get("last_tick")
             if last is not None and not _number(last):
-                raise ValueError("last_tick is not a number")
+                raise ValueError("last_tick is not a timestamp")
             _check_claim(data.get("running"))
             return data
         except (OSError, ValueError) as exc:
@@ -542,7 +542,14 @@ _HELD_LOCK = threading.Lock()
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A POSIX timestamp a datetime can hold (not NaN, not 1e300, not a bool)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        _dt.datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 def _check_claim(running: Any) -> None:
@@ -559,7 +566,7 @@ def _check_claim(running: Any) -> None:
     except UsageError as exc:
         raise ValueError(f"running.run_id: {exc}") from None
     if not _number(tick):
-        raise ValueError("running.tick is not a number")
+        raise ValueError("running.tick is not a timestamp")
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise ValueError("running.tasks is not a list of task names")
     running["tasks"] = tasks
