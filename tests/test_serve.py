@@ -700,3 +700,12 @@ def test_serve_killed_at_random_moments_loses_and_repeats_no_tick(tmp_path):
     assert set(log) == set(runs)                    # every recorded run ran its task
     assert all(log.count(r) == 2 for r in twice)
     assert twice <= {c for c, status in claims if status == "running"}
+
+
+@pytest.mark.parametrize("flag", ["--cron", "--tz"])
+def test_a_huge_cron_or_zone_is_echoed_cut_to_a_readable_line(hourly, capsys, flag):
+    rc = serve_mod.main([str(hourly), "--no-state", flag, "1" * 10_000 + "\n2"],
+                        make_pluginmanager(), clock=FakeClock())
+    assert rc == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "'1111" in line and "...'" in line and len(line) < 400

@@ -286,8 +286,8 @@ def parse_cron(text: str, tz: _dt.tzinfo | str | None = None, *,
         first = CronSim(expr.upper(), _dt.datetime(2000, 1, 1, tzinfo=zone))
     except CronSimError as exc:
         raise CollectionError(
-            f"{where}: invalid cron expression {text!r}: {exc} (expected 5 fields: minute hour "
-            "day-of-month month day-of-week, e.g. '*/5 * * * *')") from None
+            f"{where}: invalid cron expression {_cut(text)}: {_cut(exc, quote=False)} (expected "
+            "5 fields: minute hour day-of-month month day-of-week, e.g. '*/5 * * * *')") from None
     # Fields can each be valid and never match together: cronsim searches
     # NEVER_HORIZON years, then stops (a bare StopIteration deep inside serve).
     # Every cron pattern repeats within that horizon, so one search from any
@@ -304,9 +304,16 @@ NEVER_HORIZON = 50
 
 
 def _never_fires(where: str, text: str) -> str:
-    return (f"{where}: cron expression {text!r} never fires: no date within {NEVER_HORIZON} "
+    return (f"{where}: cron expression {_cut(text)} never fires: no date within {NEVER_HORIZON} "
             "years matches all its fields (when day-of-month or day-of-week starts with '*', "
             "a day must match both); fix the expression")
+
+
+def _cut(value: Any, limit: int = 100, quote: bool = True) -> str:
+    """User input for an error line: on one line, cut to a readable length, quoted."""
+    text = " ".join(str(value).split())
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return repr(text) if quote else text
 
 
 def zone_info(zone: _dt.tzinfo | str | None) -> _dt.tzinfo:
@@ -322,7 +329,7 @@ def zone_info(zone: _dt.tzinfo | str | None) -> _dt.tzinfo:
     try:
         return ZoneInfo(str(zone))
     except (ZoneInfoNotFoundError, ValueError):
-        raise UsageError(f"unknown time zone {zone!r}: use an IANA name such as "
+        raise UsageError(f"unknown time zone {_cut(zone)}: use an IANA name such as "
                          "'Europe/Berlin' or 'UTC'") from None
 
 
