@@ -568,8 +568,21 @@ def test_cron_zones_aliases_and_range():
 
 
 @pytest.mark.parametrize("bad", ["* * *", "61 * * * *", "0 0 30 2 *", "@often",
+                                 # valid fields that never match together: never fires
+                                 "1 1 */100 * MON#4", "0 0 */29 2 MON#5", "0 0 */40 * FRI#5",
                                  "CRON_TZ=Mars/Olympus 0 * * * *"])
 def test_bad_cron_expressions(bad):
     with pytest.raises(CollectionError) as info:
         parse_cron(bad, "UTC", where="task 'x'")
-    assert str(info.value).startswith("task 'x': ")
+    msg = str(info.value)
+    assert msg.startswith("task 'x': ") and "\n" not in msg
+    if "#" in bad:
+        assert f"cron expression {bad!r} never fires" in msg
+
+
+def test_a_hand_made_schedule_that_never_fires_is_refused_not_a_stop_iteration():
+    sched = CronSchedule("1 1 */100 * MON#4", dt.timezone.utc)
+    with pytest.raises(CollectionError, match="never fires"):
+        sched.next_after(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    assert sched.ticks(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+                       dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)) == []

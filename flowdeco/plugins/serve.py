@@ -17,14 +17,23 @@ Rules:
   progress are coalesced: when it ends, one run starts at once for the
   latest of them; the others are counted as ``skipped``.  Same rule as
   interval tasks: late means "at once, once".
-- **Missed ticks** (needs state, i.e. not ``--no-state``): serve records the
-  last tick it handled in ``STATE_DIR/serve/FLOW.json`` before starting its
-  run.  On start, the ticks between that one and now are reported as
-  missed while down; ``--catch-up`` runs each of them, oldest first, before
-  serving the schedule.  A tick run that a stop cut short (serve killed, or
-  interrupted by a signal) is reported with the command that resumes it;
-  ``--catch-up`` resumes it first (the state plugin keeps its completed
-  tasks).
+- **Claims and missed ticks** (needs state, i.e. not ``--no-state``):
+  before a tick's run starts, serve *claims* the tick: it writes the tick
+  and the run id it will use to ``STATE_DIR/serve/FLOW.json`` (a new file
+  fsynced, then renamed over the old one, then the directory fsynced), and
+  clears the claim once the run has ended and is recorded.  The run id is
+  the tick itself (``FLOW-<tick in UTC>``) and the store refuses a second
+  run with an id it holds, so a claim can be replayed without ever starting
+  a tick twice.  On start, a claim left by a serve that died (SIGKILL, power
+  loss) is looked up in the store: a run that was never recorded makes the
+  tick *missed*; a run recorded but not ended (``running``, ``interrupted``)
+  is *unfinished*; an ended run needs nothing.  The ticks after the claimed
+  one up to now are missed too.  Both are reported; ``--catch-up`` resumes
+  the unfinished run (the state plugin keeps its completed tasks), then runs
+  each missed tick, oldest first, before serving the schedule.  Without
+  ``--catch-up`` they are reported once, and the next tick's claim replaces
+  them.  A serve holds ``STATE_DIR/serve/FLOW.lock`` while it runs: a second
+  serve of the same flow and state dir is refused.
 - **Stopping**: SIGTERM or Ctrl-C while waiting for a tick stops serve at
   once with exit code 0 (nothing was cut short).  During a run, the run is
   interrupted like any run (running tasks finish and are recorded) and serve
@@ -32,7 +41,8 @@ Rules:
   not stop serve: they are reported and recorded like any run.
 - **Wall-clock changes**: the wait for a tick re-reads the wall clock at least
   once a minute, so a clock set forward fires the due tick (coalesced), and a
-  clock set back never re-runs a tick already handled.
+  clock set back never re-runs a tick already handled (also across a
+  restart: the first tick served is after the last one claimed).
 
 Time is injectable: ``serve(target, clock=FakeClock(wall=...), max_ticks=3)``
 runs three ticks of an hourly schedule instantly (the fake clock jumps to
@@ -42,10 +52,13 @@ each tick, and the runs use the same clock).
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import IO, Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -54,7 +67,7 @@ import attrs
 
 from ..clock import Clock
 from ..config import Parser
-from ..errors import FlowError, UsageError
+from ..errors import FlowError, StateError, UsageError
 from ..outcome import INTERRUPTED, ExitCode, RunResult
 from ..runner import Session, validate_run_id
 from ..signals import on_stop_signals
@@ -108,6 +121,22 @@ class ServeReport:
     def exit_code(self) -> ExitCode:
         """0 when serve stopped cleanly, 2 when a signal interrupted a run in flight."""
         return ExitCode.INTERRUPTED if self.reason == "interrupted" else ExitCode.OK
+
+
+@attrs.frozen
+class _Claim:
+    """The tick a serve that stopped had claimed (``running`` in ``FLOW.json``)."""
+
+    run_id: str
+    tick: _dt.datetime
+    #: the cron tasks of the run; None: the whole flow
+    tasks: tuple[str, ...] | None
+    #: its run in the store: None never recorded, else its status ("unknown": no store to ask)
+    status: str | None
+
+
+#: a claimed run in these states was cut short: --catch-up resumes it
+_UNFINISHED = ("running", "interrupted", "unknown")
 
 
 @attrs.frozen
@@ -175,19 +204,37 @@ class Scheduler:
 
     # -- the loop
     def run(self) -> ServeReport:
-        flow, entries = self._discover()
-        restore = self._install_signals()
+        flow, entries, saved, claim, lock = self._discover()
         try:
-            return self._serve(flow, entries)
+            restore = self._install_signals()
+            try:
+                return self._serve(flow, entries, saved, claim)
+            finally:
+                restore()
         finally:
-            restore()
+            if lock is not None:
+                lock.release()
 
-    def _discover(self) -> tuple[str, list[_Entry]]:
+    def _discover(self) -> tuple[str, list[_Entry], dict[str, Any], _Claim | None,
+                                 _ServeLock | None]:
+        """Collect the flow, parse its schedules, lock and read its serve state."""
         session = self.start_session({})
+        lock = None
         try:
             graph = session.collect(self.target)
+            entries = self._entries(graph)
+            lock = self._lock(graph.name)
+            saved = self._load_state(graph.name)
+            claim = self._claim(saved, session, entries)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         finally:
             session.close()
+        return graph.name, entries, saved, claim, lock
+
+    def _entries(self, graph: Any) -> list[_Entry]:
         entries = []
         for v in graph.using("cron"):
             entries.append(_Entry(v.name, parse_cron(v.spec.cron, self.tz,
@@ -198,19 +245,48 @@ class Scheduler:
             raise UsageError(
                 f"nothing to serve: no task of flow {graph.name!r} sets cron=, and no --cron "
                 "EXPR was given (e.g. --cron '*/5 * * * *' runs the whole flow every 5 minutes)")
-        return graph.name, entries
+        return entries
+
+    def _claim(self, saved: dict[str, Any], session: Session,
+               entries: list[_Entry]) -> _Claim | None:
+        """The claim a stopped serve left, with its run's status in the store."""
+        running = saved.get("running")
+        if not running:
+            return None
+        status: str | None = "unknown"
+        if self._resume_supported():
+            from .state import make_store
+
+            store = make_store(session.config.pluginmanager, str(self.state_dir), session.config)
+            try:
+                record = store.load_run(running["run_id"]) if store.open(create=False) else None
+            finally:
+                store.close()
+            status = None if record is None else record.status
+        tasks = tuple(running["tasks"]) or None
+        # shown in the zone of its schedule, like the other ticks
+        zone = next((e.schedule.tz for e in entries if (e.tasks is None) == (tasks is None)
+                     and set(e.tasks or ()) <= set(tasks or ())), entries[0].schedule.tz)
+        return _Claim(running["run_id"], _dt.datetime.fromtimestamp(running["tick"], zone),
+                      tasks, status)
 
     def _now(self) -> _dt.datetime:
         return _dt.datetime.fromtimestamp(self.clock.time(), UTC)
 
-    def _serve(self, flow: str, entries: list[_Entry]) -> ServeReport:
+    def _serve(self, flow: str, entries: list[_Entry], saved: dict[str, Any],
+               claim: _Claim | None) -> ServeReport:
         start = self._now()
-        saved = self._load_state(flow)
-        missed: list[tuple[_dt.datetime, list[_Entry]]] = []
+        #: (tick, its cron tasks or None for the whole flow, run id or None for the tick's)
+        missed: list[tuple[_dt.datetime, tuple[str, ...] | None, str | None]] = []
+        if claim is not None and claim.status is None:  # claimed, never recorded: missed
+            missed.append((claim.tick, claim.tasks, claim.run_id))
+        unfinished = claim if claim is not None and claim.status in _UNFINISHED else None
         last = saved.get("last_tick")
         if last is not None:
-            missed = _merge_ticks(entries, _dt.datetime.fromtimestamp(last, UTC), start)
-        unfinished = saved.get("running") or None
+            last_tick = _dt.datetime.fromtimestamp(last, UTC)
+            missed += [(t, _tasks_of(due), None)
+                       for t, due in _merge_ticks(entries, last_tick, start)]
+            start = max(start, last_tick)  # a clock set back: never serve a claimed tick again
         nxt = {e.key: e.schedule.next_after(start) for e in entries}
         self._say(f"serving flow {flow!r}: " + "; ".join(
             f"{e.schedule.expr} ({e.key if e.tasks else 'whole flow'}) next at "
@@ -218,15 +294,14 @@ class Scheduler:
         self._report_down(flow, missed, unfinished)
         if self.catch_up:
             if unfinished and self._resume_supported():
-                tick = _dt.datetime.fromtimestamp(unfinished["tick"], UTC)
-                run = self._run_tick(flow, tick, tuple(unfinished.get("tasks") or ()) or None,
-                                     catch_up=True, resume=unfinished["run_id"])
+                run = self._run_tick(flow, unfinished.tick, unfinished.tasks, catch_up=True,
+                                     resume=unfinished.run_id)
                 if self._interrupted(run):
                     return self._report(flow, missed, unfinished, "interrupted")
-            for tick, due in missed:
+            for tick, tasks, run_id in missed:
                 if self._stop_pending():
                     return self._report(flow, missed, unfinished, "stopped")
-                run = self._run_tick(flow, tick, _tasks_of(due), catch_up=True)
+                run = self._run_tick(flow, tick, tasks, catch_up=True, run_id=run_id)
                 if self._interrupted(run):
                     return self._report(flow, missed, unfinished, "interrupted")
         ticks = 0
@@ -273,17 +348,18 @@ class Scheduler:
     def _interrupted(run: TickRun) -> bool:
         return run.result is not None and run.result.status == INTERRUPTED
 
-    def _report(self, flow: str, missed: list, unfinished: Any, reason: StopReason) -> ServeReport:
+    def _report(self, flow: str, missed: list, unfinished: _Claim | None,
+                reason: StopReason) -> ServeReport:
         if reason != "max_ticks":
             self._say("stopped" if reason == "stopped" else "stopped: a run was interrupted")
-        return ServeReport(flow, tuple(self.runs), tuple(t for t, _ in missed), self.skipped,
-                           unfinished["run_id"] if unfinished else None, reason)
+        return ServeReport(flow, tuple(self.runs), tuple(t for t, _, _ in missed), self.skipped,
+                           unfinished.run_id if unfinished else None, reason)
 
-    def _report_down(self, flow: str, missed: list, unfinished: Any) -> None:
+    def _report_down(self, flow: str, missed: list, unfinished: _Claim | None) -> None:
         if unfinished:
             how = "--catch-up resumes it" if self._resume_supported() else \
-                f"resume it with: python -m flowdeco TARGET --resume {unfinished['run_id']}"
-            self._say(f"run {unfinished['run_id']} did not finish (serve stopped during it); "
+                f"resume it with: python -m flowdeco TARGET --resume {unfinished.run_id}"
+            self._say(f"run {unfinished.run_id} did not finish (serve stopped during it); "
                       + how)
         if missed:
             more = "at least " if len(missed) >= MAX_MISSED else ""
@@ -298,8 +374,10 @@ class Scheduler:
 
     # -- one tick
     def _run_tick(self, flow: str, tick: _dt.datetime, tasks: tuple[str, ...] | None, *,
-                  catch_up: bool = False, resume: str | None = None) -> TickRun:
-        run_id = resume or tick_run_id(flow, tick)
+                  catch_up: bool = False, resume: str | None = None,
+                  run_id: str | None = None) -> TickRun:
+        run_id = resume or run_id or tick_run_id(flow, tick)
+        # the claim: on disk before the run can be recorded (see the module docstring)
         self._save_state(flow, tick, {"run_id": run_id, "tick": tick.timestamp(),
                                       "tasks": list(tasks or ())})
         options = {"resume": run_id} if resume else {"run_id": run_id}
@@ -321,7 +399,7 @@ class Scheduler:
         finally:
             if session is not None:
                 session.close()
-        # a tick run cut short stays recorded as running, so the next start can resume it
+        # ended (or could not start): clear the claim; cut short: keep it, to resume it
         self._save_state(flow, tick, None if result is None or result.status != INTERRUPTED
                          else {"run_id": run_id, "tick": tick.timestamp(),
                                "tasks": list(tasks or ())})
@@ -361,29 +439,150 @@ class Scheduler:
             if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
                 raise ValueError("not a serve state file of this version")
             last = data.get("last_tick")
-            if last is not None and not isinstance(last, (int, float)):
-                raise ValueError("last_tick is not a number")
+            if last is not None and not _number(last):
+                raise ValueError("last_tick is not a timestamp")
+            _check_claim(data.get("running"))
             return data
         except (OSError, ValueError) as exc:
-            raise FlowError(f"{path}: unreadable serve state ({exc}); delete it to start "
-                            "afresh (missed ticks will not be reported once)") from None
+            raise FlowError(f"{path}: unreadable serve state ({_short(exc)}); delete it to "
+                            "start afresh (missed ticks will not be reported once)") from None
 
     def _save_state(self, flow: str, tick: _dt.datetime, running: dict | None) -> None:
+        """Replace ``FLOW.json`` atomically and durably (a kill or a power loss leaves
+        the old file or the new one, never a torn one nor a lost rename)."""
         path = self._state_path(flow)
         if path is None:
             return
-        _private_dirs(path.parent)
         data = {"version": _STATE_VERSION, "flow": flow, "last_tick": tick.timestamp(),
                 "last_tick_utc": tick.astimezone(UTC).isoformat(), "running": running}
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        try:
+            _private_dirs(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            what = "claim" if running is not None else "record the end of"
+            raise StateError(f"{path}: cannot {what} tick {tick.isoformat()} of flow {flow!r} "
+                             f"({exc.strerror or exc}); serve stopped; free space or fix the "
+                             "permissions, then start serve again with --catch-up") from None
+
+    def _lock(self, flow: str) -> _ServeLock | None:
+        path = self._state_path(flow)
+        return None if path is None else _ServeLock.acquire(flow, path.with_suffix(".lock"),
+                                                            self.state_dir)
 
     # -- signals
     def _install_signals(self) -> Callable[[], None]:
         return on_stop_signals(lambda signum, frame: self._wake.put(_STOP))
+
+
+class _ServeLock:
+    """``STATE_DIR/serve/FLOW.lock``, held while serving: two serves of one flow would
+    claim the same ticks and clear each other's claims.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process
+    only, so worker processes forked by a tick run (``--executor process``)
+    never hold it, and the kernel drops it the moment serve dies, even if such
+    a worker lives on.  Record locks do not exclude within a process, so
+    :data:`_HELD` does that.
+    """
+
+    def __init__(self, fd: int, key: str):
+        self.fd = fd
+        self.key = key
+
+    @classmethod
+    def acquire(cls, flow: str, path: Path, state_dir: Any) -> "_ServeLock":
+        try:
+            _private_dirs(path.parent)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"{path}: cannot create the serve lock "
+                             f"({exc.strerror or exc})") from None
+        key = os.path.realpath(path)
+        busy = False
+        with _HELD_LOCK:
+            if key in _HELD:
+                busy = True
+            else:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        os.close(fd)
+                        raise StateError(f"{path}: cannot lock ({exc.strerror or exc})") from None
+                    busy = True
+                else:
+                    _HELD.add(key)
+        if busy:
+            os.close(fd)
+            raise StateError(f"flow {flow!r} is already served from state dir {state_dir} by "
+                             f"another serve ({path} is locked); stop it first, or use another "
+                             "--state-dir")
+        return cls(fd, key)
+
+    def release(self) -> None:
+        with _HELD_LOCK:
+            _HELD.discard(self.key)
+            os.close(self.fd)  # closing drops the record lock
+
+
+#: lock files held by serves of this process
+_HELD: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _number(value: Any) -> bool:
+    """A POSIX timestamp a datetime can hold (not NaN, not 1e300, not a bool)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        _dt.datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
+def _check_claim(running: Any) -> None:
+    """A claim is None or {"run_id": str, "tick": number, "tasks": [str, ...]}."""
+    if running is None:
+        return
+    if not isinstance(running, dict):
+        raise ValueError("running is not an object")
+    run_id, tick, tasks = running.get("run_id"), running.get("tick"), running.get("tasks", [])
+    if not isinstance(run_id, str):
+        raise ValueError("running.run_id is not a string")
+    try:
+        validate_run_id(run_id)
+    except UsageError as exc:
+        raise ValueError(f"running.run_id: {exc}") from None
+    if not _number(tick):
+        raise ValueError("running.tick is not a timestamp")
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ValueError("running.tasks is not a list of task names")
+    running["tasks"] = tasks
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _private_dirs(path: Path) -> None:

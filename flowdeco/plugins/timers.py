@@ -238,7 +238,10 @@ class CronSchedule:
         """The first tick strictly after ``when`` (an aware datetime), in ``tz``."""
         from cronsim import CronSim
 
-        return next(CronSim(self.expr, when.astimezone(self.tz)))
+        try:
+            return next(CronSim(self.expr, when.astimezone(self.tz)))
+        except StopIteration:  # parse_cron refuses these; a hand-made CronSchedule may not
+            raise CollectionError(_never_fires("cron", self.expr)) from None
 
     def ticks(self, after: _dt.datetime, until: _dt.datetime,
               limit: int = 10_000) -> list[_dt.datetime]:
@@ -280,12 +283,37 @@ def parse_cron(text: str, tz: _dt.tzinfo | str | None = None, *,
     except UsageError as exc:
         raise CollectionError(f"{where}: {exc}") from None
     try:
-        CronSim(expr.upper(), _dt.datetime(2000, 1, 1, tzinfo=zone))
+        first = CronSim(expr.upper(), _dt.datetime(2000, 1, 1, tzinfo=zone))
     except CronSimError as exc:
         raise CollectionError(
-            f"{where}: invalid cron expression {text!r}: {exc} (expected 5 fields: minute hour "
-            "day-of-month month day-of-week, e.g. '*/5 * * * *')") from None
+            f"{where}: invalid cron expression {_cut(text)}: {_cut(exc, quote=False)} (expected "
+            "5 fields: minute hour day-of-month month day-of-week, e.g. '*/5 * * * *')") from None
+    # Fields can each be valid and never match together: cronsim searches
+    # NEVER_HORIZON years, then stops (a bare StopIteration deep inside serve).
+    # Every cron pattern repeats within that horizon, so one search from any
+    # date decides it, here at collection, in milliseconds at worst.
+    try:
+        next(first)
+    except StopIteration:
+        raise CollectionError(_never_fires(where, text)) from None
     return CronSchedule(expr.upper(), zone)
+
+
+#: how far cronsim searches for a matching date before it gives up (its constant)
+NEVER_HORIZON = 50
+
+
+def _never_fires(where: str, text: str) -> str:
+    return (f"{where}: cron expression {_cut(text)} never fires: no date within {NEVER_HORIZON} "
+            "years matches all its fields (when day-of-month or day-of-week starts with '*', "
+            "a day must match both); fix the expression")
+
+
+def _cut(value: Any, limit: int = 100, quote: bool = True) -> str:
+    """User input for an error line: on one line, cut to a readable length, quoted."""
+    text = " ".join(str(value).split())
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return repr(text) if quote else text
 
 
 def zone_info(zone: _dt.tzinfo | str | None) -> _dt.tzinfo:
@@ -301,7 +329,7 @@ def zone_info(zone: _dt.tzinfo | str | None) -> _dt.tzinfo:
     try:
         return ZoneInfo(str(zone))
     except (ZoneInfoNotFoundError, ValueError):
-        raise UsageError(f"unknown time zone {zone!r}: use an IANA name such as "
+        raise UsageError(f"unknown time zone {_cut(zone)}: use an IANA name such as "
                          "'Europe/Berlin' or 'UTC'") from None
 
 
