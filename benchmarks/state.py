@@ -12,7 +12,8 @@ does by default: state in SQLite (group commits by the writer thread,
 dependents gated on their inputs being committed) and the audit trail in
 ``audit.jsonl``.  Configurations, interleaved round after round in one
 process with the order rotated, each run into a fresh state directory,
-medians of µs per task for the whole ``flowdeco.run`` call:
+medians of µs per task for the whole ``flowdeco.run`` call, in wall time and
+in CPU time of the process (all threads; steadier on a loaded machine):
 
 - ``thread/none``: thread executor, 4 workers, ``state_dir=None`` (reference);
 - ``thread/state``: the same with state and audit trail;
@@ -31,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from time import perf_counter
+from time import perf_counter, process_time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -65,6 +66,7 @@ def measure(graphs: dict, rounds: int) -> dict:
                                  for t, ps, _ in spec]
     sleepy = [task(_sleepy(i)) for i in range(400)]
     times: dict = {k: [] for k in flows}
+    cpu: dict = {k: [] for k in flows}
     sleeps: list[float] = []
     root = tempfile.mkdtemp(prefix="flowdeco-bench-state-")
     try:
@@ -75,12 +77,13 @@ def measure(graphs: dict, rounds: int) -> dict:
                 gname, (executor, state) = key
                 sd = tempfile.mkdtemp(dir=root) if state else None
                 gc.collect()
-                t0 = perf_counter()
+                c0, t0 = process_time(), perf_counter()
                 res = flowdeco.run(flows[key], state_dir=sd, executor=executor, workers=4)
-                t1 = perf_counter()
+                t1, c1 = perf_counter(), process_time()
                 assert res.ok, res.status
                 if r:
                     times[key].append((t1 - t0) / len(flows[key]) * 1e6)
+                    cpu[key].append((c1 - c0) / len(flows[key]) * 1e6)
                 if sd:
                     shutil.rmtree(sd)
             sd = tempfile.mkdtemp(dir=root)
@@ -93,9 +96,10 @@ def measure(graphs: dict, rounds: int) -> dict:
             shutil.rmtree(sd)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    out = {f"{g}  {e}/{'state' if s else 'none'}": statistics.median(v)
+    out = {f"{g}  {e}/{'state' if s else 'none'}": (statistics.median(v),
+                                                     statistics.median(cpu[g, (e, s)]))
            for (g, (e, s)), v in times.items()}
-    out["sleeps wall (ms, ideal 100)"] = statistics.median(sleeps) * 1e3
+    out["sleeps (ms, ideal 100)"] = (statistics.median(sleeps) * 1e3, float("nan"))
     return out
 
 
@@ -109,9 +113,11 @@ def main() -> int:
     rounds = args.rounds or (3 if args.quick else 7)
     graphs = {f"layered-{n}": spec_layered(n), f"chain-{c}": spec_chain(c)}
     figures = measure(graphs, rounds)
-    print(f"median of {rounds} interleaved rounds, µs per task (flowdeco.run, 4 workers)")
-    for k, v in figures.items():
-        print(f"{k:<34}{v:>9.1f}")
+    print(f"median of {rounds} interleaved rounds, µs per task (flowdeco.run, 4 workers); "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'':<34}{'wall':>9}{'cpu':>9}")
+    for k, (wall, cpu) in figures.items():
+        print(f"{k:<34}{wall:>9.1f}{cpu:>9.1f}")
     return 0
 
 
