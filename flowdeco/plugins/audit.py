@@ -284,6 +284,14 @@ class AuditTrail:
         """A write failed (full disk): stop the run, like a failed commit of the store."""
         self.error = exc
         self._drop_file()
+        try:  # cut the line the failed write tore (this also gives its space back)
+            fd = os.open(self.path, os.O_RDWR)  # type: ignore[arg-type]
+            try:
+                _cut_torn_line(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # it is cut when the trail is opened again
         if run is not None:
             run.stop()  # nothing new starts while its events cannot be recorded
             self._report_failure(run)
