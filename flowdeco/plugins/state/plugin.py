@@ -49,6 +49,7 @@ from ...graph import SUBFLOW, TASK, Graph
 from ...manager import hookimpl, swap_plugin
 from ...outcome import Event, Finish, Restored
 from ...runner import validate_run_id
+from ..audit import audit_path, read_events
 from ...select import compile_expression
 from . import hookspecs
 from .cache import Cache
@@ -60,6 +61,8 @@ from .writer import UNREPORTED, UnstorableResult, Writer, unstorable_error, wrap
 PLUGIN_NAME = "state-store"
 RESTORER_NAME = "state-restorer"
 _MAX_ERROR = 8192
+#: tasks named in one warning (``count`` gives the total)
+_MAX_NAMES = 50
 
 
 def add_hookspecs(pm: Any) -> None:
@@ -243,6 +246,8 @@ class StatePlugin:
         self.encoded: dict[int, tuple[Any, str]] = {}
         self.write_error: BaseException | None = None
         self._restorer: _Restorer | None = None
+        #: on resume: completions the audit trail shows that the store lost
+        self.lost: list[str] = []
         #: some plugin wants to hear which completions are durable (flowdeco_report_durable)
         self.confirm = False
         #: names of the completions in ``pending`` (kept only when ``confirm``)
@@ -258,8 +263,18 @@ class StatePlugin:
 
     def check_exists(self, run_id: str) -> None:
         if not self.store.open(create=False) or self.store.load_run(run_id) is None:
-            raise StateError(f"unknown run id {run_id!r}: no such run in {self.state_dir}; "
-                             + self._hint())
+            raise self._unknown(run_id)
+
+    def _unknown(self, run_id: str) -> StateError:
+        trail = audit_path(self.state_dir, run_id)
+        if trail.is_file():
+            # the audit trail is written after the run's record is committed: the store lost it
+            return StateError(
+                f"run {run_id!r} has an audit trail ({trail}) but no record in "
+                f"{self.store.location}: the store lost it (a truncated or damaged "
+                f"state.db-wal?) and it cannot be resumed; start a new run")
+        return StateError(f"unknown run id {run_id!r}: no such run in {self.state_dir}; "
+                          + self._hint())
 
     @hookimpl
     def flowdeco_collection_finish(self, config: Any, graph: Graph) -> None:
@@ -286,8 +301,7 @@ class StatePlugin:
         store.open(create=False)
         record = store.load_run(rid)
         if record is None:
-            raise StateError(f"unknown run id {rid!r}: no such run in {self.state_dir}; "
-                             + self._hint())
+            raise self._unknown(rid)
         if record.flow != graph.name:
             raise StateError(f"run {rid!r} is a run of flow {record.flow!r}, not of "
                              f"{graph.name!r}: resume it with the flow it ran, or start a new run")
@@ -297,8 +311,44 @@ class StatePlugin:
         if self.lock is None:
             self.lock = store.lock_run(rid)
         self.stored = store.load_tasks(rid)
+        self.lost = self._lost_by_store(rid, graph, self.stored)
         self.resume_id = rid
         self.config.option.run_id = rid
+
+    def _lost_by_store(self, rid: str, graph: Graph, stored: dict[str, TaskRecord]
+                       ) -> list[str]:
+        """Tasks the audit trail shows as succeeded whose completion the store lacks.
+
+        ``task_succeeded`` reaches the trail only after its completion is
+        committed, so such a task was lost by the store (a -wal truncated or
+        garbled, a backup restored): it runs again.  A success counts unless a
+        later attempt of the same task started (a --rerun in a later session).
+        """
+        trail = audit_path(self.state_dir, rid)
+        if not trail.is_file():
+            return []
+        last: dict[str, bool] = {}
+        try:
+            for event in read_events(trail):
+                name = event["event"]
+                if name == "task_succeeded":
+                    if event.get("durable", True) is not False:
+                        last[event.get("task")] = True  # type: ignore[index]
+                elif name == "task_started":
+                    last[event.get("task")] = False  # type: ignore[index]
+        except OSError:
+            return []  # (unreadable: nothing to compare with)
+        by_name = graph.by_name
+        lost = []
+        for name, succeeded in last.items():
+            if not succeeded or not isinstance(name, str):
+                continue
+            rec = stored.get(name)
+            if rec is not None and rec.completed:
+                continue
+            if name in by_name or _instance_base(name) in by_name:
+                lost.append(name)
+        return lost
 
     # -- run start
     @hookimpl(tryfirst=True)
@@ -426,6 +476,14 @@ class StatePlugin:
             for part in parts:
                 if part.fingerprint == now:
                     instances[part.name] = Restored(self._load(part), attempts=part.attempts)
+        if self.lost:
+            names = self.lost
+            run.emit("state_warning", level="warning",
+                     reason=f"the audit trail shows these tasks succeeded but "
+                            f"{self.store.location} lacks their results (its -wal was "
+                            f"truncated or damaged?)",
+                     tasks=names[:_MAX_NAMES], count=len(names),
+                     action="running them again")
         for name, why in changed:
             run.emit("task_changed", task=name, reason=why, level="warning",
                      action="re-running it and everything downstream")
