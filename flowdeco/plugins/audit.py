@@ -250,7 +250,10 @@ class AuditTrail:
     def flowdeco_report_durable(self, run: Any, tasks: list[str]) -> None:
         unconfirmed = self._unconfirmed
         if unconfirmed:
-            unconfirmed.difference_update(tasks)
+            if len(tasks) == 1:
+                unconfirmed.discard(tasks[0])
+            else:
+                unconfirmed.difference_update(tasks)
             self._write_held(run)
 
     def _write_held(self, run: Any, everything: bool = False) -> None:

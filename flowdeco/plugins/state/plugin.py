@@ -46,7 +46,7 @@ from typing import Any, Callable
 from ...errors import StateError, UsageError
 from ...executors import SyncExecutor
 from ...graph import SUBFLOW, TASK, Graph
-from ...manager import hookimpl, swap_plugin
+from ...manager import direct_caller, hookimpl, swap_plugin
 from ...outcome import Event, Finish, Restored
 from ...runner import validate_run_id
 from ..audit import audit_path, read_events
@@ -381,6 +381,8 @@ class StatePlugin:
         self.local = isinstance(run.executor, (ThreadPoolExecutor, SyncExecutor))
         run.durable_later = True  # completions are confirmed by flowdeco_report_durable
         self.confirm = bool(run.hook.flowdeco_report_durable.get_hookimpls())
+        if self.confirm:  # once per commit: without pluggy's dispatch (see direct_caller)
+            self._durable = direct_caller(run.hook.flowdeco_report_durable, ("run", "tasks"))
         if isinstance(run.executor, ThreadPoolExecutor):
             # workers share our memory: commit on a thread, gate dependents (see .writer)
             wake = None
@@ -654,7 +656,7 @@ class StatePlugin:
         while unconfirmed and unconfirmed[0][0] <= committed:
             names += unconfirmed.popleft()[1]
         if names:
-            run.hook.flowdeco_report_durable(run=run, tasks=names)
+            self._durable(run, names)
 
     def _drain(self, run: Any) -> None:
         """The run has ended (``run_finished``): commit what is pending and confirm it, so
@@ -683,7 +685,7 @@ class StatePlugin:
         self.completions = False
         if self.done_names:
             names, self.done_names = self.done_names, []
-            run.hook.flowdeco_report_durable(run=run, tasks=names)
+            self._durable(run, names)
         return True
 
     def _write_failed(self, run: Any, exc: BaseException) -> None:
