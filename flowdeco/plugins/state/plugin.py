@@ -329,7 +329,7 @@ class StatePlugin:
             return []
         last: dict[str, bool] = {}
         try:
-            for event in read_events(trail):
+            for event in read_events(trail, ("task_succeeded", "task_started")):
                 name = event["event"]
                 if name == "task_succeeded":
                     if event.get("durable", True) is not False:
