@@ -187,3 +187,58 @@ def test_an_idle_writer_commits_at_once_without_a_gathering_window():
     limit = max(0.4, 5 * _round_trips(50))
     assert elapsed < limit, f"50 commits took {elapsed:.3f} s (limit {limit:.3f} s): " \
                             "the writer waits before committing"
+
+
+INDEPENDENT = """
+    import os
+    from flowdeco import task
+
+    @task(priority=1)
+    def a():
+        return 1
+
+    @task
+    def c():
+        with open(os.environ["FD_MARK"], "a") as fh:
+            fh.write("c started\\n")
+        return 3
+"""
+
+
+def test_a_worker_starts_its_next_task_only_once_its_last_completion_is_committed(
+        flows, monkeypatch):
+    """The loss bound per worker: with one worker, while a's commit is held, the
+    independent task c must not start (a kill then would re-run both a and c)."""
+    path = flows.write(INDEPENDENT)
+    st = flows.cwd / "st"
+    mark = flows.cwd / "mark.txt"
+    monkeypatch.setenv("FD_MARK", str(mark))
+    entered, release = threading.Event(), threading.Event()
+
+    class Backend:
+        @flowdeco.hookimpl
+        def flowdeco_state_store(self, state_dir, config):
+            store = BlockingStore(state_dir)
+            store.entered, store.release = entered, release
+            return store
+
+    out: dict = {}
+
+    def go():
+        try:
+            out["result"] = flowdeco.run(str(path), state_dir=st, run_id="r",
+                                         executor="thread", workers=1, plugins=[Backend()])
+        finally:
+            release.set()
+
+    t = threading.Thread(target=go)
+    t.start()
+    try:
+        assert entered.wait(30)
+        time.sleep(0.3)  # c would have started by now without the gate (a margin, not a bound)
+        assert not mark.exists(), "c started while a's completion was not committed"
+    finally:
+        release.set()
+        t.join(30)
+    assert out["result"].ok
+    assert mark.read_text() == "c started\n"

@@ -544,8 +544,10 @@ class StatePlugin:
     def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
         if not self.local or task.kind is not TASK:
             return None
+        # an interval task's successful iteration is not its completion: not waited for
+        final = task.spec is None or getattr(task.spec, "every", None) is None
         return wrapper(task.name, self.codec.dumps, self.encoded, self.writer, self.seqs,
-                       task.deps)
+                       task.deps, task.index if final else -1)
 
     # -- recording
     @hookimpl(tryfirst=True)  # run_finished: drained before the audit trail writes it

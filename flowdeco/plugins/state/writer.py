@@ -22,10 +22,17 @@ instead:
   worker right after its dependency (``run.inline_successors``, kept on)
   finds that dependency not even reported yet and waits for it the same way.
 
+The same gate makes each worker wait, before it starts its next task, until
+the completion of the task it ran last is committed (:attr:`Writer.last`, one
+per worker thread).  Without it a worker could finish X, start Y while X's
+commit was still in progress and finish Y too: a crash then would re-run
+both, two or more per worker.  With it a worker holds at most one finished
+but uncommitted completion, or one running attempt, never both.
+
 So a task's body never runs before the completions it depends on are
-durable, and a crash at any point loses at most completions that nothing
-has used yet and that were waiting for the commit in progress or being
-committed: at most one per worker, plus one completing at that instant.
+durable, and a crash at any point re-runs at most one attempt per worker
+(the one running, or the one finished and not yet committed), plus one
+completing at that instant.
 If a commit fails (disk full), the writer stops, every gate
 waiting for that batch raises :class:`~flowdeco.StateError` (the task fails
 without running) and the plugin stops the run.
@@ -43,6 +50,10 @@ from .codec import Unstorable, type_name
 from .store import Store, TaskRow
 
 _STOP = None
+#: longest a worker waits for the commit of the completion it produced last before its next
+#: task (normally one commit, milliseconds); past it the worker goes on (a slow disk, or a
+#: plugin that gave a successful attempt another try) rather than stall the run
+PREVIOUS_WAIT = 2.0
 #: ``seqs[i]`` of a task whose end the scheduler has not seen yet
 UNREPORTED = sys.maxsize
 
@@ -64,6 +75,8 @@ class Writer(threading.Thread):
         self.error: BaseException | None = None
         #: rows of batches that could not be written (after an error)
         self.unwritten: dict[str, TaskRow] = {}
+        #: per worker thread: ``last.index``, the task whose completion it produced last
+        self.last = threading.local()
 
     def submit(self, seq: int, rows: Sequence[TaskRow]) -> None:
         self.queue.put((seq, rows))
@@ -114,18 +127,22 @@ class Writer(threading.Thread):
         with self.cond:
             self.cond.notify_all()
 
-    def wait_for(self, seqs: list[int], deps: tuple[int, ...]) -> None:
+    def wait_for(self, seqs: list[int], deps: tuple[int, ...],
+                 what: str = "the results it depends on", timeout: float | None = None) -> None:
         """Block until the completions of ``deps`` are committed; StateError if they never will be.
 
         ``seqs[d]`` is the batch of ``d``'s completion, :data:`UNREPORTED` while
         the scheduler has not seen it (a successor chained on the same worker).
+        With ``timeout``, give up waiting (without error) after that many seconds.
         """
         with self.cond:
-            while max([seqs[d] for d in deps]) > self.committed and self.error is None:
-                self.cond.wait()
+            if not self.cond.wait_for(
+                    lambda: max([seqs[d] for d in deps]) <= self.committed or self.error is not None,
+                    timeout):
+                return
             if max([seqs[d] for d in deps]) > self.committed:
                 err = self.error
-                raise StateError(f"not started: the results it depends on could not be saved "
+                raise StateError(f"not started: {what} could not be saved "
                                  f"({type(err).__name__}: {err})")
 
     def stop(self) -> None:
@@ -141,24 +158,38 @@ class UnstorableResult(StateError):
 
 def wrapper(name: str, dumps: Callable[[Any], str],
             encoded: dict[int, tuple[Any, str]], writer: Writer | None, seqs: list[int],
-            deps: tuple[int, ...]) -> Callable[[Callable[[dict], Any]], Callable[[dict], Any]]:
+            deps: tuple[int, ...], index: int = -1
+            ) -> Callable[[Callable[[dict], Any]], Callable[[dict], Any]]:
     """The ``flowdeco_task_wrap`` decorator of a task on an in-process executor.
 
-    On the worker: wait until the dependencies' completions are committed
-    (when a writer thread commits), run the attempt, then encode its result
-    so that the scheduler only stores text; an unstorable result raises
+    On the worker: wait until the dependencies' completions, and the
+    completion this worker produced last, are committed (when a writer
+    thread commits), run the attempt, then encode its result so that the
+    scheduler only stores text; an unstorable result raises
     :class:`UnstorableResult` (see :func:`unstorable_error`).
     """
+    last = writer.last if writer is not None else None
+    if writer is None:
+        index = -1  # the scheduler commits before it starts anything new: nothing to wait for
+
     def decorate(call: Callable[[dict], Any]) -> Callable[[dict], Any]:
         def attempt(kwargs: dict) -> Any:
-            if deps and writer is not None and max([seqs[d] for d in deps]) > writer.committed:
-                writer.wait_for(seqs, deps)
+            if writer is not None:
+                committed = writer.committed
+                prev = getattr(last, "index", -1)
+                if prev >= 0 and seqs[prev] > committed:
+                    writer.wait_for(seqs, (prev,), "the result this worker produced before",
+                                    timeout=PREVIOUS_WAIT)
+                if deps and max([seqs[d] for d in deps]) > committed:
+                    writer.wait_for(seqs, deps)
             result = call(kwargs)
             try:
                 text = dumps(result)
             except Unstorable as exc:
                 raise unstorable_error(name, result, exc) from None
             encoded[id(result)] = (result, text)
+            if index >= 0:
+                last.index = index
             return result
         return attempt
     return decorate
