@@ -68,9 +68,22 @@ class Command:
     main: Callable[[list[str], Any], int]
 
 
+def _escape_unencodable(*streams: Any) -> None:
+    """Print what a stream cannot encode (a lone surrogate in an error message, a
+    non-UTF-8 file name) as backslash escapes rather than fail the run with exit 3."""
+    for stream in streams:
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot change now: leave it
+                pass
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
     """Run the CLI; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _escape_unencodable(sys.stdout, sys.stderr)
     err = sys.stderr
     session = None
     try:

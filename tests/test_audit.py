@@ -183,6 +183,30 @@ def test_failed_task_event_has_attempts_error_and_traceback(flows, capsys):
     assert not any(e["event"] == "task_started" and e["task"] == "downstream" for e in events)
 
 
+def test_an_error_message_with_a_lone_surrogate_is_recorded_not_fatal(flows, capsys):
+    """Text decoded with surrogateescape (a file name in a foreign encoding) in an error
+    message made the audit write raise UnicodeEncodeError: exit 3 and a lost run."""
+    path = flows.write("""
+        from flowdeco import task
+
+        @task
+        def bad():
+            raise ValueError("cannot read file b\\udcff.csv")
+
+        @task
+        def good():
+            return 1
+    """)
+    assert cli.main([str(path), "--state-dir", "st", "--run-id", "s1", "-w", "1"]) == 1
+    capsys.readouterr()
+    events = read_audit(flows.cwd / "st", "s1")
+    failed = [e for e in events if e["event"] == "task_failed"]
+    assert [e["task"] for e in failed] == ["bad"]
+    assert failed[0]["error"] == "ValueError: cannot read file b\udcff.csv"
+    assert ("task_succeeded", "good") in task_events(events)
+    assert events[-1]["event"] == "run_finished" and events[-1]["status"] == "failed"
+
+
 def test_task_log_messages_go_to_the_trail_with_task(flows, capsys):
     path = flows.write(LOGGING)
     assert cli.main([str(path), "--state-dir", "st", "--run-id", "log1"]) == 0

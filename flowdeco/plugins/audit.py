@@ -98,12 +98,28 @@ def make_private_dirs(folder: Path) -> None:
         f.mkdir(mode=0o700, exist_ok=True)
 
 
+class _EscapingPrintLogger(structlog.PrintLogger):
+    """A console line the stream cannot encode (a lone surrogate on a strict UTF-8
+    stream) is printed with backslash escapes instead of failing the run."""
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except UnicodeEncodeError:
+            super().msg(message.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+    log = debug = info = warn = warning = err = error = critical = exception = failure = fatal \
+        = msg
+
+
 def _open_private(path: Path) -> IO[str]:
     make_private_dirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         _cut_torn_line(fd)
-        return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        # backslashreplace: a message with a lone surrogate (bytes decoded with
+        # surrogateescape) is written as its JSON escape instead of failing the write
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
     except BaseException:
         os.close(fd)
         raise
@@ -218,7 +234,7 @@ class AuditTrail:
                     exception_formatter=structlog.dev.plain_traceback, sort_keys=False,
                     pad_event_to=0)
             self._console_log = structlog.wrap_logger(
-                structlog.PrintLogger(stream),
+                _EscapingPrintLogger(stream),
                 processors=[_mask_secrets, renderer], context_class=dict,
                 cache_logger_on_first_use=True)
 
