@@ -30,6 +30,18 @@ class Option:
     group: str = "general"
 
 
+class UsageArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are :class:`UsageError` (CLI exit 4), not exit 2.
+
+    :meth:`Parser.argparser` builds one; a plugin's CLI command
+    (``flowdeco_cli_commands``) uses it so a bad flag there exits like one
+    of the main command.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see python -m flowdeco --help)")
+
+
 class Parser:
     """Collects options declared by plugins (``parser.addoption(...)``)."""
 
@@ -59,8 +71,9 @@ class Parser:
         return dest in self._by_dest
 
     def argparser(self, prog: str = "flowdeco", description: str = "",
-                  epilog: str = "") -> argparse.ArgumentParser:
-        ap = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                  epilog: str = "") -> UsageArgumentParser:
+        """The CLI parser: ``TARGET`` and every declared option, grouped; errors exit 4."""
+        ap = UsageArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         ap.add_argument("target", nargs="?", help="a file path, a module name, or module:flow")
         groups: dict[str, Any] = {}

@@ -133,7 +133,8 @@ def flowdeco_run_start(run: "Run") -> None:
     """Called on the scheduler thread after the graph is final, before any task starts.
 
     ``run`` exposes ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
-    ``state_dir`` (None with ``--no-state``) and ``emit``.  A plugin that
+    ``state_dir`` (None with ``--no-state``) and ``emit``.  A metrics plugin
+    sets ``run.metrics`` (it becomes ``RunResult.metrics``).  A plugin that
     must see a task's completion before its dependents start can set
     ``run.inline_successors = False`` here (the scheduler then starts every
     task itself, after each batch's ``flowdeco_report_flush``), or -- cheaper,

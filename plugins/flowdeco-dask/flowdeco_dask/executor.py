@@ -16,7 +16,7 @@ from distributed.scheduler import KilledWorker
 
 from flowdeco import UsageError
 from flowdeco.executors import WorkerCrashed, relay
-from flowdeco.pickling import _importable
+from flowdeco.pickling import importable
 from flowdeco.pickling import check_graph as _check_graph
 
 
@@ -36,7 +36,7 @@ def check_graph(graph: Any) -> None:
         if fn is None or modname is None or modname == "__main__":
             continue
         module = sys.modules.get(modname)
-        if module is not None and not _importable(modname):
+        if module is not None and not importable(modname):
             cloudpickle.register_pickle_by_value(module)
 
 
