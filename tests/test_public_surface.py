@@ -256,3 +256,11 @@ def test_checker(source, module, expected):
         "flowdeco.pipeline" if module.startswith("flowdeco.pipeline") else \
         module if module.startswith("flowdeco.") else module.partition(".")[0]
     assert check_source(source, module, unit) == expected
+
+
+def test_no_module_shadows_the_standard_library():
+    """``flowdeco/select.py`` hid ``select`` from anything run with ``flowdeco/`` on sys.path."""
+    import sys
+    names = {p.stem for p in (ROOT / "flowdeco").rglob("*.py")} | \
+        {p.name for p in (ROOT / "flowdeco").rglob("*") if p.is_dir()}
+    assert not sorted(names & set(sys.stdlib_module_names))

@@ -43,7 +43,7 @@ from ...graph import SUBFLOW, TASK, Graph
 from ...manager import hookimpl, swap_plugin
 from ...outcome import Event, Finish, Restored
 from ...runner import validate_run_id
-from ...select import compile_expression
+from ...selection import compile_expression
 from . import hookspecs
 from .cache import Cache
 from .codec import Codec, Unstorable, default_codec
