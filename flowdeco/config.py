@@ -16,6 +16,7 @@ import pluggy
 
 from .clock import Clock
 from .errors import UsageError, suggest
+from .stash import Stash
 
 _NOTSET = object()
 
@@ -99,8 +100,8 @@ class Config:
         self.option = argparse.Namespace(**values)
         self.clock = clock or Clock()
         self.from_cli = from_cli
-        #: plugin state that lives as long as the configuration, keyed by plugin
-        self.stash: dict[Any, Any] = {}
+        #: plugin state that lives as long as the configuration (keys: :class:`StashKey`)
+        self.stash: Stash = Stash()
 
     def getoption(self, name: str, default: Any = _NOTSET) -> Any:
         try:

@@ -168,3 +168,7 @@ def _type_name(obj: Any) -> str:
     t = type(obj)
     mod = t.__module__
     return t.__qualname__ if mod in ("builtins", None) else f"{mod}.{t.__qualname__}"
+
+
+#: the name flowdeco-dask 0.1.0 imported; kept so an installed older plugin still loads
+_importable = importable

@@ -264,3 +264,15 @@ def test_no_module_shadows_the_standard_library():
     names = {p.stem for p in (ROOT / "flowdeco").rglob("*.py")} | \
         {p.name for p in (ROOT / "flowdeco").rglob("*") if p.is_dir()}
     assert not sorted(names & set(sys.stdlib_module_names))
+
+
+def test_stash_keys_are_typed_and_distinct():
+    from flowdeco import StashKey
+    from flowdeco.stash import Stash
+    a, b = StashKey[int]("same"), StashKey[int]("same")
+    stash = Stash()
+    stash[a] = 1
+    assert stash.get(b) is None and stash[a] == 1     # identity, not label
+    assert stash.setdefault(b, 2) == 2 and stash.pop(a) == 1
+    stash["plain"] = 3                                 # string keys still work
+    assert dict(stash) == {b: 2, "plain": 3} and repr(a) == "StashKey('same')"

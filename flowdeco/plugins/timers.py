@@ -58,11 +58,12 @@ import attrs
 from ..errors import CollectionError, UsageError
 from ..manager import hookimpl
 from ..outcome import Finish, Reschedule
+from ..stash import StashKey
 
 NAME = "timers"
 
 #: config.stash key: per-run helper objects still registered (unregistered at unconfigure)
-_REGISTERED = object()
+_REGISTERED = StashKey[list]("flowdeco.timers.registered")
 
 OPTIONS = ["delay", "every", "times", "until", "cron"]
 

@@ -58,16 +58,23 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flowdeco import UsageError, hookimpl
+from flowdeco import StashKey, UsageError, hookimpl
 
 __version__ = "0.1.0"
 
-_STASH = "flowdeco_dask.executor"
-_GRAPH = "flowdeco_dask.graph"
-_UPLOADS = "flowdeco_dask.uploads"
-_LOGS = "flowdeco_dask.logs"
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco.graph import Graph
+
+    from .executor import DaskExecutor
+    from .upload import Uploads
+
+# config.stash keys
+_STASH: StashKey[DaskExecutor] = StashKey("flowdeco_dask.executor")
+_GRAPH: StashKey[Graph] = StashKey("flowdeco_dask.graph")
+_UPLOADS: StashKey[Uploads] = StashKey("flowdeco_dask.uploads")
+_LOGS: StashKey[list[tuple[logging.Logger, int]]] = StashKey("flowdeco_dask.logs")
 
 
 def _dask_object(obj: Any) -> bool:
