@@ -143,8 +143,26 @@ def _real_time_message(waited: float, timeout: float) -> str:
             "use the flow_clock fixture to run schedules instantly")
 
 
+def run_flow(target: Any, *, fail_after: float | None = None, **kwargs: Any) -> RunResult:
+    """:func:`flowdeco.run` as tests want it: no state kept unless ``state_dir=`` is given.
+
+    With ``fail_after`` (seconds), the run happens on a helper thread (see
+    :func:`within`) and a run that takes longer fails the test instead of hanging the suite;
+    use it for executors with processes or clusters.  Without it the run is on
+    the test's thread, so Ctrl-C and signal handling behave as on the CLI.
+    The ``flow_run`` fixture calls this, adding events, overrides and clocks.
+    """
+    from .runner import run
+    kwargs.setdefault("state_dir", None)
+    if fail_after is None:
+        return run(target, **kwargs)
+    return within(fail_after, run, target, **kwargs)
+
+
 class FlowRunner:
     """The ``flow_run`` fixture: ``flow_run(target, override=None, overrides=None, **run_kwargs)``.
+
+    ``run_kwargs`` are those of :func:`run_flow` (``fail_after=``) and :func:`flowdeco.run`.
 
     Runs in-process with no state (``state_dir=None``) unless ``state=True``
     (then in the test's ``flow_state`` folder) or ``state_dir=`` is given;
@@ -175,7 +193,6 @@ class FlowRunner:
     def __call__(self, target: Any, *, override: Mapping[str, Callable[..., Any]] | None = None,
                  overrides: Mapping[str, Any] | None = None, state: bool = False,
                  **kwargs: Any) -> RunResult:
-        from .runner import run
         plugins = list(kwargs.pop("plugins", ()))
         if override or overrides:
             plugins.append(Overrides(override or {}, overrides or {}))
@@ -183,13 +200,12 @@ class FlowRunner:
         plugins.append(self.events)
         if state:
             kwargs.setdefault("state_dir", self._request.getfixturevalue("flow_state"))
-        kwargs.setdefault("state_dir", None)
         if "flow_clock" in self._request.fixturenames:
             kwargs.setdefault("clock", self._request.getfixturevalue("flow_clock"))
         if kwargs.get("clock") is None and self.real_wait_warning is not None \
                 and self._warned is None:
             kwargs["clock"] = _watched_clock(self.real_wait_warning, self._long_wait)
-        self.result = run(target, plugins=plugins, **kwargs)
+        self.result = run_flow(target, plugins=plugins, **kwargs)
         if self._warned is not None and self._warned != "issued":
             message, self._warned = self._warned, "issued"
             import warnings

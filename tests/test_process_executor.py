@@ -19,16 +19,9 @@ import pytest
 from flowdeco import CollectionError, run, task
 from flowdeco import cli
 from flowdeco.executors import ProcessExecutor, WorkerCrashed
-from flowdeco.testing import within
+from flowdeco.testing import run_flow
 
 TIMEOUT = 60.0
-
-
-def go(target, timeout=TIMEOUT, **kw):
-    """``run`` in a helper thread, so a hanging engine fails the test instead of the suite."""
-    kw.setdefault("state_dir", None)
-    kw.setdefault("executor", "process")
-    return within(timeout, run, target, **kw)
 
 
 # --------------------------------------------------------------------------- collection
@@ -65,12 +58,12 @@ def test_unpicklable_task_is_a_collection_error(write_module, case):
     source, name, why = UNPICKLABLE[case]
     path = write_module(source)
     with pytest.raises(CollectionError) as info:
-        go(str(path))
+        run_flow(str(path), executor="process", fail_after=TIMEOUT)
     msg = str(info.value)
     assert msg.startswith(f"task {name!r} cannot run on the process executor: it ")
     assert why in msg
     # the same flow runs on threads
-    assert go(str(path), executor="thread").ok
+    assert run_flow(str(path), executor="thread", fail_after=TIMEOUT).ok
 
 
 def test_unpicklable_run_parameter_is_a_collection_error(write_module):
@@ -83,7 +76,7 @@ def test_unpicklable_run_parameter_is_a_collection_error(write_module):
     with pytest.raises(CollectionError, match="task 'guarded' cannot run on the process "
                                               "executor: the value of its parameter 'lock' "
                                               r"\(a lock\) cannot be pickled"):
-        go(str(path), params={"lock": threading.Lock()})
+        run_flow(str(path), params={"lock": threading.Lock()}, executor="process", fail_after=TIMEOUT)
 
 
 def test_unpicklable_task_exits_4_from_the_cli(write_module, tmp_path, capsys):
@@ -102,7 +95,7 @@ def test_closure_given_as_a_list_is_refused_too():
             return 1
         return inner
     with pytest.raises(CollectionError, match="task 'inner' cannot run on the process"):
-        go([make()])
+        run_flow([make()], executor="process", fail_after=TIMEOUT)
 
 
 def test_dynamic_module_needs_fork():
@@ -118,12 +111,12 @@ def test_dynamic_module_needs_fork():
         spawn = ProcessExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         with pytest.raises(CollectionError, match="module 'fd_dynamic_mod', which a worker "
                                                   "process started with 'spawn' cannot import"):
-            go([mod.made], executor=spawn)
+            run_flow([mod.made], executor=spawn, fail_after=TIMEOUT)
         spawn.shutdown()
         # forked workers inherit the module: it runs
         fork = ProcessExecutor(1, mp_context=multiprocessing.get_context("fork"))
         try:
-            assert go([mod.made], executor=fork).results == {"made": 42}
+            assert run_flow([mod.made], executor=fork, fail_after=TIMEOUT).results == {"made": 42}
         finally:
             fork.shutdown()
     finally:
@@ -186,8 +179,8 @@ def test_task_in_a_main_script_file_runs_with_spawn(tmp_path):
 
 def test_threads_and_sync_check_nothing():
     double = task(name="double")(lambda: 2)
-    assert go([double], executor="thread").results == {"double": 2}
-    assert go([double], executor="sync").results == {"double": 2}
+    assert run_flow([double], executor="thread", fail_after=TIMEOUT).results == {"double": 2}
+    assert run_flow([double], executor="sync", fail_after=TIMEOUT).results == {"double": 2}
 
 
 # --------------------------------------------------------------------------- results
@@ -223,7 +216,7 @@ RESULTS = """
 
 
 def test_unpicklable_result_fails_that_task(write_module):
-    result = go(str(write_module(RESULTS)), workers=2)
+    result = run_flow(str(write_module(RESULTS)), workers=2, executor="process", fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["lock"].status == "failed"
     assert oc["lock"].error.startswith(
@@ -245,7 +238,7 @@ def test_times_are_on_the_drivers_clock(write_module):
             time.sleep(0.2)
             return 1
     """)
-    result = go(str(path))
+    result = run_flow(str(path), executor="process", fail_after=TIMEOUT)
     out = result.outcomes["nap"]
     assert 0.2 <= out.duration < 5
     assert abs((out.finished_at - out.started_at).total_seconds() - out.duration) < 1e-3
@@ -294,7 +287,7 @@ def test_dead_worker_fails_only_its_attempt(write_module, tmp_path):
     markers.mkdir()
     path = write_module(CRASH.format(markers=str(markers)))
     st = tmp_path / "st"
-    result = go(str(path), workers=1, state_dir=st, run_id="crash")
+    result = run_flow(str(path), workers=1, state_dir=st, run_id="crash", executor="process", fail_after=TIMEOUT)
     assert result.ok, result.outcomes
     oc = result.outcomes
     dead = int((markers / "crashed").read_text())
@@ -326,7 +319,7 @@ def test_segfault_without_retries_fails_the_task_and_the_run_goes_on(write_modul
         def later():
             return "still runs"
     """)
-    result = go(str(path), workers=1)
+    result = run_flow(str(path), workers=1, executor="process", fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["segv"].status == "failed"
     assert oc["segv"].attempts == 1
@@ -378,7 +371,7 @@ def test_a_broken_pool_you_own_fails_attempts_instead_of_the_run(write_module):
     """)
     pool = ProcessPoolExecutor(1)
     try:
-        result = go(str(path), executor=pool, workers=1)
+        result = run_flow(str(path), executor=pool, workers=1, fail_after=TIMEOUT)
     finally:
         pool.shutdown()
     oc = result.outcomes
@@ -450,7 +443,7 @@ def test_dag_retries_and_audit_match_threads(write_module, tmp_path, executor):
         counter = tmp_path / f"counter-{ex}"
         path = write_module(DAG.format(counter=str(counter)))
         st = tmp_path / f"st-{ex}"
-        result = go(str(path), executor=ex, workers=2, state_dir=st, run_id="same")
+        result = run_flow(str(path), executor=ex, workers=2, state_dir=st, run_id="same", fail_after=TIMEOUT)
         results[ex] = ({k: (o.status, o.attempts, o.error, o.reason)
                         for k, o in result.outcomes.items()}, result.results, result.status)
         shapes[ex] = _shape(_audit(st, "same"))
@@ -565,7 +558,7 @@ def test_tiny_tasks_are_batched_and_report_like_single_attempts(write_module, tm
     ex = CountingExecutor(2)
     st = tmp_path / "st"
     try:
-        result = go(str(path), executor=ex, state_dir=st, run_id="tiny")
+        result = run_flow(str(path), executor=ex, state_dir=st, run_id="tiny", fail_after=TIMEOUT)
     finally:
         ex.shutdown()
     assert result.ok, {k: o.error for k, o in result.outcomes.items() if o.error}
@@ -594,10 +587,10 @@ def test_batching_off_and_with_exitfirst(write_module, monkeypatch):
         try:
             if how == "off":
                 monkeypatch.setattr(runner_mod, "_BATCH_MAX", 1)
-                result = go(str(path), executor=ex)
+                result = run_flow(str(path), executor=ex, fail_after=TIMEOUT)
                 monkeypatch.undo()
             else:
-                result = go(str(path), executor=ex, stop_on_error=True)
+                result = run_flow(str(path), executor=ex, stop_on_error=True, fail_after=TIMEOUT)
         finally:
             ex.shutdown()
         assert result.results == _expected(n)
@@ -626,7 +619,7 @@ def test_slow_tasks_are_not_batched(write_module):
     ex = CountingExecutor(2)
     try:
         t0 = time.monotonic()
-        result = go(str(path), executor=ex)
+        result = run_flow(str(path), executor=ex, fail_after=TIMEOUT)
         wall = time.monotonic() - t0
     finally:
         ex.shutdown()

@@ -71,7 +71,9 @@ class DaskExecutor(Executor):
         self._owns_client = owns_client
         self._inner = client.get_executor(pure=False)
         self._closed = False
-        self._max_workers = cluster_threads(self) or None
+        #: the cluster's worker threads (None if unknown): how many attempts to keep in flight
+        self.max_workers: int | None = cluster_threads(self) or None
+        self._max_workers = self.max_workers   # what the session reads of a given Executor
         #: files uploaded for the run (``flowdeco_dask.upload.Uploads``), released on shutdown
         self.uploads: Any = None
 

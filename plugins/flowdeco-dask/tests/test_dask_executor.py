@@ -20,7 +20,7 @@ distributed = pytest.importorskip("distributed")
 from flowdeco import CollectionError, UsageError, hookimpl, run  # noqa: E402
 from flowdeco import cli  # noqa: E402
 from flowdeco.manager import make_pluginmanager  # noqa: E402
-from flowdeco.testing import within  # noqa: E402
+from flowdeco.testing import run_flow  # noqa: E402
 from flowdeco_dask.executor import DaskExecutor  # noqa: E402
 
 TIMEOUT = 120.0
@@ -54,12 +54,6 @@ def cluster(tmp_path_factory):
     sys.path.remove(str(flows))
     for name in written:
         sys.modules.pop(name, None)
-
-
-def go(target, timeout=TIMEOUT, **kw):
-    """``run`` in a helper thread, so a hanging engine fails the test instead of the suite."""
-    kw.setdefault("state_dir", None)
-    return within(timeout, run, target, **kw)
 
 
 def _audit(state_dir, run_id):
@@ -102,7 +96,7 @@ def test_disabled_plugin_leaves_dask_unknown(cluster):
             return 1
     """)
     with pytest.raises(UsageError, match="unknown executor 'dask'"):
-        go(str(path), executor="dask", disable=["dask"])
+        run_flow(str(path), executor="dask", disable=["dask"], fail_after=TIMEOUT)
 
 
 # --------------------------------------------------------------------------- same as threads
@@ -155,7 +149,7 @@ def test_dag_retries_and_audit_match_threads(cluster, tmp_path, how):
         executor = {"thread": "thread", "client": cluster.client,
                     "client.get_executor()": cluster.client.get_executor()}[ex]
         st = tmp_path / f"st-{ex}"
-        result = go(str(path), executor=executor, state_dir=st, run_id="same")
+        result = run_flow(str(path), executor=executor, state_dir=st, run_id="same", fail_after=TIMEOUT)
         pids = result.results["flaky"].pop("pid")
         got[ex] = (_summary(result), _shape(_audit(st, "same")), pids)
     assert got["thread"][:2] == got[how][:2]
@@ -176,7 +170,7 @@ def test_lambdas_and_closures_travel_by_value(cluster):
         return plus
 
     double = task(name="double")(lambda plus: plus * 2)
-    result = go([make(1), double], executor=cluster.client)
+    result = run_flow([make(1), double], executor=cluster.client, fail_after=TIMEOUT)
     assert result.results == {"plus": 2, "double": 4}
 
 
@@ -196,7 +190,7 @@ def test_unpicklable_task_is_a_collection_error(cluster, tmp_path, capsys):
     """)
     with pytest.raises(CollectionError, match="task 'locked' cannot run on the dask executor: "
                                               r"it \(.*\) cannot be pickled"):
-        go(str(path), executor=cluster.client)
+        run_flow(str(path), executor=cluster.client, fail_after=TIMEOUT)
     rc = cli.main([str(path), "--executor", "dask", "--dask-address", cluster.address,
                    "--no-state"])
     assert rc == 4
@@ -230,7 +224,7 @@ def test_killed_worker_fails_only_its_attempt(cluster, tmp_path):
             return "fine"
     """)
     st = tmp_path / "st"
-    result = go(str(path), executor=cluster.client, state_dir=st, run_id="crash")
+    result = run_flow(str(path), executor=cluster.client, state_dir=st, run_id="crash", fail_after=TIMEOUT)
     assert result.ok, result.outcomes
     assert result.outcomes["crash"].attempts == 2
     assert result.results["after"] == result.results["crash"] != int(
@@ -258,7 +252,7 @@ def test_timeout_fails_the_attempt_on_a_dask_worker(cluster):
             return 2
     """)
     t0 = time.monotonic()
-    result = go(str(path), executor=cluster.client)
+    result = run_flow(str(path), executor=cluster.client, fail_after=TIMEOUT)
     assert time.monotonic() - t0 < 2.5
     out = result.outcomes["slow"]
     assert out.status == "failed"
@@ -281,9 +275,9 @@ def test_workers_default_to_the_clusters_threads(cluster):
             return 1
     """)
     cluster.client.wait_for_workers(2, timeout=60)
-    go(str(path), executor=cluster.client, plugins=[Spy()])
+    run_flow(str(path), executor=cluster.client, plugins=[Spy()], fail_after=TIMEOUT)
     assert seen["workers"] == 2
-    go(str(path), executor=cluster.client, workers=1, plugins=[Spy()])
+    run_flow(str(path), executor=cluster.client, workers=1, plugins=[Spy()], fail_after=TIMEOUT)
     assert seen["workers"] == 1
 
 
@@ -314,9 +308,9 @@ def test_resumed_run_restores_on_dask_like_on_threads(cluster, tmp_path):
         """)
         executor = "thread" if ex == "thread" else cluster.client
         st = tmp_path / f"st-{ex}"
-        failed = go(str(path), executor=executor, state_dir=st, run_id="r")
+        failed = run_flow(str(path), executor=executor, state_dir=st, run_id="r", fail_after=TIMEOUT)
         flag.write_text("")
-        resumed = go(str(path), executor=executor, state_dir=st, resume="r")
+        resumed = run_flow(str(path), executor=executor, state_dir=st, resume="r", fail_after=TIMEOUT)
         got[ex] = (_summary(failed), _summary(resumed), _shape(_audit(st, "r")))
     assert got["thread"] == got["client"]
     assert got["client"][1][0]["first"][0] == "restored"
@@ -420,7 +414,7 @@ def test_tiny_tasks_go_in_batches(cluster, tmp_path):
     ex = Counting(cluster.client)
     ex.sizes = []
     st = tmp_path / "st"
-    result = go(str(path), executor=ex, state_dir=st, run_id="tiny")
+    result = run_flow(str(path), executor=ex, state_dir=st, run_id="tiny", fail_after=TIMEOUT)
     assert result.results == {f"t{i}": i for i in range(n)}
     retried = [i for i in range(n) if i % 11 == 5]
     assert sum(ex.sizes) == n + len(retried)
@@ -463,7 +457,7 @@ def test_pipeline_node_runs_on_a_worker_like_on_threads(cluster):
     got = {}
     for ex in ("thread", "client"):
         path = cluster.write(PIPELINE)
-        result = go(str(path), executor="thread" if ex == "thread" else cluster.client)
+        result = run_flow(str(path), executor="thread" if ex == "thread" else cluster.client, fail_after=TIMEOUT)
         res = result.results["numbers"]
         got[ex] = ([x for x, _ in res.outputs], [(e.index, e.stage, e.error) for e in res.errors],
                    result.results["total"], {pid for _, pid in res.outputs})
