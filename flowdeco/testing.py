@@ -312,3 +312,6 @@ def flow_state(tmp_path: Path) -> Path:
 def flow_run(request: pytest.FixtureRequest, flow_events: FlowEvents) -> FlowRunner:
     """Run a flow in-process: ``flow_run(target, override={...}, overrides={...}, **run_kwargs)``."""
     return FlowRunner(request, flow_events)
+
+
+from .conformance import ExecutorConformance  # noqa: E402 - the suite executors subclass

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flowdeco import CollectionError, Flow, FlowError, NoTasksError, run, task
+from flowdeco import CollectionError, Flow, FlowError, NoTasksError, task
 from flowdeco.testing import run_flow
 
 ETL = """

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from flowdeco import run
 from flowdeco.executors import MAX_UNEXPLAINED_RESENDS, ProcessExecutor, WorkerCrashed
 from flowdeco.plugins.state import RunLock
 from flowdeco.testing import run_flow

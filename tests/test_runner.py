@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flowdeco import (FlowError, NoTasksError, RunResult, TaskOutcome, UsageError, hookimpl,
-                      run, task)
+from flowdeco import FlowError, NoTasksError, RunResult, TaskOutcome, UsageError, hookimpl, task
 from flowdeco.testing import run_flow
 
 TIMEOUT = 10.0

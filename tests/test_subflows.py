@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from flowdeco import (CycleError, DuplicateTaskError, Flow, MissingDependencyError,
-                      TaskDefinitionError, run, task)
+                      TaskDefinitionError, task)
 from flowdeco.testing import run_flow
 
 

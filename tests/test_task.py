@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from flowdeco import (CollectionError, Flow, FlowError, MissingDependencyError, Secret,
-                      TaskDefinitionError, TaskSpec, UsageError, run, task)
+                      TaskDefinitionError, TaskSpec, UsageError, task)
 from flowdeco.context import Context
 from flowdeco.testing import run_flow
 
