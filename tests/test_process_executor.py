@@ -445,14 +445,16 @@ def test_slow_tasks_are_not_batched(write_module):
     """)
     ex = CountingExecutor(2)
     try:
-        t0 = time.monotonic()
         result = run_flow(str(path), executor=ex, fail_after=TIMEOUT)
-        wall = time.monotonic() - t0
     finally:
         ex.shutdown()
     assert result.ok
     assert ex.sizes == [1] * 7
-    assert wall < 0.6 * 3 + 2
+    # they ran side by side on the two workers: from the first start to the last end
+    # took less than their durations added up (relative, so a loaded machine passes)
+    slow = [result.outcomes[f"slow{i}"] for i in range(6)]
+    span = max(o.finished_at for o in slow) - min(o.started_at for o in slow)
+    assert span.total_seconds() < sum(o.duration for o in slow)
 
 
 def test_errors_are_exported_from_the_package_lazily():
