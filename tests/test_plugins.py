@@ -648,7 +648,8 @@ def test_blocked_name_during_a_run_does_not_leak_into_the_next(mods):
     name, _ = mods.write_module(LEAKY_PLUGIN)
     _, flow = mods.write_module(TWO_TASKS)
     st = mods.cwd / "st"
-    assert run_flow(str(flow), plugins=[name], block_audit_trail=True, state_dir=st, run_id="b1").ok
+    assert run_flow(str(flow), plugins=[name], block_audit_trail=True, state_dir=st,
+                    run_id="b1").ok
     assert not (st / "runs" / "b1" / "audit.jsonl").exists()
     assert run_flow(str(flow), plugins=[name], state_dir=st, run_id="b2").ok
     assert (st / "runs" / "b2" / "audit.jsonl").exists()

@@ -185,7 +185,8 @@ def test_a_dying_worker_fails_only_the_attempt_it_ran(write_module, tmp_path):
     path = write_module(BESIDE.format(markers=str(markers)))
     st = tmp_path / "st"
     t0 = time.monotonic()
-    result = run_flow(str(path), workers=3, state_dir=st, run_id="beside", executor="process", fail_after=TIMEOUT)
+    result = run_flow(str(path), workers=3, state_dir=st, run_id="beside", executor="process",
+                      fail_after=TIMEOUT)
     assert time.monotonic() - t0 < 25
     oc = result.outcomes
     assert (oc["killer"].status, oc["killer"].attempts) == ("failed", 1)
@@ -232,7 +233,8 @@ def test_a_task_killing_its_worker_every_time_uses_up_its_retries_only(write_mod
     path = write_module(REPEAT.format(markers=str(markers)))
     st = tmp_path / "st"
     t0 = time.monotonic()
-    result = run_flow(str(path), workers=2, state_dir=st, run_id="repeat", executor="process", fail_after=TIMEOUT)
+    result = run_flow(str(path), workers=2, state_dir=st, run_id="repeat", executor="process",
+                      fail_after=TIMEOUT)
     assert time.monotonic() - t0 < 25
     oc = result.outcomes
     assert (oc["killer"].status, oc["killer"].attempts) == ("failed", 3)

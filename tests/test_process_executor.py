@@ -80,7 +80,8 @@ def test_unpicklable_run_parameter_is_a_collection_error(write_module):
     with pytest.raises(CollectionError, match="task 'guarded' cannot run on the process "
                                               "executor: the value of its parameter 'lock' "
                                               r"\(a lock\) cannot be pickled"):
-        run_flow(str(path), params={"lock": threading.Lock()}, executor="process", fail_after=TIMEOUT)
+        run_flow(str(path), params={"lock": threading.Lock()}, executor="process",
+                 fail_after=TIMEOUT)
 
 
 def test_unpicklable_task_exits_4_from_the_cli(write_module, tmp_path, capsys):
@@ -220,7 +221,8 @@ RESULTS = """
 
 
 def test_unpicklable_result_fails_that_task(write_module):
-    result = run_flow(str(write_module(RESULTS)), workers=2, executor="process", fail_after=TIMEOUT)
+    result = run_flow(str(write_module(RESULTS)), workers=2, executor="process",
+                      fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["lock"].status == "failed"
     assert oc["lock"].error.startswith(

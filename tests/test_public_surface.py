@@ -165,8 +165,9 @@ def check_source(source: str, module: str, unit: str, is_package: bool = False) 
             found.append(f"{node.lineno}: private attribute {ast.unparse(node)}")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                 and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) >= 2 \
-                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str) \
-                and _private(node.args[1].value) and is_core(node.args[0], params):
+                and isinstance(node.args[1], ast.Constant) \
+                and isinstance(node.args[1].value, str) and _private(node.args[1].value) \
+                and is_core(node.args[0], params):
             found.append(f"{node.lineno}: private attribute "
                          f"{ast.unparse(node.args[0])}.{node.args[1].value}")
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):

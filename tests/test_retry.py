@@ -322,7 +322,8 @@ def test_run_retry_policy_default():
     rec = FlowEvents()
     a = failing_times(2, name="a")
     b = failing_times(2, name="b", retry=Retry(retries=2, delay=5.0))
-    result = run_flow([a, b], retry=Retry(retries=3, backoff="linear", delay=1.0), plugins=[rec], clock=FakeClock())
+    result = run_flow([a, b], retry=Retry(retries=3, backoff="linear", delay=1.0), plugins=[rec],
+                      clock=FakeClock())
     assert result.ok
     assert [e.fields["delay"] for e in rec.of("task_retrying", task="a")] == [1.0, 2.0]
     assert [e.fields["delay"] for e in rec.of("task_retrying", task="b")] == [5.0, 5.0]

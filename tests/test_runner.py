@@ -182,7 +182,8 @@ def test_stop_on_error_starts_nothing_new(executor):
     def another(other):
         started("another")
 
-    result = run_flow([first_fails, other, another], workers=1, stop_on_error=True, executor=executor)
+    result = run_flow([first_fails, other, another], workers=1, stop_on_error=True,
+                      executor=executor)
     assert started.order == ["first_fails"]
     oc = result.outcomes
     assert oc["first_fails"].status == "failed"
@@ -401,7 +402,8 @@ def test_base_exceptions_fail_the_task_only(executor, exc, text):
     def other():
         return "other"
 
-    result = run_flow([raiser, downstream, other], workers=2, executor=executor, fail_after=TIMEOUT)
+    result = run_flow([raiser, downstream, other], workers=2, executor=executor,
+                      fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["raiser"].status == "failed"
     assert oc["raiser"].error == text
