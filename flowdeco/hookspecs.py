@@ -121,7 +121,13 @@ def flowdeco_make_executor(config: "Config", name: str, workers: int) -> "Option
 
     Stops at first non-None result.  The core implements ``thread``,
     ``process`` and ``sync``; executor plugins (``flowdeco-dask``) add names.
-    The runner shuts the executor down at the end of the run.
+    When ``executor=`` is an object, ``name`` is its type's name and the
+    object is ``config.getoption("executor")``: a plugin may return its own
+    executor wrapping it; if none does, an ``Executor`` is used as given.
+    An executor with a ``max_workers`` int sets how many attempts run at
+    once when ``--workers`` is not given.  The run shuts down what a hook
+    made, never an executor given as it is (see
+    :func:`flowdeco.executors.choose_executor`).
     """
 
 

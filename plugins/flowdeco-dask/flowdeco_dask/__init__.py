@@ -213,6 +213,9 @@ def flowdeco_make_executor(config: Any, name: str, workers: int) -> Any:
 
 @hookimpl
 def flowdeco_run_start(run: Any) -> None:
+    # Transitional: once the session picks every executor with
+    # flowdeco.executors.choose_executor, flowdeco_make_executor above has already
+    # wrapped the object and DaskExecutor.max_workers set the width; delete this hook then.
     if not _dask_object(run.executor):
         return
     from .executor import DaskExecutor, cluster_threads
