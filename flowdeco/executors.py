@@ -39,11 +39,15 @@ from functools import partial
 from multiprocessing.connection import wait as _wait_sentinels
 
 from .threadpool import ThreadPool
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import FlowError, UsageError
 from .manager import hookimpl
 from .pickling import check_graph
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco.config import Config
+    from flowdeco.graph import Graph
 
 
 class SyncExecutor(Executor):
@@ -473,7 +477,7 @@ def choose_executor(config: Any, workers: int | None) -> tuple[Executor, int, bo
 
 
 @hookimpl(trylast=True)
-def flowdeco_make_executor(config: Any, name: str, workers: int) -> Executor | None:
+def flowdeco_make_executor(config: Config, name: str, workers: int) -> Executor | None:
     if name == "thread":
         return ThreadPool(max_workers=workers, thread_name_prefix="flowdeco-worker")
     if name == "process":
@@ -484,7 +488,7 @@ def flowdeco_make_executor(config: Any, name: str, workers: int) -> Executor | N
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
     """Refuse, before anything runs, tasks that cannot travel to a worker process."""
     executor = config.getoption("executor", None)
     if executor == "process":

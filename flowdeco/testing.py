@@ -24,6 +24,9 @@ import pluggy
 import pytest
 
 if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Run
+    from flowdeco.config import Config
+    from flowdeco.graph import Graph, Vertex
     from .clock import FakeClock
     from .outcome import Event, RunResult
 
@@ -46,7 +49,7 @@ class FlowEvents:
         self.events: list[Event] = []
 
     @hookimpl
-    def flowdeco_report(self, run: Any, event: Event) -> None:
+    def flowdeco_report(self, run: Run, event: Event) -> None:
         self.events.append(event)
 
     def clear(self) -> None:
@@ -97,7 +100,7 @@ class Overrides:
         self.values = dict(values)
 
     @hookimpl
-    def flowdeco_collection_finish(self, config: Any, graph: Any) -> None:
+    def flowdeco_collection_finish(self, config: Config, graph: Graph) -> None:
         from .errors import UsageError, suggest
         for name in [*self.functions, *self.values]:
             if name not in graph.by_name:
@@ -106,14 +109,14 @@ class Overrides:
                                  + (f"; did you mean {hint[0]!r}?" if hint else ""))
 
     @hookimpl
-    def flowdeco_task_restore(self, run: Any, task: Any) -> Any:
+    def flowdeco_task_restore(self, run: Run, task: Vertex) -> Any:
         if task.name in self.values:
             from .outcome import Restored
             return Restored(self.values[task.name])
         return None
 
     @hookimpl
-    def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
+    def flowdeco_task_wrap(self, run: Run, task: Vertex) -> Any:
         fake = self.functions.get(task.name)
         if fake is None:
             return None

@@ -277,3 +277,49 @@ def test_stash_keys_are_typed_and_distinct():
     assert stash.setdefault(b, 2) == 2 and stash.pop(a) == 1
     stash["plain"] = 3                                 # string keys still work
     assert dict(stash) == {b: 2, "plain": 3} and repr(a) == "StashKey('same')"
+
+
+#: hook parameters that carry a core object, and the type to annotate them with
+HOOK_PARAM_TYPES = {"run": "Run", "config": "Config", "task": "Vertex", "graph": "Graph",
+                    "parser": "Parser", "event": "Event", "result": "RunResult",
+                    "attempt": "Attempt"}
+# Files other issue-16 work rewrites at the same time (policies moving to the core,
+# metrics' public timing records): annotate them after merging, then empty this.
+UNTYPED_HOOKS_ALLOWED = frozenset({
+    "flowdeco/plugins/circuit.py", "flowdeco/plugins/metrics.py",
+    "flowdeco/plugins/retry.py", "flowdeco/plugins/timeout.py",
+})
+
+
+def untyped_hook_params(source: str) -> list[str]:
+    """``"LINE: name(param: Any)"`` for each hook parameter annotated ``Any`` or not at all."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and node.name.startswith("flowdeco_"):
+            for a in [*node.args.args, *node.args.kwonlyargs]:
+                if a.arg in HOOK_PARAM_TYPES and (a.annotation is None
+                                                  or ast.unparse(a.annotation) == "Any"):
+                    found.append(f"{node.lineno}: {node.name}({a.arg})")
+    return found
+
+
+def test_hook_implementations_annotate_core_objects():
+    untyped = {}
+    for path, _, _ in _units():
+        rel = path.relative_to(ROOT).as_posix()
+        found = untyped_hook_params(path.read_text())
+        if found:
+            untyped[rel] = found
+    new = {f: v for f, v in untyped.items() if f not in UNTYPED_HOOKS_ALLOWED}
+    assert not new, f"annotate these with {HOOK_PARAM_TYPES} (Run, Config, ...): {new}"
+    stale = sorted(UNTYPED_HOOKS_ALLOWED - set(untyped))
+    assert not stale, f"annotated now: remove from UNTYPED_HOOKS_ALLOWED: {stale}"
+
+
+def test_untyped_hook_params_checker():
+    assert untyped_hook_params("def flowdeco_run_start(run: Any): pass\n"
+                               "def flowdeco_report(run: Run, event): pass\n"
+                               "def flowdeco_configure(config: Config): pass\n"
+                               "def helper(run: Any): pass\n") == [
+        "1: flowdeco_run_start(run)", "2: flowdeco_report(event)"]

@@ -65,6 +65,8 @@ from flowdeco import StashKey, UsageError, hookimpl
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Run
+    from flowdeco.config import Config, Parser
     from flowdeco.graph import Graph
 
     from .executor import DaskExecutor
@@ -104,7 +106,7 @@ def _wants_dask(config: Any) -> bool:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     parser.addoption("--dask-address", dest="dask_address", default=None, metavar="ADDRESS",
                      group="running",
                      help="with --executor dask: the scheduler to use (tcp://host:8786); "
@@ -117,7 +119,7 @@ def flowdeco_addoption(parser: Any) -> None:
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     address = config.getoption("dask_address")
     if address is not None:
         if not isinstance(address, str) or not address:
@@ -136,7 +138,7 @@ def flowdeco_configure(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
     """Refuse, before anything runs, tasks that cannot be shipped to Dask workers.
 
     With a client or executor given as ``executor=``, also send the flow's
@@ -188,7 +190,7 @@ def _quiet_dask_logs() -> list[tuple[logging.Logger, int]]:
 
 
 @hookimpl
-def flowdeco_make_executor(config: Any, name: str, workers: int) -> Any:
+def flowdeco_make_executor(config: Config, name: str, workers: int) -> Any:
     executor = config.getoption("executor", None)
     if executor != "dask" and not _dask_object(executor):
         return None
@@ -212,7 +214,7 @@ def flowdeco_make_executor(config: Any, name: str, workers: int) -> Any:
 
 
 @hookimpl
-def flowdeco_run_start(run: Any) -> None:
+def flowdeco_run_start(run: Run) -> None:
     # Transitional: once the session picks every executor with
     # flowdeco.executors.choose_executor, flowdeco_make_executor above has already
     # wrapped the object and DaskExecutor.max_workers set the width; delete this hook then.
@@ -232,7 +234,7 @@ def flowdeco_run_start(run: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     uploads = config.stash.pop(_UPLOADS, None)
     if uploads is not None:
         uploads.release()           # a no-op when the executor released them
