@@ -38,7 +38,7 @@ CORE_OBJECTS = frozenset({
 #: public API of namedtuples, though spelled with one underscore
 NAMEDTUPLE_API = frozenset({"_fields", "_asdict", "_replace", "_make", "_field_defaults"})
 #: attributes of ``run`` a plugin may set in ``flowdeco_run_start`` (see hookspecs)
-RUN_SETTABLE = frozenset({"inline_successors", "metrics"})
+RUN_SETTABLE = frozenset({"inline_successors", "metrics", "durable_later"})
 
 # Violations that need the runner / Run restructuring (H-split, issue 16 item 1):
 # each entry is (file relative to the repository, description without line number).
