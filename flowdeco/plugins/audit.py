@@ -22,17 +22,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import structlog
 
 from ..errors import engine_decided
 from ..manager import hookimpl
 from ..secret import mask
-
-if TYPE_CHECKING:  # pragma: no cover
-    from flowdeco import Event, Run, RunResult
-    from flowdeco.config import Config, Parser
 
 NAME = "audit"
 
@@ -92,7 +88,7 @@ def _open_private(path: Path) -> IO[str]:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Parser) -> None:
+def flowdeco_addoption(parser: Any) -> None:
     parser.addoption("--log-format", dest="log_format", default=None,
                      choices=("console", "json"), group="state and output",
                      help="how events are shown on the console (default: console; "
@@ -100,7 +96,7 @@ def flowdeco_addoption(parser: Parser) -> None:
 
 
 @hookimpl
-def flowdeco_configure(config: Config) -> None:
+def flowdeco_configure(config: Any) -> None:
     fmt = config.getoption("log_format")
     if fmt is None and config.from_cli:
         fmt = "console"
@@ -113,7 +109,7 @@ def flowdeco_configure(config: Config) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Config) -> None:
+def flowdeco_unconfigure(config: Any) -> None:
     plugin = config.pluginmanager.get_plugin("audit-trail")
     if plugin is not None:
         plugin.close()
@@ -133,7 +129,7 @@ class AuditTrail:
         self._console_log: Any = None
 
     @hookimpl
-    def flowdeco_run_start(self, run: Run) -> None:
+    def flowdeco_run_start(self, run: Any) -> None:
         if run.state_dir is not None:
             self.path = audit_path(run.state_dir, run.run_id)
             self.file = _open_private(self.path)
@@ -157,7 +153,7 @@ class AuditTrail:
                 cache_logger_on_first_use=True)
 
     @hookimpl
-    def flowdeco_report(self, run: Run, event: Event) -> None:
+    def flowdeco_report(self, run: Any, event: Any) -> None:
         data = event.to_dict()
         name = data.pop("event")
         if self._file_log is not None:
@@ -186,12 +182,12 @@ class AuditTrail:
             self._console_log.msg(name, **data)
 
     @hookimpl
-    def flowdeco_report_flush(self, run: Run) -> None:
+    def flowdeco_report_flush(self, run: Any) -> None:
         if self.file is not None:
             self.file.flush()
 
     @hookimpl
-    def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
+    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
         self.close()
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ...errors import StateError, UsageError, shorten
 from ...executors import SyncExecutor
@@ -50,11 +50,6 @@ from .codec import Codec, Unstorable, default_codec
 from .fingerprint import fingerprint, why_changed
 from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
 from .writer import UNREPORTED, UnstorableResult, Writer, unstorable_error, wrapper
-
-if TYPE_CHECKING:  # pragma: no cover
-    from flowdeco import Attempt, Run, RunResult
-    from flowdeco.config import Config, Parser
-    from flowdeco.graph import Vertex
 
 PLUGIN_NAME = "state-store"
 RESTORER_NAME = "state-restorer"
@@ -91,7 +86,7 @@ def _rerun_list(value: Any) -> list[str]:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Parser) -> None:
+def flowdeco_addoption(parser: Any) -> None:
     g = "state and output"
     parser.addoption("--resume", dest="resume", default=None, metavar="ID|last", group=g,
                      help="continue saved run ID ('last': the latest run of this flow): "
@@ -117,13 +112,13 @@ def flowdeco_task_options() -> list[str]:
 
 
 @hookimpl(trylast=True)
-def flowdeco_state_store(state_dir: str, config: Config) -> Store:
+def flowdeco_state_store(state_dir: str, config: Any) -> Store:
     sync = "normal" if config is None else config.getoption("state_sync", "normal")
     return SQLiteStore(state_dir, synchronous=sync)
 
 
 @hookimpl
-def flowdeco_configure(config: Config) -> None:
+def flowdeco_configure(config: Any) -> None:
     resume = config.getoption("resume", None)
     rerun = _rerun_list(config.getoption("rerun", None))
     if rerun and resume is None:
@@ -162,7 +157,7 @@ def flowdeco_configure(config: Config) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Config) -> None:
+def flowdeco_unconfigure(config: Any) -> None:
     pm = config.pluginmanager
     plugin = pm.get_plugin(PLUGIN_NAME)
     if plugin is not None:
@@ -197,7 +192,7 @@ class _Restorer:
         self.cache = cache
 
     @hookimpl
-    def flowdeco_task_restore(self, run: Run, task: Vertex, name: str) -> Restored | None:
+    def flowdeco_task_restore(self, run: Any, task: Any, name: str) -> Restored | None:
         if name == task.name:
             hit = self.restore.pop(task.index, None)
         else:
@@ -253,7 +248,7 @@ class StatePlugin:
                              + self._hint())
 
     @hookimpl
-    def flowdeco_collection_finish(self, config: Config, graph: Graph) -> None:
+    def flowdeco_collection_finish(self, config: Any, graph: Graph) -> None:
         if self.resume is not None:
             self._prepare_resume(graph)
 
@@ -293,7 +288,7 @@ class StatePlugin:
 
     # -- run start
     @hookimpl(tryfirst=True)
-    def flowdeco_run_start(self, run: Run) -> None:
+    def flowdeco_run_start(self, run: Any) -> None:
         graph = run.graph
         store = self.store
         if self.resume is not None and self.resume_id is None:
@@ -444,7 +439,7 @@ class StatePlugin:
 
     # -- attempts
     @hookimpl(tryfirst=True)
-    def flowdeco_attempt_done(self, run: Run, task: Vertex, attempt: Attempt) -> Finish | None:
+    def flowdeco_attempt_done(self, run: Any, task: Any, attempt: Any) -> Finish | None:
         """End a task whose result cannot be stored, without retry.
 
         Other failures are the retry plugin's (None).  With executors in other
@@ -464,7 +459,7 @@ class StatePlugin:
         return None
 
     @hookimpl
-    def flowdeco_task_wrap(self, run: Run, task: Vertex) -> Any:
+    def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
         if not self.local or task.kind is not TASK:
             return None
         return wrapper(task.name, self.codec.dumps, self.encoded, self.writer, self.seqs,
@@ -472,7 +467,7 @@ class StatePlugin:
 
     # -- recording
     @hookimpl
-    def flowdeco_report(self, run: Run, event: Event) -> None:
+    def flowdeco_report(self, run: Any, event: Event) -> None:
         name = event.name
         if name == "task_started":
             task = event.task
@@ -550,7 +545,7 @@ class StatePlugin:
             return None, "failed", error
 
     @hookimpl
-    def flowdeco_report_flush(self, run: Run) -> None:
+    def flowdeco_report_flush(self, run: Any) -> None:
         writer = self.writer
         if writer is not None:
             if writer.error is not None:
@@ -587,7 +582,7 @@ class StatePlugin:
 
     # -- finish
     @hookimpl
-    def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
+    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
         try:
             writer, self.writer = self.writer, None
             if writer is not None:
