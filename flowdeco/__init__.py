@@ -25,6 +25,7 @@ _LAZY = {
     "CircuitOpenError": "plugins.circuit", "TaskTimeout": "plugins.timeout",
     "Pipeline": "pipeline", "PipelineResult": "pipeline",
     "WorkerCrashed": "executors", "UnpicklableResult": "pickling",
+    "StashKey": "stash",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plugins.timeout import TaskTimeout
     from .executors import WorkerCrashed
     from .pickling import UnpicklableResult
+    from .stash import StashKey
     from .runner import NoTasksError, Run, run
 
 
@@ -58,7 +60,7 @@ __all__ = [
     "Attempt", "CircuitBreaker", "CircuitOpenError", "Clock", "CollectionError", "Context",
     "CycleError", "Deadline", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
     "FlowError", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
-    "Reschedule", "Restored", "Retry", "Run", "RunResult", "Secret", "StateError",
+    "Reschedule", "Restored", "Retry", "Run", "RunResult", "Secret", "StashKey", "StateError",
     "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout",
     "UnpicklableResult", "UsageError", "WorkerCrashed", "hookimpl", "run", "task",
 ]

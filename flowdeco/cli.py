@@ -6,7 +6,6 @@ Exit codes (pytest's): 0 all succeeded, 1 some task failed, 2 interrupted,
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
@@ -29,11 +28,6 @@ commands (python -m flowdeco COMMAND --help): {commands}
 exit codes: 0 all succeeded, 1 some task failed, 2 interrupted,
             3 internal error, 4 usage or collection error, 5 no tasks collected
 """
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would exit 2; usage errors are 4
-        raise UsageError(f"{message} (see python -m flowdeco --help)")
 
 
 def _preparse_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -98,7 +92,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
         listing = ", ".join(f"{n} ({c.help})" for n, c in sorted(commands.items())) or "none"
         ap = parser.argparser(prog=prog, epilog=_EPILOG.format(commands=listing),
                               description="Run the @task functions of a module as a workflow.")
-        ap.__class__ = _ArgumentParser
         ap.add_argument("--version", action="version", version=f"flowdeco {__version__}",
                         help="print flowdeco's version and exit")
         ns = ap.parse_args(args)

@@ -16,6 +16,7 @@ import pluggy
 
 from .clock import Clock
 from .errors import UsageError, suggest
+from .stash import Stash
 
 _NOTSET = object()
 
@@ -28,6 +29,18 @@ class Option:
     help: str = ""
     kwargs: Mapping[str, Any] = attrs.field(factory=dict)
     group: str = "general"
+
+
+class UsageArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors are :class:`UsageError` (CLI exit 4), not exit 2.
+
+    :meth:`Parser.argparser` builds one; a plugin's CLI command
+    (``flowdeco_cli_commands``) uses it so a bad flag there exits like one
+    of the main command.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see python -m flowdeco --help)")
 
 
 class Parser:
@@ -59,8 +72,9 @@ class Parser:
         return dest in self._by_dest
 
     def argparser(self, prog: str = "flowdeco", description: str = "",
-                  epilog: str = "") -> argparse.ArgumentParser:
-        ap = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                  epilog: str = "") -> UsageArgumentParser:
+        """The CLI parser: ``TARGET`` and every declared option, grouped; errors exit 4."""
+        ap = UsageArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         ap.add_argument("target", nargs="?", help="a file path, a module name, or module:flow")
         groups: dict[str, Any] = {}
@@ -86,8 +100,8 @@ class Config:
         self.option = argparse.Namespace(**values)
         self.clock = clock or Clock()
         self.from_cli = from_cli
-        #: plugin state that lives as long as the configuration, keyed by plugin
-        self.stash: dict[Any, Any] = {}
+        #: plugin state that lives as long as the configuration (keys: :class:`StashKey`)
+        self.stash: Stash = Stash()
 
     def getoption(self, name: str, default: Any = _NOTSET) -> Any:
         try:

@@ -39,11 +39,15 @@ from functools import partial
 from multiprocessing.connection import wait as _wait_sentinels
 
 from .threadpool import ThreadPool
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import FlowError
+from .errors import FlowError, UsageError
 from .manager import hookimpl
 from .pickling import check_graph
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco.config import Config
+    from flowdeco.graph import Graph
 
 
 class SyncExecutor(Executor):
@@ -438,8 +442,42 @@ def relay(outer: Future, inner: Future, crash: Callable[[BaseException], BaseExc
 # --------------------------------------------------------------------------- hooks
 
 
+def executor_width(executor: Executor) -> int | None:
+    """How many attempts ``executor`` runs at once, if it says: its ``max_workers``.
+
+    An executor a plugin makes (a Dask cluster's threads) sets ``max_workers``;
+    for the standard library's pools, their ``_max_workers``.
+    """
+    width = getattr(executor, "max_workers", None) or getattr(executor, "_max_workers", None)
+    return width if isinstance(width, int) and not isinstance(width, bool) and width > 0 else None
+
+
+def choose_executor(config: Any, workers: int | None) -> tuple[Executor, int, bool]:
+    """The run's executor, always through ``flowdeco_make_executor``: (executor, workers, owned).
+
+    ``executor=`` is a name (``"thread"``) or an object (an ``Executor``, or
+    something a plugin recognises, like a Dask ``Client``).  Plugins see
+    both and may return their own executor (wrapping the object); when no
+    plugin does, an ``Executor`` object is used as it is.  ``owned``: the
+    run made it, so it shuts it down.  Without ``workers``, the executor's
+    own width (:func:`executor_width`) wins over the default for its name.
+    """
+    given = config.getoption("executor")
+    name = given if isinstance(given, str) else type(given).__name__
+    made = config.hook.flowdeco_make_executor(
+        config=config, name=name, workers=workers or default_workers(name))
+    if made is None:
+        if not isinstance(given, Executor):
+            raise UsageError(f"unknown executor {name!r}: use thread, process or sync "
+                             "(dask needs the flowdeco-dask plugin)")
+        made = given
+    if workers is None:
+        workers = executor_width(made) or default_workers(name)
+    return made, workers, made is not given
+
+
 @hookimpl(trylast=True)
-def flowdeco_make_executor(config: Any, name: str, workers: int) -> Executor | None:
+def flowdeco_make_executor(config: Config, name: str, workers: int) -> Executor | None:
     if name == "thread":
         return ThreadPool(max_workers=workers, thread_name_prefix="flowdeco-worker")
     if name == "process":
@@ -450,7 +488,7 @@ def flowdeco_make_executor(config: Any, name: str, workers: int) -> Executor | N
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
     """Refuse, before anything runs, tasks that cannot travel to a worker process."""
     executor = config.getoption("executor", None)
     if executor == "process":

@@ -23,14 +23,14 @@ from typing import Any, Iterable, Mapping
 import attrs
 
 from .errors import TaskDefinitionError
-from .task import _check_name, _decorator, get_spec, make_spec, SPEC_ATTR
+from .task import check_name, _decorator, get_spec, make_spec, SPEC_ATTR
 
 
 class Flow:
     """A named collection of tasks and sub-flow nodes, in declaration order."""
 
     def __init__(self, name: str):
-        _check_name(name, f"flow {name!r}")
+        check_name(name, f"flow {name!r}")
         self.name = name
         self._members: list[Any] = []
 
@@ -86,7 +86,7 @@ class Flow:
         other tasks.
         """
         name = self.name if name is None else name
-        _check_name(name, f"node {name!r}")
+        check_name(name, f"node {name!r}")
         if isinstance(after, (str, bytes)) or callable(after):
             after = (after,)
         return SubflowNode(name=name, flow=self, bind=dict(bind or {}), after=tuple(after),

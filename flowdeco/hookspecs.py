@@ -121,7 +121,13 @@ def flowdeco_make_executor(config: "Config", name: str, workers: int) -> "Option
 
     Stops at first non-None result.  The core implements ``thread``,
     ``process`` and ``sync``; executor plugins (``flowdeco-dask``) add names.
-    The runner shuts the executor down at the end of the run.
+    When ``executor=`` is an object, ``name`` is its type's name and the
+    object is ``config.getoption("executor")``: a plugin may return its own
+    executor wrapping it; if none does, an ``Executor`` is used as given.
+    An executor with a ``max_workers`` int sets how many attempts run at
+    once when ``--workers`` is not given.  The run shuts down what a hook
+    made, never an executor given as it is (see
+    :func:`flowdeco.executors.choose_executor`).
     """
 
 
@@ -133,7 +139,8 @@ def flowdeco_run_start(run: "Run") -> None:
     """Called on the scheduler thread after the graph is final, before any task starts.
 
     ``run`` exposes ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
-    ``state_dir`` (None with ``--no-state``) and ``emit``.  A plugin that
+    ``state_dir`` (None with ``--no-state``) and ``emit``.  A metrics plugin
+    sets ``run.metrics`` (it becomes ``RunResult.metrics``).  A plugin that
     must see a task's completion before its dependents start can set
     ``run.inline_successors = False`` here (the scheduler then starts every
     task itself, after each batch's ``flowdeco_report_flush``), or -- cheaper,

@@ -43,7 +43,7 @@ def _what(fn: Any) -> str:
     return f"{mod}.{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
 
 
-def _importable(modname: str) -> bool:
+def importable(modname: str) -> bool:
     """True when a fresh interpreter with this ``sys.path`` can import ``modname`` by name."""
     module = sys.modules.get(modname)
     if module is None:
@@ -90,7 +90,7 @@ def _problem(fn: Any, dumps: Callable[[Any], bytes], by_reference: bool,
                 return (f"is defined in __main__ (an interactive session or python -c), "
                         f"which worker processes started with {start_method!r} cannot "
                         "import; put the tasks in a module file and run that file")
-        elif not _importable(modname):
+        elif not importable(modname):
             return (f"lives in module {modname!r}, which a worker process started with "
                     f"{start_method!r} cannot import by name (it was not loaded from "
                     "sys.path); put it in a file on sys.path or run the file with "
@@ -168,3 +168,7 @@ def _type_name(obj: Any) -> str:
     t = type(obj)
     mod = t.__module__
     return t.__qualname__ if mod in ("builtins", None) else f"{mod}.{t.__qualname__}"
+
+
+#: the name flowdeco-dask 0.1.0 imported; kept so an installed older plugin still loads
+_importable = importable

@@ -65,7 +65,7 @@ from .threadpool import ThreadPool
 from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
                       Event, Finish, Reschedule, RunResult, TaskOutcome, format_error)
 from .pickling import UnpicklableResult, dumps_result, load_outcome
-from .select import compile_expression
+from .selection import compile_expression
 from .signals import on_stop_signals
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")

@@ -194,7 +194,7 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
             raise TaskDefinitionError(
                 f"@task: {fn!r} has no usable name; pass @task(name=...)")
     where = f"task {name!r}"
-    _check_name(name, where)
+    check_name(name, where)
     if retries is not None and retry is not None:
         raise TaskDefinitionError(
             f"{where}: give either retries= or retry=, not both "
@@ -327,7 +327,11 @@ def _positive(where: str, what: str, value: Any) -> float | None:
     return float(value)
 
 
-def _check_name(name: Any, where: str) -> None:
+def check_name(name: Any, where: str) -> None:
+    """Refuse a task, flow, node or stage name that is empty or holds ``.``/``[``/``]``.
+
+    ``where`` starts the message (``"pipeline 'p'"``); raises :class:`TaskDefinitionError`.
+    """
     if not isinstance(name, str) or not name.strip():
         raise TaskDefinitionError(f"{where}: a task name must be a non-empty string")
     bad = [c for c in _FORBIDDEN_IN_NAMES if c in name]

@@ -24,6 +24,9 @@ import pluggy
 import pytest
 
 if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Run
+    from flowdeco.config import Config
+    from flowdeco.graph import Graph, Vertex
     from .clock import FakeClock
     from .outcome import Event, RunResult
 
@@ -46,7 +49,7 @@ class FlowEvents:
         self.events: list[Event] = []
 
     @hookimpl
-    def flowdeco_report(self, run: Any, event: Event) -> None:
+    def flowdeco_report(self, run: Run, event: Event) -> None:
         self.events.append(event)
 
     def clear(self) -> None:
@@ -97,7 +100,7 @@ class Overrides:
         self.values = dict(values)
 
     @hookimpl
-    def flowdeco_collection_finish(self, config: Any, graph: Any) -> None:
+    def flowdeco_collection_finish(self, config: Config, graph: Graph) -> None:
         from .errors import UsageError, suggest
         for name in [*self.functions, *self.values]:
             if name not in graph.by_name:
@@ -106,14 +109,14 @@ class Overrides:
                                  + (f"; did you mean {hint[0]!r}?" if hint else ""))
 
     @hookimpl
-    def flowdeco_task_restore(self, run: Any, task: Any) -> Any:
+    def flowdeco_task_restore(self, run: Run, task: Vertex) -> Any:
         if task.name in self.values:
             from .outcome import Restored
             return Restored(self.values[task.name])
         return None
 
     @hookimpl
-    def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
+    def flowdeco_task_wrap(self, run: Run, task: Vertex) -> Any:
         fake = self.functions.get(task.name)
         if fake is None:
             return None
@@ -143,8 +146,26 @@ def _real_time_message(waited: float, timeout: float) -> str:
             "use the flow_clock fixture to run schedules instantly")
 
 
+def run_flow(target: Any, *, fail_after: float | None = None, **kwargs: Any) -> RunResult:
+    """:func:`flowdeco.run` as tests want it: no state kept unless ``state_dir=`` is given.
+
+    With ``fail_after`` (seconds), the run happens on a helper thread (see
+    :func:`within`) and a run that takes longer fails the test instead of hanging the suite;
+    use it for executors with processes or clusters.  Without it the run is on
+    the test's thread, so Ctrl-C and signal handling behave as on the CLI.
+    The ``flow_run`` fixture calls this, adding events, overrides and clocks.
+    """
+    from .runner import run
+    kwargs.setdefault("state_dir", None)
+    if fail_after is None:
+        return run(target, **kwargs)
+    return within(fail_after, run, target, **kwargs)
+
+
 class FlowRunner:
     """The ``flow_run`` fixture: ``flow_run(target, override=None, overrides=None, **run_kwargs)``.
+
+    ``run_kwargs`` are those of :func:`run_flow` (``fail_after=``) and :func:`flowdeco.run`.
 
     Runs in-process with no state (``state_dir=None``) unless ``state=True``
     (then in the test's ``flow_state`` folder) or ``state_dir=`` is given;
@@ -175,7 +196,6 @@ class FlowRunner:
     def __call__(self, target: Any, *, override: Mapping[str, Callable[..., Any]] | None = None,
                  overrides: Mapping[str, Any] | None = None, state: bool = False,
                  **kwargs: Any) -> RunResult:
-        from .runner import run
         plugins = list(kwargs.pop("plugins", ()))
         if override or overrides:
             plugins.append(Overrides(override or {}, overrides or {}))
@@ -183,13 +203,12 @@ class FlowRunner:
         plugins.append(self.events)
         if state:
             kwargs.setdefault("state_dir", self._request.getfixturevalue("flow_state"))
-        kwargs.setdefault("state_dir", None)
         if "flow_clock" in self._request.fixturenames:
             kwargs.setdefault("clock", self._request.getfixturevalue("flow_clock"))
         if kwargs.get("clock") is None and self.real_wait_warning is not None \
                 and self._warned is None:
             kwargs["clock"] = _watched_clock(self.real_wait_warning, self._long_wait)
-        self.result = run(target, plugins=plugins, **kwargs)
+        self.result = run_flow(target, plugins=plugins, **kwargs)
         if self._warned is not None and self._warned != "issued":
             message, self._warned = self._warned, "issued"
             import warnings
@@ -296,3 +315,6 @@ def flow_state(tmp_path: Path) -> Path:
 def flow_run(request: pytest.FixtureRequest, flow_events: FlowEvents) -> FlowRunner:
     """Run a flow in-process: ``flow_run(target, override={...}, overrides={...}, **run_kwargs)``."""
     return FlowRunner(request, flow_events)
+
+
+from .conformance import ExecutorConformance  # noqa: E402 - the suite executors subclass

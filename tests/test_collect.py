@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from flowdeco import CollectionError, Flow, FlowError, NoTasksError, run, task
+from flowdeco import CollectionError, Flow, FlowError, NoTasksError, task
+from flowdeco.testing import run_flow
 
 ETL = """
     from flowdeco import task
@@ -33,35 +34,30 @@ ETL = """
 EXPECTED = {"extract": [1, 2, 3], "transform": [10, 20, 30], "load": 60}
 
 
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    return run(target, **kw)
-
-
 # --------------------------------------------------------------------------- target kinds
 
 
 def test_file_path_as_str(write_module):
     path = write_module(ETL)
-    result = go(str(path))
+    result = run_flow(str(path))
     assert result.ok
     assert result.results == EXPECTED
     assert list(result.outcomes) == ["extract", "transform", "load"]
 
 
 def test_file_path_as_path(write_module):
-    assert go(write_module(ETL)).results == EXPECTED
+    assert run_flow(write_module(ETL)).results == EXPECTED
 
 
 def test_module_name(write_module):
     path = write_module(ETL)
-    assert go(path.stem).results == EXPECTED
+    assert run_flow(path.stem).results == EXPECTED
 
 
 def test_module_object(write_module):
     path = write_module(ETL)
     module = importlib.import_module(path.stem)
-    assert go(module).results == EXPECTED
+    assert run_flow(module).results == EXPECTED
 
 
 def test_package_folder(tmp_path, write_module):
@@ -69,7 +65,7 @@ def test_package_folder(tmp_path, write_module):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(ETL.replace("\n    ", "\n"))
     try:
-        assert go(pkg).results == EXPECTED
+        assert run_flow(pkg).results == EXPECTED
     finally:
         sys.modules.pop("fdpkg_etl", None)
 
@@ -94,7 +90,7 @@ def test_module_colon_flow_object(write_module, how):
             return "not in the flow"
     """)
     base = str(path) if how == "path" else path.stem
-    result = go(f"{base}:pipeline")
+    result = run_flow(f"{base}:pipeline")
     assert result.results == {"one": 1, "two": 2}
 
 
@@ -112,7 +108,7 @@ def test_module_colon_task_list(write_module):
 
         only_a = [a]
     """)
-    assert go(f"{path}:only_a").results == {"a": "a"}
+    assert run_flow(f"{path}:only_a").results == {"a": "a"}
 
 
 def test_flow_object_target_has_unqualified_names():
@@ -126,7 +122,7 @@ def test_flow_object_target_has_unqualified_names():
     def second(first):
         return first + 1
 
-    result = go(flow)
+    result = run_flow(flow)
     assert result.results == {"first": 1, "second": 2}
     assert flow.run(state_dir=None).results == {"first": 1, "second": 2}
 
@@ -138,7 +134,7 @@ def test_list_of_plain_functions():
     def b(a):
         return a * 3
 
-    result = go([a, b])
+    result = run_flow([a, b])
     assert result.results == {"a": 2, "b": 6}
     assert not hasattr(a, "__flowdeco_task__")  # plain functions are not mutated
 
@@ -148,7 +144,7 @@ def test_single_task_function_target():
     def lonely():
         return "alone"
 
-    assert go(lonely).results == {"lonely": "alone"}
+    assert run_flow(lonely).results == {"lonely": "alone"}
 
 
 # --------------------------------------------------------------------------- module rule
@@ -182,7 +178,7 @@ def test_only_tasks_defined_in_the_module_are_collected(write_module):
         def later():
             return "later"
     """)
-    result = go(main)
+    result = run_flow(main)
     assert result.ok, result.outcomes
     assert set(result.outcomes) == {"use", "source", "later", "ordering_only"}
     assert result.results["use"] == 42
@@ -203,7 +199,7 @@ def test_flow_owned_tasks_are_not_module_tasks(write_module):
         def top():
             return "top"
     """)
-    assert set(go(path).outcomes) == {"top"}
+    assert set(run_flow(path).outcomes) == {"top"}
 
 
 def test_module_level_subflow_node_is_collected(write_module):
@@ -226,7 +222,7 @@ def test_module_level_subflow_node_is_collected(write_module):
         def after_node(node):
             return node * 100
     """)
-    result = go(path)
+    result = run_flow(path)
     assert result.ok, result.outcomes
     assert set(result.outcomes) == {"start", "node", "node.inner", "after_node"}
     assert result.results["after_node"] == 200
@@ -245,7 +241,7 @@ def test_alias_is_collected_once(write_module):
 
         alias = once
     """)
-    result = go(path)
+    result = run_flow(path)
     assert list(result.outcomes) == ["once"]
     assert sys.modules[path.stem].calls == [1]
 
@@ -256,13 +252,13 @@ def test_alias_is_collected_once(write_module):
 def test_missing_file(tmp_path):
     missing = tmp_path / "nowhere" / "flow.py"
     with pytest.raises(CollectionError) as info:
-        go(str(missing))
+        run_flow(str(missing))
     assert str(missing) in str(info.value)
 
 
 def test_missing_module_name():
     with pytest.raises(CollectionError) as info:
-        go("fd_no_such_module_xyz")
+        run_flow("fd_no_such_module_xyz")
     assert "fd_no_such_module_xyz" in str(info.value)
 
 
@@ -275,7 +271,7 @@ def test_syntax_error(write_module):
             pass
     """)
     with pytest.raises(CollectionError) as info:
-        go(path)
+        run_flow(path)
     msg = str(info.value)
     assert "syntax" in msg.lower()
     assert path.name in msg
@@ -286,7 +282,7 @@ def test_import_raising(write_module):
         raise ValueError("config missing")
     """)
     with pytest.raises(CollectionError) as info:
-        go(str(path))
+        run_flow(str(path))
     msg = str(info.value)
     assert "ValueError" in msg and "config missing" in msg
     assert path.name in msg
@@ -298,22 +294,22 @@ def test_import_raising_system_exit(write_module):
         sys.exit(3)
     """)
     with pytest.raises(CollectionError) as info:
-        go(path)
+        run_flow(path)
     assert "SystemExit" in str(info.value)
 
 
 def test_failed_import_can_be_retried_after_a_fix(write_module):
     path = write_module("raise RuntimeError('not yet')\n")
     with pytest.raises(CollectionError):
-        go(path)
+        run_flow(path)
     path.write_text(ETL.replace("\n    ", "\n"))
-    assert go(path).results == EXPECTED
+    assert run_flow(path).results == EXPECTED
 
 
 def test_module_colon_missing_object(write_module):
     path = write_module(ETL + "\n    from flowdeco import Flow\n    pipeline = Flow('p')\n")
     with pytest.raises(CollectionError) as info:
-        go(f"{path}:pipelin")
+        run_flow(f"{path}:pipelin")
     msg = str(info.value)
     assert "pipelin" in msg
     assert "pipeline" in msg  # the suggestion
@@ -322,22 +318,22 @@ def test_module_colon_missing_object(write_module):
 def test_module_colon_object_is_not_a_flow(write_module):
     path = write_module(ETL)
     with pytest.raises(CollectionError) as info:
-        go(f"{path}:NOT_A_TASK")
+        run_flow(f"{path}:NOT_A_TASK")
     assert "NOT_A_TASK" in str(info.value)
     with pytest.raises(CollectionError):
-        go(f"{path}:helper")
+        run_flow(f"{path}:helper")
 
 
 def test_nothing_after_colon(write_module):
     path = write_module(ETL)
     with pytest.raises(CollectionError):
-        go(f"{path}:")
+        run_flow(f"{path}:")
 
 
 @pytest.mark.parametrize("bad", [42, [1, 2], [object()]])
 def test_unrunnable_targets(bad):
     with pytest.raises(CollectionError):
-        go(bad)
+        run_flow(bad)
 
 
 def test_module_without_tasks(write_module):
@@ -346,15 +342,15 @@ def test_module_without_tasks(write_module):
             return 1
     """)
     with pytest.raises(NoTasksError) as info:
-        go(path)
+        run_flow(path)
     assert isinstance(info.value, FlowError)
 
 
 def test_empty_list_and_empty_flow():
     with pytest.raises(NoTasksError):
-        go([])
+        run_flow([])
     with pytest.raises(NoTasksError):
-        go(Flow("empty"))
+        run_flow(Flow("empty"))
 
 
 def test_collection_errors_are_flow_errors():

@@ -9,13 +9,9 @@ import pytest
 
 from flowdeco import (CollectionError, Flow, Restored, TaskDefinitionError, cli, hookimpl,
                       run, task)
+from flowdeco.testing import run_flow
 
 EXECUTORS = ["thread", "sync"]
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    return run(target, **kw)
 
 
 def statuses(result, *names):
@@ -54,7 +50,7 @@ def test_map_runs_once_per_element_and_gives_the_list_in_order(executor, workers
     def total(scan):
         return scan
 
-    result = go([files, scan, total], executor=executor, workers=workers)
+    result = run_flow([files, scan, total], executor=executor, workers=workers)
     assert result.ok, result.failed()
     expected = [(f, len(f), f"scan[{k}]") for k, f in enumerate(["a", "bb", "ccc", "dddd", "eeeee"])]
     assert result["scan"].status == "succeeded"
@@ -85,7 +81,7 @@ def test_map_over_an_empty_list_gives_dependents_an_empty_list(executor):
     def total(scan):
         return ("got", scan)
 
-    result = go([files, scan, total], executor=executor)
+    result = run_flow([files, scan, total], executor=executor)
     assert result.ok
     assert result["scan"].status == "succeeded" and result["scan"].result == []
     assert result["total"].result == ("got", [])
@@ -102,7 +98,7 @@ def test_map_over_one_element(executor):
     def scan(files, suffix="!"):
         return files + suffix
 
-    result = go([files, scan], executor=executor, params={"suffix": "?"})
+    result = run_flow([files, scan], executor=executor, params={"suffix": "?"})
     assert result.ok
     assert result["scan"].result == ["only?"]
     assert result["scan[0]"].result == "only?"
@@ -121,7 +117,7 @@ def test_map_accepts_any_iterable_and_passes_other_arguments():
     def scale(numbers, factor):
         return numbers * factor
 
-    result = go([numbers, factor, scale])
+    result = run_flow([numbers, factor, scale])
     assert result["scale"].result == [0, 10, 20, 30]
 
 
@@ -142,7 +138,7 @@ def test_map_over_a_non_iterable_fails_the_task_with_a_clear_error(value, words)
     def total(scan):
         return scan
 
-    result = go([files, scan, total])
+    result = run_flow([files, scan, total])
     assert not result.ok
     out = result["scan"]
     assert out.status == "failed" and out.error.startswith("TypeError: ")
@@ -167,7 +163,7 @@ def test_a_failed_instance_fails_the_task_and_names_it(executor):
     def total(scan):
         return scan
 
-    result = go([files, scan, total], executor=executor, workers=2)
+    result = run_flow([files, scan, total], executor=executor, workers=2)
     assert result.status == "failed"
     assert result["scan"].status == "failed"
     assert result["scan"].error == "MapFailed: 2 of 6 instances failed: scan[2], scan[4]"
@@ -195,7 +191,7 @@ def test_per_instance_retry(executor, tmp_path):
         return files * 10
 
     rec = Events()
-    result = go([files, scan], executor=executor, plugins=[rec])
+    result = run_flow([files, scan], executor=executor, plugins=[rec])
     assert result.ok
     assert result["scan"].result == [0, 10, 20, 30, 40]
     assert [result[f"scan[{k}]"].attempts for k in range(5)] == [1, 1, 2, 1, 1]
@@ -218,7 +214,7 @@ def test_instances_have_their_own_audit_events():
         return files.upper()
 
     rec = Events()
-    result = go([files, scan], plugins=[rec], workers=1)
+    result = run_flow([files, scan], plugins=[rec], workers=1)
     assert result.ok
     names = [(e.name, e.task) for e in rec.events if e.task and e.task.startswith("scan")]
     assert names == [
@@ -251,7 +247,7 @@ def test_map_with_exitfirst_starts_no_instance_after_the_first_failure(executor)
     def other():
         return 1
 
-    result = go([files, scan, other], executor=executor, workers=1, stop_on_error=True)
+    result = run_flow([files, scan, other], executor=executor, workers=1, stop_on_error=True)
     assert result.status == "failed"
     assert started == [0, 1, 2]
     assert [result[f"scan[{k}]"].status for k in range(3)] == ["succeeded", "succeeded", "failed"]
@@ -289,7 +285,7 @@ def test_map_with_exitfirst_on_many_workers_stops_starting_instances():
     def total(scan):
         return scan
 
-    result = go([files, scan, total], workers=3, stop_on_error=True,
+    result = run_flow([files, scan, total], workers=3, stop_on_error=True,
                 plugins=[OpenWhenStopping()])
     assert result.status == "failed"
     assert sorted(started) == [0, 1, 2]
@@ -321,7 +317,7 @@ def test_mapped_task_priority_goes_before_plain_ready_tasks():
 
     for executor in EXECUTORS:
         order.clear()
-        assert go([files, low_a, low_b, scan], executor=executor, workers=1).ok
+        assert run_flow([files, low_a, low_b, scan], executor=executor, workers=1).ok
         assert order == ["scan1", "scan2", "scan3", "a", "b"], executor
 
 
@@ -345,7 +341,7 @@ def test_instances_run_concurrently_bounded_by_workers():
             live[0] -= 1
         return files
 
-    result = go([files, scan], workers=2)
+    result = run_flow([files, scan], workers=2)
     assert result.ok and result["scan"].result == list(range(12))
     assert peak[0] == 2
 
@@ -363,7 +359,7 @@ def test_map_when_predicate_sees_the_whole_list():
     def after(scan):
         return scan
 
-    result = go([files, scan, after])
+    result = run_flow([files, scan, after])
     assert result.ok
     assert statuses(result, "scan", "after") == {"scan": ("skipped", "condition"),
                                                 "after": ("skipped", "condition")}
@@ -376,7 +372,7 @@ def test_map_must_name_a_parameter_bound_to_a_task():
         return names
 
     with pytest.raises(CollectionError, match=r"task 'scan': map='names'.*run parameter"):
-        go([scan], params={"names": "a,b"})
+        run_flow([scan], params={"names": "a,b"})
     with pytest.raises(TaskDefinitionError, match=r"map= names the parameter.*'other'"):
         task(name="s", map="other")(lambda names: names)
     with pytest.raises(TaskDefinitionError, match="cannot be combined with every"):
@@ -413,7 +409,7 @@ def test_instances_are_restored_one_by_one(executor):
         return files.upper()
 
     restorer, rec = RestoreSome(), Events()
-    result = go([files, scan], executor=executor, plugins=[restorer, rec])
+    result = run_flow([files, scan], executor=executor, plugins=[restorer, rec])
     assert result.ok
     assert sorted(called) == ["b", "d"]
     assert result["scan"].result == ["saved-scan[0]", "B", "saved-scan[2]", "D"]
@@ -438,7 +434,7 @@ def test_a_restore_plugin_without_name_restores_a_mapped_task_as_a_whole():
     def scan(files):
         raise AssertionError("restored as a whole")
 
-    result = go([files, scan], plugins=[Whole()])
+    result = run_flow([files, scan], plugins=[Whole()])
     assert result.ok
     assert (result["scan"].status, result["scan"].result) == ("restored", ["old"])
     assert list(result.outcomes) == ["files", "scan"]
@@ -462,7 +458,7 @@ def test_map_on_the_process_executor(tmp_path, mods):
             return sum(square)
     """)
     rec = Events()
-    result = go(str(path), executor="process", workers=2, plugins=[rec])
+    result = run_flow(str(path), executor="process", workers=2, plugins=[rec])
     assert result.ok, result.failed()
     assert result["square"].result == [1, 4, 9]
     assert result["total"].result == 14
@@ -494,7 +490,7 @@ def test_map_inside_a_subflow(mods):
         def joined(node):
             return "-".join(node)
     """)
-    result = go(str(path))
+    result = run_flow(str(path))
     assert result.ok
     assert result["joined"].result == "A-B-C"
     assert result["node.shout[2]"].result == "C"
@@ -517,7 +513,7 @@ def test_run_outcome_knows_instances():
     def scan(files):
         return -files
 
-    go([files, scan], plugins=[Peek()])
+    run_flow([files, scan], plugins=[Peek()])
     assert seen["one"].result == -2 and seen["none"] is None
 
 
@@ -555,7 +551,7 @@ def test_routing_by_condition_both_ways(executor, total_value, ran):
     def merge(big, small):
         return big or small
 
-    result = go([total, big, small, after_big, after_small, merge], executor=executor)
+    result = run_flow([total, big, small, after_big, after_small, merge], executor=executor)
     assert result.ok
     skipped = "small" if ran == "big" else "big"
     assert result[ran].result == ran and result[f"after_{ran}"].result == ran
@@ -579,7 +575,7 @@ def test_when_predicate_gets_params_defaults_and_ctx():
     def guarded(n, ctx, limit=10):
         return n
 
-    result = go([n, guarded])
+    result = run_flow([n, guarded])
     assert result.ok
     assert seen == {"n": 3, "limit": 10, "task": "guarded", "mode": "x"}
 
@@ -600,7 +596,7 @@ def test_a_raising_predicate_fails_the_task():
     def z(y):
         return y
 
-    result = go([x, y, z])
+    result = run_flow([x, y, z])
     assert result.status == "failed"
     assert (result["y"].status, result["y"].error, result["y"].attempts) == \
         ("failed", "RuntimeError: cannot decide", 0)
@@ -616,7 +612,7 @@ def test_when_on_a_root_task():
     def maybe():
         return 2
 
-    result = go([never, maybe])
+    result = run_flow([never, maybe])
     assert result.ok
     assert statuses(result, "never") == {"never": ("skipped", "condition")}
     assert result["maybe"].result == 2
@@ -657,7 +653,7 @@ def test_condition_inside_a_subflow_does_not_skip_the_node(mods):
         def after(node):
             return node
     """)
-    result = go(str(path))
+    result = run_flow(str(path))
     assert result.ok
     assert result["node"].status == "succeeded"
     assert result["after"].result == {"big": None, "small": "small"}
@@ -716,7 +712,7 @@ def test_trigger_rules(executor, rule, kind, expected):
     def after(down):
         return down
 
-    result = go([*_upstream(kind), down, after], executor=executor)
+    result = run_flow([*_upstream(kind), down, after], executor=executor)
     up = result["up"]
     out = result["down"]
     if expected == "run":
@@ -752,7 +748,7 @@ def test_trigger_rules_over_several_upstreams():
     def cleanup(ctx):
         return {n: o.status for n, o in ctx.upstream.items()}
 
-    result = go([good, bad, alert, publish, cleanup])
+    result = run_flow([good, bad, alert, publish, cleanup])
     assert result.status == "failed"
     assert result["alert"].result == ["bad"]
     assert statuses(result, "publish") == {"publish": ("skipped", "trigger")}
@@ -789,7 +785,7 @@ def test_all_done_waits_for_every_dependency():
             if event.name == "task_skipped" and event.task == "opener":
                 gate.set()
 
-    result = go([fast_fail, slow, cleanup, opener], workers=2, plugins=[Open()])
+    result = run_flow([fast_fail, slow, cleanup, opener], workers=2, plugins=[Open()])
     assert order == ["fail", "slow", "cleanup"]
     assert result["cleanup"].result == 1
 
@@ -834,7 +830,7 @@ def test_condition_passes_on_and_mixes_with_upstream():
     def after_handler(handler):    # a trigger skip passes on as upstream
         return 1
 
-    result = go([off, broken, ok, child, grandchild, mixed, half, handler, after_handler])
+    result = run_flow([off, broken, ok, child, grandchild, mixed, half, handler, after_handler])
     assert statuses(result, "off", "child", "grandchild", "mixed", "half", "handler",
                     "after_handler") == {
         "off": ("skipped", "condition"), "child": ("skipped", "condition"),
@@ -861,7 +857,7 @@ def test_stopped_passes_on(tmp_path):
         return 1
 
     from flowdeco import FakeClock
-    result = go([bad, later, after_later, cleanup], stop_on_error=True, clock=FakeClock())
+    result = run_flow([bad, later, after_later, cleanup], stop_on_error=True, clock=FakeClock())
     assert result.status == "failed"
     assert statuses(result, "later", "after_later", "cleanup") == {
         "later": ("skipped", "stopped"), "after_later": ("skipped", "stopped"),
@@ -949,7 +945,7 @@ def test_cache_options_need_a_plugin_that_claims_them():
     spec = cached.__flowdeco_task__
     assert spec.uses == ("cache", "cache_ttl")
     with pytest.raises(CollectionError, match="sets cache= but no active plugin handles it"):
-        go([cached], disable=["state"])
+        run_flow([cached], disable=["state"])
     with pytest.raises(TaskDefinitionError, match="cache_ttl must be a number of seconds"):
         task(name="s", cache=True, cache_ttl=0)(lambda: 1)
 
@@ -971,7 +967,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "dynamic.py"
 
 
 def test_dynamic_example_maps_routes_aggregates_and_cleans_up():
-    result = go(str(EXAMPLE))
+    result = run_flow(str(EXAMPLE))
     assert result.ok, result.failed()
     files = ["customers.csv", "events.log", "notes.txt", "orders.csv"]
     assert [result[f"parse[{k}]"].result["file"] for k in range(4)] == files
@@ -984,7 +980,7 @@ def test_dynamic_example_maps_routes_aggregates_and_cleans_up():
 
 
 def test_dynamic_example_routes_by_threshold():
-    result = go(str(EXAMPLE), params={"threshold": 10**9})
+    result = run_flow(str(EXAMPLE), params={"threshold": 10**9})
     assert result.ok
     assert statuses(result, "archive_big") == {"archive_big": ("skipped", "condition")}
     assert result["report"].result["archived"] == []
@@ -994,7 +990,7 @@ def test_dynamic_example_routes_by_threshold():
 def test_dynamic_example_cleans_up_after_a_failure(tmp_path):
     (tmp_path / "good.txt").write_text("a\nb\n")
     (tmp_path / "bad.bin").write_bytes(b"\xff\xfe\xfa not utf-8")
-    result = go(str(EXAMPLE), params={"folder": str(tmp_path)})
+    result = run_flow(str(EXAMPLE), params={"folder": str(tmp_path)})
     assert result.status == "failed"
     assert (result["parse[0]"].status, result["parse[0]"].attempts) == ("failed", 2)
     assert "UnicodeDecodeError" in result["parse[0]"].error
@@ -1046,7 +1042,7 @@ def test_a_stop_in_the_middle_of_a_map_interrupts_it(executor):
             assert gate.wait(10)
         return files
 
-    result = go([files, scan], executor=executor, workers=1, plugins=[StopAfterOne()])
+    result = run_flow([files, scan], executor=executor, workers=1, plugins=[StopAfterOne()])
     assert result.status == "failed"
     assert result["scan"].status == "interrupted"
     ran = [k for k in range(20) if result[f"scan[{k}]"].status == "succeeded"]

@@ -12,11 +12,7 @@ import pytest
 import flowdeco
 from flowdeco import Pipeline, PipelineResult, hookimpl, task
 from flowdeco.task import get_spec
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    return flowdeco.run(target, **kw)
+from flowdeco.testing import run_flow
 
 
 class Capture:
@@ -63,7 +59,7 @@ def test_node_consumes_the_upstream_iterable_and_downstream_gets_the_result():
         assert isinstance(squares, PipelineResult)
         return {"sum": sum(squares.outputs), "failed": [e.index for e in squares.errors]}
 
-    result = go([numbers, node, report])
+    result = run_flow([numbers, node, report])
     assert result.ok, result.outcomes
     assert list(result.outcomes) == ["numbers", "squares", "report"]
     assert result.results["report"] == {"sum": sum(x * x for x in range(20) if x != 13),
@@ -103,7 +99,7 @@ def test_node_in_a_module_with_a_source_name_and_items_function(write_module, tm
         def total(lines):
             return sum(lines.outputs)
     ''')
-    result = go(path)
+    result = run_flow(path)
     assert result.ok, result.outcomes
     assert result.results["total"] == sum(range(100))
     assert list(result.outcomes) == ["rows_file", "lines", "total"]
@@ -142,7 +138,7 @@ def test_per_item_events_reach_the_audit_hook_with_stage_and_item_index():
 
     node = pipe.as_task("ev", source=src)
     cap = Capture()
-    result = go([src, node], plugins=[cap])
+    result = run_flow([src, node], plugins=[cap])
     assert result.ok
     retrying = cap.named("item_retrying")
     assert sorted((e.fields["item_index"], e.fields["attempt"]) for e in retrying) == [
@@ -196,7 +192,7 @@ def test_stop_on_error_fails_the_node_and_skips_downstream():
     def report(squares):
         return len(squares.outputs)
 
-    result = go([numbers, node, report])
+    result = run_flow([numbers, node, report])
     assert result.status == "failed"
     o = result.outcomes["squares"]
     assert o.status == "failed"
@@ -211,12 +207,12 @@ def test_exitfirst_applies_to_items_unless_the_node_says_otherwise():
         return list(range(100))
 
     stopping = squares_pipeline("stopping").as_task("stopping", source=numbers)
-    result = go([numbers, stopping], stop_on_error=True)
+    result = run_flow([numbers, stopping], stop_on_error=True)
     assert result.outcomes["stopping"].status == "failed"
 
     tolerant = squares_pipeline("tolerant").as_task("tolerant", source=numbers,
                                                     stop_on_error=False)
-    result = go([numbers, tolerant], stop_on_error=True)
+    result = run_flow([numbers, tolerant], stop_on_error=True)
     assert result.ok
     assert [e.index for e in result.results["tolerant"].errors] == [13]
 
@@ -242,7 +238,7 @@ def test_pipeline_priority_is_the_node_priority():
     def after_urgent(urgent):
         order.append("after")
 
-    result = go([src, chore, node, after_urgent], workers=1, executor="sync")
+    result = run_flow([src, chore, node, after_urgent], workers=1, executor="sync")
     assert result.ok
     # with one worker, the higher-priority pipeline node ran before the chore declared earlier
     assert result.outcomes["urgent"].started_at <= result.outcomes["chore"].started_at
@@ -257,7 +253,7 @@ def test_stage_options_need_their_plugins():
         return [1]
 
     node = pipe.as_task("needs", source=src)
-    result = go([src, node], disable=["retry"])
+    result = run_flow([src, node], disable=["retry"])
     assert result.outcomes["needs"].status == "failed"
     assert "sets retries= but the retry plugin is disabled (-p no:retry)" in \
         result.outcomes["needs"].error
@@ -287,7 +283,7 @@ def test_interrupt_stops_feeding_and_the_node_fails():
         return itertools.count()
 
     node = pipe.as_task("endless", source=forever)
-    result = go([forever, node])
+    result = run_flow([forever, node])
     assert result.status == "interrupted"
     o = result.outcomes["endless"]
     assert o.status == "failed"

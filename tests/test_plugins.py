@@ -17,13 +17,9 @@ import flowdeco
 from flowdeco import (CollectionError, FakeClock, Finish, FlowError, Reschedule, Restored,
                       UsageError, cli, hookimpl)
 from flowdeco import manager
+from flowdeco.testing import run_flow
 
 # --------------------------------------------------------------------------- helpers
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    return flowdeco.run(target, **kw)
 
 
 class Recorder:
@@ -94,7 +90,7 @@ def test_report_receives_events_in_order_on_calling_thread(mods):
     """)
     rec = Recorder()
     caller = threading.current_thread()
-    result = go(str(path), plugins=[rec], workers=4, run_id="rep1")
+    result = run_flow(str(path), plugins=[rec], workers=4, run_id="rep1")
     assert result.ok
     assert rec.threads == {caller}
     names = rec.names()
@@ -117,7 +113,7 @@ def test_report_thread_with_a_worker_thread_caller(mods):
     box = {}
 
     def target():
-        box["result"] = go(str(path), plugins=[rec])
+        box["result"] = run_flow(str(path), plugins=[rec])
         box["thread"] = threading.current_thread()
 
     t = threading.Thread(target=target)
@@ -133,9 +129,9 @@ def test_report_thread_with_a_worker_thread_caller(mods):
 def test_plugin_objects_are_not_kept_for_the_next_run(mods):
     _, path = mods.write_module(TWO_TASKS)
     rec = Recorder()
-    go(str(path), plugins=[rec])
+    run_flow(str(path), plugins=[rec])
     n = len(rec.events)
-    go(str(path))
+    run_flow(str(path))
     assert len(rec.events) == n
 
 
@@ -173,7 +169,7 @@ class RetryOnce:
 def test_wrap_sees_every_attempt_and_reschedule_retries(mods):
     _, path = mods.write_module(FLAKY)
     wrap, retry, rec = WrapAll(), RetryOnce(), Recorder()
-    result = go(str(path), plugins=[wrap, retry, rec])
+    result = run_flow(str(path), plugins=[wrap, retry, rec])
     assert result.ok, result.outcomes
     out = result["flaky"]
     assert out.status == "succeeded" and out.attempts == 2 and out.result == "ok"
@@ -210,7 +206,7 @@ def test_reschedule_is_in_the_audit_trail(mods):
 
 def test_without_attempt_done_a_failure_is_final(mods):
     _, path = mods.write_module(FLAKY)
-    result = go(str(path))
+    result = run_flow(str(path))
     assert result.status == "failed"
     assert result["flaky"].attempts == 1
     assert result["after"].status == "skipped" and result["after"].reason == "upstream"
@@ -258,7 +254,7 @@ def test_finish_replaces_result_or_error(mods):
         def veto():
             return "fine"
     """)
-    result = go(str(path), plugins=[FinishPlugin()])
+    result = run_flow(str(path), plugins=[FinishPlugin()])
     assert result["broken"].status == "succeeded"
     assert result["broken"].result == "fallback"
     assert result["uses_broken"].result == "fallback!"
@@ -296,7 +292,7 @@ def test_restore_skips_the_call_and_feeds_dependents(mods):
             return a + 1
     """)
     rec = Recorder()
-    result = go(str(path), plugins=[RestoreA(), rec])
+    result = run_flow(str(path), plugins=[RestoreA(), rec])
     module = sys.modules[path.stem]
     assert module.CALLED == []
     assert result.ok
@@ -326,7 +322,7 @@ def test_delay_with_fake_clock_completes_instantly(mods):
             return now + 1
     """)
     t0 = time.monotonic()
-    result = go(str(path), plugins=[DelayLater()], clock=FakeClock())
+    result = run_flow(str(path), plugins=[DelayLater()], clock=FakeClock())
     elapsed = time.monotonic() - t0
     assert result.ok
     assert result.results == {"now": 1, "later": 2}
@@ -363,28 +359,28 @@ OPTION_PLUGIN = """
 def test_plugin_option_as_run_keyword(mods):
     name, _ = mods.write_module(OPTION_PLUGIN)
     _, flow = mods.write_module(TWO_TASKS)
-    assert go(str(flow), plugins=[name], greeting="hi").ok
+    assert run_flow(str(flow), plugins=[name], greeting="hi").ok
     plugin = sys.modules[name]
     assert plugin.SEEN == ["hi"]
-    assert go(str(flow), plugins=[name]).ok
+    assert run_flow(str(flow), plugins=[name]).ok
     assert plugin.SEEN == ["hi", "hello"]
-    assert go(str(flow), plugins=[plugin], greeting="obj").ok
+    assert run_flow(str(flow), plugins=[plugin], greeting="obj").ok
     assert plugin.SEEN[-1] == "obj"
 
 
 def test_plugin_option_unknown_without_the_plugin(mods):
     _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="greeting"):
-        go(str(flow), greeting="hi")
+        run_flow(str(flow), greeting="hi")
 
 
 def test_unknown_run_keyword_suggests(mods):
     name, _ = mods.write_module(OPTION_PLUGIN)
     _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="did you mean 'workers'"):
-        go(str(flow), worker=2)
+        run_flow(str(flow), worker=2)
     with pytest.raises(UsageError, match="did you mean 'greeting'"):
-        go(str(flow), plugins=[name], greting="x")
+        run_flow(str(flow), plugins=[name], greting="x")
 
 
 def test_plugin_option_on_the_cli_in_process(mods, capsys):
@@ -415,22 +411,22 @@ def test_plugin_option_on_the_cli_subprocess(mods):
 def test_disable_audit_by_name(mods):
     _, flow = mods.write_module(TWO_TASKS)
     st = mods.cwd / "st"
-    assert go(str(flow), state_dir=st, run_id="x", disable=["audit"]).ok
+    assert run_flow(str(flow), state_dir=st, run_id="x", disable=["audit"]).ok
     assert not (st / "runs" / "x" / "audit.jsonl").exists()
-    assert go(str(flow), state_dir=st, run_id="y").ok
+    assert run_flow(str(flow), state_dir=st, run_id="y").ok
     assert (st / "runs" / "y" / "audit.jsonl").exists()
 
 
 def test_core_plugin_cannot_be_disabled_from_python(mods):
     _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="main"):
-        go(str(flow), disable=["main"])
+        run_flow(str(flow), disable=["main"])
 
 
 def test_unknown_plugin_name_from_python(mods):
     _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(UsageError, match="nosuch_fd_plugin"):
-        go(str(flow), plugins=["nosuch_fd_plugin"])
+        run_flow(str(flow), plugins=["nosuch_fd_plugin"])
 
 
 # --------------------------------------------------------------------------- task options
@@ -474,7 +470,7 @@ class ClaimTeam:
 def test_unclaimed_task_option_is_a_collection_error(mods, capsys):
     _, flow = mods.write_module(RETRIES_FLOW)
     with pytest.raises(CollectionError) as info:
-        go(str(flow), disable=["retry"])
+        run_flow(str(flow), disable=["retry"])
     assert "'fetch'" in str(info.value) and "retries" in str(info.value)
     assert cli.main([str(flow), "--no-state", "-p", "no:retry"]) == 4
     err = capsys.readouterr().err.strip().splitlines()
@@ -483,16 +479,16 @@ def test_unclaimed_task_option_is_a_collection_error(mods, capsys):
 
 def test_claimed_task_option_is_accepted(mods):
     _, flow = mods.write_module(RETRIES_FLOW)
-    result = go(str(flow), disable=["retry"], plugins=[ClaimRetries()])
+    result = run_flow(str(flow), disable=["retry"], plugins=[ClaimRetries()])
     assert result.ok and result.results == {"fetch": 1}
 
 
 def test_plugin_defined_task_option(mods):
     _, flow = mods.write_module(CUSTOM_OPTION_FLOW)
     with pytest.raises(CollectionError, match=r"'owned'.*team"):
-        go(str(flow))
+        run_flow(str(flow))
     claim = ClaimTeam()
-    assert go(str(flow), plugins=[claim]).ok
+    assert run_flow(str(flow), plugins=[claim]).ok
     assert claim.teams == {"owned": "data"}
 
 
@@ -528,10 +524,10 @@ def test_entry_point_plugin_is_loaded_and_can_be_blocked(mods, fake_eps, capsys)
     _, flow = mods.write_module(TWO_TASKS)
     rec = Recorder()
     fake_eps.append(FakeEntryPoint("fdfake", rec))
-    assert go(str(flow)).ok
+    assert run_flow(str(flow)).ok
     assert ("run_started", None) in rec.names()
     n = len(rec.events)
-    assert go(str(flow), disable=["fdfake"]).ok
+    assert run_flow(str(flow), disable=["fdfake"]).ok
     assert len(rec.events) == n
     assert cli.main([str(flow), "--no-state", "-p", "no:fdfake"]) == 0
     assert len(rec.events) == n
@@ -555,12 +551,12 @@ def test_broken_entry_point_is_a_usage_error_unless_blocked(mods, fake_eps, caps
     ep = FakeEntryPoint("fdbroken", error=ImportError("no module named zzz"))
     fake_eps.append(ep)
     with pytest.raises(UsageError, match="fdbroken"):
-        go(str(flow))
+        run_flow(str(flow))
     assert cli.main([str(flow), "--no-state"]) == 4
     err = capsys.readouterr().err
     assert "fdbroken" in err and "no:fdbroken" in err and "Traceback" not in err
     loads = ep.loads
-    assert go(str(flow), disable=["fdbroken"]).ok
+    assert run_flow(str(flow), disable=["fdbroken"]).ok
     assert cli.main([str(flow), "--no-state", "-p", "no:fdbroken"]) == 0
     assert ep.loads == loads  # a blocked plugin is not even imported
     capsys.readouterr()
@@ -638,12 +634,12 @@ LEAKY_PLUGIN = """
 def test_plugin_registered_during_a_run_does_not_leak_into_the_next(mods):
     name, _ = mods.write_module(LEAKY_PLUGIN)
     _, flow = mods.write_module(TWO_TASKS)
-    assert go(str(flow), plugins=[name], leak=True, run_id="one").ok
+    assert run_flow(str(flow), plugins=[name], leak=True, run_id="one").ok
     plugin = sys.modules[name]
     (rec,) = plugin.RECORDERS
     assert set(rec.run_ids) == {"one"}
     for i in range(3):
-        assert go(str(flow), plugins=[name], run_id=f"next{i}").ok
+        assert run_flow(str(flow), plugins=[name], run_id=f"next{i}").ok
     assert set(rec.run_ids) == {"one"}
     assert len(plugin.RECORDERS) == 1
 
@@ -652,9 +648,10 @@ def test_blocked_name_during_a_run_does_not_leak_into_the_next(mods):
     name, _ = mods.write_module(LEAKY_PLUGIN)
     _, flow = mods.write_module(TWO_TASKS)
     st = mods.cwd / "st"
-    assert go(str(flow), plugins=[name], block_audit_trail=True, state_dir=st, run_id="b1").ok
+    assert run_flow(str(flow), plugins=[name], block_audit_trail=True, state_dir=st,
+                    run_id="b1").ok
     assert not (st / "runs" / "b1" / "audit.jsonl").exists()
-    assert go(str(flow), plugins=[name], state_dir=st, run_id="b2").ok
+    assert run_flow(str(flow), plugins=[name], state_dir=st, run_id="b2").ok
     assert (st / "runs" / "b2" / "audit.jsonl").exists()
 
 
@@ -662,7 +659,7 @@ def test_pooled_managers_keep_working_across_runs(mods):
     _, flow = mods.write_module(TWO_TASKS)
     st = mods.cwd / "st"
     for i in range(6):
-        result = go(str(flow), state_dir=st, run_id=f"p{i}")
+        result = run_flow(str(flow), state_dir=st, run_id=f"p{i}")
         assert result.ok and result.results == {"extract": 1, "load": 2}
         assert (st / "runs" / f"p{i}" / "audit.jsonl").exists()
 
@@ -682,5 +679,5 @@ def test_failed_configure_releases_cleanly(mods):
     """)
     _, flow = mods.write_module(TWO_TASKS)
     with pytest.raises(FlowError, match="configure refused"):
-        go(str(flow), plugins=[name], explode=True)
-    assert go(str(flow), plugins=[name]).ok
+        run_flow(str(flow), plugins=[name], explode=True)
+    assert run_flow(str(flow), plugins=[name]).ok

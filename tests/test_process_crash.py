@@ -21,18 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from flowdeco import run
 from flowdeco.executors import MAX_UNEXPLAINED_RESENDS, ProcessExecutor, WorkerCrashed
 from flowdeco.plugins.state import RunLock
-from flowdeco.testing import within
+from flowdeco.testing import run_flow
 
 TIMEOUT = 60.0
-
-
-def go(target, timeout=TIMEOUT, **kw):
-    kw.setdefault("state_dir", None)
-    kw.setdefault("executor", "process")
-    return within(timeout, run, target, **kw)
 
 
 def _audit(state_dir: Path, run_id: str) -> list[dict]:
@@ -192,7 +185,8 @@ def test_a_dying_worker_fails_only_the_attempt_it_ran(write_module, tmp_path):
     path = write_module(BESIDE.format(markers=str(markers)))
     st = tmp_path / "st"
     t0 = time.monotonic()
-    result = go(str(path), workers=3, state_dir=st, run_id="beside")
+    result = run_flow(str(path), workers=3, state_dir=st, run_id="beside", executor="process",
+                      fail_after=TIMEOUT)
     assert time.monotonic() - t0 < 25
     oc = result.outcomes
     assert (oc["killer"].status, oc["killer"].attempts) == ("failed", 1)
@@ -239,7 +233,8 @@ def test_a_task_killing_its_worker_every_time_uses_up_its_retries_only(write_mod
     path = write_module(REPEAT.format(markers=str(markers)))
     st = tmp_path / "st"
     t0 = time.monotonic()
-    result = go(str(path), workers=2, state_dir=st, run_id="repeat")
+    result = run_flow(str(path), workers=2, state_dir=st, run_id="repeat", executor="process",
+                      fail_after=TIMEOUT)
     assert time.monotonic() - t0 < 25
     oc = result.outcomes
     assert (oc["killer"].status, oc["killer"].attempts) == ("failed", 3)

@@ -1,8 +1,11 @@
-"""The ``process`` executor: what must pickle (checked at collection), dead workers, results."""
+"""The ``process`` executor: what must pickle (checked at collection), dead workers, results.
+
+What it shares with threads (results, audit, retries, dead workers, timeouts, batched tiny
+attempts) is the conformance suite, run here by :class:`TestProcessConformance`.
+"""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -16,19 +19,13 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from flowdeco import CollectionError, run, task
+from flowdeco import CollectionError, task
 from flowdeco import cli
 from flowdeco.executors import ProcessExecutor, WorkerCrashed
-from flowdeco.testing import within
+from flowdeco.conformance import TINY, audit
+from flowdeco.testing import ExecutorConformance, run_flow
 
 TIMEOUT = 60.0
-
-
-def go(target, timeout=TIMEOUT, **kw):
-    """``run`` in a helper thread, so a hanging engine fails the test instead of the suite."""
-    kw.setdefault("state_dir", None)
-    kw.setdefault("executor", "process")
-    return within(timeout, run, target, **kw)
 
 
 # --------------------------------------------------------------------------- collection
@@ -65,12 +62,12 @@ def test_unpicklable_task_is_a_collection_error(write_module, case):
     source, name, why = UNPICKLABLE[case]
     path = write_module(source)
     with pytest.raises(CollectionError) as info:
-        go(str(path))
+        run_flow(str(path), executor="process", fail_after=TIMEOUT)
     msg = str(info.value)
     assert msg.startswith(f"task {name!r} cannot run on the process executor: it ")
     assert why in msg
     # the same flow runs on threads
-    assert go(str(path), executor="thread").ok
+    assert run_flow(str(path), executor="thread", fail_after=TIMEOUT).ok
 
 
 def test_unpicklable_run_parameter_is_a_collection_error(write_module):
@@ -83,7 +80,8 @@ def test_unpicklable_run_parameter_is_a_collection_error(write_module):
     with pytest.raises(CollectionError, match="task 'guarded' cannot run on the process "
                                               "executor: the value of its parameter 'lock' "
                                               r"\(a lock\) cannot be pickled"):
-        go(str(path), params={"lock": threading.Lock()})
+        run_flow(str(path), params={"lock": threading.Lock()}, executor="process",
+                 fail_after=TIMEOUT)
 
 
 def test_unpicklable_task_exits_4_from_the_cli(write_module, tmp_path, capsys):
@@ -102,7 +100,7 @@ def test_closure_given_as_a_list_is_refused_too():
             return 1
         return inner
     with pytest.raises(CollectionError, match="task 'inner' cannot run on the process"):
-        go([make()])
+        run_flow([make()], executor="process", fail_after=TIMEOUT)
 
 
 def test_dynamic_module_needs_fork():
@@ -118,12 +116,12 @@ def test_dynamic_module_needs_fork():
         spawn = ProcessExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         with pytest.raises(CollectionError, match="module 'fd_dynamic_mod', which a worker "
                                                   "process started with 'spawn' cannot import"):
-            go([mod.made], executor=spawn)
+            run_flow([mod.made], executor=spawn, fail_after=TIMEOUT)
         spawn.shutdown()
         # forked workers inherit the module: it runs
         fork = ProcessExecutor(1, mp_context=multiprocessing.get_context("fork"))
         try:
-            assert go([mod.made], executor=fork).results == {"made": 42}
+            assert run_flow([mod.made], executor=fork, fail_after=TIMEOUT).results == {"made": 42}
         finally:
             fork.shutdown()
     finally:
@@ -186,8 +184,8 @@ def test_task_in_a_main_script_file_runs_with_spawn(tmp_path):
 
 def test_threads_and_sync_check_nothing():
     double = task(name="double")(lambda: 2)
-    assert go([double], executor="thread").results == {"double": 2}
-    assert go([double], executor="sync").results == {"double": 2}
+    assert run_flow([double], executor="thread", fail_after=TIMEOUT).results == {"double": 2}
+    assert run_flow([double], executor="sync", fail_after=TIMEOUT).results == {"double": 2}
 
 
 # --------------------------------------------------------------------------- results
@@ -223,7 +221,8 @@ RESULTS = """
 
 
 def test_unpicklable_result_fails_that_task(write_module):
-    result = go(str(write_module(RESULTS)), workers=2)
+    result = run_flow(str(write_module(RESULTS)), workers=2, executor="process",
+                      fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["lock"].status == "failed"
     assert oc["lock"].error.startswith(
@@ -235,76 +234,7 @@ def test_unpicklable_result_fails_that_task(write_module):
     assert result.results["fine"] == {"ok": [1, 2.5, "x"]}
 
 
-def test_times_are_on_the_drivers_clock(write_module):
-    path = write_module("""
-        import time
-        from flowdeco import task
-
-        @task
-        def nap():
-            time.sleep(0.2)
-            return 1
-    """)
-    result = go(str(path))
-    out = result.outcomes["nap"]
-    assert 0.2 <= out.duration < 5
-    assert abs((out.finished_at - out.started_at).total_seconds() - out.duration) < 1e-3
-    # the worker's own clock is not used for timestamps: they fall inside the run
-    assert result.started - 1e-3 <= out.started_at.timestamp()
-    assert out.finished_at.timestamp() <= result.finished + 1e-3
-
-
 # --------------------------------------------------------------------------- dead workers
-
-
-CRASH = """
-    import os
-    import time
-    from pathlib import Path
-    from flowdeco import task
-
-    D = Path({markers!r})
-
-    @task(retries=1)
-    def crash():
-        # the first attempt kills its worker process; the second finds the marker
-        marker = D / "crashed"
-        if not marker.exists():
-            marker.write_text(str(os.getpid()))
-            os._exit(1)
-        return os.getpid()
-
-    @task
-    def after(crash):
-        return crash
-
-    @task
-    def independent():
-        return "fine"
-"""
-
-
-def _audit(state_dir, run_id):
-    path = state_dir / "runs" / run_id / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_dead_worker_fails_only_its_attempt(write_module, tmp_path):
-    markers = tmp_path / "m"
-    markers.mkdir()
-    path = write_module(CRASH.format(markers=str(markers)))
-    st = tmp_path / "st"
-    result = go(str(path), workers=1, state_dir=st, run_id="crash")
-    assert result.ok, result.outcomes
-    oc = result.outcomes
-    dead = int((markers / "crashed").read_text())
-    assert oc["crash"].attempts == 2
-    assert result.results["after"] == result.results["crash"] != dead
-    assert result.results["independent"] == "fine"
-    retrying = [e for e in _audit(st, "crash") if e["event"] == "task_retrying"]
-    assert [e["task"] for e in retrying] == ["crash"]
-    assert retrying[0]["error"] == (f"WorkerCrashed: worker process {dead} died (exit code 1) "
-                                    "while running task 'crash'")
 
 
 def test_segfault_without_retries_fails_the_task_and_the_run_goes_on(write_module):
@@ -326,7 +256,7 @@ def test_segfault_without_retries_fails_the_task_and_the_run_goes_on(write_modul
         def later():
             return "still runs"
     """)
-    result = go(str(path), workers=1)
+    result = run_flow(str(path), workers=1, executor="process", fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["segv"].status == "failed"
     assert oc["segv"].attempts == 1
@@ -378,7 +308,7 @@ def test_a_broken_pool_you_own_fails_attempts_instead_of_the_run(write_module):
     """)
     pool = ProcessPoolExecutor(1)
     try:
-        result = go(str(path), executor=pool, workers=1)
+        result = run_flow(str(path), executor=pool, workers=1, fail_after=TIMEOUT)
     finally:
         pool.shutdown()
     oc = result.outcomes
@@ -388,77 +318,6 @@ def test_a_broken_pool_you_own_fails_attempts_instead_of_the_run(write_module):
     assert oc["next_one"].status == "failed"
     assert oc["next_one"].attempts == 3
     assert oc["next_one"].error.startswith("WorkerCrashed: the worker pool broke")
-
-
-# --------------------------------------------------------------------------- like threads
-
-
-DAG = """
-    import os
-    from pathlib import Path
-    from flowdeco import task
-
-    COUNTER = Path({counter!r})
-
-    @task
-    def a():
-        return 1
-
-    @task
-    def b(a):
-        return a + 1
-
-    @task
-    def c(a):
-        return a * 10
-
-    @task(retries=2)
-    def flaky(b, c, ctx):
-        # a file-based counter: worker processes share no memory
-        n = int(COUNTER.read_text()) + 1 if COUNTER.exists() else 1
-        COUNTER.write_text(str(n))
-        ctx.log.info("trying", n=n)
-        if n < 3:
-            raise ValueError(f"attempt {{n}}")
-        return b + c
-
-    @task
-    def broken(a):
-        raise KeyError("nope")
-
-    @task
-    def never(broken):
-        return 0
-"""
-
-
-def _shape(events):
-    """Per task, its events in order with the fields that do not depend on timing."""
-    keep = ("attempt", "attempts", "error", "reason", "status", "n", "delay")
-    out: dict = {}
-    for e in events:
-        out.setdefault(e.get("task"), []).append(
-            (e["event"],) + tuple((k, e[k]) for k in keep if k in e))
-    return out
-
-
-@pytest.mark.parametrize("executor", ["process"])
-def test_dag_retries_and_audit_match_threads(write_module, tmp_path, executor):
-    results = {}
-    shapes = {}
-    for ex in ("thread", executor):
-        counter = tmp_path / f"counter-{ex}"
-        path = write_module(DAG.format(counter=str(counter)))
-        st = tmp_path / f"st-{ex}"
-        result = go(str(path), executor=ex, workers=2, state_dir=st, run_id="same")
-        results[ex] = ({k: (o.status, o.attempts, o.error, o.reason)
-                        for k, o in result.outcomes.items()}, result.results, result.status)
-        shapes[ex] = _shape(_audit(st, "same"))
-    assert results["thread"] == results[executor]
-    assert results[executor][1]["flaky"] == 12
-    assert shapes["thread"] == shapes[executor]
-    assert ("task_retrying", ("attempt", 1), ("error", "ValueError: attempt 1"),
-            ("delay", 0.0)) in shapes[executor]["flaky"]
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -505,38 +364,12 @@ def test_ctrl_c_on_the_process_group_lets_in_flight_attempts_finish(write_module
             proc.kill()
     assert proc.returncode == 2, (out, err)
     assert not (markers / "then").exists()
-    events = _audit(tmp_path / "st", "sig")
+    events = audit(tmp_path / "st", "sig")
     done = [e for e in events if e.get("task") == "slow" and e["event"] != "task_started"]
     assert [e["event"] for e in done] == ["task_succeeded"], events
 
 
 # --------------------------------------------------------------------------- batching
-
-
-TINY = """
-    from flowdeco import task
-
-    def _tiny(i, deps):
-        def tiny(ctx, **kw):
-            if {fail!r} and i % 7 == 3 and ctx.attempt == 1:
-                raise ValueError(f"first try of {{i}}")
-            if i % 50 == 0:
-                ctx.log.info("note", i=i)
-            return i + sum(kw.values())
-        name = f"t{{i}}"
-        tiny.__name__ = tiny.__qualname__ = name
-        # parameters named after upstream tasks: rebuild the signature
-        import inspect
-        tiny.__signature__ = inspect.Signature(
-            [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-            + [inspect.Parameter(d, inspect.Parameter.KEYWORD_ONLY) for d in deps])
-        return task(retries=1)(tiny)
-
-    for _i in range({n}):
-        _deps = [f"t{{_i - {n} // 2}}"] if _i >= {n} // 2 else []
-        _f = _tiny(_i, _deps)
-        globals()[_f.__name__] = _f
-"""
 
 
 class CountingExecutor(ProcessExecutor):
@@ -551,38 +384,27 @@ class CountingExecutor(ProcessExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
+class TestProcessConformance(ExecutorConformance):
+    fail_after = TIMEOUT
+    remote = True
+    batches = True
+    dead_worker_error = (r"WorkerCrashed: worker process {pid} died \(exit code 1\) "
+                         r"while running task 'crash'")
+
+    @pytest.fixture
+    def executor(self):
+        return "process"
+
+    @pytest.fixture
+    def counting_executor(self):
+        ex = CountingExecutor(2)
+        yield ex
+        ex.shutdown()
+
+
 def _expected(n):
     half = n // 2
-    out = {f"t{i}": i for i in range(half)}
-    out.update({f"t{i}": i + (i - half) for i in range(half, n)})
-    return out
-
-
-@pytest.mark.parametrize("fail", [False, True], ids=["ok", "retries"])
-def test_tiny_tasks_are_batched_and_report_like_single_attempts(write_module, tmp_path, fail):
-    n = 400
-    path = write_module(TINY.format(n=n, fail=fail))
-    ex = CountingExecutor(2)
-    st = tmp_path / "st"
-    try:
-        result = go(str(path), executor=ex, state_dir=st, run_id="tiny")
-    finally:
-        ex.shutdown()
-    assert result.ok, {k: o.error for k, o in result.outcomes.items() if o.error}
-    assert result.results == _expected(n)
-    assert sum(ex.sizes) == n + (len([i for i in range(n) if i % 7 == 3]) if fail else 0)
-    assert max(ex.sizes) > 10 and len(ex.sizes) < n / 4, ex.sizes
-    # each attempt is reported as if it ran alone: started, then succeeded/retrying
-    per_task: dict = {}
-    for e in _audit(st, "tiny"):
-        if e.get("task"):
-            per_task.setdefault(e["task"], []).append(e["event"])
-    for i in range(n):
-        events = per_task[f"t{i}"]
-        first = ["task_started", "task_retrying"] if fail and i % 7 == 3 else []
-        note = ["note"] if i % 50 == 0 else []
-        assert events == first + ["task_started"] + note + ["task_succeeded"], (i, events)
-        assert result.outcomes[f"t{i}"].attempts == (2 if fail and i % 7 == 3 else 1)
+    return {f"t{i}": i + (i - half if i >= half else 0) for i in range(n)}
 
 
 def test_batching_off_and_with_exitfirst(write_module, monkeypatch):
@@ -594,10 +416,10 @@ def test_batching_off_and_with_exitfirst(write_module, monkeypatch):
         try:
             if how == "off":
                 monkeypatch.setattr(runner_mod, "_BATCH_MAX", 1)
-                result = go(str(path), executor=ex)
+                result = run_flow(str(path), executor=ex, fail_after=TIMEOUT)
                 monkeypatch.undo()
             else:
-                result = go(str(path), executor=ex, stop_on_error=True)
+                result = run_flow(str(path), executor=ex, stop_on_error=True, fail_after=TIMEOUT)
         finally:
             ex.shutdown()
         assert result.results == _expected(n)
@@ -625,14 +447,16 @@ def test_slow_tasks_are_not_batched(write_module):
     """)
     ex = CountingExecutor(2)
     try:
-        t0 = time.monotonic()
-        result = go(str(path), executor=ex)
-        wall = time.monotonic() - t0
+        result = run_flow(str(path), executor=ex, fail_after=TIMEOUT)
     finally:
         ex.shutdown()
     assert result.ok
     assert ex.sizes == [1] * 7
-    assert wall < 0.6 * 3 + 2
+    # they ran side by side on the two workers: from the first start to the last end
+    # took less than their durations added up (relative, so a loaded machine passes)
+    slow = [result.outcomes[f"slow{i}"] for i in range(6)]
+    span = max(o.finished_at for o in slow) - min(o.started_at for o in slow)
+    assert span.total_seconds() < sum(o.duration for o in slow)
 
 
 def test_errors_are_exported_from_the_package_lazily():

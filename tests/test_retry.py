@@ -19,15 +19,9 @@ import flowdeco
 from flowdeco import (CollectionError, FakeClock, Retry, TaskDefinitionError, UsageError,
                       run, task)
 from flowdeco.cli import main as cli_main
-from flowdeco.testing import FlowEvents
+from flowdeco.testing import FlowEvents, run_flow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    kw.setdefault("clock", FakeClock())
-    return run(target, **kw)
 
 
 def failing_times(n: int, exc: type[BaseException] = ConnectionError, name: str = "flaky",
@@ -217,7 +211,7 @@ def test_retries_n_means_n_plus_one_attempts():
         seen.append(ctx.attempt)
         raise ConnectionError("down")
 
-    result = go([always])
+    result = run_flow([always], clock=FakeClock())
     out = result.outcomes["always"]
     assert out.status == "failed"
     assert out.attempts == 3
@@ -233,7 +227,7 @@ def test_success_after_failures_counts_attempts_and_feeds_downstream():
     def after(flaky):
         return flaky * 10
 
-    result = go([flaky, after])
+    result = run_flow([flaky, after], clock=FakeClock())
     assert result.ok
     assert result.outcomes["flaky"].attempts == 3
     assert result.results == {"flaky": 3, "after": 30}
@@ -241,7 +235,7 @@ def test_success_after_failures_counts_attempts_and_feeds_downstream():
 
 def test_no_retry_by_default():
     flaky = failing_times(1)
-    result = go([flaky])
+    result = run_flow([flaky], clock=FakeClock())
     assert result.outcomes["flaky"].status == "failed"
     assert result.outcomes["flaky"].attempts == 1
 
@@ -250,7 +244,7 @@ def test_task_retrying_events_carry_attempt_delay_and_error():
     policy = Retry(retries=3, backoff="exponential", delay=2.0)
     flaky = failing_times(3, retry=policy)
     rec = FlowEvents()
-    result = go([flaky], plugins=[rec])
+    result = run_flow([flaky], plugins=[rec], clock=FakeClock())
     assert result.ok
     retrying = rec.of("task_retrying", task="flaky")
     assert [e.fields["attempt"] for e in retrying] == [1, 2, 3]
@@ -270,7 +264,7 @@ def test_seeded_jitter_in_a_run_equals_preview():
     delays_of_runs = []
     for _ in range(2):
         rec = FlowEvents()
-        go([failing_times(4, retry=policy)], plugins=[rec])
+        run_flow([failing_times(4, retry=policy)], plugins=[rec], clock=FakeClock())
         delays_of_runs.append([e.fields["delay"] for e in rec.of("task_retrying")])
     assert delays_of_runs[0] == delays_of_runs[1] == policy.preview()
 
@@ -283,7 +277,7 @@ def test_error_outside_on_fails_at_once():
         seen.append(ctx.attempt)
         raise ValueError("bad input: retrying will not help")
 
-    result = go([picky])
+    result = run_flow([picky], clock=FakeClock())
     assert result.outcomes["picky"].status == "failed"
     assert result.outcomes["picky"].attempts == 1
     assert seen == [1]
@@ -291,7 +285,7 @@ def test_error_outside_on_fails_at_once():
 
 def test_on_matches_subclasses():
     flaky = failing_times(2, exc=ConnectionResetError, retry=Retry(retries=2, on=OSError))
-    assert go([flaky]).ok
+    assert run_flow([flaky], clock=FakeClock()).ok
 
 
 def test_keyboard_interrupt_is_not_retried_by_default():
@@ -305,7 +299,7 @@ def test_downstream_is_skipped_when_retries_run_out():
     def after(flaky):
         return flaky
 
-    result = go([flaky, after])
+    result = run_flow([flaky, after], clock=FakeClock())
     assert result.outcomes["flaky"].attempts == 2
     assert result.outcomes["after"].status == "skipped"
     assert result.outcomes["after"].reason == "upstream"
@@ -317,7 +311,7 @@ def test_downstream_is_skipped_when_retries_run_out():
 def test_run_retries_applies_to_tasks_that_set_none():
     a = failing_times(2, name="a")
     b = failing_times(2, name="b", retries=0)
-    result = go([a, b], retries=2)
+    result = run_flow([a, b], retries=2, clock=FakeClock())
     assert result.outcomes["a"].status == "succeeded"
     assert result.outcomes["a"].attempts == 3
     assert result.outcomes["b"].status == "failed"  # its own retries=0 wins
@@ -328,7 +322,8 @@ def test_run_retry_policy_default():
     rec = FlowEvents()
     a = failing_times(2, name="a")
     b = failing_times(2, name="b", retry=Retry(retries=2, delay=5.0))
-    result = go([a, b], retry=Retry(retries=3, backoff="linear", delay=1.0), plugins=[rec])
+    result = run_flow([a, b], retry=Retry(retries=3, backoff="linear", delay=1.0), plugins=[rec],
+                      clock=FakeClock())
     assert result.ok
     assert [e.fields["delay"] for e in rec.of("task_retrying", task="a")] == [1.0, 2.0]
     assert [e.fields["delay"] for e in rec.of("task_retrying", task="b")] == [5.0, 5.0]
@@ -342,7 +337,7 @@ def test_run_retry_policy_default():
 ])
 def test_bad_engine_defaults_are_usage_errors(options, words):
     with pytest.raises(UsageError) as info:
-        go([failing_times(0)], **options)
+        run_flow([failing_times(0)], **options, clock=FakeClock())
     for w in words:
         assert w in str(info.value)
 
@@ -374,7 +369,7 @@ def test_retry_must_be_a_policy():
         pass
 
     with pytest.raises(CollectionError) as info:
-        go([wrong])
+        run_flow([wrong], clock=FakeClock())
     assert "wrong" in str(info.value) and "Retry" in str(info.value)
 
 
@@ -429,18 +424,19 @@ def test_many_retry_waits_overlap_instead_of_queueing():
         return task(retry=Retry(retries=1, delay=0.3))(t)
 
     tasks = [make(i) for i in range(20)]
-    t0 = time.perf_counter()
-    result = run(tasks, state_dir=None, workers=4)
-    wall = time.perf_counter() - t0
+    clock = FakeClock()
+    t0 = clock.monotonic()
+    result = run_flow(tasks, workers=4, clock=clock)
+    waited = clock.monotonic() - t0   # on the fake clock: only the waits count, exactly
     assert result.ok
     assert all(o.attempts == 2 for o in result.outcomes.values())
-    assert 0.3 <= wall < 1.2, wall   # holding workers: >= 1.5 s
+    assert waited == pytest.approx(0.3), waited   # holding workers: >= 1.5 s
 
 
 def test_fake_clock_retries_of_an_hour_finish_at_once():
     flaky = failing_times(3, retry=Retry(retries=3, delay=3600.0))
     t0 = time.perf_counter()
-    result = go([flaky])
+    result = run_flow([flaky], clock=FakeClock())
     assert result.ok
     assert time.perf_counter() - t0 < 1.0
 
@@ -506,14 +502,14 @@ def test_retries_in_a_worker_process(write_module):
 
 def test_disabled_retry_plugin_costs_nothing_and_refuses_retry_options():
     flaky = failing_times(0)
-    assert go([flaky], disable=["retry"]).ok
+    assert run_flow([flaky], disable=["retry"], clock=FakeClock()).ok
     with pytest.raises(CollectionError):
-        go([failing_times(0, retries=1)], disable=["retry"])
+        run_flow([failing_times(0, retries=1)], disable=["retry"], clock=FakeClock())
 
 
 def test_sync_executor_retries():
     flaky = failing_times(2, retries=2)
-    result = go([flaky], executor="sync")
+    result = run_flow([flaky], executor="sync", clock=FakeClock())
     assert result.ok and result.outcomes["flaky"].attempts == 3
 
 

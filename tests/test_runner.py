@@ -10,21 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flowdeco import (FlowError, NoTasksError, RunResult, TaskOutcome, UsageError, hookimpl,
-                      run, task)
-from flowdeco.testing import within
+from flowdeco import FlowError, NoTasksError, RunResult, TaskOutcome, UsageError, hookimpl, task
+from flowdeco.testing import run_flow
 
 TIMEOUT = 10.0
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    return run(target, **kw)
-
-
-def go_bounded(target, timeout=TIMEOUT, **kw):
-    """Run in a helper thread so a hanging engine fails the test instead of the suite."""
-    return within(timeout, go, target, **kw)
 
 
 def make(name, params=(), body="return {name!r}", ns=None, **opts):
@@ -61,7 +50,7 @@ def test_chain_results_and_run_result():
     def notify(ctx):
         return ctx.run_id
 
-    result = go([extract, transform, notify], run_id="r1")
+    result = run_flow([extract, transform, notify], run_id="r1")
     assert isinstance(result, RunResult)
     assert result.ok
     assert result.status == "succeeded"
@@ -80,7 +69,7 @@ def test_outcome_fields():
         return 1
 
     before = dt.datetime.now(dt.timezone.utc)
-    out = go([a]).outcomes["a"]
+    out = run_flow([a]).outcomes["a"]
     after = dt.datetime.now(dt.timezone.utc)
     assert isinstance(out, TaskOutcome)
     assert out.status == "succeeded"
@@ -101,7 +90,7 @@ def test_failed_task_outcome():
     def boom():
         raise ValueError("bad input")
 
-    result = go([boom])
+    result = run_flow([boom])
     out = result.outcomes["boom"]
     assert out.status == "failed"
     assert out.error == "ValueError: bad input"
@@ -151,7 +140,7 @@ def test_graceful_degradation():
     def after_sibling(sibling):
         return sibling + "!"
 
-    result = go([root, bad, child, grandchild, ordered_after_bad, join, sibling, independent,
+    result = run_flow([root, bad, child, grandchild, ordered_after_bad, join, sibling, independent,
                  after_sibling])
     oc = result.outcomes
     assert oc["bad"].status == "failed"
@@ -169,7 +158,7 @@ def test_long_failed_chain_skips_everything_downstream():
     n = 2000
     fns = [make("t0", body="raise ValueError('head')")]
     fns += [make(f"t{i}", [f"t{i - 1}"]) for i in range(1, n)]
-    result = go(fns)
+    result = run_flow(fns)
     assert result.outcomes["t0"].status == "failed"
     counts = result.counts()
     assert counts["skipped"] == n - 1
@@ -193,7 +182,8 @@ def test_stop_on_error_starts_nothing_new(executor):
     def another(other):
         started("another")
 
-    result = go([first_fails, other, another], workers=1, stop_on_error=True, executor=executor)
+    result = run_flow([first_fails, other, another], workers=1, stop_on_error=True,
+                      executor=executor)
     assert started.order == ["first_fails"]
     oc = result.outcomes
     assert oc["first_fails"].status == "failed"
@@ -235,8 +225,8 @@ def test_stop_on_error_lets_running_tasks_finish():
     def waiting():
         started("waiting")
 
-    result = go_bounded([slow, failing, waiting], workers=2, stop_on_error=True,
-                        plugins=[seen])
+    result = run_flow([slow, failing, waiting], workers=2, stop_on_error=True,
+                        plugins=[seen], fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["slow"].status == "succeeded" and oc["slow"].result == "finished"
     assert oc["failing"].status == "failed"
@@ -254,7 +244,7 @@ def test_without_stop_on_error_everything_independent_runs():
     def runs():
         return 1
 
-    result = go([fails, runs], workers=1)
+    result = run_flow([fails, runs], workers=1)
     assert result.outcomes["runs"].status == "succeeded"
 
 
@@ -285,7 +275,7 @@ def _concurrency_probe(n, group):
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_workers_bound_concurrency(workers):
     fns, state = _concurrency_probe(workers * 3, workers)
-    result = go_bounded(fns, workers=workers)
+    result = run_flow(fns, workers=workers, fail_after=TIMEOUT)
     assert result.ok, result.failed()
     assert state["max"] == workers
 
@@ -303,7 +293,7 @@ def test_independent_tasks_run_in_parallel():
         barrier.wait()
         return "R"
 
-    result = go_bounded([left, right], workers=2)
+    result = run_flow([left, right], workers=2, fail_after=TIMEOUT)
     assert result.results == {"left": "L", "right": "R"}
 
 
@@ -314,7 +304,7 @@ def test_invalid_workers(bad):
         pass
 
     with pytest.raises(UsageError):
-        go([a], workers=bad)
+        run_flow([a], workers=bad)
 
 
 # --------------------------------------------------------------------------- priority
@@ -330,7 +320,7 @@ def test_priority_orders_ready_tasks(executor):
            make("p10", body="rec({name!r})", ns=ns, priority=10),
            make("neg", body="rec({name!r})", ns=ns, priority=-1),
            make("p0_c", body="rec({name!r})", ns=ns)]
-    go(fns, workers=1, executor=executor)
+    run_flow(fns, workers=1, executor=executor)
     assert rec.order == ["p10", "p5", "p0_a", "p0_b", "p0_c", "neg"]
 
 
@@ -344,7 +334,7 @@ def test_priority_among_tasks_released_by_one_completion(executor):
            make("mid", ["gate"], body="rec({name!r})", ns=ns, priority=2),
            make("tie_a", ["gate"], body="rec({name!r})", ns=ns),
            make("tie_b", ["gate"], body="rec({name!r})", ns=ns)]
-    go(fns, workers=1, executor=executor)
+    run_flow(fns, workers=1, executor=executor)
     assert rec.order == ["gate", "high", "mid", "low", "tie_a", "tie_b"]
 
 
@@ -355,7 +345,7 @@ def test_chained_successor_waits_for_higher_priority_ready_task(executor):
     fns = [make("a", body="rec({name!r})", ns=ns, priority=10),
            make("h", body="rec({name!r})", ns=ns, priority=5),
            make("b", ["a"], body="rec({name!r})", ns=ns)]
-    go(fns, workers=1, executor=executor)
+    run_flow(fns, workers=1, executor=executor)
     assert rec.order == ["a", "h", "b"]
 
 
@@ -369,7 +359,7 @@ def test_priority_wins_over_chained_successor_released_together(executor):
            make("g", body="rec({name!r})", ns=ns, priority=50),
            make("b", ["g"], body="rec({name!r})", ns=ns, priority=1),
            make("c", ["g", "x"], body="rec({name!r})", ns=ns, priority=5)]
-    go(fns, workers=1, executor=executor)
+    run_flow(fns, workers=1, executor=executor)
     assert rec.order == ["x", "g", "c", "b"]
 
 
@@ -382,7 +372,7 @@ def test_ties_in_declaration_order_also_for_chained_successors(executor):
     fns = [make("a", body="rec({name!r})", ns=ns),
            make("z", body="rec({name!r})", ns=ns),
            make("b", ["a"], body="rec({name!r})", ns=ns)]
-    go(fns, workers=1, executor=executor)
+    run_flow(fns, workers=1, executor=executor)
     assert rec.order == ["a", "z", "b"]
 
 
@@ -412,7 +402,8 @@ def test_base_exceptions_fail_the_task_only(executor, exc, text):
     def other():
         return "other"
 
-    result = go_bounded([raiser, downstream, other], workers=2, executor=executor)
+    result = run_flow([raiser, downstream, other], workers=2, executor=executor,
+                      fail_after=TIMEOUT)
     oc = result.outcomes
     assert oc["raiser"].status == "failed"
     assert oc["raiser"].error == text
@@ -436,7 +427,7 @@ def test_sync_executor_runs_in_the_calling_thread():
     ns = {"body": body}
     fns = [make("a", body="body()", ns=ns), make("b", ["a"], body="body()", ns=ns),
            make("c", body="body()", ns=ns)]
-    result = go(fns, executor="sync", workers=4)
+    result = run_flow(fns, executor="sync", workers=4)
     assert result.ok
     assert seen == {caller}
 
@@ -449,7 +440,7 @@ def test_thread_executor_runs_in_worker_threads():
     def where():
         seen.append(threading.get_ident())
 
-    go([where], executor="thread")
+    run_flow([where], executor="thread")
     assert seen and seen[0] != caller
 
 
@@ -468,11 +459,11 @@ def test_executor_instance_is_used_and_not_shut_down():
         return a + 1
 
     try:
-        result = go([a, b], executor=pool)
+        result = run_flow([a, b], executor=pool)
         assert result.results == {"a": 1, "b": 2}
         assert names and all(n.startswith("my-pool") for n in names)
         assert pool.submit(lambda: 42).result(timeout=TIMEOUT) == 42  # still usable
-        result = go([a, b], executor=pool)  # and reusable for another run
+        result = run_flow([a, b], executor=pool)  # and reusable for another run
         assert result.ok
     finally:
         pool.shutdown()
@@ -484,7 +475,7 @@ def test_unknown_executor_name():
         pass
 
     with pytest.raises(UsageError):
-        go([a], executor="carrier-pigeon")
+        run_flow([a], executor="carrier-pigeon")
 
 
 PROCESS_MODULE = """
@@ -515,7 +506,7 @@ PROCESS_MODULE = """
 
 def test_process_executor(write_module):
     path = write_module(PROCESS_MODULE)
-    result = go_bounded(str(path), timeout=60, executor="process", workers=2, run_id="proc")
+    result = run_flow(str(path), fail_after=60, executor="process", workers=2, run_id="proc")
     oc = result.outcomes
     pid = result.results["where"]
     assert isinstance(pid, int) and pid != os.getpid()
@@ -534,7 +525,7 @@ def test_chain_of_2000_tasks(executor):
     n = 2000
     fns = [make("c0", body="return 0")]
     fns += [make(f"c{i}", [f"c{i - 1}"], body=f"return c{i - 1} + 1") for i in range(1, n)]
-    result = go(fns, executor=executor, workers=4)
+    result = run_flow(fns, executor=executor, workers=4)
     assert result.ok
     assert len(result.outcomes) == n
     assert result.results[f"c{n - 1}"] == n - 1
@@ -554,7 +545,7 @@ def test_invalid_run_ids(bad):
         ran.append(1)
 
     with pytest.raises(UsageError) as info:
-        go([a], run_id=bad)
+        run_flow([a], run_id=bad)
     assert isinstance(info.value, FlowError)
     assert ran == []
 
@@ -567,7 +558,7 @@ def test_valid_run_ids(good):
     def a(ctx):
         seen.append(ctx.run_id)
 
-    assert go([a], run_id=good).run_id == good
+    assert run_flow([a], run_id=good).run_id == good
     assert seen == [good]
 
 
@@ -576,7 +567,7 @@ def test_generated_run_ids_are_valid_and_unique():
     def a():
         pass
 
-    ids = {go([a]).run_id for _ in range(3)}
+    ids = {run_flow([a]).run_id for _ in range(3)}
     assert len(ids) == 3
     for rid in ids:
         assert re.fullmatch(r"[A-Za-z0-9._-]{1,128}", rid) and rid not in (".", "..")
@@ -605,7 +596,7 @@ def test_ctx_upstream_has_dependency_outcomes():
         seen.update({k: (o.status, o.result) for k, o in ctx.upstream.items()})
         return a
 
-    result = go([a, b, unrelated, c])
+    result = run_flow([a, b, unrelated, c])
     assert result.ok
     assert seen == {"a": ("succeeded", "A"), "b": ("succeeded", "B")}
 
@@ -621,7 +612,7 @@ def test_ctx_per_task():
     ns = {"body": body}
     fns = [make("one", ["ctx"], body="body(ctx)", ns=ns),
            make("two", ["ctx", "one"], body="body(ctx)", ns=ns)]
-    go(fns, params={"env": "test"})
+    run_flow(fns, params={"env": "test"})
     assert seen == {"one": (1, None, "test"), "two": (1, None, "test")}
 
 
@@ -640,13 +631,13 @@ def test_no_files_without_state_dir(tmp_path, monkeypatch):
     def b(a):
         raise ValueError("x")
 
-    go([a, b], state_dir=None)
+    run_flow([a, b], state_dir=None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_no_tasks_error():
     with pytest.raises(NoTasksError):
-        go([])
+        run_flow([])
 
 
 def test_results_are_passed_by_identity_on_threads():
@@ -661,5 +652,5 @@ def test_results_are_passed_by_identity_on_threads():
     def consume(produce):
         seen.append(produce)
 
-    go([produce, consume])
+    run_flow([produce, consume])
     assert seen[0] is payload

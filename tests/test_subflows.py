@@ -7,12 +7,8 @@ import threading
 import pytest
 
 from flowdeco import (CycleError, DuplicateTaskError, Flow, MissingDependencyError,
-                      TaskDefinitionError, run, task)
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    return run(target, **kw)
+                      TaskDefinitionError, task)
+from flowdeco.testing import run_flow
 
 
 def validation_flow(name="validation"):
@@ -42,7 +38,7 @@ def test_node_names_are_qualified_and_result_is_the_sink():
     def report(validate):
         return f"valid={validate}"
 
-    result = go(outer)
+    result = run_flow(outer)
     assert result.ok, result.outcomes
     assert list(result.outcomes) == ["data", "validate", "validate.check_format",
                                      "validate.check_size", "report"]
@@ -70,7 +66,7 @@ def test_several_sinks_give_a_dict_by_inner_name():
     def join(both):
         return both
 
-    result = go(outer)
+    result = run_flow(outer)
     assert result.results["both"] == {"left": "L", "right": "R"}
     assert result.results["join"] == {"left": "L", "right": "R"}
 
@@ -83,7 +79,7 @@ def test_module_flow_can_use_a_node_in_a_list():
         return [5]
 
     node = sub.as_task("v")
-    result = go([data, node])
+    result = run_flow([data, node])
     assert result.results["v"] is True
     assert set(result.outcomes) == {"data", "v", "v.check_format", "v.check_size"}
 
@@ -103,7 +99,7 @@ def test_bind_maps_inner_parameters_to_outer_names():
     outer.add(sub.as_task("check_good", bind={"data": "good_users"}))
     outer.add(sub.as_task("check_bad", bind={"data": "bad_users"}))
 
-    result = go(outer)
+    result = run_flow(outer)
     assert result.ok, result.outcomes
     assert result.results["check_good"] is True
     assert result.results["check_bad"] is False
@@ -115,7 +111,7 @@ def test_bind_to_unknown_name_is_missing_dependency():
     outer = Flow("outer")
     outer.add(validation_flow().as_task("v", bind={"data": "nope"}))
     with pytest.raises(MissingDependencyError) as info:
-        go(outer)
+        run_flow(outer)
     assert "nope" in str(info.value)
 
 
@@ -123,14 +119,14 @@ def test_free_inner_parameter_without_binding_is_missing_dependency():
     outer = Flow("outer")
     outer.add(validation_flow().as_task("v"))
     with pytest.raises(MissingDependencyError) as info:
-        go(outer)
+        run_flow(outer)
     assert "v.check_format" in str(info.value) and "data" in str(info.value)
 
 
 def test_inner_parameter_from_run_params():
     outer = Flow("outer")
     outer.add(validation_flow().as_task("v"))
-    result = go(outer, params={"data": [1]})
+    result = run_flow(outer, params={"data": [1]})
     assert result.results["v"] is True
 
 
@@ -163,7 +159,7 @@ def test_nesting_to_any_depth():
     def final(t):
         return t
 
-    result = go(outer)
+    result = run_flow(outer)
     assert result.ok, result.outcomes
     assert result.results["t.m.l.deepest"] == 20
     assert result.results["t.m.mid_sum"] == 21
@@ -183,7 +179,7 @@ def test_ctx_task_is_the_qualified_name():
 
     outer = Flow("outer")
     outer.add(sub.as_task("node"))
-    go(outer)
+    run_flow(outer)
     assert seen == ["node.who"]
 
 
@@ -196,7 +192,7 @@ def test_flow_containing_itself_is_a_cycle():
 
     selfish.add(selfish.as_task("me"))
     with pytest.raises(CycleError) as info:
-        go(selfish)
+        run_flow(selfish)
     assert "selfish" in str(info.value)
 
 
@@ -205,7 +201,7 @@ def test_mutually_nested_flows_are_a_cycle():
     f1.add(f2.as_task("two"))
     f2.add(f1.as_task("one"))
     with pytest.raises(CycleError) as info:
-        go(f1)
+        run_flow(f1)
     cyc = info.value.cycle
     assert cyc[0] == cyc[-1] and set(cyc) == {"f1", "f2"}
 
@@ -236,7 +232,7 @@ def test_failed_inner_task_fails_the_node_and_skips_downstream():
     def independent():
         return "still runs"
 
-    result = go(outer)
+    result = run_flow(outer)
     assert result.status == "failed" and not result.ok
     oc = result.outcomes
     assert oc["node.ok_inner"].status == "succeeded"
@@ -279,7 +275,7 @@ def test_node_after_orders_every_inner_task():
     def closing():
         rec("closing")
 
-    result = go(outer, workers=4)
+    result = run_flow(outer, workers=4)
     assert result.ok, result.outcomes
     assert order[0] == "gate"
     assert order[-1] == "closing"
@@ -300,7 +296,7 @@ def test_after_a_node_object():
     def later():
         order.append("later")
 
-    result = go([later, node], workers=4)
+    result = run_flow([later, node], workers=4)
     assert result.ok, result.outcomes
     assert order == ["inner", "later"]
 
@@ -320,7 +316,7 @@ def test_a_flow_backs_several_nodes_and_names_do_not_clash():
 
     outer.add(sub.as_task("x"))
     outer.add(sub.as_task("y"))
-    result = go(outer)
+    result = run_flow(outer)
     assert result.results["x"] == "x.same_name"
     assert result.results["y"] == "y.same_name"
 
@@ -334,13 +330,13 @@ def test_duplicate_member_in_a_flow():
 
     f.add(a)
     with pytest.raises(DuplicateTaskError):
-        go(f)
+        run_flow(f)
 
     g = Flow("g")
     g.add(f.as_task("n"))
     g.add(Flow("other").as_task("n"))
     with pytest.raises(DuplicateTaskError):
-        go(g)
+        run_flow(g)
 
 
 def test_flow_add_plain_function_and_options():
@@ -355,7 +351,7 @@ def test_flow_add_plain_function_and_options():
     assert f.add(plain) is plain
     f.add(uses, priority=2)
     assert uses.__flowdeco_task__.priority == 2
-    assert go(f).results == {"plain": 3, "uses": 6}
+    assert run_flow(f).results == {"plain": 3, "uses": 6}
     with pytest.raises(TaskDefinitionError):
         f.add(Flow("x").as_task("n"), priority=1)
 
@@ -378,7 +374,7 @@ def test_stop_on_error_inside_a_subflow():
     def also_never():
         raise AssertionError("must not start")
 
-    result = go(outer, workers=1, stop_on_error=True)
+    result = run_flow(outer, workers=1, stop_on_error=True)
     assert result.status == "failed"
     oc = result.outcomes
     assert oc["node.fails_first"].status == "failed"
@@ -395,7 +391,7 @@ def test_subflow_on_sync_executor():
         return [1]
 
     outer.add(validation_flow().as_task("v"))
-    result = go(outer, executor="sync")
+    result = run_flow(outer, executor="sync")
     assert result.results["v"] is True
 
 
@@ -419,7 +415,7 @@ def test_node_whose_input_failed_is_skipped_not_succeeded():
     def down(node):
         ran.append(node)
 
-    result = go(outer)
+    result = run_flow(outer)
     oc = result.outcomes
     assert oc["data"].status == "failed"
     assert oc["node.inner"].status == "skipped" and oc["node.inner"].reason == "upstream"
@@ -449,7 +445,7 @@ def test_node_after_a_failed_task_is_skipped():
     def down(node):
         ran.append(node)
 
-    result = go(outer)
+    result = run_flow(outer)
     oc = result.outcomes
     assert oc["node.inner"].status == "skipped"
     assert (oc["node"].status, oc["node"].reason) == ("skipped", "upstream")
@@ -470,11 +466,11 @@ def test_as_task_defaults_to_the_flow_name_and_node_can_be_a_target():
 
     node = sub.as_task()
     assert node.name == "checks"
-    result = go([node])
+    result = run_flow([node])
     assert result.results["checks"] == 2
     assert "checks.two" in result.outcomes
 
-    as_target = go(node)  # a node as the run target: its flow, unqualified
+    as_target = run_flow(node)  # a node as the run target: its flow, unqualified
     assert as_target.results == {"one": 1, "two": 2}
 
 
@@ -490,7 +486,7 @@ def test_select_a_whole_node():
         raise AssertionError("not selected")
 
     outer.add(validation_flow().as_task("validate"))
-    result = go(outer, select="validate")
+    result = run_flow(outer, select="validate")
     assert result.ok, result.outcomes
     assert set(result.outcomes) == {"data", "validate", "validate.check_format",
                                     "validate.check_size"}

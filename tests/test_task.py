@@ -9,13 +9,9 @@ import attrs
 import pytest
 
 from flowdeco import (CollectionError, Flow, FlowError, MissingDependencyError, Secret,
-                      TaskDefinitionError, TaskSpec, UsageError, run, task)
+                      TaskDefinitionError, TaskSpec, UsageError, task)
 from flowdeco.context import Context
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    return run(target, **kw)
+from flowdeco.testing import run_flow
 
 
 @task
@@ -223,7 +219,7 @@ def test_option_without_active_plugin_is_a_collection_error(option):
         ran.append(1)
 
     with pytest.raises(CollectionError) as info:
-        go([fancy_task], disable=[plugin])
+        run_flow([fancy_task], disable=[plugin])
     msg = str(info.value)
     assert "fancy_task" in msg
     assert option in msg
@@ -237,7 +233,7 @@ def test_unknown_plugin_option_is_a_collection_error():
 
     assert weird.__flowdeco_task__.options == {"frobnicate": 3}
     with pytest.raises(CollectionError) as info:
-        go([weird])
+        run_flow([weird])
     assert "weird" in str(info.value) and "frobnicate" in str(info.value)
 
 
@@ -253,7 +249,7 @@ def test_data_dependency_receives_result():
     def transform(extract):
         return {"processed": extract["records"] * 2}
 
-    result = go([extract, transform])
+    result = run_flow([extract, transform])
     assert result.ok
     assert result.results == {"extract": {"records": 1000}, "transform": {"processed": 2000}}
 
@@ -268,7 +264,7 @@ def test_ctx_receives_a_context():
         ctx.log.info("hello", n=1)  # a structlog logger; must not raise
         return 1
 
-    result = go([first], run_id="ctx-run", params={"day": "mon"})
+    result = run_flow([first], run_id="ctx-run", params={"day": "mon"})
     assert result.ok, result.outcomes
     assert isinstance(seen["ctx"], Context)
     assert seen["fields"] == ("ctx-run", "first", 1, None, {"day": "mon"})
@@ -280,7 +276,7 @@ def test_run_param_is_injected():
     def report(day):
         return f"report for {day}"
 
-    result = go([report], params={"day": "2026-01-01"})
+    result = run_flow([report], params={"day": "2026-01-01"})
     assert result.results["report"] == "report for 2026-01-01"
 
 
@@ -302,7 +298,7 @@ def test_run_param_is_converted_by_annotation(annotation, text, expected):
 
     typed.__annotations__["value"] = annotation
     task(typed)
-    result = go([typed], params={"value": text})
+    result = run_flow([typed], params={"value": text})
     got = result.results["typed"]
     assert got == expected
     assert type(got) is type(expected)
@@ -313,7 +309,7 @@ def test_unannotated_run_param_stays_a_string():
     def f(n):
         return n
 
-    assert go([f], params={"n": "3"}).results["f"] == "3"
+    assert run_flow([f], params={"n": "3"}).results["f"] == "3"
 
 
 def test_non_string_run_param_is_passed_as_is():
@@ -327,8 +323,8 @@ def test_non_string_run_param_is_passed_as_is():
     def g(items: list):
         return items
 
-    assert go([f], params={"n": 5}).results["f"] == 5
-    assert go([g], params={"items": obj}).results["g"] is obj
+    assert run_flow([f], params={"n": 5}).results["f"] == 5
+    assert run_flow([g], params={"items": obj}).results["g"] is obj
 
 
 def test_string_annotations_are_converted(write_module):
@@ -340,7 +336,7 @@ def test_string_annotations_are_converted(write_module):
         def scaled(n: int, factor: float, flag: bool):
             return (n * 2, factor, flag)
     """)
-    result = go(path, params={"n": "3", "factor": "0.5", "flag": "off"})
+    result = run_flow(path, params={"n": "3", "factor": "0.5", "flag": "off"})
     assert result.results["scaled"] == (6, 0.5, False)
 
 
@@ -354,7 +350,7 @@ def test_bad_run_param_value_is_a_usage_error(annotation, text):
     typed.__annotations__["count"] = annotation
     task(typed)
     with pytest.raises(UsageError) as info:
-        go([typed], params={"count": text})
+        run_flow([typed], params={"count": text})
     assert "count" in str(info.value)
     assert ran == []
 
@@ -364,7 +360,7 @@ def test_default_is_kept_when_nothing_matches():
     def f(limit=10, label="x"):
         return (limit, label)
 
-    assert go([f]).results["f"] == (10, "x")
+    assert run_flow([f]).results["f"] == (10, "x")
 
 
 def test_run_param_overrides_default():
@@ -372,7 +368,7 @@ def test_run_param_overrides_default():
     def f(limit: int = 10):
         return limit
 
-    assert go([f], params={"limit": "3"}).results["f"] == 3
+    assert run_flow([f], params={"limit": "3"}).results["f"] == 3
 
 
 def test_unknown_parameter_is_missing_dependency_with_suggestion():
@@ -388,7 +384,7 @@ def test_unknown_parameter_is_missing_dependency_with_suggestion():
         ran.append("transform")
 
     with pytest.raises(MissingDependencyError) as info:
-        go([extract, transform])
+        run_flow([extract, transform])
     err = info.value
     msg = str(err)
     assert "transform" in msg and "extrct" in msg and "extract" in msg
@@ -407,7 +403,7 @@ def test_secret_param_is_masked_and_revealed():
         seen["token"] = token
         return token.reveal()
 
-    result = go([fetch], params={"token": Secret("s3cr3t")})
+    result = run_flow([fetch], params={"token": Secret("s3cr3t")})
     assert result.results["fetch"] == "s3cr3t"
     tok = seen["token"]
     assert isinstance(tok, Secret)

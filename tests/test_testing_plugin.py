@@ -341,3 +341,30 @@ def test_no_real_time_warning_with_flow_clock_or_short_waits(pytester):
     res = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=2)
     assert "real clock" not in res.stdout.str()
+
+
+def test_run_flow_keeps_no_state_and_fails_a_hung_run(tmp_path, monkeypatch):
+    """The one helper the suite runs flows with (``flow_run`` is built on it)."""
+    import threading
+
+    from flowdeco import task
+    from flowdeco.testing import run_flow
+    monkeypatch.chdir(tmp_path)
+    release = threading.Event()
+
+    @task
+    def quick():
+        return 1
+
+    @task
+    def stuck():
+        release.wait(30)
+
+    assert run_flow([quick]).results == {"quick": 1}
+    assert run_flow([quick], fail_after=30).results == {"quick": 1}
+    assert list(tmp_path.iterdir()) == []           # no .flowdeco state folder
+    try:
+        with pytest.raises(AssertionError, match="did not finish within 0.2s"):
+            run_flow([stuck], fail_after=0.2)
+    finally:
+        release.set()

@@ -21,16 +21,10 @@ import pytest
 from flowdeco import (CollectionError, FakeClock, Retry, TaskDefinitionError, hookimpl, run,
                       task)
 from flowdeco.plugins.timers import CronSchedule, parse_cron, zone_info
-from flowdeco.testing import FlowEvents
+from flowdeco.testing import FlowEvents, run_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 BERLIN = ZoneInfo("Europe/Berlin")
-
-
-def go(target, **kw):
-    kw.setdefault("state_dir", None)
-    kw.setdefault("clock", FakeClock())
-    return run(target, **kw)
 
 
 def since(clock: FakeClock, t0: float = 1000.0) -> float:
@@ -55,7 +49,7 @@ def test_delay_starts_no_sooner_than_ready_plus_delay(executor):
         starts["notify"] = since(clock)
         return first + 1
 
-    result = go([first, notify], clock=clock, executor=executor)
+    result = run_flow([first, notify], clock=clock, executor=executor)
     assert result.ok and result.results["notify"] == 2
     assert starts["notify"] == 35.0     # ready at 5, plus 30
     out = result.outcomes
@@ -76,7 +70,7 @@ def test_a_delay_holds_no_worker():
         clock.advance(40)           # 40 s of work while `later` waits
         log.append(("meanwhile done", since(clock)))
 
-    result = go([later, meanwhile], clock=clock, workers=1)
+    result = run_flow([later, meanwhile], clock=clock, workers=1)
     assert result.ok
     assert log == [("meanwhile", 0.0), ("meanwhile done", 40.0), ("later", 100.0)]
 
@@ -87,7 +81,7 @@ def test_an_hour_long_delay_is_instant_on_the_fake_clock():
         return "done"
 
     t0 = time.perf_counter()
-    result = go([hourly])
+    result = run_flow([hourly], clock=FakeClock())
     assert result.results == {"hourly": "done"}
     assert result.duration == 3600.0
     assert time.perf_counter() - t0 < 1.0
@@ -118,9 +112,9 @@ def test_zero_delay_is_no_delay_and_runs_without_timers_register_nothing():
         return 3
 
     probe = Probe()
-    assert go([plain], plugins=[probe]).ok
-    assert go([delayed], plugins=[probe]).ok
-    assert go([ticking], plugins=[probe]).ok
+    assert run_flow([plain], plugins=[probe], clock=FakeClock()).ok
+    assert run_flow([delayed], plugins=[probe], clock=FakeClock()).ok
+    assert run_flow([ticking], plugins=[probe], clock=FakeClock()).ok
     # only the retry plugin implements attempt_done when no interval task runs
     base = seen["done"][0]
     assert seen["delay"] == [0, 1, 0]
@@ -144,7 +138,7 @@ def test_fixed_rate_iterations_and_result_list(executor):
         clock.advance(3)                      # each iteration takes 3 s: no drift
         return ctx.iteration * 100
 
-    result = go([poll], clock=clock, executor=executor)
+    result = run_flow([poll], clock=clock, executor=executor)
     assert result.ok
     assert result.results["poll"] == [100, 200, 300, 400, 500]
     assert starts == [(1, 1, 0.0), (2, 1, 10.0), (3, 1, 20.0), (4, 1, 30.0), (5, 1, 40.0)]
@@ -164,7 +158,7 @@ def test_an_overrun_is_followed_at_once_and_shifts_the_grid():
             clock.advance(25)                 # 2.5 intervals: slots 3 and 4 are missed
         return ctx.iteration
 
-    result = go([poll], clock=clock, plugins=[rec])
+    result = run_flow([poll], clock=clock, plugins=[rec])
     assert result.results["poll"] == [1, 2, 3, 4, 5]
     assert starts == [0.0, 10.0, 35.0, 45.0, 55.0]
     (overrun,) = rec.of("interval_overrun", task="poll")
@@ -185,7 +179,7 @@ def test_ctx_iteration_is_none_outside_interval_tasks_and_reported_inside():
     def plain(ctx):
         seen["plain"] = ctx.iteration
 
-    result = go([ticking, plain], plugins=[rec])
+    result = run_flow([ticking, plain], plugins=[rec], clock=FakeClock())
     assert result.results["ticking"] == [1, 2, 3]
     assert seen["plain"] is None
     started = [e.fields.get("iteration") for e in rec.of("task_started", task="ticking")]
@@ -209,7 +203,7 @@ def test_until_stops_early_with_the_results_so_far():
     def capped(ctx):
         return ctx.iteration
 
-    result = go([job_status, capped], clock=clock)
+    result = run_flow([job_status, capped], clock=clock)
     assert result.results["job_status"] == [{"progress": 40}, {"progress": 80},
                                             {"progress": 100}]
     assert checked == [40, 80, 100]
@@ -225,7 +219,7 @@ def test_a_failing_until_fails_the_task():
     def ticking():
         return 1
 
-    result = go([ticking])
+    result = run_flow([ticking], clock=FakeClock())
     out = result.outcomes["ticking"]
     assert out.status == "failed"
     assert out.error == "ValueError: bad predicate"
@@ -243,7 +237,7 @@ def test_a_failed_iteration_is_retried_by_its_policy_and_keeps_its_number():
             raise ConnectionError("down")
         return ctx.iteration
 
-    result = go([flaky], clock=clock, plugins=[rec])
+    result = run_flow([flaky], clock=clock, plugins=[rec])
     assert result.results["flaky"] == [1, 2, 3]
     assert calls == [(1, 1, 0.0), (2, 1, 10.0), (2, 2, 13.0), (2, 3, 16.0), (3, 1, 20.0)]
     retrying = rec.of("task_retrying", task="flaky")
@@ -263,7 +257,7 @@ def test_an_iteration_whose_retries_run_out_fails_the_task_and_skips_downstream(
     def report(flaky):
         return len(flaky)
 
-    result = go([flaky, report])
+    result = run_flow([flaky, report], clock=FakeClock())
     assert result.status == "failed"
     out = result.outcomes["flaky"]
     assert out.status == "failed"
@@ -283,7 +277,7 @@ def test_downstream_starts_when_the_interval_task_has_ended():
     def total(sample):
         return sum(sample)
 
-    result = go([sample, total], clock=clock)
+    result = run_flow([sample, total], clock=clock)
     assert result.results == {"sample": [1, 4, 9, 16], "total": 30}
     out = result.outcomes
     assert out["total"].started_at >= out["sample"].finished_at
@@ -298,7 +292,7 @@ def test_delay_then_interval():
     def warm(ctx):
         starts.append(since(clock))
 
-    assert go([warm], clock=clock).ok
+    assert run_flow([warm], clock=clock).ok
     assert starts == [7.0, 9.0, 11.0]
 
 
@@ -328,7 +322,7 @@ def test_stop_on_error_ends_a_waiting_interval_task_interrupted():
     def boom():
         raise RuntimeError("boom")
 
-    result = go([poll, boom], clock=clock, stop_on_error=True)
+    result = run_flow([poll, boom], clock=clock, stop_on_error=True)
     assert result.status == "failed"
     out = result.outcomes["poll"]
     assert out.status == "interrupted"
@@ -361,7 +355,7 @@ def test_an_interrupt_stops_an_interval_task_before_its_next_iteration():
     def after(poll):
         return poll
 
-    result = go([poll, trigger, after], clock=clock, plugins=[CtrlC()])
+    result = run_flow([poll, trigger, after], clock=clock, plugins=[CtrlC()])
     assert result.status == "interrupted"
     assert result.exit_code == 2
     assert iterations == [1, 2, 3]
@@ -380,7 +374,7 @@ def test_an_interrupt_during_an_iteration_waits_for_it_then_stops():
     def poll(ctx):
         return ctx.iteration
 
-    result = go([poll], plugins=[CtrlC()])
+    result = run_flow([poll], plugins=[CtrlC()], clock=FakeClock())
     assert result.status == "interrupted"
     out = result.outcomes["poll"]
     assert out.status == "interrupted"
@@ -475,7 +469,7 @@ def test_until_and_cron_need_the_timers_plugin(kwargs):
         pass
 
     with pytest.raises(CollectionError) as info:
-        go([fancy], disable=["timers"])
+        run_flow([fancy], disable=["timers"], clock=FakeClock())
     msg = str(info.value)
     assert "fancy" in msg
     assert any(f"{k}=" in msg for k in kwargs)
@@ -489,7 +483,7 @@ def test_a_bad_cron_expression_is_a_collection_error_naming_the_task():
         ran.append(1)
 
     with pytest.raises(CollectionError) as info:
-        go([hourly])
+        run_flow([hourly], clock=FakeClock())
     msg = str(info.value)
     assert "'hourly'" in msg and "61 * * * *" in msg and "minute" in msg
     assert ran == []
@@ -500,7 +494,7 @@ def test_a_cron_task_runs_once_in_a_plain_run():
     def every_five():
         return "ran"
 
-    assert go([every_five]).results == {"every_five": "ran"}
+    assert run_flow([every_five], clock=FakeClock()).results == {"every_five": "ran"}
 
 
 # --------------------------------------------------------------------------- cron schedules

@@ -26,6 +26,7 @@ from ..errors import TaskDefinitionError, UsageError
 from ..flow import SubflowNode
 from ..outcome import format_error
 from ..params import READS_PARAMS_ATTR
+from ..stash import StashKey
 from ..task import CTX, get_spec, task
 from .engine import PipelineStopped
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipe import Pipeline
 
 #: ``run.stash`` key: {node name: running Execution}, read by the progress display
-LIVE_KEY = "flowdeco.pipeline.live"
+LIVE_KEY: StashKey[dict[str, "Execution"]] = StashKey("flowdeco.pipeline.live")
 #: tracebacks are written to the audit trail for this many failed items per node run
 TRACEBACKS = 100
 

@@ -10,7 +10,7 @@ import attrs
 
 from ..errors import TaskDefinitionError, UsageError
 from ..plugins.retry import Retry
-from ..task import _check_name
+from ..task import check_name
 from .engine import Execution, Reporter, window_size
 from .result import PipelineResult
 
@@ -53,7 +53,7 @@ class Pipeline:
 
     def __init__(self, name: str, queue_size: int = 100, ordered: bool = True,
                  priority: int = 0):
-        _check_name(name, f"pipeline {name!r}")
+        check_name(name, f"pipeline {name!r}")
         where = f"pipeline {name!r}"
         self.name = name
         self.queue_size = _int_option(where, "queue_size", queue_size, 1)
@@ -114,7 +114,7 @@ class Pipeline:
                 raise TaskDefinitionError(
                     f"pipeline {self.name!r}: {fn!r} has no usable name; pass name=...")
         where = f"pipeline {self.name!r}, stage {name!r}"
-        _check_name(name, where)
+        check_name(name, where)
         if any(s.name == name for s in self._stages):
             raise TaskDefinitionError(f"{where}: a stage of that name already exists")
         workers = _int_option(where, "workers", workers, 1)

@@ -27,9 +27,13 @@ import shutil
 import sys
 import threading
 import time
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from ..manager import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Event, Run, RunResult
+    from flowdeco.config import Config, Parser
 
 NAME = "progress"
 _PLUGIN = "progress-view"
@@ -89,7 +93,7 @@ class ProgressView:
 
     # -- hooks
     @hookimpl
-    def flowdeco_run_start(self, run: Any) -> None:
+    def flowdeco_run_start(self, run: Run) -> None:
         self.run = run
         self.total = len(run.graph)
         self.started_at = self.clock()
@@ -99,7 +103,7 @@ class ProgressView:
         self._thread.start()
 
     @hookimpl(wrapper=True, tryfirst=True)
-    def flowdeco_report(self, run: Any, event: Any) -> Any:
+    def flowdeco_report(self, run: Run, event: Event) -> Any:
         with self.lock:
             if self.drawn:
                 self._erase()
@@ -120,7 +124,7 @@ class ProgressView:
                         self.running.discard(event.task)
 
     @hookimpl(tryfirst=True)
-    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+    def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
         self.close()
 
     # -- drawing
@@ -195,7 +199,7 @@ class ProgressView:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     parser.addoption("--progress", dest="progress", default=None,
                      action=argparse.BooleanOptionalAction, group="state and output",
                      help="a live progress line on stderr when it is a terminal (default: on "
@@ -203,13 +207,13 @@ def flowdeco_addoption(parser: Any) -> None:
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     if enabled(config, sys.stderr):
         config.pluginmanager.register(ProgressView(sys.stderr), _PLUGIN)
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     view = config.pluginmanager.get_plugin(_PLUGIN)
     if view is not None:
         view.close()

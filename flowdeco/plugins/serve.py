@@ -680,14 +680,11 @@ def _max_ticks(text: str) -> int:
 
 def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) -> int:
     """``python -m flowdeco serve TARGET [options]``; returns the exit code."""
-    from ..cli import _ArgumentParser
-
     err = sys.stderr
     try:
         parser = Parser()
         pluginmanager.hook.flowdeco_addoption(parser=parser)
         ap = parser.argparser(prog="flowdeco serve", description=_DESCRIPTION)
-        ap.__class__ = _ArgumentParser
         g = ap.add_argument_group("serve")
         g.add_argument("--cron", dest="serve_cron", default=None, metavar="EXPR",
                        help="also run the whole flow on this schedule (e.g. '0 * * * *')")

@@ -51,18 +51,24 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..errors import CollectionError, UsageError
 from ..manager import hookimpl
 from ..outcome import Finish, Reschedule
+from ..stash import StashKey
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Attempt, Run, RunResult
+    from flowdeco.config import Config
+    from flowdeco.graph import Graph, Vertex
 
 NAME = "timers"
 
 #: config.stash key: per-run helper objects still registered (unregistered at unconfigure)
-_REGISTERED = object()
+_REGISTERED = StashKey[list]("flowdeco.timers.registered")
 
 OPTIONS = ["delay", "every", "times", "until", "cron"]
 
@@ -76,14 +82,14 @@ def flowdeco_task_options() -> list[str]:
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
     """Parse every ``cron=`` now, so a bad expression is an error naming its task."""
     for v in graph.using("cron"):
         parse_cron(v.spec.cron, where=f"task {v.name!r}")
 
 
 @hookimpl
-def flowdeco_run_start(run: Any) -> None:
+def flowdeco_run_start(run: Run) -> None:
     delays: dict[int, float] = {}
     intervals: dict[int, Any] = {}
     for v in run.graph.using("delay"):
@@ -107,12 +113,12 @@ def flowdeco_run_start(run: Any) -> None:
 
 
 @hookimpl
-def flowdeco_run_finish(run: Any, result: Any) -> None:
+def flowdeco_run_finish(run: Run, result: RunResult) -> None:
     _unregister(run.config)
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     _unregister(config)
 
 
@@ -146,7 +152,7 @@ class _Delays:
         self.delays = delays
 
     @hookimpl
-    def flowdeco_task_delay(self, run: Any, task: Any) -> float | None:
+    def flowdeco_task_delay(self, run: Run, task: Vertex) -> float | None:
         return self.delays.get(task.index)
 
 
@@ -178,7 +184,7 @@ class _Intervals:
         self.progress = {i: _Progress(spec) for i, spec in specs.items()}
 
     @hookimpl(wrapper=True)
-    def flowdeco_attempt_done(self, run: Any, task: Any, attempt: Any):  # type: ignore[no-untyped-def]
+    def flowdeco_attempt_done(self, run: Run, task: Vertex, attempt: Attempt):  # type: ignore[no-untyped-def]
         decision = yield
         p = self.progress.get(task.index)
         if p is None:

@@ -50,7 +50,7 @@ from ...manager import direct_caller, hookimpl, swap_plugin
 from ...outcome import Event, Finish, Restored
 from ...runner import validate_run_id
 from ..audit import audit_path, read_events
-from ...select import compile_expression
+from ...selection import compile_expression
 from . import hookspecs
 from .cache import Cache
 from .codec import Codec, Unstorable, default_codec

@@ -58,16 +58,25 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flowdeco import UsageError, hookimpl
+from flowdeco import StashKey, UsageError, hookimpl
 
 __version__ = "0.1.0"
 
-_STASH = "flowdeco_dask.executor"
-_GRAPH = "flowdeco_dask.graph"
-_UPLOADS = "flowdeco_dask.uploads"
-_LOGS = "flowdeco_dask.logs"
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Run
+    from flowdeco.config import Config, Parser
+    from flowdeco.graph import Graph
+
+    from .executor import DaskExecutor
+    from .upload import Uploads
+
+# config.stash keys
+_STASH: StashKey[DaskExecutor] = StashKey("flowdeco_dask.executor")
+_GRAPH: StashKey[Graph] = StashKey("flowdeco_dask.graph")
+_UPLOADS: StashKey[Uploads] = StashKey("flowdeco_dask.uploads")
+_LOGS: StashKey[list[tuple[logging.Logger, int]]] = StashKey("flowdeco_dask.logs")
 
 
 def _dask_object(obj: Any) -> bool:
@@ -97,7 +106,7 @@ def _wants_dask(config: Any) -> bool:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     parser.addoption("--dask-address", dest="dask_address", default=None, metavar="ADDRESS",
                      group="running",
                      help="with --executor dask: the scheduler to use (tcp://host:8786); "
@@ -110,7 +119,7 @@ def flowdeco_addoption(parser: Any) -> None:
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     address = config.getoption("dask_address")
     if address is not None:
         if not isinstance(address, str) or not address:
@@ -129,7 +138,7 @@ def flowdeco_configure(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
     """Refuse, before anything runs, tasks that cannot be shipped to Dask workers.
 
     With a client or executor given as ``executor=``, also send the flow's
@@ -181,7 +190,7 @@ def _quiet_dask_logs() -> list[tuple[logging.Logger, int]]:
 
 
 @hookimpl
-def flowdeco_make_executor(config: Any, name: str, workers: int) -> Any:
+def flowdeco_make_executor(config: Config, name: str, workers: int) -> Any:
     executor = config.getoption("executor", None)
     if executor != "dask" and not _dask_object(executor):
         return None
@@ -205,7 +214,10 @@ def flowdeco_make_executor(config: Any, name: str, workers: int) -> Any:
 
 
 @hookimpl
-def flowdeco_run_start(run: Any) -> None:
+def flowdeco_run_start(run: Run) -> None:
+    # Transitional: once the session picks every executor with
+    # flowdeco.executors.choose_executor, flowdeco_make_executor above has already
+    # wrapped the object and DaskExecutor.max_workers set the width; delete this hook then.
     if not _dask_object(run.executor):
         return
     from .executor import DaskExecutor, cluster_threads
@@ -222,7 +234,7 @@ def flowdeco_run_start(run: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     uploads = config.stash.pop(_UPLOADS, None)
     if uploads is not None:
         uploads.release()           # a no-op when the executor released them

@@ -16,7 +16,7 @@ from distributed.scheduler import KilledWorker
 
 from flowdeco import UsageError
 from flowdeco.executors import WorkerCrashed, relay
-from flowdeco.pickling import _importable
+from flowdeco.pickling import importable
 from flowdeco.pickling import check_graph as _check_graph
 
 
@@ -36,7 +36,7 @@ def check_graph(graph: Any) -> None:
         if fn is None or modname is None or modname == "__main__":
             continue
         module = sys.modules.get(modname)
-        if module is not None and not _importable(modname):
+        if module is not None and not importable(modname):
             cloudpickle.register_pickle_by_value(module)
 
 
@@ -71,7 +71,9 @@ class DaskExecutor(Executor):
         self._owns_client = owns_client
         self._inner = client.get_executor(pure=False)
         self._closed = False
-        self._max_workers = cluster_threads(self) or None
+        #: the cluster's worker threads (None if unknown): how many attempts to keep in flight
+        self.max_workers: int | None = cluster_threads(self) or None
+        self._max_workers = self.max_workers   # what the session reads of a given Executor
         #: files uploaded for the run (``flowdeco_dask.upload.Uploads``), released on shutdown
         self.uploads: Any = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowdeco import Flow, NoTasksError, UsageError, run, task
-from flowdeco.select import compile_expression
+from flowdeco.selection import compile_expression
 
 NAMES = ["extract_users", "extract_orders", "transform", "load_warehouse", "report",
          "validate.check_format", "validate.check_size", "fetch[3]"]
