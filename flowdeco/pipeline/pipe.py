@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 import attrs
 
 from ..errors import TaskDefinitionError, UsageError
-from ..plugins.retry import Retry
+from ..policies.retry import Retry
 from ..task import _check_name
 from .engine import Execution, Reporter, window_size
 from .result import PipelineResult
