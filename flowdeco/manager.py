@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("circuit", "flowdeco.plugins.circuit"),
     ("timeout", "flowdeco.plugins.timeout"),
     ("timers", "flowdeco.plugins.timers"),
+    ("pipeline", "flowdeco.plugins.pipeline"),
     ("state", "flowdeco.plugins.state"),
     ("metrics", "flowdeco.plugins.metrics"),
     ("progress", "flowdeco.plugins.progress"),

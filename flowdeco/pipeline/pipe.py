@@ -152,6 +152,11 @@ class Pipeline:
         bounded however many items flow through.  An error raised by the
         source itself is re-raised once the items in flight have drained.
         Ctrl-C stops every stage thread and is re-raised.
+
+        Outside a flow there is no plugin manager: the stages' ``retry=`` and
+        ``timeout=`` apply as declared (the policies are the core's,
+        :mod:`flowdeco.policies`).  In a flow the node is refused at
+        collection when a stage's option belongs to a disabled plugin.
         """
         return self.execution(items, stop_on_error=stop_on_error, collect=collect).run()
 
