@@ -17,10 +17,15 @@ Cost: one look at the graph's index per run; nothing per task.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import CollectionError
 from ..manager import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from ..graph import Graph
+    from ..pipeline import Pipeline
 
 NAME = "pipeline"
 
@@ -36,13 +41,13 @@ def flowdeco_task_options() -> list[str]:
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: "Config", graph: "Graph") -> None:
     nodes = graph.using("pipeline")
     if not nodes:
         return
     claimed = {name for names in config.hook.flowdeco_task_options() for name in names}
     for v in nodes:
-        pipe = v.spec.options["pipeline"]
+        pipe: Pipeline = v.spec.options["pipeline"]  # type: ignore[union-attr]
         for stage in pipe.stages:
             for attr, option, spelled, plugin in _STAGE_OPTIONS:
                 if getattr(stage, attr) is not None and option not in claimed:
