@@ -1,8 +1,8 @@
 """Circuit breakers: stop calling a dependency that keeps failing (contract §1, §4, §6).
 
 The policy object, used on its own (:meth:`CircuitBreaker.call`) and by the
-``circuit`` plugin for tasks of a flow (the plugin only resolves
-``circuit=`` and reports transitions).
+``circuit`` plugin for tasks of a flow (the plugin resolves ``circuit=``,
+guards the task's attempts with the breaker and reports its transitions).
 
 ::
 
