@@ -21,8 +21,8 @@ from .task import TaskSpec, task
 _LAZY = {
     "Context": "context", "hookimpl": "manager",
     "run": "runner", "Run": "runner", "NoTasksError": "runner",
-    "Retry": "plugins.retry", "CircuitBreaker": "plugins.circuit",
-    "CircuitOpenError": "plugins.circuit", "TaskTimeout": "plugins.timeout",
+    "Retry": "policies.retry", "CircuitBreaker": "policies.circuit",
+    "CircuitOpenError": "policies.circuit", "TaskTimeout": "policies.timeout",
     "Pipeline": "pipeline", "PipelineResult": "pipeline",
     "WorkerCrashed": "executors", "UnpicklableResult": "pickling",
     "StashKey": "stash",
@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .context import Context
     from .manager import hookimpl
     from .pipeline import Pipeline, PipelineResult
-    from .plugins.circuit import CircuitBreaker, CircuitOpenError
-    from .plugins.retry import Retry
-    from .plugins.timeout import TaskTimeout
+    from .policies.circuit import CircuitBreaker, CircuitOpenError
+    from .policies.retry import Retry
+    from .policies.timeout import TaskTimeout
     from .executors import WorkerCrashed
     from .pickling import UnpicklableResult
     from .stash import StashKey

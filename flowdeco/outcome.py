@@ -132,7 +132,7 @@ class Deadline:
     """A time limit on each attempt of a task (``flowdeco_task_deadline``).
 
     ``seconds`` of real time; ``error(task_name)`` makes the exception an
-    overrun attempt fails with (the timeout plugin's ``TaskTimeout``).  One
+    overrun attempt fails with (for the timeout plugin, ``flowdeco.TaskTimeout``).  One
     Deadline may serve many tasks.
     """
 

@@ -253,10 +253,12 @@ def test_stage_options_need_their_plugins():
         return [1]
 
     node = pipe.as_task("needs", source=src)
-    result = run_flow([src, node], disable=["retry"])
-    assert result.outcomes["needs"].status == "failed"
-    assert "sets retries= but the retry plugin is disabled (-p no:retry)" in \
-        result.outcomes["needs"].error
+    # refused at collection, like a task's retries= (tests/test_policies.py has the rest)
+    with pytest.raises(flowdeco.CollectionError, match=r"'work' .*retries=.*-p no:retry"):
+        run_flow([src, node], disable=["retry"])
+    # the node itself needs the pipeline plugin
+    with pytest.raises(flowdeco.CollectionError, match=r"'needs' sets pipeline="):
+        run_flow([src, node], disable=["pipeline"])
 
 
 def test_source_must_be_a_task_whose_name_can_be_a_parameter():

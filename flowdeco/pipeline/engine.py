@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..errors import FlowError
 from ..outcome import format_error
-from ..plugins.timeout import call_in_thread
+from ..policies.timeout import call_in_thread
 from .result import (HIST_BIAS, HIST_SIZE, ItemError, PipelineMetrics, PipelineResult,
                      StageMetrics, StageWorkerMetrics, _BASE, percentile)
 

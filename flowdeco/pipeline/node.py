@@ -14,6 +14,10 @@ the first 100 failures) and ``pipeline_finished`` (``items``, ``outputs``,
 ``failed``, ``duration``).  In a worker process (no ``ctx.run``) the same
 events go through ``ctx.log``.  An interrupt of the run (Ctrl-C) stops
 feeding; the items in flight drain and the node fails.
+
+The node's task sets the option ``pipeline=`` (this pipeline): the
+``pipeline`` plugin checks the stages' options against the active plugins at
+collection (a stage's ``retries=`` under ``-p no:retry`` is refused there).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..errors import TaskDefinitionError, UsageError
+from ..errors import TaskDefinitionError
 from ..flow import SubflowNode
 from ..outcome import format_error
 from ..params import READS_PARAMS_ATTR
@@ -100,7 +104,6 @@ class _Node:
         should_stop = None
         task_name = ctx.task if ctx is not None else self.name
         if run is not None:
-            self._check_plugins(run)
             reporter = _EmitReporter(run.emit, task_name)
             should_stop = lambda: run.interrupted  # noqa: E731
         elif ctx is not None:
@@ -130,16 +133,6 @@ class _Node:
                 f"in stage {first.stage!r}: {first.error} ({m.failed} failed, "
                 f"{m.outputs} delivered)")
         return result
-
-    def _check_plugins(self, run: Any) -> None:
-        pm = run.config.pluginmanager
-        for s in self.pipe.stages:
-            for option, plugin, used in (("retries", "retry", s.retry is not None),
-                                         ("timeout", "timeout", s.timeout is not None)):
-                if used and pm.get_plugin(plugin) is None:
-                    raise UsageError(
-                        f"pipeline {self.pipe.name!r}, stage {s.name!r} sets {option}= but the "
-                        f"{plugin} plugin is disabled (-p no:{plugin})")
 
 
 def _template(ctx, source):  # type: ignore[no-untyped-def]  # parameters renamed per node
@@ -186,4 +179,5 @@ def make_node(pipe: "Pipeline", name: str, source: Any, *,
     node.__module__ = module
     node.__doc__ = f"Pipeline {pipe.name!r} fed by task {src!r} (made by Pipeline.as_task)."
     setattr(node, READS_PARAMS_ATTR, False)  # its ctx never reads run parameters
-    return task(node, name=name, after=after, priority=priority, tags=tags)
+    # pipeline=: the pipeline plugin checks the stages' options at collection
+    return task(node, name=name, after=after, priority=priority, tags=tags, pipeline=pipe)

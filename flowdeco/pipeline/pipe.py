@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 import attrs
 
 from ..errors import TaskDefinitionError, UsageError
-from ..plugins.retry import Retry
+from ..policies.retry import Retry
 from ..task import check_name
 from .engine import Execution, Reporter, window_size
 from .result import PipelineResult
@@ -152,6 +152,11 @@ class Pipeline:
         bounded however many items flow through.  An error raised by the
         source itself is re-raised once the items in flight have drained.
         Ctrl-C stops every stage thread and is re-raised.
+
+        Outside a flow there is no plugin manager: the stages' ``retry=`` and
+        ``timeout=`` apply as declared (the policies are the core's,
+        :mod:`flowdeco.policies`).  In a flow the node is refused at
+        collection when a stage's option belongs to a disabled plugin.
         """
         return self.execution(items, stop_on_error=stop_on_error, collect=collect).run()
 
