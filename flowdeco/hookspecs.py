@@ -271,5 +271,21 @@ def flowdeco_report_flush(run: "Run") -> None:
 
 
 @hookspec
+def flowdeco_report_durable(run: "Run", tasks: "list[str]") -> None:
+    """The completions of ``tasks`` (task or instance names) are durable now.
+
+    Called on the scheduler thread by a plugin that makes completions durable
+    *after* they are reported -- the state plugin, whose writer thread commits
+    them -- and sets ``run.durable_later = True`` in ``flowdeco_run_start`` to
+    say it will.  A reporting plugin that must never announce a success the
+    store could still lose (the audit trail's ``task_succeeded``) holds it
+    until its task is named here.  Every completion reported before
+    ``run_finished`` is confirmed (or known lost: a failed write) before
+    ``run_finished`` is reported.  A completion is confirmed once, in commit
+    order; a plugin that persists nothing never calls this hook.
+    """
+
+
+@hookspec
 def flowdeco_run_finish(run: "Run", result: "RunResult") -> None:
     """Called once when the run has ended (also when interrupted), before ``run`` returns."""

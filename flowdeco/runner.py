@@ -76,6 +76,7 @@ PENDING, WAITING, READY, RUNNING, DONE = range(5)
 _DONE, _LOG, _EMIT, _SIGNAL, _CRASH = range(5)
 _IDONE = 5  # a mapped task's instance ended (see .dynamic)
 _EXPIRED = 6  # an attempt overran its deadline (see .deadlines)
+_CALL = 7  # a plugin's callable to run on the scheduler thread (Run.call_soon)
 
 _OK = (SUCCEEDED, RESTORED)
 _INF = float("inf")
@@ -327,6 +328,9 @@ class Run:
         self.metrics: Any = None
         #: plugins set False when a completion must be reported before dependents start
         self.inline_successors = True
+        #: set by a plugin that makes completions durable after they are reported and
+        #: confirms them with flowdeco_report_durable (the state plugin's writer thread)
+        self.durable_later = False
         #: task indices whose *successful* attempts also go through flowdeco_attempt_done
         self.on_success: set[int] = set()
         #: for each task (index) or mapped instance (``(index, k)``) that ran more than one
@@ -403,6 +407,15 @@ class Run:
     def emit(self, name: str, task: str | None = None, **fields: Any) -> None:
         """Report an audit event from any thread (delivered on the scheduler thread, in order)."""
         self.q.put((_EMIT, name, task, fields, self.clock.monotonic()))
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` on the scheduler thread soon (from any thread; wakes the scheduler).
+
+        For a plugin thread whose news must reach report hooks, which run on
+        the scheduler thread only (the state plugin's writer after a commit).
+        ``flowdeco_report_flush`` follows, as after every batch of messages.
+        """
+        self.q.put((_CALL, fn))
 
     def now(self) -> float:
         """Current wall time (POSIX seconds) on the run's clock."""
@@ -768,6 +781,8 @@ class Run:
                 guard.exit(token, error)  # the overrun counts as the guarded call's failure
             self._on_done(i, attempt, iteration, None, error, t0, self.clock.monotonic(),
                           thread.name, None, 0)
+        elif kind == _CALL:
+            msg[1]()
         elif kind == _CRASH:
             raise InternalError("a worker crashed inside flowdeco") from msg[1]
 

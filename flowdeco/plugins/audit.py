@@ -10,6 +10,21 @@ Console: ``--log-format console`` (the CLI's default) renders one line per
 finished task and every warning or error; ``--log-format json`` prints the
 same JSON objects to stderr (without ``run_id``, which the summary shows); ``-q`` keeps warnings and errors only, ``-qq`` nothing.
 
+Durability: with the state plugin on, ``task_succeeded`` is written to the
+file only once the task's completion is committed (the state plugin confirms
+it through ``flowdeco_report_durable``, see :mod:`flowdeco.hookspecs`), so a
+task the trail shows as succeeded never runs again after a crash.  Events
+reported after a success that waits wait behind it, so the file keeps the
+order of the events (typically a few milliseconds late); the console shows
+them at once.  Everything is written by ``run_finished``; a success whose
+commit failed is written with ``"durable": false``.
+
+A failed write (full disk) stops the run like a failed commit of the store:
+nothing new starts, ``audit_write_failed`` says what happened and what to do
+(on the console; the file gets nothing more), the run ends ``failed``.  A
+line torn by such a write (or by a crash) is cut off when the file is
+opened again, and :func:`read_events` skips a line it cannot parse.
+
 Both go through private structlog processor chains (structlog's global
 configuration belongs to the application).  Every :class:`~flowdeco.Secret`
 in an event is replaced by ``***``; exceptions are recorded with type,
@@ -21,13 +36,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import structlog
 
 from ..errors import engine_decided
 from ..manager import hookimpl
+from ..outcome import Event
 from ..secret import mask
 
 NAME = "audit"
@@ -83,8 +100,42 @@ def make_private_dirs(folder: Path) -> None:
 
 def _open_private(path: Path) -> IO[str]:
     make_private_dirs(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        _cut_torn_line(fd)
+        return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _cut_torn_line(fd: int) -> None:
+    """Truncate the file after its last newline: an event cut short by a full disk or a
+    crash is dropped, so that the next one starts on a line of its own."""
+    size = end = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
+
+
+def read_events(path: str | os.PathLike) -> Iterator[dict]:
+    """The events of an audit trail, skipping a line that is not a JSON object (torn)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                yield event
 
 
 @hookimpl
@@ -127,16 +178,28 @@ class AuditTrail:
         self.path: Path | None = None
         self._file_log: Any = None
         self._console_log: Any = None
+        #: events not written yet, in order: from the first task_succeeded whose
+        #: completion is not durable yet (see flowdeco_report_durable)
+        self._held: deque[Event] = deque()
+        #: tasks whose task_succeeded in ``_held`` waits for its confirmation
+        self._unconfirmed: set[str] = set()
+        #: the file could not be opened or written (reported once)
+        self.error: OSError | None = None
 
     @hookimpl
     def flowdeco_run_start(self, run: Any) -> None:
         if run.state_dir is not None:
             self.path = audit_path(run.state_dir, run.run_id)
-            self.file = _open_private(self.path)
-            self._file_log = structlog.wrap_logger(
-                structlog.WriteLogger(self.file),
-                processors=[_mask_secrets, _json()],
-                context_class=dict, cache_logger_on_first_use=True)
+            try:
+                self.file = _open_private(self.path)
+            except OSError as exc:  # reported with run_started (other plugins are ready then)
+                self.error = exc
+                run.stop()
+            else:
+                self._file_log = structlog.wrap_logger(
+                    structlog.WriteLogger(self.file),
+                    processors=[_mask_secrets, _json()],
+                    context_class=dict, cache_logger_on_first_use=True)
         if self.console is not None:
             stream = self.stream or sys.stderr
             renderer: Any
@@ -154,11 +217,30 @@ class AuditTrail:
 
     @hookimpl
     def flowdeco_report(self, run: Any, event: Any) -> None:
-        data = event.to_dict()
-        name = data.pop("event")
-        if self._file_log is not None:
-            self._file_log.msg(name, **data)
+        name = event.name
+        file_log = self._file_log
+        data = None
+        if file_log is not None:
+            success = name == "task_succeeded" and run.durable_later
+            if success or self._held:
+                if success:  # written once flowdeco_report_durable names it
+                    self._unconfirmed.add(event.task)
+                self._held.append(event)
+                if name == "run_finished":  # all confirmed, except commits that failed
+                    self._write_held(run, everything=True)
+            else:
+                data = event.to_dict()
+                del data["event"]
+                try:
+                    file_log.msg(name, **data)  # (structlog copies data)
+                except OSError as exc:
+                    self._file_failed(run, exc)
+        elif self.error is not None and name == "run_started":
+            self._report_failure(run)
         if self._console_log is not None:
+            if data is None:
+                data = event.to_dict()
+                del data["event"]
             level = data.get("level") or _LEVELS.get(name, "info")
             if name not in _CONSOLE_EVENTS and "level" not in data:
                 return
@@ -182,9 +264,81 @@ class AuditTrail:
             self._console_log.msg(name, **data)
 
     @hookimpl
+    def flowdeco_report_durable(self, run: Any, tasks: list[str]) -> None:
+        unconfirmed = self._unconfirmed
+        if unconfirmed:
+            unconfirmed.difference_update(tasks)
+            self._write_held(run)
+
+    def _write_held(self, run: Any, everything: bool = False) -> None:
+        """Write held events up to the first success still waiting for its commit (all
+        of them with ``everything``: a success whose commit failed gets ``durable: false``)."""
+        held, unconfirmed = self._held, self._unconfirmed
+        while held:
+            event = held[0]
+            if event.name == "task_succeeded" and event.task in unconfirmed:
+                if not everything:
+                    return
+                unconfirmed.discard(event.task)
+                held.popleft()
+                self._write_event(run, event, durable=False)
+            else:
+                held.popleft()
+                self._write_event(run, event)
+
+    def _write_event(self, run: Any, event: Event, **extra: Any) -> None:
+        if self._file_log is None:
+            return
+        data = event.to_dict()
+        del data["event"]
+        data.update(extra)
+        try:
+            self._file_log.msg(event.name, **data)
+        except OSError as exc:
+            self._file_failed(run, exc)
+
+    def _file_failed(self, run: Any, exc: OSError) -> None:
+        """A write failed (full disk): stop the run, like a failed commit of the store."""
+        self.error = exc
+        self._drop_file()
+        try:  # cut the line the failed write tore (this also gives its space back)
+            fd = os.open(self.path, os.O_RDWR)  # type: ignore[arg-type]
+            try:
+                _cut_torn_line(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # it is cut when the trail is opened again
+        if run is not None:
+            run.stop()  # nothing new starts while its events cannot be recorded
+            self._report_failure(run)
+
+    def _report_failure(self, run: Any) -> None:
+        exc = self.error
+        event = Event("audit_write_failed", run.now(), run.run_id, None,
+                      {"level": "error", "error": f"{type(exc).__name__}: {exc}",
+                       "file": str(self.path),
+                       "hint": f"free space, then resume with --resume {run.run_id}"})
+        run.hook.flowdeco_report(run=run, event=event)
+
+    def _drop_file(self) -> None:
+        f, self.file = self.file, None
+        self._file_log = None
+        self._held.clear()
+        self._unconfirmed.clear()
+        if f is not None:
+            try:
+                f.close()  # (flushes what is buffered: may fail the same way)
+            except OSError:
+                pass
+
+    @hookimpl
     def flowdeco_report_flush(self, run: Any) -> None:
         if self.file is not None:
-            self.file.flush()
+            try:
+                self.file.flush()
+            except OSError as exc:
+                self._file_failed(run, exc)
 
     @hookimpl
     def flowdeco_run_finish(self, run: Any, result: Any) -> None:
@@ -192,6 +346,11 @@ class AuditTrail:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
-            self.file = None
-            self._file_log = None
+            self._write_held(None, everything=True)  # (the run never got to run_finished)
+            f = self.file
+            if f is not None:
+                try:
+                    f.close()
+                except OSError as exc:
+                    self.error = exc
+            self._drop_file()

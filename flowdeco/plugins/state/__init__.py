@@ -6,10 +6,13 @@ What it does (contract: DESIGN.md §6):
   result as JSON) is committed to ``STATE_DIR/state.db`` before any task that
   depends on it starts, so a run killed at any moment (even by SIGKILL) never
   runs a recorded task again when resumed.  Completions are written in group
-  commits by a writer thread (at most ~20 ms apart, at once when a dependent
-  is waiting); a dependent's body waits on its worker until its inputs are
-  committed (:mod:`.writer`).  A crash can therefore lose only completions
-  that nothing has used yet: those tasks run again on resume.
+  commits by a writer thread, as soon as it is free (what arrives during a
+  commit goes into the next one); a dependent's body waits on its worker
+  until its inputs are committed (:mod:`.writer`).  A crash can therefore
+  lose only completions that nothing has used yet and whose commit was in
+  progress or about to start: those tasks run again on resume.  The audit
+  trail writes ``task_succeeded`` only once the completion is committed, so
+  a task it shows as succeeded is never run again.
   ``--state-sync full`` adds an fsync per commit (power-loss durability).
 - ``--resume ID|last`` (``run(resume=...)``) restores completed tasks
   (status ``restored``; their stored results feed dependents) and runs the

@@ -23,7 +23,12 @@ Lifecycle of one session (see :mod:`flowdeco.hookspecs` for the hooks):
    dependent waits on its worker until its inputs are committed (see
    :mod:`.writer`); with other executors it is committed right there, before
    anything new is dispatched.  A failed commit (disk full) stops the run and
-   is reported as ``state_write_failed``.
+   is reported as ``state_write_failed``.  What is committed is confirmed
+   to reporting plugins on the scheduler thread (``flowdeco_report_durable``,
+   ``run.durable_later``): at once after a commit made there, else when the
+   writer's commit wakes the scheduler (``run.call_soon``).  The audit trail
+   writes ``task_succeeded`` only then.  When ``run_finished`` is reported,
+   everything still pending is committed and confirmed first.
 5. ``flowdeco_run_finish``: last rows, final status, lock released.
 
 Input-hash caching (``@task(cache=...)``, :mod:`.cache`) rides on the same
@@ -34,6 +39,7 @@ task's row carries its cache key.
 from __future__ import annotations
 
 import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -43,6 +49,7 @@ from ...graph import SUBFLOW, TASK, Graph
 from ...manager import hookimpl, swap_plugin
 from ...outcome import Event, Finish, Restored
 from ...runner import validate_run_id
+from ..audit import audit_path, read_events
 from ...select import compile_expression
 from . import hookspecs
 from .cache import Cache
@@ -54,6 +61,8 @@ from .writer import UNREPORTED, UnstorableResult, Writer, unstorable_error, wrap
 PLUGIN_NAME = "state-store"
 RESTORER_NAME = "state-restorer"
 _MAX_ERROR = 8192
+#: tasks named in one warning (``count`` gives the total)
+_MAX_NAMES = 50
 
 
 def add_hookspecs(pm: Any) -> None:
@@ -237,6 +246,16 @@ class StatePlugin:
         self.encoded: dict[int, tuple[Any, str]] = {}
         self.write_error: BaseException | None = None
         self._restorer: _Restorer | None = None
+        #: on resume: completions the audit trail shows that the store lost
+        self.lost: list[str] = []
+        #: some plugin wants to hear which completions are durable (flowdeco_report_durable)
+        self.confirm = False
+        #: names of the completions in ``pending`` (kept only when ``confirm``)
+        self.done_names: list[str] = []
+        #: (batch, names) submitted to the writer and not confirmed yet
+        self.unconfirmed: deque[tuple[int, list[str]]] = deque()
+        #: a wake-up for the scheduler is on its way (writer thread -> run.call_soon)
+        self._wake_posted = False
 
     # -- resume checks (configure and collection)
     def _hint(self) -> str:
@@ -244,8 +263,18 @@ class StatePlugin:
 
     def check_exists(self, run_id: str) -> None:
         if not self.store.open(create=False) or self.store.load_run(run_id) is None:
-            raise StateError(f"unknown run id {run_id!r}: no such run in {self.state_dir}; "
-                             + self._hint())
+            raise self._unknown(run_id)
+
+    def _unknown(self, run_id: str) -> StateError:
+        trail = audit_path(self.state_dir, run_id)
+        if trail.is_file():
+            # the audit trail is written after the run's record is committed: the store lost it
+            return StateError(
+                f"run {run_id!r} has an audit trail ({trail}) but no record in "
+                f"{self.store.location}: the store lost it (a truncated or damaged "
+                f"state.db-wal?) and it cannot be resumed; start a new run")
+        return StateError(f"unknown run id {run_id!r}: no such run in {self.state_dir}; "
+                          + self._hint())
 
     @hookimpl
     def flowdeco_collection_finish(self, config: Any, graph: Graph) -> None:
@@ -272,8 +301,7 @@ class StatePlugin:
         store.open(create=False)
         record = store.load_run(rid)
         if record is None:
-            raise StateError(f"unknown run id {rid!r}: no such run in {self.state_dir}; "
-                             + self._hint())
+            raise self._unknown(rid)
         if record.flow != graph.name:
             raise StateError(f"run {rid!r} is a run of flow {record.flow!r}, not of "
                              f"{graph.name!r}: resume it with the flow it ran, or start a new run")
@@ -283,8 +311,44 @@ class StatePlugin:
         if self.lock is None:
             self.lock = store.lock_run(rid)
         self.stored = store.load_tasks(rid)
+        self.lost = self._lost_by_store(rid, graph, self.stored)
         self.resume_id = rid
         self.config.option.run_id = rid
+
+    def _lost_by_store(self, rid: str, graph: Graph, stored: dict[str, TaskRecord]
+                       ) -> list[str]:
+        """Tasks the audit trail shows as succeeded whose completion the store lacks.
+
+        ``task_succeeded`` reaches the trail only after its completion is
+        committed, so such a task was lost by the store (a -wal truncated or
+        garbled, a backup restored): it runs again.  A success counts unless a
+        later attempt of the same task started (a --rerun in a later session).
+        """
+        trail = audit_path(self.state_dir, rid)
+        if not trail.is_file():
+            return []
+        last: dict[str, bool] = {}
+        try:
+            for event in read_events(trail):
+                name = event["event"]
+                if name == "task_succeeded":
+                    if event.get("durable", True) is not False:
+                        last[event.get("task")] = True  # type: ignore[index]
+                elif name == "task_started":
+                    last[event.get("task")] = False  # type: ignore[index]
+        except OSError:
+            return []  # (unreadable: nothing to compare with)
+        by_name = graph.by_name
+        lost = []
+        for name, succeeded in last.items():
+            if not succeeded or not isinstance(name, str):
+                continue
+            rec = stored.get(name)
+            if rec is not None and rec.completed:
+                continue
+            if name in by_name or _instance_base(name) in by_name:
+                lost.append(name)
+        return lost
 
     # -- run start
     @hookimpl(tryfirst=True)
@@ -315,9 +379,17 @@ class StatePlugin:
             raise
         self.seqs = [UNREPORTED] * len(vertices)
         self.local = isinstance(run.executor, (ThreadPoolExecutor, SyncExecutor))
+        run.durable_later = True  # completions are confirmed by flowdeco_report_durable
+        self.confirm = bool(run.hook.flowdeco_report_durable.get_hookimpls())
         if isinstance(run.executor, ThreadPoolExecutor):
             # workers share our memory: commit on a thread, gate dependents (see .writer)
-            self.writer = Writer(store, run.run_id)
+            wake = None
+            if self.confirm:
+                def wake() -> None:  # on the writer thread, after a commit
+                    if not self._wake_posted:
+                        self._wake_posted = True
+                        run.call_soon(lambda: self._confirm_committed(run))
+            self.writer = Writer(store, run.run_id, wake)
             self.writer.start()
         elif not self.local:
             # results come back from other processes: encode them here (flowdeco_attempt_done)
@@ -405,6 +477,14 @@ class StatePlugin:
             for part in parts:
                 if part.fingerprint == now and self._intact(run, part):
                     instances[part.name] = Restored(self._load(part), attempts=part.attempts)
+        if self.lost:
+            names = self.lost
+            run.emit("state_warning", level="warning",
+                     reason=f"the audit trail shows these tasks succeeded but "
+                            f"{self.store.location} lacks their results (its -wal was "
+                            f"truncated or damaged?)",
+                     tasks=names[:_MAX_NAMES], count=len(names),
+                     action="running them again")
         for name, why in changed:
             run.emit("task_changed", task=name, reason=why, level="warning",
                      action="re-running it and everything downstream")
@@ -466,7 +546,7 @@ class StatePlugin:
                        task.deps)
 
     # -- recording
-    @hookimpl
+    @hookimpl(tryfirst=True)  # run_finished: drained before the audit trail writes it
     def flowdeco_report(self, run: Any, event: Event) -> None:
         name = event.name
         if name == "task_started":
@@ -476,6 +556,8 @@ class StatePlugin:
             return
         out = event.outcome
         if out is None or event.task is None:
+            if name == "run_finished":
+                self._drain(run)
             return
         graph = run.graph
         i = graph.by_name.get(event.task)
@@ -508,6 +590,8 @@ class StatePlugin:
             event.task, status, out.attempts, out.started, out.finished,
             fp, result, error, out.reason, key)
         self.completions = True
+        if self.confirm:
+            self.done_names.append(event.task)
 
     def _report_instance(self, run: Any, name: str, out: Any) -> None:
         """An instance of a mapped task (``scan[3]``) ended: its own row, for restoring it alone."""
@@ -530,6 +614,8 @@ class StatePlugin:
         self.pending[name] = TaskRow(name, status, out.attempts, out.started, out.finished,
                                      self._fingerprint(i), result, error, out.reason, key)
         self.completions = True
+        if self.confirm:
+            self.done_names.append(name)
 
     def _result_text(self, run: Any, name: str, value: Any, status: str, error: str | None
                      ) -> tuple[str | None, str, str | None]:
@@ -551,13 +637,52 @@ class StatePlugin:
             if writer.error is not None:
                 self._write_failed(run, writer.error)
             if self.completions:
-                writer.submit(self.next_seq, list(self.pending.values()))
-                self.next_seq += 1
-                self.pending.clear()
-                self.completions = False
+                self._submit(writer)
+            if self.unconfirmed and self.unconfirmed[0][0] <= writer.committed:
+                self._confirm_committed(run)
             return
         if self.completions:  # executors without shared memory: commit here, before dispatch
             self._commit(run)
+
+    def _submit(self, writer: Writer) -> None:
+        seq = self.next_seq
+        writer.submit(seq, list(self.pending.values()))
+        self.next_seq += 1
+        self.pending.clear()
+        self.completions = False
+        if self.done_names:
+            self.unconfirmed.append((seq, self.done_names))
+            self.done_names = []
+
+    def _confirm_committed(self, run: Any) -> None:
+        """Scheduler thread: tell reporting plugins which completions the writer committed."""
+        self._wake_posted = False  # (before reading ``committed``: a later commit wakes again)
+        writer, unconfirmed = self.writer, self.unconfirmed
+        if writer is None:
+            return
+        committed = writer.committed
+        names: list[str] = []
+        while unconfirmed and unconfirmed[0][0] <= committed:
+            names += unconfirmed.popleft()[1]
+        if names:
+            run.hook.flowdeco_report_durable(run=run, tasks=names)
+
+    def _drain(self, run: Any) -> None:
+        """The run has ended (``run_finished``): commit what is pending and confirm it, so
+        that every success is durable -- and announced -- before the run's end is."""
+        writer = self.writer
+        if writer is None:
+            if self.completions:
+                self._commit(run)
+            return
+        if self.completions:
+            self._submit(writer)
+        last = self.next_seq - 1
+        with writer.cond:
+            writer.cond.wait_for(lambda: writer.committed >= last or writer.error is not None)
+        if writer.error is not None:
+            self._write_failed(run, writer.error)
+        self._confirm_committed(run)
 
     def _commit(self, run: Any) -> bool:
         try:
@@ -567,6 +692,9 @@ class StatePlugin:
             return False
         self.pending.clear()
         self.completions = False
+        if self.done_names:
+            names, self.done_names = self.done_names, []
+            run.hook.flowdeco_report_durable(run=run, tasks=names)
         return True
 
     def _write_failed(self, run: Any, exc: BaseException) -> None:

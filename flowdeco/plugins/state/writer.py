@@ -9,20 +9,24 @@ instead:
 - the scheduler hands each batch of rows to a :class:`Writer` thread with a
   sequence number (a queue put) and notes, per task, the batch holding its
   completion;
-- the writer gathers batches for up to ``GROUP_WINDOW`` seconds (less when a
-  gate is waiting), commits them in one transaction (group commit) and
-  publishes the highest committed sequence number;
+- the writer commits as soon as it is free: a batch arriving at an idle
+  writer is committed at once, and the batches that arrive while a commit
+  is in progress go into the next transaction together (group commit
+  without a gathering window); after each commit it publishes the highest
+  committed sequence number and calls ``on_commit`` (the plugin then wakes
+  the scheduler, which tells reporting plugins what is durable now);
 - every task with dependencies is wrapped (``flowdeco_task_wrap``) by a gate
   that, on the worker and before the task body runs, waits until the batches
   of all its dependencies are committed.  A dependency committed long ago
   costs one integer comparison.  A successor the core chains on the same
   worker right after its dependency (``run.inline_successors``, kept on)
-  finds that dependency not even reported yet and waits for it the same way;
-  while a gate waits, the writer commits without gathering.
+  finds that dependency not even reported yet and waits for it the same way.
 
 So a task's body never runs before the completions it depends on are
 durable, and a crash at any point loses at most completions that nothing
-has used yet.  If a commit fails (disk full), the writer stops, every gate
+has used yet and that were waiting for the commit in progress or being
+committed: at most one per worker, plus one completing at that instant.
+If a commit fails (disk full), the writer stops, every gate
 waiting for that batch raises :class:`~flowdeco.StateError` (the task fails
 without running) and the plugin stops the run.
 """
@@ -41,28 +45,22 @@ from .store import Store, TaskRow
 _STOP = None
 #: ``seqs[i]`` of a task whose end the scheduler has not seen yet
 UNREPORTED = sys.maxsize
-#: how long the writer gathers batches before committing them together, unless a
-#: gate is waiting (then it commits at once).  A crash loses at most this much of
-#: completions that nothing has used yet (those tasks run again on resume).
-GROUP_WINDOW = 0.02
 
 
 class Writer(threading.Thread):
     """Commits batches of rows for one run, in order, on its own thread."""
 
-    def __init__(self, store: Store, run_id: str, window: float = GROUP_WINDOW):
+    def __init__(self, store: Store, run_id: str,
+                 on_commit: Callable[[], None] | None = None):
         super().__init__(name=f"flowdeco-state-writer-{run_id}", daemon=True)
-        self.window = window
         self.store = store
         self.run_id = run_id
+        #: called on the writer thread after each commit (and after a failed one)
+        self.on_commit = on_commit
         self.queue: SimpleQueue = SimpleQueue()
         self.cond = threading.Condition()
         #: highest sequence number whose rows are committed
         self.committed = 0
-        #: gates waiting right now (the writer then commits without gathering)
-        self.waiting = 0
-        #: set by a waiting gate or by stop(): end the gathering now
-        self.hurry = threading.Event()
         self.error: BaseException | None = None
         #: rows of batches that could not be written (after an error)
         self.unwritten: dict[str, TaskRow] = {}
@@ -71,19 +69,14 @@ class Writer(threading.Thread):
         self.queue.put((seq, rows))
 
     def run(self) -> None:
-        get = self.queue.get
+        get, get_nowait = self.queue.get, self.queue.get_nowait
         while True:
-            first = get()  # idle until a batch arrives
+            first = get()  # idle until a batch arrives, then commit at once
             stop = first is _STOP
-            if not stop and not self.waiting:
-                # gather for a while; only a waiting gate (or stop) wakes us early, so
-                # batches arriving meanwhile cost no thread switch
-                self.hurry.wait(self.window)
-            self.hurry.clear()
             batches = [] if stop else [first]
-            while True:
+            while True:  # with what queued up while the last commit was in progress
                 try:
-                    item = self.queue.get_nowait()
+                    item = get_nowait()
                 except Empty:
                     break
                 if item is _STOP:
@@ -92,6 +85,8 @@ class Writer(threading.Thread):
                     batches.append(item)
             if batches:
                 self._write(batches)
+                if self.on_commit is not None:
+                    self.on_commit()
             if stop:
                 return
 
@@ -126,13 +121,8 @@ class Writer(threading.Thread):
         the scheduler has not seen it (a successor chained on the same worker).
         """
         with self.cond:
-            self.waiting += 1
-            self.hurry.set()
-            try:
-                while max([seqs[d] for d in deps]) > self.committed and self.error is None:
-                    self.cond.wait()
-            finally:
-                self.waiting -= 1
+            while max([seqs[d] for d in deps]) > self.committed and self.error is None:
+                self.cond.wait()
             if max([seqs[d] for d in deps]) > self.committed:
                 err = self.error
                 raise StateError(f"not started: the results it depends on could not be saved "
@@ -142,7 +132,6 @@ class Writer(threading.Thread):
         """Commit what is queued and end the thread."""
         if self.is_alive():
             self.queue.put(_STOP)
-            self.hurry.set()
             self.join()
 
 
