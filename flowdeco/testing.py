@@ -175,7 +175,7 @@ class FlowRunner:
     def __call__(self, target: Any, *, override: Mapping[str, Callable[..., Any]] | None = None,
                  overrides: Mapping[str, Any] | None = None, state: bool = False,
                  **kwargs: Any) -> RunResult:
-        from .runner import run
+        from .engine.session import run
         plugins = list(kwargs.pop("plugins", ()))
         if override or overrides:
             plugins.append(Overrides(override or {}, overrides or {}))
