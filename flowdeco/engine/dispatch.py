@@ -40,7 +40,6 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ..deadlines import CLAIM
 from ..executors import remote_failure
 from ..graph import kahn_order
 from ..outcome import SUCCEEDED

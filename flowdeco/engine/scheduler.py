@@ -26,37 +26,26 @@ Sub-flow nodes and tasks with ``trigger=``, ``when=`` or ``map=`` go through
 from __future__ import annotations
 
 import heapq
-import signal
 import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
-from functools import partial
+from concurrent.futures import Executor
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Mapping
 
 from ..config import Config
 from ..context import Context
 from ..deadlines import Watchdog
-from ..executors import SyncExecutor
 from ..graph import SUBFLOW, TASK, Graph, Vertex
-from ..manager import direct_caller
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
-                       Event, Finish, Reschedule, RunResult, TaskOutcome, format_error)
-from ..signals import on_stop_signals
+                       Finish, Reschedule, RunResult, format_error)
 from ..threadpool import ThreadPool
-from .attempt import format_traceback, invoke
-from .dispatch import make_dispatcher
+from .reporting import RunReporting
+from .setup import RunSetup
 from .states import (DONE, M_CALL, M_CRASH, M_DONE, M_EMIT, M_EXPIRED, M_INSTANCE_DONE, M_LOG,
                      M_SIGNAL, OK, PENDING, READY, RUNNING, S_ABANDONED, S_INTERRUPTED,
-                     S_RUNNING, S_SIGNALLED, S_STOPPING, SKIP_STOPPED, SKIP_UPSTREAM, WAITING,
-                     InternalError, StopState)
+                     S_RUNNING, S_STOPPING, WAITING, InternalError)
+from .surface import RunSurface
 from .table import TaskTable
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .records import TaskRecords
 from .views import Outcomes, Upstream
-
-_INF = float("inf")
-
 
 def _priority_keys(graph: Graph) -> tuple[list[int], bool]:
     """Sort keys: rank of the priority (highest first) * n + declaration index; and
@@ -69,7 +58,7 @@ def _priority_keys(graph: Graph) -> tuple[list[int], bool]:
     return [ranks[v.priority] * n + v.index for v in graph.vertices], False
 
 
-class Run:
+class Run(RunSurface, RunSetup, RunReporting):
     """One execution of a graph.  Passed to run hooks as ``run``.
 
     Plugins read ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
@@ -151,211 +140,6 @@ class Run:
         #: something was reported while dispatching (a restored mapped instance): call
         #: flowdeco_report_flush before the next task starts (see _flush)
         self._flush_due = False
-
-    # -- stop state (read-only views kept for plugins)
-    @property
-    def stop_state(self) -> StopState:
-        """How far the run is from starting new work (see :class:`StopState`)."""
-        return StopState(self._stop_state)
-
-    @property
-    def stopping(self) -> bool:
-        """Nothing new starts: ``-x``, :meth:`stop`, or an interrupt."""
-        return self._stop_state >= S_STOPPING
-
-    @property
-    def interrupted(self) -> bool:
-        """Ctrl-C, SIGTERM, or ``stop(interrupted=True)``."""
-        return self._stop_state >= S_INTERRUPTED
-
-    @property
-    def abandoned(self) -> bool:
-        """A second signal: in-flight attempts are not waited for."""
-        return self._stop_state == S_ABANDONED
-
-    # -- public helpers for plugins
-    def emit(self, name: str, task: str | None = None, **fields: Any) -> None:
-        """Report an audit event from any thread (delivered on the scheduler thread, in order)."""
-        self.q.put((M_EMIT, name, task, fields, self.clock.monotonic()))
-
-    def call_soon(self, fn: Callable[[], Any]) -> None:
-        """Call ``fn()`` on the scheduler thread soon (from any thread; wakes the scheduler).
-
-        For a plugin thread whose news must reach report hooks, which run on
-        the scheduler thread only (the state plugin's writer after a commit).
-        ``flowdeco_report_flush`` follows, as after every batch of messages.
-        """
-        self.q.put((M_CALL, fn))
-
-    def now(self) -> float:
-        """Current wall time (POSIX seconds) on the run's clock."""
-        return self.clock.time()
-
-    def stop(self, interrupted: bool = False) -> None:
-        """Start nothing new (like ``-x``, or like Ctrl-C with ``interrupted=True``).
-
-        Scheduler thread only (call it from a hook).  A plugin that can no
-        longer do its job safely -- a store whose disk is full -- stops the run
-        this way; running tasks finish and are recorded.
-        """
-        if not self.stopping:
-            self._stop(interrupted)
-
-    def outcome(self, name: str) -> TaskOutcome | None:
-        """The outcome of task ``name`` (or mapped instance ``name[k]``) if it has ended, else None."""
-        i = self.graph.by_name.get(name)
-        if i is None:
-            if self._dyn is not None and name.endswith("]"):
-                return self._dyn.instance_outcome(name)
-            raise KeyError(name)
-        return self.outcome_at(i) if self._table.status[i] is not None else None
-
-    def task_inputs(self, task: Vertex, name: str | None = None) -> dict[str, Any]:
-        """The arguments ``task`` is called with once its dependencies are done (no ``ctx``).
-
-        ``name`` may name an instance of a mapped task (``scan[3]``): its own
-        arguments.  Scheduler thread only, from ``flowdeco_task_restore`` or
-        later (input-hash caching keys tasks by these).  Parameters left to
-        their defaults are not included.
-        """
-        if name is not None and name != task.name:
-            kw = self._dynamic().instance_inputs(task.index, name)
-            if kw is None:
-                raise KeyError(name)
-            return kw
-        return task.arguments(self.results)
-
-    def task_records(self) -> "TaskRecords":
-        """Per-task timing records (start, end, worker, attempts, status), mapped
-        instances included: what metrics are computed from (scheduler thread or after
-        the run)."""
-        from .records import TaskRecords
-        return TaskRecords(self)
-
-    def _dynamic(self) -> Any:
-        """This run's :class:`~flowdeco.engine.dynamic.DynamicFlows` (trigger rules, when=, map=)."""
-        if self._dyn is None:
-            from .dynamic import DynamicFlows
-            self._dyn = DynamicFlows(self)
-        return self._dyn
-
-    def outcome_at(self, i: int) -> TaskOutcome:
-        out = self._table.cache[i]
-        if out is None:
-            status = self._table.status[i]
-            if status is None:
-                raise KeyError(self.graph.vertices[i].name)
-            if status == SKIPPED:
-                out = SKIP_UPSTREAM if self._table.reason[i] == "upstream" else \
-                    SKIP_STOPPED if self._table.reason[i] == "stopped" else \
-                    TaskOutcome(SKIPPED, reason=self._table.reason[i])  # type: ignore[arg-type]
-            else:
-                err = self._table.error[i]
-                t0, t1 = self._table.t0[i], self._table.t1[i]
-                off = self._offset
-                out = TaskOutcome(
-                    status, self.results[i] if status in OK else None,  # type: ignore[arg-type]
-                    None if err is None else err if isinstance(err, str) else format_error(err),
-                    self._table.attempts[i], None if t0 is None else t0 + off,
-                    None if t1 is None else t1 + off,
-                    0.0 if t0 is None or t1 is None else t1 - t0,
-                    exception=err if isinstance(err, BaseException) else None,
-                    worker=self._table.worker[i])
-            self._table.cache[i] = out
-        return out
-
-    # -- setup
-    def _setup(self) -> None:
-        hook = self.hook
-        self._offset = self.clock.time() - self.clock.monotonic()
-        self.started = self.clock.monotonic()
-        self.sync = isinstance(self.executor, SyncExecutor)
-        self.local = self.sync or isinstance(self.executor, ThreadPoolExecutor)
-        hook.flowdeco_run_start(run=self)
-        has = lambda h: bool(h.get_hookimpls())  # noqa: E731
-        self.reporting = has(hook.flowdeco_report)
-        self._report_hook = hook.flowdeco_report
-        self._has_flush = has(hook.flowdeco_report_flush)
-        self._has_restore = has(hook.flowdeco_task_restore)
-        self._has_delay = has(hook.flowdeco_task_delay)
-        self._has_attempt_done = has(hook.flowdeco_attempt_done)
-        self._success_hooked = self.on_success if self._has_attempt_done else frozenset()
-        wrap = direct_caller(hook.flowdeco_task_wrap, ("run", "task")) \
-            if has(hook.flowdeco_task_wrap) else None
-        if self._has_restore:
-            self._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
-                                          firstresult=True)
-        if self.can_abandon and has(hook.flowdeco_task_deadlines):
-            self._setup_deadlines(hook.flowdeco_task_deadlines(run=self))
-        if self.local and has(hook.flowdeco_task_guards):
-            self._guards = self._per_task(hook.flowdeco_task_guards(run=self))
-        local = self.local
-        calls: list[Callable[[dict], Any] | None]
-        if wrap is None and local:
-            calls = [None] * len(self.graph)  # every task a plain call, made inline
-        else:
-            calls = []
-            for v in self.graph.vertices:
-                call = None
-                if v.kind is TASK:
-                    decos = wrap(self, v) if wrap is not None else ()  # (no None in it)
-                    if decos or not local:
-                        call = partial(invoke, v.fn)
-                        for deco in reversed(decos):
-                            call = deco(call)
-                calls.append(call)
-        self._calls = calls
-        self._fns = [v.fn for v in self.graph.vertices]
-        # thread workers take their next task themselves (no hand-off through the
-        # scheduler) unless a plugin needs to see each completion first
-        self._workers_pick = self.local and not self.sync and self.inline_successors
-        # ... and a successor released by their own completion only when it goes
-        # through no ready-time hook (restore, delay)
-        self._chaining = self._workers_pick and not self._has_restore and not self._has_delay
-        self._chain_next = self._chains() if self._chaining else [None] * len(self.graph)
-        #: per worker thread: completions the scheduler has handled (see ThreadDispatch)
-        self._handled: dict[str, int] = {}
-        self._log_sink = self._sink if self.reporting else None
-        self._dispatcher = make_dispatcher(self)
-
-    def _chains(self) -> list[int | None]:
-        """For each task, the successor a worker may run right after it, or None.
-
-        Only a task that depends on nothing else qualifies, and only when no
-        other successor (which may become ready by the same completion) would
-        have to start first by the priority rule, and never a task that goes
-        through the dynamic gate (``map=``, ``when=``, ``trigger=``).
-        """
-        vertices = self.graph.vertices
-        watched, slow = self._success_hooked, self._table.gated
-        out: list[int | None] = []
-        for i, first in enumerate(self._first_successors()):
-            best = None
-            if first is not None and i not in watched:
-                w = vertices[first]
-                if w.kind is TASK and len(w.deps) == 1 and not slow[first]:
-                    best = first
-            out.append(best)
-        return out
-
-    def _first_successors(self) -> list[int | None]:
-        """Each task's successor that goes first by the priority rule (None: no successor)."""
-        first = self.__dict__.get("_first_succs")
-        if first is None:
-            get = self._prio.__getitem__
-            first = self._first_succs = [min(succ, key=get) if succ else None
-                                    for succ in self.graph.succs]
-        return first
-
-    # -- reporting
-    def _report(self, name: str, task: str | None, fields: dict, mono: float | None = None,
-                outcome: TaskOutcome | None = None) -> None:
-        ts = (self.clock.monotonic() if mono is None else mono) + self._offset
-        self._report_hook(run=self, event=Event(name, ts, self.run_id, task, fields, outcome))
-
-    def _sink(self, task: str, level: str, attempt: int, iteration: int | None, event: str,
-              fields: dict) -> None:
-        self.q.put((M_LOG, task, level, attempt, iteration, event, fields, self.clock.monotonic()))
 
     # -- the loop
     def execute(self) -> RunResult:
@@ -447,31 +231,6 @@ class Run:
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
-    def _per_task(self, answers: list) -> list | None:
-        """``{task index: value}`` answers merged into a per-vertex list (first answer wins),
-        keeping plain tasks only (not sub-flow nodes, not mapped tasks); None if empty."""
-        answers = [a for a in answers if a]
-        if not answers:
-            return None
-        vertices = self.graph.vertices
-        out: list[Any] = list(map(answers[-1].get, range(len(vertices))))  # one pass in C
-        for answer in reversed(answers[:-1]):
-            for i, x in answer.items():
-                if x is not None:
-                    out[i] = x
-        for i in self.graph.dynamic:  # sub-flow nodes and mapped tasks take none
-            v = vertices[i]
-            if v.kind is not TASK or v.spec.map is not None:  # type: ignore[union-attr]
-                out[i] = None
-        return out if out.count(None) < len(out) else None
-
-    def _setup_deadlines(self, answers: list) -> None:
-        deadlines = self._per_task(answers)
-        if deadlines is not None:
-            self._deadlines = deadlines
-            self._watchdog = Watchdog(self._expire)
-            self._watchdog.start()
-
     def _expire(self, armed: Any) -> None:
         """The watchdog's thread: an attempt overran its deadline; the scheduler ends it."""
         self.q.put((M_EXPIRED, armed))
@@ -518,13 +277,6 @@ class Run:
             msg[1]()
         elif kind == M_CRASH:
             raise InternalError("a worker crashed inside flowdeco") from msg[1]
-
-    def _report_started(self, name: str, attempt: int, iteration: int | None,
-                        mono: float | None = None) -> None:
-        f: dict[str, Any] = {"attempt": attempt}
-        if iteration is not None:
-            f["iteration"] = iteration
-        self._report("task_started", name, f, mono)
 
     def _context(self, v: Vertex, attempt: int, iteration: int | None,
                  early: tuple | None = None) -> Context:
@@ -750,33 +502,6 @@ class Run:
             result = {name: self.results[m] for name, m in v.sinks}
         return (v.index, SUCCEEDED, result, None, 1, now, None, None)
 
-    def _report_outcome(self, i: int) -> None:
-        self._report_end(self.graph.vertices[i].name, self.outcome_at(i), self._table.t1[i])
-
-    def _report_end(self, name: str, out: TaskOutcome, t1: float | None) -> None:
-        """Report how task (or mapped instance) ``name`` ended; ``t1`` on the monotonic clock."""
-        status = out.status
-        if status == SUCCEEDED:
-            fields: dict[str, Any] = {"attempts": out.attempts, "duration": round(out.duration, 6)}
-            self._report("task_succeeded", name, fields, t1, out)
-        elif status == FAILED:
-            fields = {"attempts": out.attempts, "error": out.error}
-            exc = out.exception
-            if exc is not None and exc.__traceback__ is not None:
-                fields["traceback"] = format_traceback(exc)
-            elif exc is not None and hasattr(exc, "remote_traceback"):
-                fields["traceback"] = exc.remote_traceback  # type: ignore[attr-defined]
-            self._report("task_failed", name, fields, t1, out)
-        elif status == SKIPPED:
-            self._report("task_skipped", name, {"reason": out.reason}, None, out)
-        elif status == RESTORED:
-            fields = {"attempts": out.attempts}
-            if self._restore_fields:
-                fields.update(self._restore_fields.pop(name, ()))
-            self._report("task_restored", name, fields, None, out)
-        else:
-            self._report("task_interrupted", name, {"attempts": out.attempts}, None, out)
-
     def _stop(self, interrupted: bool) -> None:
         """Start nothing new; tasks waiting for a retry or a delay end now."""
         self._stop_state = max(self._stop_state, S_INTERRUPTED if interrupted else S_STOPPING)
@@ -826,43 +551,4 @@ class Run:
                 self.results[i] = result
             if self.reporting:
                 self._report_outcome(i)
-
-    # -- signals
-    def running_count(self) -> int:
-        """Tasks and mapped instances running now: what a stopping run waits for."""
-        n = self._table.state.count(RUNNING)
-        dyn = self._dyn
-        if dyn is not None and dyn.maps:
-            from .dynamic import I_RUNNING
-            for i, m in dyn.maps.items():
-                n += m.status.count(I_RUNNING) - (self._table.state[i] == RUNNING)
-        return n
-
-    def _report_interrupt(self, signum: int) -> None:
-        """``run_interrupted`` (once): the signal, and how many running tasks are waited for."""
-        if self._interrupt_reported or not self.reporting:
-            return
-        self._interrupt_reported = True
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = str(signum)
-        self._report("run_interrupted", None, {"signal": name, "running": self.running_count()})
-
-    def _install_signals(self) -> Callable[[], None]:
-        received = [0]
-
-        def handler(signum: int, frame: Any) -> None:
-            received[0] += 1
-            if self._stop_state < S_SIGNALLED:  # workers stop chaining at once
-                self._stop_state = S_SIGNALLED
-            if received[0] >= 2 and self._sync_busy:
-                raise KeyboardInterrupt  # stop waiting for a task running on this thread
-            if received[0] == 1 and self._sync_busy:
-                # the scheduler is this thread, inside a task (no hook is running):
-                # say what happens now, not when the task ends
-                self._report_interrupt(signum)
-            self.q.put((M_SIGNAL, signum))
-
-        return on_stop_signals(handler)
 
