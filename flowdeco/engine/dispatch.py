@@ -115,9 +115,10 @@ class ThreadDispatch(Dispatch):
             if self.workers_pick else []
         #: per worker thread: completions posted (the scheduler's side: run._handled)
         self.posted: dict[str, int] = {}
+        self.submit = run.executor.submit
 
     def start(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
-        self.run.executor.submit(self.work, i, kw, attempt, iteration)
+        self.submit(self.work, i, kw, attempt, iteration)
 
     def work(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
         """A worker thread: run attempts until there is nothing for it to take.

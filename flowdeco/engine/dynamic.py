@@ -1,12 +1,12 @@
 """Dynamic flows: trigger rules, conditions and mapped tasks.
 
-These are scheduling semantics, so they live in the core, next to the
-runner; a :class:`Run` makes one :class:`DynamicFlows` the first time it needs it
+These are scheduling semantics, so they live in the engine, next to the
+scheduler; a :class:`Run` makes one :class:`DynamicFlows` the first time it needs it
 (a graph without ``map=``/``when=``/``trigger=`` never does), and the scheduler's
 hot paths for plain tasks do not look at it.
 
 **Gate** (:meth:`DynamicFlows.gate`).  When every dependency of a task with a
-trigger rule or a condition has ended, the runner asks the gate before
+trigger rule or a condition has ended, the scheduler asks the gate before
 queueing it:
 
 - the trigger rule, over how the dependencies ended: ``all_succeeded``
@@ -559,7 +559,7 @@ class DynamicFlows:
     # ------------------------------------------------------------------ map: timers, stop, end
     def timer(self, i: int, attempt: int, k: int | None) -> bool:
         """A timer of slow task ``i`` fired: an instance's retry is due, or a mapped
-        task's delay ended.  False: not a mapped task (the runner queues it)."""
+        task's delay ended.  False: not a mapped task (the scheduler queues it)."""
         run = self.run
         m = self.maps.get(i)
         if m is not None:

@@ -293,20 +293,23 @@ class Run(RunSurface, RunSetup, RunReporting):
         self._inflight += 1
         if self.reporting:
             self._report_started(v.name, attempt, iteration)
-        self._dispatcher.start(i, kw, attempt, iteration)
+        self._start_attempt(i, kw, attempt, iteration)
 
     # -- completion
     def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,
                  err: BaseException | None, t0: float, t1: float, worker: str | None,
                  nxt: int | None, seq: int) -> None:
+        table = self._table
+        t0s = table.t0
+        state = table.state
         if nxt is None:
             self._inflight -= 1
         else:
-            self._table.state[nxt] = RUNNING
-            if self._table.t0[nxt] is None:
-                self._table.t0[nxt] = t1
-        if self._table.t0[i] is None:
-            self._table.t0[i] = t0
+            state[nxt] = RUNNING
+            if t0s[nxt] is None:
+                t0s[nxt] = t1
+        if t0s[i] is None:
+            t0s[i] = t0
         elif self.attempt_durations:  # a later attempt (or a chained task: start set on hand-off)
             log = self.attempt_durations.get(i)
             if log is not None:
@@ -314,19 +317,25 @@ class Run(RunSurface, RunSetup, RunReporting):
         if err is None and i not in self._success_hooked:
             # the common case, kept flat: success, release successors
             self.results[i] = result
-            self._table.status[i] = SUCCEEDED
-            self._table.state[i] = DONE
-            self._table.attempts[i] = attempt
-            self._table.t1[i] = t1
-            self._table.worker[i] = worker
+            table.status[i] = SUCCEEDED
+            state[i] = DONE
+            table.attempts[i] = attempt
+            table.t1[i] = t1
+            table.worker[i] = worker
             if self.reporting:
                 self._report_outcome(i)
-            remaining = self._table.remaining
-            state = self._table.state
+            remaining = table.remaining
+            gated = table.gated
+            plain = self._plain_release
             for s in self.graph.succs[i]:
                 r = remaining[s] - 1
                 remaining[s] = r
                 if r == 0 and state[s] == PENDING:
+                    if plain and not gated[s]:  # _make_ready's last lines, for a plain task
+                        state[s] = READY
+                        with self._lock:
+                            heapq.heappush(self._ready, self._prio[s])
+                        continue
                     done = self._make_ready(s)
                     if done is not None:
                         self._finish(*done)

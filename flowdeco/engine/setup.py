@@ -75,7 +75,10 @@ class RunSetup:
         #: per worker thread: completions the scheduler has handled (see ThreadDispatch)
         self._handled: dict[str, int] = {}
         self._log_sink = self._sink if self.reporting else None
+        # a released task with no ready-time hook (restore, delay) goes straight to the heap
+        self._plain_release = not self._has_restore and not self._has_delay
         self._dispatcher = make_dispatcher(self)
+        self._start_attempt = self._dispatcher.start
 
     def _chains(self) -> list[int | None]:
         """For each task, the successor a worker may run right after it, or None.

@@ -44,12 +44,17 @@ import functools
 import json
 import os
 import sys
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import attrs
 import cattrs
 
 from ..manager import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Parser
+    from ..engine.scheduler import Run
+    from ..outcome import RunResult
 
 NAME = "metrics"
 
@@ -144,7 +149,7 @@ class RunMetrics:
     _a: Any = attrs.field(alias="arrays", repr=False)
 
     @classmethod
-    def of_run(cls, run: Any) -> "RunMetrics":
+    def of_run(cls, run: "Run") -> "RunMetrics":
         return cls(run.task_records())
 
     @classmethod
@@ -378,19 +383,19 @@ def format_table(m: RunMetrics, max_workers: int = 8) -> str:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: "Parser") -> None:
     parser.addoption("--metrics-json", dest="metrics_json", default=None, metavar="PATH",
                      group="state and output",
                      help="write the run's metrics (tasks, workers, pipelines) as JSON to PATH")
 
 
 @hookimpl
-def flowdeco_run_start(run: Any) -> None:
+def flowdeco_run_start(run: "Run") -> None:
     run.metrics = RunMetrics.of_run(run)
 
 
 @hookimpl
-def flowdeco_run_finish(run: Any, result: Any) -> None:
+def flowdeco_run_finish(run: "Run", result: "RunResult") -> None:
     metrics = result.metrics
     if not isinstance(metrics, RunMetrics):
         return
