@@ -120,12 +120,12 @@ def run_flow(tasks, executor, workers=2) -> float:
 
 def unbatched(tasks, executor) -> float:
     """``run_flow`` with the remote batching of tiny tasks turned off."""
-    import flowdeco.runner as runner
-    saved, runner._BATCH_MAX = runner._BATCH_MAX, 1
+    import flowdeco.engine.dispatch as dispatch
+    saved, dispatch.BATCH_MAX = dispatch.BATCH_MAX, 1
     try:
         return run_flow(tasks, executor)
     finally:
-        runner._BATCH_MAX = saved
+        dispatch.BATCH_MAX = saved
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from .task import TaskSpec, task
 # plugin in every test session -- stays cheap.
 _LAZY = {
     "Context": "context", "hookimpl": "manager",
-    "run": "runner", "Run": "runner", "NoTasksError": "runner",
+    "run": "engine.session", "Run": "engine.scheduler", "NoTasksError": "engine.session",
     "Retry": "policies.retry", "CircuitBreaker": "policies.circuit",
     "CircuitOpenError": "policies.circuit", "TaskTimeout": "policies.timeout",
     "Pipeline": "pipeline", "PipelineResult": "pipeline",
@@ -38,7 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .executors import WorkerCrashed
     from .pickling import UnpicklableResult
     from .stash import StashKey
-    from .runner import NoTasksError, Run, run
+    from .engine.scheduler import Run
+    from .engine.session import NoTasksError, run
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ from .errors import FlowError, UsageError
 from .manager import make_pluginmanager
 from .outcome import ExitCode
 from .params import describe as describe_params, unset as unset_params
-from .runner import NoTasksError, Session
+from .engine.session import NoTasksError, Session
 
 _EPILOG = """\
 commands (python -m flowdeco COMMAND --help): {commands}

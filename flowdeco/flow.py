@@ -94,7 +94,7 @@ class Flow:
 
     def run(self, **kwargs: Any) -> Any:
         """Shorthand for ``flowdeco.run(self, **kwargs)``."""
-        from .runner import run
+        from .engine.session import run
         return run(self, **kwargs)
 
 

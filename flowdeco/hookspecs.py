@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import Config, Parser
     from .graph import Graph, Vertex
     from .outcome import Attempt, Deadline, Event, Finish, Reschedule, Restored, RunResult
-    from .runner import Run
+    from .engine.scheduler import Run
 
 hookspec = pluggy.HookspecMarker("flowdeco")
 

@@ -155,7 +155,7 @@ def run_flow(target: Any, *, fail_after: float | None = None, **kwargs: Any) -> 
     the test's thread, so Ctrl-C and signal handling behave as on the CLI.
     The ``flow_run`` fixture calls this, adding events, overrides and clocks.
     """
-    from .runner import run
+    from .engine.session import run
     kwargs.setdefault("state_dir", None)
     if fail_after is None:
         return run(target, **kwargs)

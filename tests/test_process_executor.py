@@ -380,7 +380,7 @@ class CountingExecutor(ProcessExecutor):
         self.sizes = []
 
     def submit(self, fn, /, *args, **kwargs):
-        self.sizes.append(len(args[0]) if fn.__name__ == "_call_batch" else 1)
+        self.sizes.append(len(args[0]) if fn.__name__ == "call_batch" else 1)
         return super().submit(fn, *args, **kwargs)
 
 
@@ -408,14 +408,14 @@ def _expected(n):
 
 
 def test_batching_off_and_with_exitfirst(write_module, monkeypatch):
-    import flowdeco.runner as runner_mod
+    import flowdeco.engine.dispatch as dispatch_mod
     n = 60
     path = write_module(TINY.format(n=n, fail=False))
     for how in ("off", "exitfirst"):
         ex = CountingExecutor(2)
         try:
             if how == "off":
-                monkeypatch.setattr(runner_mod, "_BATCH_MAX", 1)
+                monkeypatch.setattr(dispatch_mod, "BATCH_MAX", 1)
                 result = run_flow(str(path), executor=ex, fail_after=TIMEOUT)
                 monkeypatch.undo()
             else:

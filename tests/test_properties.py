@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from flowdeco import CycleError, run, task
 from flowdeco.graph import build_graph
-from flowdeco.runner import Run
+from flowdeco.engine.dispatch import SyncDispatch
 
 SETTINGS = settings(max_examples=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -151,14 +151,14 @@ def test_sync_fast_path_matches_the_general_loop(dag, data):
                                 for name, o in result.outcomes.items()}, result.status
 
     fast = once()
-    setup = Run._setup
+    init = SyncDispatch.__init__
 
-    def general_only(self):
-        setup(self)
-        self._in_order = False
+    def general_only(self, run):
+        init(self, run)
+        self.in_order = False
 
     with pytest.MonkeyPatch.context() as m:  # (function fixtures do not reset per example)
-        m.setattr(Run, "_setup", general_only)
+        m.setattr(SyncDispatch, "__init__", general_only)
         general = once()
     assert fast == general
 

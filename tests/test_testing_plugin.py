@@ -205,6 +205,7 @@ def test_loading_the_plugin_does_not_import_flowdeco(tmp_path):
     # the package's __init__ runs (it is the parent package), the engine's modules
     # (runner, graph, plugins) are only imported when a fixture is used
     assert "flowdeco.runner" not in out and "flowdeco.plugins" not in out
+    assert "flowdeco.engine" not in out
 
 
 def test_flow_clock_runs_a_24_hour_interval_schedule_instantly(pytester):

@@ -68,7 +68,7 @@ class _EmitReporter:
                                   "error": error}
         if self.tracebacks > 0:
             self.tracebacks -= 1
-            from ..runner import format_traceback
+            from ..engine.attempt import format_traceback
             fields["traceback"] = format_traceback(exc)
         self.emit("item_failed", task=self.task, **fields)
 

@@ -44,13 +44,17 @@ import functools
 import json
 import os
 import sys
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import attrs
 import cattrs
 
-from ..graph import TASK
 from ..manager import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Parser
+    from ..engine.scheduler import Run
+    from ..outcome import RunResult
 
 NAME = "metrics"
 
@@ -118,109 +122,6 @@ class Arrays:
     attempt_durations: Mapping[int, Sequence[tuple[str | None, float]]] | None = None
 
 
-class _RunArrays:
-    """:class:`Arrays` read from a run, only when metrics are first asked for.
-
-    Instances of mapped tasks (``scan[3]``) are appended after the graph's
-    vertices, each with the mapped task's dependencies, read from the run's
-    compact per-instance arrays.
-    """
-
-    def __init__(self, run: Any):
-        self._run = run
-        self.workers = run.workers
-
-    @property
-    def start(self) -> float:
-        return self._run.started
-
-    @functools.cached_property
-    def _maps(self) -> list:
-        dyn = self._run._dyn
-        return sorted(dyn.maps.items()) if dyn is not None and dyn.maps else []
-
-    def _joined(self, own: list, per_instance: Any) -> list:
-        """``own`` (one entry per vertex), then ``per_instance(mapstate, k)`` for every instance."""
-        if not self._maps:
-            return own
-        out = list(own)
-        for _, m in self._maps:
-            out.extend(per_instance(m, k) for k in range(m.n))
-        return out
-
-    @functools.cached_property
-    def t0(self) -> list:
-        return self._joined(self._run._t0, lambda m, k: _num(m.t0[k]))
-
-    @functools.cached_property
-    def t1(self) -> list:
-        return self._joined(self._run._t1, lambda m, k: _num(m.t1[k]))
-
-    @functools.cached_property
-    def worker(self) -> list:
-        return self._joined(self._run._worker, lambda m, k: m.workers[k])
-
-    @functools.cached_property
-    def attempts(self) -> list:
-        return self._joined(self._run._attempts, lambda m, k: m.attempts[k])
-
-    @functools.cached_property
-    def status(self) -> list:
-        return self._joined(self._run._status, lambda m, k: _instance_status(m, k))
-
-    @functools.cached_property
-    def results(self) -> list:
-        return self._joined(self._run.results, lambda m, k: None)
-
-    @functools.cached_property
-    def names(self) -> list[str]:
-        return self._joined([v.name for v in self._run.graph.vertices],
-                            lambda m, k: m.instance(k))
-
-    @functools.cached_property
-    def deps(self) -> list[tuple[int, ...]]:
-        return self._joined([v.deps for v in self._run.graph.vertices],
-                            lambda m, k: m.vertex.deps)
-
-    @functools.cached_property
-    def is_task(self) -> list[bool]:
-        return self._joined([v.kind is TASK for v in self._run.graph.vertices],
-                            lambda m, k: True)
-
-    @functools.cached_property
-    def attempt_durations(self) -> dict[int, list]:
-        """``run.attempt_durations`` keyed by record index (instances after the vertices)."""
-        log = self._run.attempt_durations
-        if not log:
-            return {}
-        first: dict[int, int] = {}
-        n = len(self._run.graph.vertices)
-        for i, m in self._maps:
-            first[i] = n
-            n += m.n
-        return {(key if isinstance(key, int) else first[key[0]] + key[1]): spans
-                for key, spans in log.items()
-                if isinstance(key, int) or key[0] in first}
-
-    @functools.cached_property
-    def mapped(self) -> list[bool] | None:
-        if not self._maps:
-            return None
-        flags = [False] * len(self._run.graph.vertices)
-        for i, _ in self._maps:
-            flags[i] = True
-        return self._joined(flags, lambda m, k: False)
-
-
-def _num(x: float) -> float | None:
-    return None if x != x else x  # NaN: not started / not ended
-
-
-def _instance_status(m: Any, k: int) -> str | None:
-    from ..dynamic import _STATUS
-    return _STATUS.get(m.status[k])
-
-
 class _Tasks(Mapping[str, TaskMetrics]):
     """``RunMetrics.tasks``: built per task when read."""
 
@@ -248,8 +149,8 @@ class RunMetrics:
     _a: Any = attrs.field(alias="arrays", repr=False)
 
     @classmethod
-    def of_run(cls, run: Any) -> "RunMetrics":
-        return cls(_RunArrays(run))
+    def of_run(cls, run: "Run") -> "RunMetrics":
+        return cls(run.task_records())
 
     @classmethod
     def from_arrays(cls, **fields: Any) -> "RunMetrics":
@@ -482,19 +383,19 @@ def format_table(m: RunMetrics, max_workers: int = 8) -> str:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: "Parser") -> None:
     parser.addoption("--metrics-json", dest="metrics_json", default=None, metavar="PATH",
                      group="state and output",
                      help="write the run's metrics (tasks, workers, pipelines) as JSON to PATH")
 
 
 @hookimpl
-def flowdeco_run_start(run: Any) -> None:
+def flowdeco_run_start(run: "Run") -> None:
     run.metrics = RunMetrics.of_run(run)
 
 
 @hookimpl
-def flowdeco_run_finish(run: Any, result: Any) -> None:
+def flowdeco_run_finish(run: "Run", result: "RunResult") -> None:
     metrics = result.metrics
     if not isinstance(metrics, RunMetrics):
         return

@@ -69,7 +69,7 @@ from ..clock import Clock
 from ..config import Parser
 from ..errors import FlowError, StateError, UsageError
 from ..outcome import INTERRUPTED, ExitCode, RunResult
-from ..runner import Session, validate_run_id
+from ..engine.session import Session, validate_run_id
 from ..signals import on_stop_signals
 from .timers import CronSchedule, parse_cron, zone_info
 

@@ -36,7 +36,7 @@ from typing import IO, Any, Sequence
 from ...cli import Command
 from ...errors import FlowError, StateError, UsageError, shorten
 from ...outcome import ExitCode
-from ...runner import validate_run_id
+from ...engine.session import validate_run_id
 from .plugin import make_store
 from .store import RunSummary, Store, StoreChanged, TaskRecord
 

@@ -91,7 +91,7 @@ class Counting(DaskExecutor):
     sizes: list
 
     def submit(self, fn, /, *args, **kwargs):
-        self.sizes.append(len(args[0]) if fn.__name__ == "_call_batch" else 1)
+        self.sizes.append(len(args[0]) if fn.__name__ == "call_batch" else 1)
         return super().submit(fn, *args, **kwargs)
 
 

@@ -1,12 +1,12 @@
-"""Dynamic flows (issue 8): trigger rules, conditions and mapped tasks.
+"""Dynamic flows: trigger rules, conditions and mapped tasks.
 
-These are scheduling semantics, so they live in the core, next to the
-runner; a :class:`Run` makes one :class:`Dynamic` the first time it needs it
-(a graph without ``map=``/``when=``/``trigger=`` never does), and the runner's
+These are scheduling semantics, so they live in the engine, next to the
+scheduler; a :class:`Run` makes one :class:`DynamicFlows` the first time it needs it
+(a graph without ``map=``/``when=``/``trigger=`` never does), and the scheduler's
 hot paths for plain tasks do not look at it.
 
-**Gate** (:meth:`Dynamic.gate`).  When every dependency of a task with a
-trigger rule or a condition has ended, the runner asks the gate before
+**Gate** (:meth:`DynamicFlows.gate`).  When every dependency of a task with a
+trigger rule or a condition has ended, the scheduler asks the gate before
 queueing it:
 
 - the trigger rule, over how the dependencies ended: ``all_succeeded``
@@ -28,14 +28,14 @@ interrupted, or was skipped for ``upstream``/``trigger`` gives ``upstream``
 (``upstream`` > ``stopped`` > ``condition`` when several apply).
 
 **Map** (``@task(map="files")``).  When a mapped task passes its gate (and
-restore/delay hooks), :meth:`Dynamic.expand` takes the upstream result (a
+restore/delay hooks), :meth:`DynamicFlows.expand` takes the upstream result (a
 list, tuple or range as is, any other iterable but str/bytes materialized
 once) and makes one :class:`MapState`: a cursor and compact per-instance
-arrays, no per-instance objects.  The vertex joins ``run._mready``, a heap of
+arrays, no per-instance objects.  The vertex joins ``run._map_ready``, a heap of
 priority keys beside the ready heap; the scheduler merges the two by key
 (:meth:`dispatch`, :meth:`sync_step`), and a thread worker that finishes an
 instance takes the next one from the cursor itself while the mapped task is
-still the best ready work (like ``Run._work``), posting "finished k, started
+still the best ready work (like ``ThreadDispatch.work``), posting "finished k, started
 k+1" as one message.  Instances are named ``task[k]`` in events, outcomes
 and ``ctx.task``; each has its own attempts (``flowdeco_attempt_done`` is
 called with the mapped vertex as ``task``: retry policies apply per
@@ -56,20 +56,20 @@ from array import array
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .context import Context
-from .executors import remote_failure
-from .graph import Vertex
-from .outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Finish,
-                      Reschedule, TaskOutcome, format_error)
-from .pickling import load_outcome
-from .task import CTX
+from ..context import Context
+from ..executors import remote_failure
+from ..graph import Vertex
+from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Finish,
+                       Reschedule, TaskOutcome, format_error)
+from ..pickling import load_outcome
+from ..task import CTX
+from .attempt import call_remote, run_attempt
+from .states import (DONE, M_CRASH, M_INSTANCE_DONE, M_LOG, OK, RUNNING, S_RUNNING,
+                     S_STOPPING, SKIP_STOPPED, InternalError)
+from .views import Upstream
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runner import Run
-
-# these modules import each other: the runner imports this one only when a run needs it
-from .runner import (_CRASH, _IDONE, _LOG, _OK, _SKIP_STOPPED, DONE, RUNNING,  # noqa: E402
-                     InternalError, _call_remote, _Upstream)
+    from .scheduler import Run
 
 # instance states (one byte each in MapState.status)
 I_PENDING, I_RUNNING, I_WAITING, I_SUCCEEDED, I_FAILED, I_SKIPPED, I_RESTORED, \
@@ -90,7 +90,7 @@ class MapState:
     ``status`` is a bytearray of instance states; ``attempts``, ``t0``, ``t1``
     are typed arrays (NaN: not yet); ``results`` and ``workers`` plain lists;
     ``errors`` holds only the instances that have an error.  ``cursor``,
-    ``retry`` and ``queued`` (whether the task is in ``run._mready``) change
+    ``retry`` and ``queued`` (whether the task is in ``run._map_ready``) change
     under ``run._lock`` only: thread workers advance the cursor too.
     """
 
@@ -104,7 +104,7 @@ class MapState:
         self.index = v.index
         self.vertex = v
         self.name = v.name
-        self.key = run._key[v.index]
+        self.key = run._prio[v.index]
         self.param = spec.map
         self.items = items
         self.n = n
@@ -117,9 +117,9 @@ class MapState:
         self.fn = v.fn
         self.call = run._calls[v.index]
         self.wants_ctx = v.wants_ctx
-        self.upstream = _Upstream(run, v.deps) if v.wants_ctx else None
+        self.upstream = Upstream(run, v.deps) if v.wants_ctx else None
         #: successful attempts also go through flowdeco_attempt_done
-        self.watched = v.index in run._watched
+        self.watched = v.index in run._success_hooked
         self.cursor = 0
         self.left = n
         self.retry: list[tuple[int, int]] = []
@@ -141,7 +141,7 @@ class MapState:
         if code < _ENDED:
             return None
         if code == I_SKIPPED:
-            return _SKIP_STOPPED
+            return SKIP_STOPPED
         err = self.errors.get(k)
         t0, t1 = self.t0[k], self.t1[k]
         has0, has1 = t0 == t0, t1 == t1
@@ -154,14 +154,14 @@ class MapState:
             worker=self.workers[k])
 
 
-class Dynamic:
+class DynamicFlows:
     """A run's trigger rules, conditions and mapped tasks (see the module docstring)."""
 
     def __init__(self, run: "Run"):
         self.run = run
         #: expanded mapped tasks by vertex index
         self.maps: dict[int, MapState] = {}
-        self.mready = run._mready
+        self.mready = run._map_ready
 
     # ------------------------------------------------------------------ gate
     def gate(self, v: Vertex) -> tuple | None:
@@ -170,13 +170,13 @@ class Dynamic:
         i = v.index
         spec = v.spec
         assert spec is not None
-        status, reasons = run._status, run._reason
+        status, reasons = run._table.status, run._table.reason
         rule = spec.trigger
         if rule == "all_succeeded":
             worst = None
             for d in v.deps:
                 st = status[d]
-                if st in _OK:
+                if st in OK:
                     continue
                 why = reasons[d] if st == SKIPPED and reasons[d] in ("condition", "stopped") \
                     else "upstream"
@@ -194,7 +194,7 @@ class Dynamic:
                 go = spec.when(**self._when_kwargs(v))
             except Exception as exc:  # noqa: BLE001 - a predicate may raise anything
                 now = run.clock.monotonic()
-                run._t0[i] = now
+                run._table.t0[i] = now
                 return (i, FAILED, None, exc, 0, now, None, None)
             if not go:
                 return (i, SKIPPED, None, None, 0, None, None, "condition")
@@ -230,11 +230,11 @@ class Dynamic:
         d = dict(v.args)[spec.map]
         up = run.graph.vertices[d].name
         now = run.clock.monotonic()
-        run._t0[i] = now
+        run._table.t0[i] = now
         where = f"task {v.name!r} maps over {spec.map!r}"
-        if run._status[d] not in _OK:
+        if run._table.status[d] not in OK:
             return self._fail(i, TypeError(
-                f"{where}, but task {up!r} did not succeed ({run._status[d]})"), now)
+                f"{where}, but task {up!r} did not succeed ({run._table.status[d]})"), now)
         src = run.results[d]
         if isinstance(src, (list, tuple, range)):
             items: Any = src
@@ -258,7 +258,7 @@ class Dynamic:
             return (i, SUCCEEDED, [], None, 1, now, None, None)
         m = MapState(run, v, items, n)
         self.maps[i] = m
-        run._state[i] = RUNNING
+        run._table.state[i] = RUNNING
         if run.reporting:
             run._report("task_mapped", v.name, {"instances": n}, now)
         with run._lock:
@@ -285,11 +285,11 @@ class Dynamic:
         return k, attempt
 
     def dispatch(self) -> None:
-        """``Run._dispatch`` while a mapped task has instances to start: merge by priority."""
+        """``Dispatch.fill`` while a mapped task has instances to start: merge by priority."""
         run = self.run
-        ready, mready, lock, n = run._ready, self.mready, run._lock, run._n
+        ready, mready, lock, n = run._ready, self.mready, run._lock, run._prio_mod
         maps = self.maps
-        while (ready or mready) and run._inflight < run.workers and not run.stopping:
+        while (ready or mready) and run._inflight < run.workers and run._stop_state < S_STOPPING:
             with lock:
                 if mready and (not ready or mready[0] < ready[0]):
                     m = maps[mready[0] % n]
@@ -304,7 +304,7 @@ class Dynamic:
             else:
                 if run._flush_due:
                     run._flush()
-                run._start(i, run._next_attempt[i], run._next_iter[i])
+                run._start(i, run._table.next_attempt[i], run._table.next_iter[i])
 
     def sync_step(self) -> bool:
         """``sync`` executor: run the next instance if a mapped task goes first (else False)."""
@@ -312,7 +312,7 @@ class Dynamic:
         ready, mready = run._ready, self.mready
         if ready and ready[0] < mready[0]:
             return False
-        m = self.maps[mready[0] % run._n]
+        m = self.maps[mready[0] % run._prio_mod]
         k, attempt = self._take(m)
         self.start(m, k, attempt)
         return True
@@ -360,10 +360,7 @@ class Dynamic:
         call, mono = m.call, run.clock.monotonic
         run._sync_busy = True
         t0 = mono()
-        try:
-            result, err = (m.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
-        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-            result, err = None, exc
+        result, err, _ = run_attempt(m.fn, call, kw)
         t1 = mono()
         run._sync_busy = False
         q = run.q
@@ -378,7 +375,7 @@ class Dynamic:
 
         It takes the cursor's next instance under the ready-heap lock while
         ``m`` is still the best ready work (nothing in either heap beats it),
-        and posts "finished k, started k+1" as one message (see ``Run._work``).
+        and posts "finished k, started k+1" as one message (see ``ThreadDispatch.work``).
         Retries and restores are left to the scheduler.
         """
         run = self.run
@@ -389,17 +386,14 @@ class Dynamic:
             lock, ready, mready = run._lock, run._ready, self.mready
             key, n = m.key, m.n
             base, items, param = m.base, m.items, m.param
-            chain = run._inline
+            chain = run._chaining
             worker = threading.current_thread().name
             while True:
                 t0 = mono()
-                try:
-                    result, err = (fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
-                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-                    result, err = None, exc
+                result, err, _ = run_attempt(fn, call, kw)
                 t1 = mono()
                 nxt = -1
-                if chain and not run.stopping and not run._halt and not (
+                if chain and run._stop_state == S_RUNNING and not (
                         err is not None and run.stop_on_error):
                     with lock:
                         if m.cursor < n and mready and mready[0] == key and (
@@ -409,7 +403,7 @@ class Dynamic:
                             if nxt + 1 >= n and not m.retry:
                                 heapq.heappop(mready)
                                 m.queued = False
-                put((_IDONE, m, k, attempt, result, err, t0, t1, worker, nxt))
+                put((M_INSTANCE_DONE, m, k, attempt, result, err, t0, t1, worker, nxt))
                 if nxt < 0:
                     return
                 k, attempt = nxt, 1
@@ -419,16 +413,16 @@ class Dynamic:
                     kw[CTX] = Context(run.run_id, m.instance(k), 1, None, run.params,
                                       run._log_sink, m.upstream, run)
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
-            put((_CRASH, exc))
+            put((M_CRASH, exc))
 
     # -- remote executors: one instance per submission
     def _submit_remote(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
         run = self.run
         try:
-            fut = run.executor.submit(_call_remote, m.call, kw)
+            fut = run.executor.submit(call_remote, m.call, kw)
         except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
             now = run.clock.monotonic()
-            run.q.put((_IDONE, m, k, attempt, None, remote_failure(exc, m.instance(k)),
+            run.q.put((M_INSTANCE_DONE, m, k, attempt, None, remote_failure(exc, m.instance(k)),
                        now, now, None, -1))
             return
         fut.add_done_callback(partial(self._remote_done, m, k, attempt))
@@ -446,8 +440,8 @@ class Dynamic:
         result, err = load_outcome(payload, err, name)
         t0, t1 = now - (t1 - t0), now
         for level, event, fields in logs:
-            put((_LOG, name, level, attempt, None, event, fields, t1))
-        put((_IDONE, m, k, attempt, result, err, t0, t1, worker, -1))
+            put((M_LOG, name, level, attempt, None, event, fields, t1))
+        put((M_INSTANCE_DONE, m, k, attempt, result, err, t0, t1, worker, -1))
 
     # ------------------------------------------------------------------ map: completion
     def on_done(self, m: MapState, k: int, attempt: int, result: Any, err: BaseException | None,
@@ -500,7 +494,7 @@ class Dynamic:
                     run._report("task_retrying", m.instance(k),
                                 {"attempt": attempt, "delay": delay, "error": format_error(err),
                                  **decision.fields}, t1)
-            if run.stopping:
+            if run._stop_state >= S_STOPPING:
                 self.end(m, k, I_INTERRUPTED if run.interrupted or err is None else I_FAILED,
                          None, err, attempt, t1, worker)
                 return
@@ -535,7 +529,7 @@ class Dynamic:
         m.left -= 1
         if not m.left:
             run._finish(*self.result(m))
-        elif code == I_FAILED and run.stop_on_error and not run.stopping:
+        elif code == I_FAILED and run.stop_on_error and run._stop_state < S_STOPPING:
             run._stop(interrupted=False)
 
     def result(self, m: MapState) -> tuple:
@@ -565,7 +559,7 @@ class Dynamic:
     # ------------------------------------------------------------------ map: timers, stop, end
     def timer(self, i: int, attempt: int, k: int | None) -> bool:
         """A timer of slow task ``i`` fired: an instance's retry is due, or a mapped
-        task's delay ended.  False: not a mapped task (the runner queues it)."""
+        task's delay ended.  False: not a mapped task (the scheduler queues it)."""
         run = self.run
         m = self.maps.get(i)
         if m is not None:
@@ -599,7 +593,7 @@ class Dynamic:
         """The run is over with mapped task ``i`` unfinished: give every instance an outcome."""
         run = self.run
         m = self.maps[i]
-        if not run.stopping:
+        if run._stop_state < S_STOPPING:
             raise InternalError(f"mapped task {m.name!r} did not finish")
         now = run.clock.monotonic()
         status = m.status
@@ -619,7 +613,7 @@ class Dynamic:
             m.t1[k] = _NAN if t1 is None else t1
             if run.reporting:
                 run._report_end(m.instance(k), m.outcome(k, run._offset), t1)  # type: ignore[arg-type]
-        run._state[i] = DONE
+        run._table.state[i] = DONE
         return self.result(m)
 
     # ------------------------------------------------------------------ outcomes of instances

@@ -1,0 +1,145 @@
+"""One attempt of a task: the call, its guard and deadline, and its remote form.
+
+:func:`run_attempt` is the primitive every dispatch strategy uses: it runs
+one attempt under the task's guard (``flowdeco_task_guards``: circuit
+breakers) and deadline (``flowdeco_task_deadlines``: timeouts on flowdeco's
+thread pool) and returns ``(result, error, overran)``.  The two hottest loops
+(the sync executor's in-order run and a thread worker with no guard or
+deadline) write the bare call out instead, the only other copies.
+
+:func:`call_remote` is an attempt in a worker process (or on a Dask worker):
+everything it returns pickles, including the result (as its own pickle) and
+the exception (or a :class:`RemoteTaskError` carrying its text).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+import traceback
+from functools import partial
+from typing import Any, Callable
+
+from ..context import Context
+from ..deadlines import Watchdog
+from ..outcome import format_error
+from ..pickling import UnpicklableResult, dumps_result
+
+
+class RemoteTaskError(Exception):
+    """An exception from a worker process that could not travel back as itself."""
+
+
+
+#: the engine's own source folder: its frames are cut from task tracebacks
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The exception's traceback without the engine's own frames (runner, wrappers' glue)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and \
+            os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_HERE + os.sep):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def invoke(fn: Callable[..., Any], kwargs: dict) -> Any:
+    return fn(**kwargs)
+
+
+def portable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        err = RemoteTaskError(format_error(exc))
+        err.remote_traceback = format_traceback(exc)  # type: ignore[attr-defined]
+        return err
+
+
+def call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
+    """Run one attempt in a worker process; everything returned must pickle.
+
+    The result travels as its own pickle, made here, so a result that cannot
+    be pickled fails this attempt with an error naming its type (and one that
+    cannot be unpickled in the driver fails it there) instead of failing the
+    transport.  ``t0``/``t1`` are the worker's clock: the driver keeps only
+    their differences.
+    """
+    t0 = time.monotonic()
+    try:
+        result, err = call(kwargs), None
+    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+        result, err = None, portable(exc)
+        if not hasattr(err, "remote_traceback"):  # a traceback does not pickle: its text does
+            try:
+                err.remote_traceback = format_traceback(exc)  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - an exception type refusing attributes
+                pass
+    t1 = time.monotonic()
+    payload = None
+    if err is None:
+        try:
+            payload = dumps_result(result)
+        except UnpicklableResult as exc:
+            err = exc
+    ctx = kwargs.get("ctx")
+    logs = ctx._buffered_logs() if isinstance(ctx, Context) else []
+    # a worker is one thread of execution (one attempt at a time: metrics' utilisation);
+    # a Dask worker process runs attempts on several threads
+    me = threading.current_thread()
+    worker = f"pid-{os.getpid()}" if me is threading.main_thread() else \
+        f"pid-{os.getpid()}-{me.name}"
+    return payload, err, t0, t1, worker, logs
+
+
+def call_batch(calls: list[tuple[Callable[[dict], Any], dict]]) -> list[tuple]:
+    """Run several attempts in sequence in one worker (see ``RemoteDispatch.start``)."""
+    return [call_remote(call, kwargs) for call, kwargs in calls]
+
+
+
+def is_plain(call: Any) -> bool:
+    """A task call with no per-attempt wrapper (timeout, circuit breaker)."""
+    return type(call) is partial and call.func is invoke
+
+
+
+def run_attempt(fn: Callable[..., Any], call: Callable[[dict], Any] | None, kw: dict,
+                guard: Any = None, deadline: Any = None, watchdog: Watchdog | None = None,
+                key: Any = None, attempt: int = 1, iteration: int | None = None,
+                t0: float = 0.0, thread: threading.Thread | None = None,
+                now: float | None = None) -> tuple[Any, BaseException | None, bool]:
+    """One attempt of a task: ``(result, error, overran)``.
+
+    ``call`` is the task's wrapped call (``flowdeco_task_wrap``) or None for
+    a plain ``fn(**kw)``.  The guard is entered before the deadline is armed,
+    so an overrun attempt is exited by the scheduler (with the deadline's
+    error) and never again when its call finally returns; ``overran`` means
+    the scheduler has ended the attempt and given up this thread.  ``key``,
+    ``attempt``, ``iteration``, ``t0`` and ``thread`` identify the attempt
+    to the watchdog (``now``: its arming time, when it is ``t0``).
+    """
+    token = None
+    if guard is not None:
+        try:
+            token = guard.enter()
+        except BaseException as exc:  # noqa: BLE001 - the guard refuses the attempt
+            return None, exc, False
+    armed = None
+    if deadline is not None:
+        armed = watchdog.arm(key, attempt, iteration, t0, thread,  # type: ignore[union-attr]
+                             deadline, guard, token, now=now)
+    try:
+        result, err = (fn(**kw) if call is None else call(kw)), None
+    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+        result, err = None, exc
+    if armed is not None and not Watchdog.disarm(armed):
+        return None, None, True
+    if guard is not None:
+        guard.exit(token, err)
+    return result, err, False
