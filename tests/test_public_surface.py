@@ -40,16 +40,9 @@ NAMEDTUPLE_API = frozenset({"_fields", "_asdict", "_replace", "_make", "_field_d
 #: attributes of ``run`` a plugin may set in ``flowdeco_run_start`` (see hookspecs)
 RUN_SETTABLE = frozenset({"inline_successors", "metrics", "durable_later"})
 
-# Violations that need the runner / Run restructuring (H-split, issue 16 item 1):
-# each entry is (file relative to the repository, description without line number).
-# Empty this list as they are fixed; a stale entry fails the test too.
-ALLOWED: frozenset[tuple[str, str]] = frozenset({
-    # an executor=client.get_executor() object bypasses flowdeco_make_executor, and the
-    # session computes workers before the executor exists: needs the session to pass
-    # executor objects through the hook and ask the executor for its width
-    ("plugins/flowdeco-dask/flowdeco_dask/__init__.py", "sets run.executor"),
-    ("plugins/flowdeco-dask/flowdeco_dask/__init__.py", "sets run.workers"),
-})
+# Known violations, (file relative to the repository, description without line number);
+# empty now: keep it so. A stale entry fails the test too.
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 def _private(name: str) -> bool:

@@ -20,7 +20,7 @@ from ..clock import Clock
 from ..collect import resolve_target
 from ..config import Config, Parser, merge_options, parse_params
 from ..errors import CollectionError, FlowError, UsageError, shorten
-from ..executors import default_workers
+from ..executors import choose_executor
 from ..graph import Graph, build_graph
 from ..manager import Lease, acquire, release
 from ..outcome import RunResult
@@ -139,24 +139,11 @@ class Session:
         state_dir = None if cfg.getoption("no_state") else cfg.getoption("state_dir")
         run_id = cfg.getoption("run_id")
         run_id = validate_run_id(run_id) if run_id is not None else new_run_id(cfg.clock)
-        executor = cfg.getoption("executor")
         workers = cfg.getoption("workers")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 1):
             raise UsageError(f"workers must be an int >= 1, got {workers!r}")
-        owns = True
-        if isinstance(executor, Executor):
-            owns = False
-            workers = workers or getattr(executor, "_max_workers", None) or default_workers("thread")
-        else:
-            name = str(executor)
-            workers = workers or default_workers(name)
-            made = cfg.hook.flowdeco_make_executor(config=cfg, name=name, workers=workers)
-            if made is None:
-                raise UsageError(
-                    f"unknown executor {name!r}: use thread, process or sync "
-                    "(dask needs the flowdeco-dask plugin)")
-            executor = made
+        executor, workers, owns = choose_executor(cfg, workers)
         run = Run(cfg, graph, run_id=run_id, state_dir=state_dir, params=self.params,
                   executor=executor, workers=workers,
                   stop_on_error=bool(cfg.getoption("stop_on_error")),

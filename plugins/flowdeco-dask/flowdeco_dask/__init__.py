@@ -65,7 +65,6 @@ from flowdeco import StashKey, UsageError, hookimpl
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from flowdeco import Run
     from flowdeco.config import Config, Parser
     from flowdeco.graph import Graph
 
@@ -211,26 +210,6 @@ def flowdeco_make_executor(config: Config, name: str, workers: int) -> Any:
         made.shutdown()   # releases what was uploaded, closes what it started
         raise
     return made
-
-
-@hookimpl
-def flowdeco_run_start(run: Run) -> None:
-    # Transitional: once the session picks every executor with
-    # flowdeco.executors.choose_executor, flowdeco_make_executor above has already
-    # wrapped the object and DaskExecutor.max_workers set the width; delete this hook then.
-    if not _dask_object(run.executor):
-        return
-    from .executor import DaskExecutor, cluster_threads
-    if not isinstance(run.executor, DaskExecutor):
-        # run(executor=client.get_executor()): the core took it as it is (an Executor
-        # it does not own); submit through the wrapper, which never lets Dask
-        # deduplicate two attempts (pure=False) and names dead workers
-        run.executor = DaskExecutor.wrap(run.executor)
-    # --workers not given: keep as many attempts in flight as the cluster has threads
-    if run.config.getoption("workers", None) is None:
-        n = cluster_threads(run.executor)
-        if n:
-            run.workers = n
 
 
 @hookimpl
