@@ -100,10 +100,11 @@ class Graph:
     """
 
     def __init__(self, name: str, vertices: list[Vertex], special: Iterable[int] | None = None,
-                 declared_in_order: bool | None = None):
+                 declared_in_order: bool | None = None, by_name: dict[str, int] | None = None):
         self.name = name
         self.vertices = vertices
-        self.by_name = {v.name: v.index for v in vertices}
+        #: (``by_name`` may be given by the builder, which has that dict already)
+        self.by_name = {v.name: v.index for v in vertices} if by_name is None else by_name
         if declared_in_order is None:
             declared_in_order = all(not v.deps or max(v.deps) < v.index for v in vertices)
         #: the graph was declared upstream-first (every dependency before its dependents)
@@ -322,7 +323,9 @@ class GraphBuilder:
         self._resolve_tasks()
         for index, _outer, inner in self._nodes:
             self._resolve_node(self.vertices[index], inner)
-        return Graph(self.name, self.vertices, self._special, self._in_order)
+        # without sub-flows the root scope's names are every vertex's, in index order
+        return Graph(self.name, self.vertices, self._special, self._in_order,
+                     None if self._nodes else self._root.local)
 
     # -- phase 1: declare
     def _declare(self, scope: _Scope, members: Sequence[Any]) -> None:
@@ -454,13 +457,13 @@ class GraphBuilder:
     def _resolve_tasks(self) -> None:
         """Resolve every task vertex, imported tasks included (appended as found).
 
-        A task of the root flow whose parameters all name tasks of the root flow
-        and that has no ``after=`` or ``map=`` (nearly every task of a big flow)
-        is resolved here, without the calls of :meth:`_resolve_task`.
+        A task of the root flow whose parameters all name root-flow tasks declared
+        before it, with no ``after=`` or ``map=`` (nearly every task of a big flow),
+        is resolved here without the calls of :meth:`_resolve_task`; one or two
+        parameters (the common case) are looked up without building an iterator.
         """
         tasks, scopes, vertices, root = self._tasks, self._scopes, self.vertices, self._root
         get = root.local.get
-        in_order = True
         i = 0
         while i < len(tasks):
             v = vertices[tasks[i]]
@@ -468,23 +471,32 @@ class GraphBuilder:
             i += 1
             if scope is root:
                 spec = v.spec
-                names = spec.arg_names  # type: ignore[union-attr]
-                if not names:
-                    if not spec.after and spec.map is None:  # type: ignore[union-attr]
-                        continue
-                else:
-                    found = tuple(map(get, names))
+                if not spec.after and spec.map is None:  # type: ignore[union-attr]
+                    names = spec.arg_names  # type: ignore[union-attr]
                     index = v.index
-                    if None not in found and index not in found and not spec.after \
-                            and spec.map is None:  # type: ignore[union-attr]
-                        # (in the root flow each name is one vertex: distinct dependencies)
-                        v.argnames = names
-                        v.argdeps = v.deps = found
-                        if in_order and max(found) > index:
-                            in_order = False
+                    n = len(names)
+                    if n == 0:
                         continue
+                    if n == 1:
+                        a = get(names[0])
+                        if a is not None and a < index:
+                            v.argnames = names
+                            v.argdeps = v.deps = (a,)
+                            continue
+                    elif n == 2:
+                        a = get(names[0])
+                        b = get(names[1])
+                        if a is not None and b is not None and a < index and b < index:
+                            v.argnames = names
+                            v.argdeps = v.deps = (a, b)  # (one vertex per name: distinct)
+                            continue
+                    else:
+                        found = tuple(map(get, names))
+                        if None not in found and max(found) < index:
+                            v.argnames = names
+                            v.argdeps = v.deps = found
+                            continue
             self._resolve_task(v, scope)
-        self._in_order = self._in_order and in_order
 
     def _resolve_task(self, v: Vertex, scope: _Scope) -> None:
         spec = v.spec
