@@ -1,0 +1,161 @@
+"""Property tests: the graph builder's root-flow fast path builds what the general path builds.
+
+``GraphBuilder._resolve_tasks`` resolves most root-flow tasks inline; the
+general path is ``_resolve_task`` for every task.  ``_list_target`` accepts a
+list of decorated functions without its per-item loop.  Both shortcuts must
+give the same graph (or the same error) as the general code on any flow.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowdeco import task
+from flowdeco.collect import resolve_target
+from flowdeco.errors import FlowError
+from flowdeco.graph import Graph, GraphBuilder, build_graph, gc_paused
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+class GeneralBuilder(GraphBuilder):
+    """The builder with every task resolved by ``_resolve_task`` and names indexed by Graph."""
+
+    def _resolve_tasks(self) -> None:
+        i = 0
+        while i < len(self._tasks):
+            self._resolve_task(self.vertices[self._tasks[i]], self._scopes[i])
+            i += 1
+
+    def build(self, members):
+        graph = super().build(members)
+        return Graph(graph.name, graph.vertices, None, None)
+
+
+@st.composite
+def flows(draw):
+    """Task functions named t0..t{n-1}, each parameter one of: an earlier task, a later
+    task, itself, a run parameter, a defaulted name, an unknown name, or ``ctx``; some
+    with ``after=`` or ``map=``."""
+    n = draw(st.integers(1, 12))
+    fns = []
+    for j in range(n):
+        kinds = draw(st.lists(st.sampled_from(
+            ["earlier", "earlier", "earlier", "later", "self", "param", "default", "unknown",
+             "ctx"]), max_size=4))
+        params: list[str] = []
+        for k in kinds:
+            if k == "earlier" and j:
+                name = f"t{draw(st.integers(0, j - 1))}"
+            elif k == "later" and j < n - 1:
+                name = f"t{draw(st.integers(j + 1, n - 1))}"
+            elif k == "self":
+                name = f"t{j}"
+            elif k == "param":
+                name = "size"
+            elif k == "default":
+                name = "opt=1"
+            elif k == "unknown":
+                name = "nothing_here"
+            elif k == "ctx":
+                name = "ctx"
+            else:
+                continue
+            if name.split("=")[0] not in [p.split("=")[0] for p in params]:
+                params.append(name)
+        params.sort(key=lambda p: "=" in p)  # defaults last
+        ns: dict = {}
+        exec(f"def t{j}({', '.join(params)}):\n    return 1\n", ns)
+        options: dict = {}
+        if j and draw(st.integers(0, 5)) == 0:
+            options["after"] = [f"t{draw(st.integers(0, n - 1))}"]
+        data = [p for p in params if p.startswith("t")]
+        if data and draw(st.integers(0, 5)) == 0:
+            options["map"] = draw(st.sampled_from(data))
+        fns.append(task(**options)(ns[f"t{j}"]))
+    order = draw(st.permutations(range(n)))
+    return [fns[i] for i in order]
+
+
+def _outcome(builder_cls, fns, params):
+    try:
+        with gc_paused():
+            return builder_cls("f", params).build(list(fns))
+    except FlowError as exc:
+        return (type(exc), str(exc))
+
+
+def _shape(graph):
+    if not isinstance(graph, Graph):
+        return graph
+    return ([(v.index, v.name, v.kind, v.deps, v.argnames, v.argdeps, dict(v.consts), v.wants_ctx,
+              v.fn, v.priority) for v in graph.vertices],
+            list(graph.by_name.items()), graph.order, graph.declared_in_order, graph.dynamic,
+            {o: [v.index for v in graph.using(o)] for o in graph.options_used})
+
+
+@SETTINGS
+@given(fns=flows(), with_param=st.booleans())
+def test_root_flow_fast_path_builds_the_general_graph(fns, with_param):
+    params = {"size": "3"} if with_param else {}
+    fast = _outcome(GraphBuilder, fns, params)
+    general = _outcome(GeneralBuilder, fns, params)
+    assert _shape(fast) == _shape(general)
+    if isinstance(fast, Graph):  # and build_graph (the public entry) is the fast builder
+        assert _shape(build_graph("f", list(fns), params)) == _shape(fast)
+
+
+@SETTINGS
+@given(fns=flows(), extra=st.sampled_from([None, "plain", "object"]))
+def test_list_target_shortcut_matches_the_item_by_item_check(fns, extra):
+    items = list(fns)
+    if extra == "plain":
+        def plain():
+            return 1
+        items.append(plain)       # a plain function: gets a default spec, not the shortcut
+    elif extra == "object":
+        items.append(42)          # not a task: refused naming it
+    try:
+        got = resolve_target(items)
+    except FlowError as exc:
+        assert extra == "object" and "42" in str(exc)
+        return
+    assert len(got.members) == len(items)
+    for item, member in zip(items, got.members):
+        if extra == "plain" and item is items[-1]:
+            assert member.fn is item
+        else:
+            assert member is item
+
+
+def test_fast_path_is_taken_for_a_flow_declared_upstream_first(monkeypatch):
+    """Guards the benchmark path: an upstream-first flow never calls _resolve_task."""
+    @task
+    def a():
+        return 1
+
+    @task
+    def b(a):
+        return a
+
+    @task
+    def c(a, b):
+        return a + b
+
+    @task
+    def d(a, b, c):
+        return a + b + c
+
+    def refuse(*args):
+        raise AssertionError("general path taken")
+
+    monkeypatch.setattr(GraphBuilder, "_resolve_task", refuse)
+    graph = build_graph("f", [a, b, c, d])
+    assert [v.argdeps for v in graph.vertices] == [(), (0,), (0, 1), (0, 1, 2)]
+    assert graph.declared_in_order and graph.by_name == {"a": 0, "b": 1, "c": 2, "d": 3}
+    with pytest.raises(AssertionError, match="general path"):
+        build_graph("f", [b, a])  # declared downstream first: the general path
