@@ -72,7 +72,7 @@ class Vertex:
     def arguments(self, results: Sequence[Any]) -> dict[str, Any]:
         """The keyword arguments from upstream ``results`` (by vertex index) and bound
         run parameters; not ``ctx``.  Called before every attempt: most tasks take
-        zero to two results, so those get a literal instead of a loop."""
+        one to three results, so those get a literal instead of a loop."""
         names = self.argnames
         n = len(names)
         if n == 1:
@@ -80,10 +80,13 @@ class Vertex:
         elif n == 2:
             d = self.argdeps
             kw = {names[0]: results[d[0]], names[1]: results[d[1]]}
+        elif n == 3:
+            d = self.argdeps
+            kw = {names[0]: results[d[0]], names[1]: results[d[1]], names[2]: results[d[2]]}
+        elif n:
+            kw = dict(zip(names, map(results.__getitem__, self.argdeps)))
         else:
             kw = {}
-            for p, i in zip(names, self.argdeps):
-                kw[p] = results[i]
         if self.consts:
             kw.update(self.consts)
         return kw
