@@ -317,6 +317,10 @@ class _Scope:
 class GraphBuilder:
     """Turns a root flow's members into a validated :class:`Graph`."""
 
+    #: resolve simple root-flow tasks while declaring them (False: every task in phase 2,
+    #: the general path the property tests compare with)
+    resolve_early = True
+
     def __init__(self, name: str, params: Mapping[str, Any], root_flow: Flow | None = None,
                  unset_ok: bool = False):
         self.name = name
@@ -325,7 +329,7 @@ class GraphBuilder:
         #: (``--collect-only`` and ``--graph`` list a flow without its run parameters)
         self.unset_ok = unset_ok
         self.vertices: list[Vertex] = []
-        #: task vertices to resolve and the scope each was declared in (parallel
+        #: task vertices left to resolve and the scope each was declared in (parallel
         #: lists: no tuple per task for the garbage collector to scan)
         self._tasks: list[int] = []
         self._scopes: list[_Scope] = []
@@ -354,9 +358,14 @@ class GraphBuilder:
     def _declare(self, scope: _Scope, members: Sequence[Any]) -> None:
         # The loop body is _claim and _add_task written out: one call per task
         # instead of four is most of the declare phase's cost on a 10,000-task flow.
+        # In the root flow a task whose parameters all name tasks declared before it,
+        # with no after= or map= (nearly every task of a big flow), is resolved right
+        # here: its dependencies are known, and phase 2 never visits it.
         local, prefix = scope.local, scope.prefix
         vertices, tasks, scopes, special = self.vertices, self._tasks, self._scopes, self._special
         new = object.__new__
+        get = local.get
+        fast = self.resolve_early and scope.parent is None
         for m in members:
             spec = getattr(m, SPEC_ATTR, None)
             if spec is None or not callable(m):
@@ -370,7 +379,6 @@ class GraphBuilder:
             if name in local:
                 self._claim(scope, name, spec)  # raises DuplicateTaskError
             index = len(vertices)
-            local[name] = index
             v = new(Vertex)  # Vertex(index, prefix + name, TASK, spec, ...), field by field
             v.index = index
             v.name = prefix + name
@@ -383,10 +391,41 @@ class GraphBuilder:
             v.priority = spec.priority
             v.tags = spec.tags
             vertices.append(v)
-            tasks.append(index)
-            scopes.append(scope)
             if spec.uses or spec.dynamic:
                 special.append(index)
+            # (looked up before this task's own name is bound: a name found is an
+            # earlier vertex, and a task naming itself goes to phase 2, a cycle)
+            if fast and not spec.after and spec.map is None:
+                names = spec.arg_names
+                n = len(names)
+                if n == 1:
+                    d = get(names[0])
+                    if d is not None:
+                        v.argnames = names
+                        v.argdeps = v.deps = (d,)
+                        local[name] = index
+                        continue
+                elif n == 2:
+                    d = get(names[0])
+                    d2 = get(names[1])
+                    if d is not None and d2 is not None:
+                        v.argnames = names
+                        v.argdeps = v.deps = (d, d2)  # (one vertex per name: distinct)
+                        local[name] = index
+                        continue
+                elif n:
+                    found = tuple(map(get, names))
+                    if None not in found:
+                        v.argnames = names
+                        v.argdeps = v.deps = found
+                        local[name] = index
+                        continue
+                else:
+                    local[name] = index
+                    continue
+            local[name] = index
+            tasks.append(index)
+            scopes.append(scope)
 
     def _claim(self, scope: _Scope, name: str, origin: TaskSpec | str) -> int:
         """The next vertex index for ``name`` in ``scope``; two members of one flow with
@@ -477,48 +516,12 @@ class GraphBuilder:
         return found
 
     def _resolve_tasks(self) -> None:
-        """Resolve every task vertex, imported tasks included (appended as found).
-
-        A task of the root flow whose parameters all name root-flow tasks declared
-        before it, with no ``after=`` or ``map=`` (nearly every task of a big flow),
-        is resolved here without the calls of :meth:`_resolve_task`; one or two
-        parameters (the common case) are looked up without building an iterator.
-        """
-        tasks, scopes, vertices, root = self._tasks, self._scopes, self.vertices, self._root
-        get = root.local.get
+        """Resolve the task vertices phase 1 left: imported tasks are appended as found."""
+        tasks, scopes, vertices = self._tasks, self._scopes, self.vertices
         i = 0
         while i < len(tasks):
-            v = vertices[tasks[i]]
-            scope = scopes[i]
+            self._resolve_task(vertices[tasks[i]], scopes[i])
             i += 1
-            if scope is root:
-                spec = v.spec
-                if not spec.after and spec.map is None:  # type: ignore[union-attr]
-                    names = spec.arg_names  # type: ignore[union-attr]
-                    index = v.index
-                    n = len(names)
-                    if n == 0:
-                        continue
-                    if n == 1:
-                        a = get(names[0])
-                        if a is not None and a < index:
-                            v.argnames = names
-                            v.argdeps = v.deps = (a,)
-                            continue
-                    elif n == 2:
-                        a = get(names[0])
-                        b = get(names[1])
-                        if a is not None and b is not None and a < index and b < index:
-                            v.argnames = names
-                            v.argdeps = v.deps = (a, b)  # (one vertex per name: distinct)
-                            continue
-                    else:
-                        found = tuple(map(get, names))
-                        if None not in found and max(found) < index:
-                            v.argnames = names
-                            v.argdeps = v.deps = found
-                            continue
-            self._resolve_task(v, scope)
 
     def _resolve_task(self, v: Vertex, scope: _Scope) -> None:
         spec = v.spec

@@ -1,7 +1,7 @@
 """Property tests: the graph builder's root-flow fast path builds what the general path builds.
 
-``GraphBuilder._resolve_tasks`` resolves most root-flow tasks inline; the
-general path is ``_resolve_task`` for every task.  ``_list_target`` accepts a
+``GraphBuilder._declare`` resolves most root-flow tasks as it declares them;
+the general path (``resolve_early = False``) is ``_resolve_task`` for every task.  ``_list_target`` accepts a
 list of decorated functions without its per-item loop.  Both shortcuts must
 give the same graph (or the same error) as the general code on any flow.
 """
@@ -25,11 +25,7 @@ SETTINGS = settings(max_examples=150, deadline=None,
 class GeneralBuilder(GraphBuilder):
     """The builder with every task resolved by ``_resolve_task`` and names indexed by Graph."""
 
-    def _resolve_tasks(self) -> None:
-        i = 0
-        while i < len(self._tasks):
-            self._resolve_task(self.vertices[self._tasks[i]], self._scopes[i])
-            i += 1
+    resolve_early = False
 
     def build(self, members):
         graph = super().build(members)
