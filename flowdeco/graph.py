@@ -672,18 +672,32 @@ def build_graph(name: str, members: Sequence[Any], params: Mapping[str, Any] | N
     tasks the collector's repeated full passes would cost more than the build.
     No user code runs here (the target was imported before).  ``unset_ok``
     leaves required run parameters nothing fills unset (for listings only).
+    The graph lives as long as the run, so it goes straight to the oldest
+    generation (see :func:`gc_paused`).
     """
-    with gc_paused():
+    with gc_paused(promote=True):
         return GraphBuilder(name, params or {}, root_flow, unset_ok).build(members)
 
 
 @contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building long-lived, acyclic structures."""
+def gc_paused(promote: bool = False) -> Iterator[None]:
+    """Pause the cyclic garbage collector while building long-lived, acyclic structures.
+
+    ``promote``: when the block succeeds, move what it built (with every other
+    tracked object) to the oldest generation without scanning it
+    (``gc.freeze()`` + ``gc.unfreeze()``), instead of leaving the first young
+    collection to scan every new object once -- about 0.5 µs per task on a
+    10,000-task graph.  Skipped when the program froze objects itself.
+    """
     enabled = gc.isenabled()
     gc.disable()
+    ok = False
     try:
         yield
+        ok = True
     finally:
         if enabled:
+            if ok and promote and gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()

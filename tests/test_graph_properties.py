@@ -155,3 +155,53 @@ def test_fast_path_is_taken_for_a_flow_declared_upstream_first(monkeypatch):
     assert graph.declared_in_order and graph.by_name == {"a": 0, "b": 1, "c": 2, "d": 3}
     with pytest.raises(AssertionError, match="general path"):
         build_graph("f", [b, a])  # declared downstream first: the general path
+
+
+def _chain_tasks(n):
+    fns = []
+    for j in range(n):
+        ns: dict = {}
+        exec(f"def c{j}({'c%d' % (j - 1) if j else ''}):\n    return 1\n", ns)
+        fns.append(task(ns[f"c{j}"]))
+    return fns
+
+
+def test_build_moves_the_graph_to_the_oldest_generation_unscanned():
+    """The first young collection after a build would otherwise scan every vertex."""
+    import gc
+    fns = _chain_tasks(50)
+    gc.collect()
+    graph = build_graph("f", fns)
+    young = {id(o) for o in gc.get_objects(generation=0)} | \
+        {id(o) for o in gc.get_objects(generation=1)}
+    assert not any(id(v) in young for v in graph.vertices)
+    assert any(v is graph.vertices[7] for v in gc.get_objects(generation=2))
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_build_leaves_objects_the_program_froze_frozen():
+    import gc
+    fns = _chain_tasks(5)
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        build_graph("f", fns)
+        assert gc.get_freeze_count() == frozen  # not unfrozen by the build
+    finally:
+        gc.unfreeze()
+
+
+def test_build_restores_a_disabled_collector_and_promotes_nothing_on_error():
+    import gc
+    fns = _chain_tasks(3)
+    gc.disable()
+    try:
+        build_graph("f", fns)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(FlowError):
+        build_graph("f", [fns[1]])  # c1 needs c0: a missing dependency
+    assert gc.isenabled()
