@@ -205,3 +205,19 @@ def test_build_restores_a_disabled_collector_and_promotes_nothing_on_error():
     with pytest.raises(FlowError):
         build_graph("f", [fns[1]])  # c1 needs c0: a missing dependency
     assert gc.isenabled()
+
+
+def test_tasks_without_tags_or_options_share_empty_ones():
+    """A decorated task's memory: no empty frozenset/dict of its own (216 + 64 bytes)."""
+    a, b = _chain_tasks(2)
+    sa, sb = a.__flowdeco_task__, b.__flowdeco_task__
+    assert sa.tags == frozenset() and sa.options == {}
+    assert sa.tags is sb.tags and sa.options is sb.options
+
+    @task(tags=["x"], team="core")
+    def tagged():
+        return 1
+
+    spec = tagged.__flowdeco_task__
+    assert spec.tags == frozenset({"x"}) and spec.options == {"team": "core"}
+    assert spec.tags is not sa.tags and spec.options is not sa.options
