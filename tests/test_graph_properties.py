@@ -1,9 +1,10 @@
-"""Property tests: the graph builder's root-flow fast path builds what the general path builds.
+"""Graph build fast paths, and what a build leaves in memory and in the collector.
 
 ``GraphBuilder._declare`` resolves most root-flow tasks as it declares them;
-the general path (``resolve_early = False``) is ``_resolve_task`` for every task.  ``_list_target`` accepts a
-list of decorated functions without its per-item loop.  Both shortcuts must
-give the same graph (or the same error) as the general code on any flow.
+the general path (``resolve_early = False``) is ``_resolve_task`` for every
+task.  ``_list_target`` accepts a list of decorated functions without its
+per-item loop.  Both shortcuts must give the same graph (or the same error)
+as the general code on any flow (property tests).
 """
 
 from __future__ import annotations
