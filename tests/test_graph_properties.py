@@ -222,3 +222,14 @@ def test_tasks_without_tags_or_options_share_empty_ones():
     spec = tagged.__flowdeco_task__
     assert spec.tags == frozenset({"x"}) and spec.options == {"team": "core"}
     assert spec.tags is not sa.tags and spec.options is not sa.options
+
+
+def test_successor_lists_go_to_the_oldest_generation_unscanned():
+    import gc
+    graph = build_graph("f", _chain_tasks(30))
+    gc.collect()
+    succs = graph.succs
+    young = {id(o) for o in gc.get_objects(generation=0)} | \
+        {id(o) for o in gc.get_objects(generation=1)}
+    assert id(succs) not in young and succs[3] == (4,)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
