@@ -233,3 +233,18 @@ def test_successor_lists_go_to_the_oldest_generation_unscanned():
         {id(o) for o in gc.get_objects(generation=1)}
     assert id(succs) not in young and succs[3] == (4,)
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("builder", [GraphBuilder, GeneralBuilder])
+def test_imported_tasks_join_the_graph_once(builder):
+    """A task found in a member's globals (imported, not collected) is declared in phase 2."""
+    ns: dict = {"task": task}
+    exec("@task\ndef base():\n    return 1\n"
+         "@task\ndef shared(base):\n    return base + 1\n"
+         "@task(after=['shared'])\ndef first(shared):\n    return shared\n"
+         "@task\ndef second(first, shared):\n    return first + shared\n", ns)
+    graph = builder("f", {}).build([ns["first"], ns["second"]])
+    assert graph.names == ["first", "second", "shared", "base"]
+    assert graph["first"].deps == (2,) and graph["second"].argdeps == (0, 2)
+    assert graph["shared"].argdeps == (3,) and not graph.declared_in_order
+    assert graph.order == [3, 2, 0, 1]
