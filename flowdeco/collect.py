@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import operator
 import os
 import sys
 import traceback
@@ -62,7 +63,15 @@ def resolve_target(target: Any) -> Target:
         "'module:flow', a Flow, or a list of task functions")
 
 
+_spec_of = operator.attrgetter(SPEC_ATTR)
+
+
 def _list_target(items: Sequence[Any]) -> Target:
+    try:
+        if all(map(_spec_of, items)):  # the usual list: every item a decorated function
+            return Target("tasks", tuple(items))
+    except AttributeError:
+        pass
     members: list[Any] = []
     for item in items:
         if getattr(item, SPEC_ATTR, None) is not None or isinstance(item, (SubflowNode, TaskSpec)):

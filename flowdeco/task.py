@@ -31,6 +31,11 @@ CTX = "ctx"
 
 _FORBIDDEN_IN_NAMES = (".", "[", "]", "\n")
 
+#: shared by every task without tags / plugin options (an empty frozenset is 216
+#: bytes, an empty dict 64: per task, that is a fifth of a decorated task's memory)
+_NO_TAGS: frozenset[str] = frozenset()
+_NO_OPTIONS: Mapping[str, Any] = types.MappingProxyType({})
+
 
 @attrs.frozen
 class Param:
@@ -227,7 +232,7 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
         raise TaskDefinitionError(f"{where}: priority must be an int, got {priority!r}")
     if isinstance(tags, str):
         tags = (tags,)
-    tags_set = frozenset(tags)
+    tags_set = frozenset(tags) if tags else _NO_TAGS
     if not all(isinstance(t, str) for t in tags_set):
         raise TaskDefinitionError(f"{where}: tags must be strings, got {sorted(repr(t) for t in tags_set)}")
     if isinstance(after, (str, bytes)) or callable(after) or not isinstance(after, Iterable):
@@ -244,7 +249,8 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
                     timeout=timeout, delay=delay, every=every, times=times,
                     priority=priority, circuit=circuit, tags=tags_set,
                     until=until, cron=cron, map=map, when=when, trigger=trigger,
-                    cache=cache, cache_ttl=cache_ttl, options=dict(options), params=params,
+                    cache=cache, cache_ttl=cache_ttl,
+                    options=dict(options) if options else _NO_OPTIONS, params=params,
                     when_params=when_params, cache_params=cache_params, owner=owner)
 
 
