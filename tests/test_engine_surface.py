@@ -78,3 +78,40 @@ def test_the_old_runner_module_still_exports_its_public_names():
     for name in ("NoTasksError", "validate_run_id", "new_run_id", "RUN_ID_RE", "InternalError",
                  "RemoteTaskError", "format_traceback", "Outcomes", "PENDING", "DONE"):
         assert hasattr(runner, name), name
+
+
+def _private_run_reads(path) -> list[str]:
+    """``run._x`` / ``self.run._x`` / ``getattr(run, "_x")`` in a module, as ``line: name``."""
+    import ast
+
+    def is_run(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "run") or (
+            isinstance(node, ast.Attribute) and node.attr == "run")
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and is_run(node.value):
+            found.append(f"{node.lineno}: {node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in ("getattr", "setattr", "hasattr") and node.args and \
+                is_run(node.args[0]) and len(node.args) > 1 and \
+                isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_"):
+            found.append(f"{node.lineno}: {node.args[1].value}")
+    return found
+
+
+def test_dynamic_flows_use_the_scheduler_port_not_run_privates():
+    # map=, when= and trigger= reach the scheduler only through SchedulerPort and
+    # the run's public names (see flowdeco/engine/port.py)
+    from pathlib import Path
+
+    import flowdeco.engine.dynamic as dynamic
+
+    assert _private_run_reads(Path(dynamic.__file__)) == []
+
+
+def test_private_run_reads_checker_finds_each_spelling(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def f(run, self):\n    run._a\n    self.run._b = 1\n    getattr(run, '_c')\n"
+                   "    run.ok\n    self.port._fine\n")
+    assert _private_run_reads(src) == ["2: _a", "3: _b", "4: _c"]

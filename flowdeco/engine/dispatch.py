@@ -82,7 +82,7 @@ class Dispatch:
         lock = run._lock
         mod = run._prio_mod
         table = run._table
-        while ready and run._inflight < run.workers and run._stop_state < S_STOPPING:
+        while ready and run.inflight < run.workers and run._stop_state < S_STOPPING:
             with lock:
                 if not ready:
                     break
@@ -260,7 +260,7 @@ class SyncDispatch(Dispatch):
             if map_ready and run._dyn.sync_step():  # a mapped task's instance went first
                 continue
             i = heapq.heappop(ready) % mod
-            if run._flush_due:
+            if run.flush_due:
                 run._flush()
             run._start(i, table.next_attempt[i], table.next_iter[i])
 
@@ -271,11 +271,11 @@ class SyncDispatch(Dispatch):
         run = self.run
         guard = run._guards[i] if run._guards is not None else None
         mono = run.clock.monotonic
-        run._sync_busy = True
+        run.sync_busy = True
         t0 = mono()
         result, err, _ = run_attempt(run._fns[i], run._calls[i], kw, guard)
         t1 = mono()
-        run._sync_busy = False
+        run.sync_busy = False
         q = run.q
         while not q.empty():  # log records, events and signals that arrived during the task
             run._handle(q.get())
@@ -306,7 +306,7 @@ class SyncDispatch(Dispatch):
         for i in order:
             if run._stop_state >= S_STOPPING:
                 return self.leave_order()
-            if run._flush_due:
+            if run.flush_due:
                 run._flush()
             # start, attempt and success written out: the sync benchmark's per-task path
             v = vertices[i]
@@ -317,7 +317,7 @@ class SyncDispatch(Dispatch):
             if reporting:
                 run._report_started(v.name, 1, None)
             call = calls[i]
-            run._sync_busy = True
+            run.sync_busy = True
             t0 = mono()
             if guards is None or guards[i] is None:
                 try:
@@ -327,12 +327,12 @@ class SyncDispatch(Dispatch):
             else:
                 result, err, _ = run_attempt(v.fn, call, kw, guards[i])
             t1 = mono()
-            run._sync_busy = False
+            run.sync_busy = False
             while not empty():  # log records, events and signals that arrived during the task
                 handle(get())
             if err is not None:
                 self.leave_order()
-                run._inflight += 1
+                run.inflight += 1
                 run._on_done(i, 1, None, result, err, t0, t1, "sync", None, 0)
                 if has_flush:
                     run.hook.flowdeco_report_flush(run=run)
@@ -433,7 +433,7 @@ class RemoteDispatch(Dispatch):
             ready, mod, vertices, results = run._ready, run._prio_mod, run.graph.vertices, \
                 run.results
             budget = 3.0 * stats.overhead - est  # type: ignore[operator]
-            free = max(run.workers - run._inflight + 1, 1)
+            free = max(run.workers - run.inflight + 1, 1)
             limit = min(BATCH_MAX, -(-(len(ready) + 1) // free))
             mapped = run._map_ready   # mapped tasks' instances (.dynamic)
             with run._lock:

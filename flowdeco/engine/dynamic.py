@@ -31,7 +31,7 @@ interrupted, or was skipped for ``upstream``/``trigger`` gives ``upstream``
 restore/delay hooks), :meth:`DynamicFlows.expand` takes the upstream result (a
 list, tuple or range as is, any other iterable but str/bytes materialized
 once) and makes one :class:`MapState`: a cursor and compact per-instance
-arrays, no per-instance objects.  The vertex joins ``run._map_ready``, a heap of
+arrays, no per-instance objects.  The vertex joins ``port.map_ready``, a heap of
 priority keys beside the ready heap; the scheduler merges the two by key
 (:meth:`dispatch`, :meth:`sync_step`), and a thread worker that finishes an
 instance takes the next one from the cursor itself while the mapped task is
@@ -64,8 +64,9 @@ from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attemp
 from ..pickling import load_outcome
 from ..task import CTX
 from .attempt import call_remote, run_attempt
-from .states import (DONE, M_CRASH, M_INSTANCE_DONE, M_LOG, OK, RUNNING, S_RUNNING,
-                     S_STOPPING, SKIP_STOPPED, InternalError)
+from .port import SchedulerPort
+from .states import (DONE, M_CRASH, M_INSTANCE_DONE, M_LOG, OK, RUNNING, SKIP_STOPPED,
+                     InternalError)
 from .views import Upstream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,21 +91,21 @@ class MapState:
     ``status`` is a bytearray of instance states; ``attempts``, ``t0``, ``t1``
     are typed arrays (NaN: not yet); ``results`` and ``workers`` plain lists;
     ``errors`` holds only the instances that have an error.  ``cursor``,
-    ``retry`` and ``queued`` (whether the task is in ``run._map_ready``) change
-    under ``run._lock`` only: thread workers advance the cursor too.
+    ``retry`` and ``queued`` (whether the task is in ``port.map_ready``) change
+    under ``port.lock`` only: thread workers advance the cursor too.
     """
 
     __slots__ = ("index", "vertex", "name", "key", "param", "items", "n", "base", "fn", "call",
                  "wants_ctx", "upstream", "watched", "cursor", "left", "retry", "queued",
                  "status", "attempts", "t0", "t1", "results", "errors", "workers")
 
-    def __init__(self, run: "Run", v: Vertex, items: Any, n: int):
+    def __init__(self, run: "Run", port: SchedulerPort, v: Vertex, items: Any, n: int):
         spec = v.spec
         assert spec is not None and spec.map is not None
         self.index = v.index
         self.vertex = v
         self.name = v.name
-        self.key = run._prio[v.index]
+        self.key = port.prio[v.index]
         self.param = spec.map
         self.items = items
         self.n = n
@@ -115,11 +116,11 @@ class MapState:
                 base[p] = results[d]
         self.base = base
         self.fn = v.fn
-        self.call = run._calls[v.index]
+        self.call = port.calls[v.index]
         self.wants_ctx = v.wants_ctx
         self.upstream = Upstream(run, v.deps) if v.wants_ctx else None
         #: successful attempts also go through flowdeco_attempt_done
-        self.watched = v.index in run._success_hooked
+        self.watched = v.index in port.success_hooked
         self.cursor = 0
         self.left = n
         self.retry: list[tuple[int, int]] = []
@@ -159,18 +160,26 @@ class DynamicFlows:
 
     def __init__(self, run: "Run"):
         self.run = run
+        #: the scheduler's state and operations this class may use
+        self.port = run.scheduler_port()
         #: expanded mapped tasks by vertex index
         self.maps: dict[int, MapState] = {}
-        self.mready = run._map_ready
+        # read on every instance: kept here, one attribute away
+        self.mready = self.port.map_ready
+        self.ready = self.port.ready
+        self.prio_mod = self.port.prio_mod
+        self.has_restore = self.port.has_restore
+        self.has_flush = self.port.has_flush
 
     # ------------------------------------------------------------------ gate
     def gate(self, v: Vertex) -> tuple | None:
         """Trigger rule, then ``when=``: how ``v`` ends right away, or None to go on."""
         run = self.run
+        port = self.port
         i = v.index
         spec = v.spec
         assert spec is not None
-        status, reasons = run._table.status, run._table.reason
+        status, reasons = port.table.status, port.table.reason
         rule = spec.trigger
         if rule == "all_succeeded":
             worst = None
@@ -194,7 +203,7 @@ class DynamicFlows:
                 go = spec.when(**self._when_kwargs(v))
             except Exception as exc:  # noqa: BLE001 - a predicate may raise anything
                 now = run.clock.monotonic()
-                run._table.t0[i] = now
+                port.table.t0[i] = now
                 return (i, FAILED, None, exc, 0, now, None, None)
             if not go:
                 return (i, SKIPPED, None, None, 0, None, None, "condition")
@@ -204,6 +213,7 @@ class DynamicFlows:
         spec = v.spec
         assert spec is not None
         run = self.run
+        port = self.port
         args = dict(v.args)
         kw: dict[str, Any] = {}
         for p in spec.when_params:
@@ -213,7 +223,7 @@ class DynamicFlows:
             elif name in v.consts:
                 kw[name] = v.consts[name]
             elif name == CTX:
-                kw[name] = run._context(v, 1, None)
+                kw[name] = port.context(v, 1, None)
             else:
                 for tp in spec.params:
                     if tp.name == name and tp.has_default:
@@ -224,17 +234,18 @@ class DynamicFlows:
     def expand(self, i: int) -> tuple | None:
         """Start mapped task ``i``: read the upstream result, queue its instances."""
         run = self.run
+        port = self.port
         v = run.graph.vertices[i]
         spec = v.spec
         assert spec is not None and spec.map is not None
         d = dict(v.args)[spec.map]
         up = run.graph.vertices[d].name
         now = run.clock.monotonic()
-        run._table.t0[i] = now
+        port.table.t0[i] = now
         where = f"task {v.name!r} maps over {spec.map!r}"
-        if run._table.status[d] not in OK:
+        if port.table.status[d] not in OK:
             return self._fail(i, TypeError(
-                f"{where}, but task {up!r} did not succeed ({run._table.status[d]})"), now)
+                f"{where}, but task {up!r} did not succeed ({port.table.status[d]})"), now)
         src = run.results[d]
         if isinstance(src, (list, tuple, range)):
             items: Any = src
@@ -256,12 +267,12 @@ class DynamicFlows:
         n = len(items)
         if n == 0:
             return (i, SUCCEEDED, [], None, 1, now, None, None)
-        m = MapState(run, v, items, n)
+        m = MapState(run, port, v, items, n)
         self.maps[i] = m
-        run._table.state[i] = RUNNING
+        port.table.state[i] = RUNNING
         if run.reporting:
-            run._report("task_mapped", v.name, {"instances": n}, now)
-        with run._lock:
+            port.report("task_mapped", v.name, {"instances": n}, now)
+        with port.lock:
             heapq.heappush(self.mready, m.key)
             m.queued = True
         return None
@@ -272,7 +283,7 @@ class DynamicFlows:
 
     # ------------------------------------------------------------------ map: dispatch
     def _take(self, m: MapState) -> tuple[int, int]:
-        """The next instance of ``m`` (the top of ``mready``) to start; ``run._lock`` held."""
+        """The next instance of ``m`` (the top of ``mready``) to start; ``port.lock`` held."""
         if m.retry:
             k, attempt = m.retry.pop(0)
         else:
@@ -287,9 +298,10 @@ class DynamicFlows:
     def dispatch(self) -> None:
         """``Dispatch.fill`` while a mapped task has instances to start: merge by priority."""
         run = self.run
-        ready, mready, lock, n = run._ready, self.mready, run._lock, run._prio_mod
+        port = self.port
+        ready, mready, lock, n = port.ready, self.mready, port.lock, port.prio_mod
         maps = self.maps
-        while (ready or mready) and run._inflight < run.workers and run._stop_state < S_STOPPING:
+        while (ready or mready) and run.inflight < run.workers and not run.stopping:
             with lock:
                 if mready and (not ready or mready[0] < ready[0]):
                     m = maps[mready[0] % n]
@@ -302,17 +314,16 @@ class DynamicFlows:
             if i < 0:
                 self.start(m, k, attempt)
             else:
-                if run._flush_due:
-                    run._flush()
-                run._start(i, run._table.next_attempt[i], run._table.next_iter[i])
+                if run.flush_due:
+                    port.flush()
+                port.start(i, port.table.next_attempt[i], port.table.next_iter[i])
 
     def sync_step(self) -> bool:
         """``sync`` executor: run the next instance if a mapped task goes first (else False)."""
-        run = self.run
-        ready, mready = run._ready, self.mready
+        ready, mready = self.ready, self.mready
         if ready and ready[0] < mready[0]:
             return False
-        m = self.maps[mready[0] % run._prio_mod]
+        m = self.maps[mready[0] % self.prio_mod]
         k, attempt = self._take(m)
         self.start(m, k, attempt)
         return True
@@ -320,24 +331,25 @@ class DynamicFlows:
     def start(self, m: MapState, k: int, attempt: int) -> None:
         """Start instance ``k`` (scheduler thread), or restore it."""
         run = self.run
-        if attempt == 1 and run._has_restore:
-            restored = run._restore(run, m.vertex, m.instance(k))
+        if attempt == 1 and self.has_restore:
+            port = self.port
+            restored = port.restore(run, m.vertex, m.instance(k))
             if restored is not None:
                 if restored.fields:
-                    run._restore_fields[m.instance(k)] = restored.fields
+                    port.restore_fields[m.instance(k)] = restored.fields
                 now = run.clock.monotonic()
                 m.t0[k] = now
                 self.end(m, k, I_RESTORED, restored.result, None, restored.attempts, now, None)
                 # reported outside message handling: flush before anything else starts
-                run._flush_due = run._has_flush
+                run.flush_due = port.has_flush
                 return
-        if run._flush_due:
-            run._flush()
+        if run.flush_due:
+            self.port.flush()
         kw = self.kwargs(m, k, attempt)
         m.status[k] = I_RUNNING
-        run._inflight += 1
+        run.inflight += 1
         if run.reporting:
-            run._report_started(m.instance(k), attempt, None)
+            self.port.report_started(m.instance(k), attempt, None)
         if run.sync:
             self._run_sync(m, k, kw, attempt)
         elif run.local:
@@ -350,24 +362,25 @@ class DynamicFlows:
         kw[m.param] = m.items[k]
         if m.wants_ctx:
             run = self.run
+            port = self.port
             kw[CTX] = Context(run.run_id, m.instance(k), attempt, None, run.params,
-                              run._log_sink if run.local else None, m.upstream,
+                              port.log_sink if run.local else None, m.upstream,
                               run if run.local else None)
         return kw
 
     def _run_sync(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
         run = self.run
         call, mono = m.call, run.clock.monotonic
-        run._sync_busy = True
+        run.sync_busy = True
         t0 = mono()
         result, err, _ = run_attempt(m.fn, call, kw)
         t1 = mono()
-        run._sync_busy = False
+        run.sync_busy = False
         q = run.q
         while not q.empty():  # log records, events and signals that arrived during the task
-            run._handle(q.get())
+            self.port.handle(q.get())
         self.on_done(m, k, attempt, result, err, t0, t1, "sync", -1)
-        if run._has_flush:
+        if self.has_flush:
             run.hook.flowdeco_report_flush(run=run)
 
     def work(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
@@ -379,21 +392,22 @@ class DynamicFlows:
         Retries and restores are left to the scheduler.
         """
         run = self.run
+        port = self.port
         put = run.q.put
         try:
             mono = run.clock.monotonic
             fn, call = m.fn, m.call
-            lock, ready, mready = run._lock, run._ready, self.mready
+            lock, ready, mready = port.lock, port.ready, self.mready
             key, n = m.key, m.n
             base, items, param = m.base, m.items, m.param
-            chain = run._chaining
+            chain = port.chaining
             worker = threading.current_thread().name
             while True:
                 t0 = mono()
                 result, err, _ = run_attempt(fn, call, kw)
                 t1 = mono()
                 nxt = -1
-                if chain and run._stop_state == S_RUNNING and not (
+                if chain and not run.stopping and not (
                         err is not None and run.stop_on_error):
                     with lock:
                         if m.cursor < n and mready and mready[0] == key and (
@@ -411,7 +425,7 @@ class DynamicFlows:
                 kw[param] = items[k]
                 if m.wants_ctx:
                     kw[CTX] = Context(run.run_id, m.instance(k), 1, None, run.params,
-                                      run._log_sink, m.upstream, run)
+                                      port.log_sink, m.upstream, run)
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
             put((M_CRASH, exc))
 
@@ -449,7 +463,7 @@ class DynamicFlows:
         """An instance attempt ended (scheduler thread); ``nxt`` >= 0: the worker took it."""
         run = self.run
         if nxt < 0:
-            run._inflight -= 1
+            run.inflight -= 1
         else:
             m.status[nxt] = I_RUNNING
         if m.t0[k] != m.t0[k]:  # NaN: the first attempt
@@ -465,21 +479,22 @@ class DynamicFlows:
             if m.errors:  # an earlier attempt's error
                 m.errors.pop(k, None)
             if run.reporting:
-                run._report_end(m.instance(k), m.outcome(k, run._offset), t1)  # type: ignore[arg-type]
+                self.port.report_end(m.instance(k), m.outcome(k, self.port.offset), t1)  # type: ignore[arg-type]
             m.left -= 1
             if not m.left:
-                run._finish(*self.result(m))
+                self.port.finish(*self.result(m))
         else:
             self._decide(m, k, attempt, result, err, t0, t1, worker)
         if nxt >= 0 and run.reporting:
-            run._report_started(m.instance(nxt), 1, None, t1)
+            self.port.report_started(m.instance(nxt), 1, None, t1)
 
     def _decide(self, m: MapState, k: int, attempt: int, result: Any, err: BaseException | None,
                 t0: float, t1: float, worker: str | None) -> None:
         run = self.run
+        port = self.port
         decision = None
-        if run._has_attempt_done:
-            off = run._offset
+        if port.has_attempt_done:
+            off = port.offset
             decision = run.hook.flowdeco_attempt_done(
                 run=run, task=m.vertex,
                 attempt=Attempt(attempt, None, result, err, t0 + off, t1 + off, t1 - t0))
@@ -491,16 +506,16 @@ class DynamicFlows:
             if err is not None:
                 m.errors[k] = err
                 if run.reporting:
-                    run._report("task_retrying", m.instance(k),
+                    port.report("task_retrying", m.instance(k),
                                 {"attempt": attempt, "delay": delay, "error": format_error(err),
                                  **decision.fields}, t1)
-            if run._stop_state >= S_STOPPING:
+            if run.stopping:
                 self.end(m, k, I_INTERRUPTED if run.interrupted or err is None else I_FAILED,
                          None, err, attempt, t1, worker)
                 return
             m.status[k] = I_WAITING
             # the timer's iteration slot carries the instance (see Run._release_timers)
-            run._push_timer(run.clock.monotonic() + delay, m.index, next_attempt, k)
+            port.push_timer(run.clock.monotonic() + delay, m.index, next_attempt, k)
             return
         if isinstance(decision, Finish):
             result, err = decision.result, decision.error
@@ -514,6 +529,7 @@ class DynamicFlows:
             attempts: int, t1: float | None, worker: str | None) -> None:
         """Record how instance ``k`` ended; the mapped task ends with its last instance."""
         run = self.run
+        port = self.port
         m.status[k] = code
         if code == I_SUCCEEDED or code == I_RESTORED:
             m.results[k] = result
@@ -525,12 +541,12 @@ class DynamicFlows:
         m.t1[k] = _NAN if t1 is None else t1
         m.workers[k] = worker
         if run.reporting:
-            run._report_end(m.instance(k), m.outcome(k, run._offset), t1)  # type: ignore[arg-type]
+            port.report_end(m.instance(k), m.outcome(k, port.offset), t1)  # type: ignore[arg-type]
         m.left -= 1
         if not m.left:
-            run._finish(*self.result(m))
-        elif code == I_FAILED and run.stop_on_error and run._stop_state < S_STOPPING:
-            run._stop(interrupted=False)
+            port.finish(*self.result(m))
+        elif code == I_FAILED and run.stop_on_error:
+            run.stop(interrupted=False)
 
     def result(self, m: MapState) -> tuple:
         """How the mapped task ends, as a ``Run._finish`` tuple (all instances ended)."""
@@ -561,10 +577,11 @@ class DynamicFlows:
         """A timer of slow task ``i`` fired: an instance's retry is due, or a mapped
         task's delay ended.  False: not a mapped task (the scheduler queues it)."""
         run = self.run
+        port = self.port
         m = self.maps.get(i)
         if m is not None:
             assert k is not None
-            with run._lock:
+            with port.lock:
                 m.retry.append((k, attempt))
                 if not m.queued:
                     heapq.heappush(self.mready, m.key)
@@ -575,7 +592,7 @@ class DynamicFlows:
             return False
         done = self.expand(i)
         if done is not None:
-            run._finish(*done)
+            port.finish(*done)
         return True
 
     def stop_timer(self, i: int, k: int | None, interrupted: bool, now: float) -> bool:
@@ -592,8 +609,9 @@ class DynamicFlows:
     def finalize(self, i: int) -> tuple:
         """The run is over with mapped task ``i`` unfinished: give every instance an outcome."""
         run = self.run
+        port = self.port
         m = self.maps[i]
-        if run._stop_state < S_STOPPING:
+        if not run.stopping:
             raise InternalError(f"mapped task {m.name!r} did not finish")
         now = run.clock.monotonic()
         status = m.status
@@ -612,8 +630,8 @@ class DynamicFlows:
             status[k] = end
             m.t1[k] = _NAN if t1 is None else t1
             if run.reporting:
-                run._report_end(m.instance(k), m.outcome(k, run._offset), t1)  # type: ignore[arg-type]
-        run._table.state[i] = DONE
+                port.report_end(m.instance(k), m.outcome(k, port.offset), t1)  # type: ignore[arg-type]
+        port.table.state[i] = DONE
         return self.result(m)
 
     # ------------------------------------------------------------------ outcomes of instances
@@ -626,7 +644,7 @@ class DynamicFlows:
         m = self.maps.get(i) if i is not None else None
         if m is None or not k.isdigit() or str(int(k)) != k or int(k) >= m.n:
             return None
-        return m.outcome(int(k), self.run._offset)
+        return m.outcome(int(k), self.port.offset)
 
     def instance_inputs(self, i: int, name: str) -> dict | None:
         """The arguments of instance ``name`` of mapped task ``i`` (no ``ctx``), or None."""

@@ -80,9 +80,9 @@ class RunReporting:
             received[0] += 1
             if self._stop_state < S_SIGNALLED:  # workers stop chaining at once
                 self._stop_state = S_SIGNALLED
-            if received[0] >= 2 and self._sync_busy:
+            if received[0] >= 2 and self.sync_busy:
                 raise KeyboardInterrupt  # stop waiting for a task running on this thread
-            if received[0] == 1 and self._sync_busy:
+            if received[0] == 1 and self.sync_busy:
                 # the scheduler is this thread, inside a task (no hook is running):
                 # say what happens now, not when the task ends
                 self._report_interrupt(signum)

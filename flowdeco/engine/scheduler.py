@@ -20,7 +20,8 @@ attempts is the job of a dispatch strategy (:mod:`flowdeco.engine.dispatch`),
 and the per-task fields live in a :class:`~flowdeco.engine.table.TaskTable`.
 Sub-flow nodes and tasks with ``trigger=``, ``when=`` or ``map=`` go through
 ``DynamicFlows.gate`` once their dependencies are done (see
-:mod:`flowdeco.engine.dynamic`); the hot paths of plain tasks never look at it.
+:mod:`flowdeco.engine.dynamic`); the hot paths of plain tasks never look at it,
+and it reaches the scheduler only through a :class:`~flowdeco.engine.port.SchedulerPort`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..graph import SUBFLOW, TASK, Graph, Vertex
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
                        Finish, Reschedule, RunResult, format_error)
 from ..threadpool import ThreadPool
+from .port import SchedulerPort
 from .reporting import RunReporting
 from .setup import RunSetup
 from .states import (DONE, M_CALL, M_CRASH, M_DONE, M_EMIT, M_EXPIRED, M_INSTANCE_DONE, M_LOG,
@@ -121,9 +123,11 @@ class Run(RunSurface, RunSetup, RunReporting):
         self._dyn: Any = None
         self._timers: list[tuple[float, int, int, int, int | None]] = []
         self._timer_seq = 0
-        self._inflight = 0
+        #: engine (scheduler and dynamic flows): attempts and mapped instances in flight
+        self.inflight = 0
         self._signals = 0
-        self._sync_busy = False
+        #: engine: the sync executor is running a task on the scheduler thread
+        self.sync_busy = False
         self._interrupt_reported = False
         #: guards the ready heap, which thread workers also pop from (see ThreadDispatch)
         self._lock = threading.Lock()
@@ -137,9 +141,9 @@ class Run(RunSurface, RunSetup, RunReporting):
         #: (flowdeco_task_guards: circuit breakers), or None
         self._guards: list[Any] | None = None
         self._watchdog: Watchdog | None = None
-        #: something was reported while dispatching (a restored mapped instance): call
-        #: flowdeco_report_flush before the next task starts (see _flush)
-        self._flush_due = False
+        #: engine: something was reported while dispatching (a restored mapped instance):
+        #: call flowdeco_report_flush before the next task starts (see _flush)
+        self.flush_due = False
 
     # -- the loop
     def execute(self) -> RunResult:
@@ -208,18 +212,18 @@ class Run(RunSurface, RunSetup, RunReporting):
         dispatch = self._dispatcher.fill
         while True:
             dispatch()
-            if self._flush_due:
+            if self.flush_due:
                 self._flush()
             if self._stop_state == S_ABANDONED:
                 return
-            if self._inflight == 0 and (self._stop_state >= S_STOPPING or (
+            if self.inflight == 0 and (self._stop_state >= S_STOPPING or (
                     not self._ready and not self._map_ready and not self._timers)):
                 return
             timeout = None
             if self._timers:
                 timeout = self._timers[0][0] - clock.monotonic()
             try:
-                msg = clock.wait(get, timeout, self._inflight == 0)
+                msg = clock.wait(get, timeout, self.inflight == 0)
             except Empty:
                 self._release_timers()
                 continue
@@ -231,13 +235,17 @@ class Run(RunSurface, RunSetup, RunReporting):
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
+    def scheduler_port(self) -> "SchedulerPort":
+        """What dynamic flows may use of this run's scheduler (after setup)."""
+        return SchedulerPort(self)
+
     def _expire(self, armed: Any) -> None:
         """The watchdog's thread: an attempt overran its deadline; the scheduler ends it."""
         self.q.put((M_EXPIRED, armed))
 
     def _flush(self) -> None:
         """Flush reports made outside message handling, so gates waiting on them open."""
-        self._flush_due = False
+        self.flush_due = False
         self.hook.flowdeco_report_flush(run=self)
 
     def _handle(self, msg: tuple) -> None:
@@ -290,7 +298,7 @@ class Run(RunSurface, RunSetup, RunReporting):
         if v.wants_ctx:
             kw["ctx"] = self._context(v, attempt, iteration)
         self._table.state[i] = RUNNING
-        self._inflight += 1
+        self.inflight += 1
         if self.reporting:
             self._report_started(v.name, attempt, iteration)
         self._start_attempt(i, kw, attempt, iteration)
@@ -303,7 +311,7 @@ class Run(RunSurface, RunSetup, RunReporting):
         t0s = table.t0
         state = table.state
         if nxt is None:
-            self._inflight -= 1
+            self.inflight -= 1
         else:
             state[nxt] = RUNNING
             if t0s[nxt] is None:
