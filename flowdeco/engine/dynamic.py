@@ -30,9 +30,9 @@ interrupted, or was skipped for ``upstream``/``trigger`` gives ``upstream``
 **Map** (``@task(map="files")``).  When a mapped task passes its gate (and
 restore/delay hooks), :meth:`DynamicFlows.expand` takes the upstream result (a
 list, tuple or range as is, any other iterable but str/bytes materialized
-once) and makes one :class:`MapState`: a cursor and compact per-instance
-arrays, no per-instance objects.  The vertex joins ``port.map_ready``, a heap of
-priority keys beside the ready heap; the scheduler merges the two by key
+once) and makes one :class:`~flowdeco.engine.instances.MapState`: a cursor
+and compact per-instance arrays, no per-instance objects.  The vertex joins
+``port.map_ready``, a heap of priority keys beside the ready heap; the scheduler merges the two by key
 (:meth:`dispatch`, :meth:`sync_step`), and a thread worker that finishes an
 instance takes the next one from the cursor itself while the mapped task is
 still the best ready work (like ``ThreadDispatch.work``), posting "finished k, started
@@ -52,107 +52,29 @@ from __future__ import annotations
 
 import heapq
 import threading
-from array import array
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..context import Context
 from ..executors import remote_failure
 from ..graph import Vertex
-from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Finish,
-                       Reschedule, TaskOutcome, format_error)
+from ..outcome import (FAILED, INTERRUPTED, SKIPPED, SUCCEEDED, Attempt, Finish, Reschedule,
+                       TaskOutcome, format_error)
 from ..pickling import load_outcome
 from ..task import CTX
 from .attempt import call_remote, run_attempt
-from .port import SchedulerPort
-from .states import (DONE, M_CRASH, M_INSTANCE_DONE, M_LOG, OK, RUNNING, SKIP_STOPPED,
-                     InternalError)
-from .views import Upstream
+from .instances import (ENDED, I_FAILED, I_INTERRUPTED, I_PENDING, I_RESTORED, I_RUNNING,
+                        I_SKIPPED, I_SUCCEEDED, I_WAITING, MapState)
+from .states import DONE, M_CRASH, M_INSTANCE_DONE, M_LOG, OK, RUNNING, InternalError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Run
 
-# instance states (one byte each in MapState.status)
-I_PENDING, I_RUNNING, I_WAITING, I_SUCCEEDED, I_FAILED, I_SKIPPED, I_RESTORED, \
-    I_INTERRUPTED = range(8)
-_ENDED = I_SUCCEEDED
-_STATUS = {I_SUCCEEDED: SUCCEEDED, I_FAILED: FAILED, I_SKIPPED: SKIPPED, I_RESTORED: RESTORED,
-           I_INTERRUPTED: INTERRUPTED}
 _NAN = float("nan")
 #: reasons passed on to all_succeeded dependents, strongest last
 _RANK = {"condition": 0, "stopped": 1, "upstream": 2}
 #: failed instances named in a mapped task's error
 _NAMED = 10
-
-
-class MapState:
-    """One mapped task's instances: a cursor plus compact per-instance arrays.
-
-    ``status`` is a bytearray of instance states; ``attempts``, ``t0``, ``t1``
-    are typed arrays (NaN: not yet); ``results`` and ``workers`` plain lists;
-    ``errors`` holds only the instances that have an error.  ``cursor``,
-    ``retry`` and ``queued`` (whether the task is in ``port.map_ready``) change
-    under ``port.lock`` only: thread workers advance the cursor too.
-    """
-
-    __slots__ = ("index", "vertex", "name", "key", "param", "items", "n", "base", "fn", "call",
-                 "wants_ctx", "upstream", "watched", "cursor", "left", "retry", "queued",
-                 "status", "attempts", "t0", "t1", "results", "errors", "workers")
-
-    def __init__(self, run: "Run", port: SchedulerPort, v: Vertex, items: Any, n: int):
-        spec = v.spec
-        assert spec is not None and spec.map is not None
-        self.index = v.index
-        self.vertex = v
-        self.name = v.name
-        self.key = port.prio[v.index]
-        self.param = spec.map
-        self.items = items
-        self.n = n
-        base = dict(v.consts) if v.consts else {}
-        results = run.results
-        for p, d in v.args:
-            if p != spec.map:
-                base[p] = results[d]
-        self.base = base
-        self.fn = v.fn
-        self.call = port.calls[v.index]
-        self.wants_ctx = v.wants_ctx
-        self.upstream = Upstream(run, v.deps) if v.wants_ctx else None
-        #: successful attempts also go through flowdeco_attempt_done
-        self.watched = v.index in port.success_hooked
-        self.cursor = 0
-        self.left = n
-        self.retry: list[tuple[int, int]] = []
-        self.queued = False
-        self.status = bytearray(n)
-        self.attempts = array("I", [0]) * n
-        self.t0 = array("d", [_NAN]) * n
-        self.t1 = array("d", [_NAN]) * n
-        self.results: list[Any] = [None] * n
-        self.errors: dict[int, BaseException | str] = {}
-        self.workers: list[str | None] = [None] * n
-
-    def instance(self, k: int) -> str:
-        return f"{self.name}[{k}]"
-
-    def outcome(self, k: int, offset: float) -> TaskOutcome | None:
-        """Instance ``k``'s outcome, or None while it has not ended."""
-        code = self.status[k]
-        if code < _ENDED:
-            return None
-        if code == I_SKIPPED:
-            return SKIP_STOPPED
-        err = self.errors.get(k)
-        t0, t1 = self.t0[k], self.t1[k]
-        has0, has1 = t0 == t0, t1 == t1
-        return TaskOutcome(
-            _STATUS[code], self.results[k] if code in (I_SUCCEEDED, I_RESTORED) else None,  # type: ignore[arg-type]
-            None if err is None else err if isinstance(err, str) else format_error(err),
-            self.attempts[k], t0 + offset if has0 else None, t1 + offset if has1 else None,
-            t1 - t0 if has0 and has1 else 0.0,
-            exception=err if isinstance(err, BaseException) else None,
-            worker=self.workers[k])
 
 
 class DynamicFlows:
@@ -617,7 +539,7 @@ class DynamicFlows:
         status = m.status
         for k in range(m.n):
             code = status[k]
-            if code >= _ENDED:
+            if code >= ENDED:
                 continue
             if code == I_PENDING:
                 end, t1 = I_SKIPPED, None

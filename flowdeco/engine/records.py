@@ -118,14 +118,5 @@ def _num(x: float) -> float | None:
 
 
 def _instance_status(m: Any, k: int) -> str | None:
-    from ..engine.dynamic import _STATUS
-    return _STATUS.get(m.status[k])
-
-
-def _num(x: float) -> float | None:
-    return None if x != x else x  # NaN: not started / not ended
-
-
-def _instance_status(m: Any, k: int) -> str | None:
-    from .dynamic import _STATUS
-    return _STATUS.get(m.status[k])
+    from .instances import INSTANCE_STATUS
+    return INSTANCE_STATUS.get(m.status[k])

@@ -139,7 +139,7 @@ class RunSurface:
         n = self._table.state.count(RUNNING)
         dyn = self._dyn
         if dyn is not None and dyn.maps:
-            from .dynamic import I_RUNNING
+            from .instances import I_RUNNING
             for i, m in dyn.maps.items():
                 n += m.status.count(I_RUNNING) - (self._table.state[i] == RUNNING)
         return n
