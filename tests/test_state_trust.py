@@ -25,9 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowdeco import StateError, cli
+from flowdeco import StateError
 from flowdeco.plugins.state import SQLiteStore, TaskRow
 from flowdeco.plugins.state.store import SCHEMA_VERSION
+from test_state_cli import fd, fdi, one_error_line  # noqa: F401 - fdi is a fixture
 
 FLOW = """
     import os
@@ -56,45 +57,6 @@ FLOW = """
 """
 
 
-def fd(*args: str, cwd: Path, env: dict | None = None, timeout: float = 60
-       ) -> subprocess.CompletedProcess:
-    full = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "flowdeco", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=full)
-
-
-class Cli:
-    """``python -m flowdeco ARGS`` in this process; the flow module is re-imported each time."""
-
-    def __init__(self, cwd: Path, capsys, monkeypatch):
-        self.cwd, self.capsys, self.monkeypatch = cwd, capsys, monkeypatch
-        monkeypatch.chdir(cwd)
-
-    def __call__(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        for k, v in (env or {}).items():
-            self.monkeypatch.setenv(k, v)
-        for name, mod in list(sys.modules.items()):
-            if str(self.cwd) in (getattr(mod, "__file__", None) or ""):
-                del sys.modules[name]
-        self.capsys.readouterr()
-        try:
-            code = cli.main(list(args))
-        finally:
-            for k in env or {}:
-                self.monkeypatch.delenv(k)
-        out, err = self.capsys.readouterr()
-        return subprocess.CompletedProcess(args, int(code), out, err)
-
-
-@pytest.fixture
-def fdi(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield Cli(tmp_path, capsys, monkeypatch)
-    for name, mod in list(sys.modules.items()):
-        if str(tmp_path) in (getattr(mod, "__file__", None) or ""):
-            del sys.modules[name]
-
-
 @pytest.fixture
 def work(tmp_path):
     (tmp_path / "flow.py").write_text(textwrap.dedent(FLOW))
@@ -106,14 +68,6 @@ def calls(work: Path) -> list[str]:
     out = path.read_text().split() if path.exists() else []
     path.unlink(missing_ok=True)
     return out
-
-
-def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("flowdeco: error: "), stderr
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:
