@@ -48,40 +48,53 @@ class BlockingStore(SQLiteStore):
         super().record_tasks(run_id, rows)
 
 
+class HeldRun:
+    """``flowdeco.run`` on a thread, with the commit holding task ``a``'s completion held
+    (``entered`` is set while it waits) until :meth:`finish` releases it."""
+
+    def __init__(self, path, st, **run_kwargs):
+        self.entered, self.release = threading.Event(), threading.Event()
+        entered, release = self.entered, self.release
+
+        class Backend:
+            @flowdeco.hookimpl
+            def flowdeco_state_store(self, state_dir, config):
+                store = BlockingStore(state_dir)
+                store.entered, store.release = entered, release
+                return store
+
+        self.result = None
+
+        def go():
+            try:
+                self.result = flowdeco.run(str(path), state_dir=st, run_id="r",
+                                           plugins=[Backend()], **run_kwargs)
+            finally:
+                release.set()
+
+        self.thread = threading.Thread(target=go)
+        self.thread.start()
+
+    def finish(self):
+        self.release.set()
+        self.thread.join(30)
+        return self.result
+
+
 @pytest.mark.parametrize("executor", ["thread", "sync", "process"])
 def test_task_succeeded_reaches_the_audit_trail_only_after_its_commit(flows, executor):
     path = flows.write(TWO)
     st = flows.cwd / "st"
-    entered, release = threading.Event(), threading.Event()
-
-    class Backend:
-        @flowdeco.hookimpl
-        def flowdeco_state_store(self, state_dir, config):
-            store = BlockingStore(state_dir)
-            store.entered, store.release = entered, release
-            return store
-
-    out: dict = {}
-
-    def go():
-        try:
-            out["result"] = flowdeco.run(str(path), state_dir=st, run_id="r", executor=executor,
-                                         workers=2, plugins=[Backend()])
-        finally:
-            release.set()
-
-    t = threading.Thread(target=go)
-    t.start()
+    held = HeldRun(path, st, executor=executor, workers=2)
     try:
-        assert entered.wait(30)
+        assert held.entered.wait(30)
         # a's completion is being committed right now: the trail must not claim it yet
         during = [(e["event"], e.get("task")) for e in audit_events(st, "r")]
         assert ("task_started", "a") in during
         assert ("task_succeeded", "a") not in during
     finally:
-        release.set()
-        t.join(30)
-    assert out["result"].ok
+        result = held.finish()
+    assert result.ok
     trail = audit_events(st, "r")
     assert not [e for e in trail if "durable" in e]  # every success was confirmed
     events = [(e["event"], e.get("task")) for e in trail]
@@ -213,32 +226,12 @@ def test_a_worker_starts_its_next_task_only_once_its_last_completion_is_committe
     st = flows.cwd / "st"
     mark = flows.cwd / "mark.txt"
     monkeypatch.setenv("FD_MARK", str(mark))
-    entered, release = threading.Event(), threading.Event()
-
-    class Backend:
-        @flowdeco.hookimpl
-        def flowdeco_state_store(self, state_dir, config):
-            store = BlockingStore(state_dir)
-            store.entered, store.release = entered, release
-            return store
-
-    out: dict = {}
-
-    def go():
-        try:
-            out["result"] = flowdeco.run(str(path), state_dir=st, run_id="r",
-                                         executor="thread", workers=1, plugins=[Backend()])
-        finally:
-            release.set()
-
-    t = threading.Thread(target=go)
-    t.start()
+    held = HeldRun(path, st, executor="thread", workers=1)
     try:
-        assert entered.wait(30)
+        assert held.entered.wait(30)
         time.sleep(0.3)  # c would have started by now without the gate (a margin, not a bound)
         assert not mark.exists(), "c started while a's completion was not committed"
     finally:
-        release.set()
-        t.join(30)
-    assert out["result"].ok
+        result = held.finish()
+    assert result.ok
     assert mark.read_text() == "c started\n"
