@@ -186,6 +186,8 @@ class Scheduler:
         self._wake: SimpleQueue = SimpleQueue()
         self.runs: list[TickRun] = []
         self.skipped = 0
+        #: the schedules served, as written to FLOW.json for the UI (set when collected)
+        self.schedules: list[dict[str, Any]] = []
 
     # -- control
     def stop(self) -> None:
@@ -223,6 +225,10 @@ class Scheduler:
         try:
             graph = session.collect(self.target)
             entries = self._entries(graph)
+            self.schedules = [{"key": e.key, "expr": e.schedule.expr,
+                               "tz": _zone_name(e.schedule.tz),
+                               "tasks": list(e.tasks) if e.tasks is not None else None}
+                              for e in entries]
             lock = self._lock(graph.name)
             saved = self._load_state(graph.name)
             claim = self._claim(saved, session, entries)
@@ -434,18 +440,7 @@ class Scheduler:
         path = self._state_path(flow)
         if path is None or not path.exists():
             return {}
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
-                raise ValueError("not a serve state file of this version")
-            last = data.get("last_tick")
-            if last is not None and not _number(last):
-                raise ValueError("last_tick is not a timestamp")
-            _check_claim(data.get("running"))
-            return data
-        except (OSError, ValueError) as exc:
-            raise FlowError(f"{path}: unreadable serve state ({_short(exc)}); delete it to "
-                            "start afresh (missed ticks will not be reported once)") from None
+        return load_serve_state(path)
 
     def _save_state(self, flow: str, tick: _dt.datetime, running: dict | None) -> None:
         """Replace ``FLOW.json`` atomically and durably (a kill or a power loss leaves
@@ -454,7 +449,8 @@ class Scheduler:
         if path is None:
             return
         data = {"version": _STATE_VERSION, "flow": flow, "last_tick": tick.timestamp(),
-                "last_tick_utc": tick.astimezone(UTC).isoformat(), "running": running}
+                "last_tick_utc": tick.astimezone(UTC).isoformat(), "running": running,
+                "schedules": self.schedules}
         tmp = path.with_name(path.name + ".tmp")
         try:
             _private_dirs(path.parent)
@@ -483,6 +479,56 @@ class Scheduler:
     # -- signals
     def _install_signals(self) -> Callable[[], None]:
         return on_stop_signals(lambda signum, frame: self._wake.put(_STOP))
+
+
+def load_serve_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated contents of a serve state file ``STATE_DIR/serve/FLOW.json``.
+
+    Keys: ``version``, ``flow``, ``last_tick`` (POSIX seconds), ``last_tick_utc``,
+    ``running`` (the claim: ``run_id``, ``tick``, ``tasks``; None when no run
+    is in progress or cut short) and ``schedules`` (``key``, ``expr``, ``tz``
+    -- an IANA name, None for the machine's zone --, ``tasks``; absent in files
+    of older releases).  FlowError naming the file when it is unreadable.
+    Used by serve itself and by the UI's schedules view
+    (:func:`flowdeco.plugins.state.queries.schedules`).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
+            raise ValueError("not a serve state file of this version")
+        last = data.get("last_tick")
+        if last is not None and not _number(last):
+            raise ValueError("last_tick is not a timestamp")
+        _check_claim(data.get("running"))
+        return data
+    except (OSError, ValueError) as exc:
+        raise FlowError(f"{path}: unreadable serve state ({_short(exc)}); delete it to "
+                        "start afresh (missed ticks will not be reported once)") from None
+
+
+def is_served(lock_path: str | os.PathLike) -> bool:
+    """Whether a serve holds ``STATE_DIR/serve/FLOW.lock`` now (reads only, writes nothing).
+
+    Within this process :data:`_HELD` answers (record locks do not exclude
+    within a process, and closing a descriptor of the file would drop serve's
+    own lock); else a non-blocking shared ``lockf`` is tried and let go.
+    """
+    key = os.path.realpath(lock_path)
+    with _HELD_LOCK:
+        if key in _HELD:
+            return True
+        try:
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EACCES)
+        finally:
+            os.close(fd)  # (drops the probe's lock)
+        return False
 
 
 class _ServeLock:
@@ -570,6 +616,14 @@ def _check_claim(running: Any) -> None:
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise ValueError("running.tasks is not a list of task names")
     running["tasks"] = tasks
+
+
+def _zone_name(tz: _dt.tzinfo) -> str | None:
+    """An IANA name (or "UTC") that :func:`~flowdeco.plugins.timers.zone_info` reads back."""
+    if tz is UTC:
+        return "UTC"
+    key = getattr(tz, "key", None)
+    return key if isinstance(key, str) else None
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
@@ -725,4 +779,5 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
         return exit_code_for(exc, err)
 
 
-__all__ = ["serve", "Scheduler", "ServeReport", "TickRun", "tick_run_id", "main"]
+__all__ = ["serve", "Scheduler", "ServeReport", "TickRun", "tick_run_id", "main", "load_serve_state",
+           "is_served"]

@@ -8,7 +8,8 @@ Lifecycle of one session (see :mod:`flowdeco.hookspecs` for the hooks):
 2. ``flowdeco_collection_finish``: a resumed run is resolved (``last`` is the
    latest run *of this flow*), checked (same flow), locked, and its task
    records are loaded; ``--run-id`` is set to the resumed id.
-3. ``flowdeco_run_start``: the run is locked and recorded ``running``; on
+3. ``flowdeco_run_start``: the run is locked and recorded ``running`` with its
+   flow version and graph snapshot (:mod:`.versions`, once per session); on
    resume, fingerprints are compared, the tasks to restore are decided and a
    restorer is registered.  With a thread (or sync) executor every task is
    wrapped (``flowdeco_task_wrap``): on its worker it waits until its
@@ -56,6 +57,7 @@ from .cache import Cache
 from .codec import Codec, Unstorable, default_codec
 from .fingerprint import fingerprint, why_changed
 from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
+from .versions import snapshot, snapshot_json, version_of
 from .writer import UNREPORTED, UnstorableResult, Writer, unstorable_error, wrapper
 
 PLUGIN_NAME = "state-store"
@@ -374,6 +376,10 @@ class StatePlugin:
                 self._restorer = _Restorer(restore, instances, self.cache)
                 self.config.pluginmanager.register(self._restorer, RESTORER_NAME)
             store.begin_run(run.run_id, graph.name, run.now(), self.resume_id is not None)
+            record_version = getattr(store, "record_version", None)
+            if record_version is not None:  # once per session, never per task
+                text = snapshot_json(snapshot(graph))
+                record_version(run.run_id, version_of(text), graph.name, text)
         except BaseException:
             self.close()
             raise

@@ -11,7 +11,8 @@ as JSON, error or skip reason, and the input-hash cache key of a task with
 ``cache=``, indexed so :meth:`SQLiteStore.find_cached` is one lookup, and
 the sha256 ``checksum`` of the result text, checked before a result is
 restored or answers a cache lookup; rows written before schema version 3 have
-none and are trusted as before).  The schema version is ``PRAGMA
+none and are trusted as before); since version 4 each run's ``flow_version``
+and, in table ``flow_graphs``, one graph snapshot per version (:mod:`.versions`).  The schema version is ``PRAGMA
 user_version``; ``PRAGMA application_id`` marks the file as flowdeco's.
 A new database is built under a temporary name and renamed into place, and
 migrations run inside one ``BEGIN IMMEDIATE`` transaction, both under an
@@ -65,7 +66,7 @@ __all__ = ["Store", "SQLiteStore", "RunRecord", "TaskRecord", "TaskRow", "RunSum
 
 #: ``PRAGMA application_id`` of a flowdeco state database ("fdst")
 APPLICATION_ID = 0x66647374
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "state.db"
 #: ``flock``-ed while a database is created or migrated (never by readers)
 INIT_LOCK = ".init.lock"
@@ -115,6 +116,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # sha256 of ``result`` (the stored text, UTF-8), checked when it is restored; rows
     # written before version 3 have none and are trusted as before
     3: ("ALTER TABLE tasks ADD COLUMN checksum TEXT",),
+    # flow versions (see .versions): each run's version, one graph snapshot per version;
+    # indexes for the UI's runs listing (latest first, by status)
+    4: (
+        "ALTER TABLE runs ADD COLUMN flow_version TEXT",
+        """CREATE TABLE flow_graphs (
+            digest TEXT PRIMARY KEY NOT NULL,
+            flow   TEXT NOT NULL,
+            graph  TEXT NOT NULL
+        )""",
+        "CREATE INDEX runs_by_session ON runs (session_started, started)",
+        "CREATE INDEX runs_by_status ON runs (status, session_started)",
+        "CREATE INDEX runs_by_version ON runs (flow_version) WHERE flow_version IS NOT NULL",
+    ),
 }
 
 
@@ -338,6 +352,12 @@ class Store(Protocol):
     def delete_run(self, run_id: str) -> None:
         """Forget the run and its tasks."""
 
+    # Optional (flow versions, :mod:`.versions`): a store without it records none.
+    #
+    # def record_version(self, run_id: str, version: str, flow: str, graph: str) -> None:
+    #     """Set the run's flow version and keep the graph snapshot (JSON text)
+    #     of that version unless it is kept already; once per session."""
+    #
     # Optional (input-hash caching, ``@task(cache=...)``): a store without it
     # keeps ``cache_key`` on rows but never answers a lookup, so cached tasks run.
     #
@@ -1005,8 +1025,32 @@ class SQLiteStore:
         conn = self._c()
         self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
+            row = conn.execute("SELECT flow_version FROM runs WHERE run_id=?",
+                               (run_id,)).fetchone()
             conn.execute("DELETE FROM tasks WHERE run_id=?", (run_id,))
             conn.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
+            if row is not None and row[0] is not None:  # its graph snapshot, if no run keeps it
+                conn.execute("DELETE FROM flow_graphs WHERE digest=? AND NOT EXISTS (SELECT 1 "
+                             "FROM runs WHERE flow_version=?)", (row[0], row[0]))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    # -- flow versions (see .versions)
+    def record_version(self, run_id: str, version: str, flow: str, graph: str) -> None:
+        """Set the run's flow version; store the graph snapshot unless that version has one.
+
+        One transaction, once per session (at its start).
+        """
+        conn = self._c()
+        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            if conn.execute("SELECT 1 FROM flow_graphs WHERE digest=?",
+                            (version,)).fetchone() is None:
+                conn.execute("INSERT INTO flow_graphs (digest, flow, graph) VALUES (?, ?, ?)",
+                             (version, flow, graph))
+            conn.execute("UPDATE runs SET flow_version=? WHERE run_id=?", (version, run_id))
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
