@@ -6,6 +6,7 @@
     python -m flowdeco runs show ID|last [--state-dir DIR]                 # per-task table
     python -m flowdeco runs export ID|last [--state-dir DIR] [-o FILE]     # the run as JSON
     python -m flowdeco runs prune --keep N [--state-dir DIR] [--dry-run]   # forget old runs
+    python -m flowdeco runs diff A B [--state-dir DIR] [--json]            # two runs' graphs
 
 Reading changes no byte of the state dir, even beside a crashed run's WAL
 (:meth:`SQLiteStore.open_read_only`; another backend is opened with
@@ -38,7 +39,9 @@ from ...errors import FlowError, StateError, UsageError, shorten
 from ...outcome import ExitCode
 from ...engine.session import validate_run_id
 from .plugin import make_store
-from .store import RunSummary, Store, StoreChanged, TaskRecord
+from .queries import diff_versions, run_detail
+from .store import RunSummary, SQLiteStore, Store, StoreChanged, TaskRecord
+from .versions import VersionDiff
 
 _ORDER = ("succeeded", "restored", "failed", "interrupted", "skipped", "running")
 
@@ -56,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                  description="List and inspect saved runs (default: list them).")
     ap.add_argument("--flow", default=None, help="only runs of this flow")
     ap.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs")
-    sub = ap.add_subparsers(dest="action", metavar="{list,show,export,prune}",
+    sub = ap.add_subparsers(dest="action", metavar="{list,show,export,prune,diff}",
                             parser_class=_Parser)
     ls = sub.add_parser("list", parents=[common], help="list runs (the default)")
     ls.add_argument("--flow", default=argparse.SUPPRESS, help="only runs of this flow")
@@ -72,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--keep", type=int, required=True, metavar="N",
                        help="how many of the most recent runs to keep")
     prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    diff = sub.add_parser("diff", parents=[common],
+                          help="added, removed and changed tasks and edges from run A to run B")
+    diff.add_argument("run_a", metavar="A", help="a run id, or 'last'")
+    diff.add_argument("run_b", metavar="B", help="a run id, or 'last'")
+    diff.add_argument("--json", action="store_true", help="print the difference as JSON")
     return ap
 
 
@@ -112,6 +120,9 @@ def _act(ns: argparse.Namespace, pluginmanager: Any, out: IO[str]) -> int:
             return _list(store, state_dir, ns.flow, ns.limit, out)
         if action == "prune":
             return _prune(store, state_dir, ns.keep, ns.dry_run, out)
+        if action == "diff":
+            return _diff(store, _resolve(store, state_dir, ns.run_a),
+                         _resolve(store, state_dir, ns.run_b), ns.json, out)
         run_id = _resolve(store, state_dir, ns.run_id)
         if action == "show":
             return _show(store, run_id, out)
@@ -222,8 +233,10 @@ def _show(store: Store, run_id: str, out: IO[str]) -> int:
     for t in tasks.values():
         counts[t.status] = counts.get(t.status, 0) + 1
     sessions = f", {run.sessions} sessions" if run.sessions > 1 else ""
+    detail = run_detail(store, run_id) if isinstance(store, SQLiteStore) else None
+    version = f", flow version {detail.flow_version}" if detail and detail.flow_version else ""
     print(f"run {run.run_id} of flow {run.flow}: {_status(run)}, started {_when(run.started)}"
-          f"{sessions}, {_seconds(run.duration)}; {_counts(counts)}", file=out)
+          f"{sessions}, {_seconds(run.duration)}{version}; {_counts(counts)}", file=out)
     if not tasks:
         return ExitCode.OK
     rows = [["TASK", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"]]
@@ -333,6 +346,39 @@ def _prune(store: Store, state_dir: str, keep: int, dry_run: bool, out: IO[str])
           + (f"; the {len(kept)} newest kept: {', '.join(kept[:10])}"
              + (", ..." if len(kept) > 10 else "") if kept else ""), file=out)
     return ExitCode.OK
+
+
+def _diff(store: Store, run_a: str, run_b: str, as_json: bool, out: IO[str]) -> int:
+    if not isinstance(store, SQLiteStore):
+        raise UsageError(f"runs diff: the store {store.location} does not keep flow versions "
+                         "(only the built-in SQLite store does)")
+    diff = diff_versions(store, run_a, run_b)
+    if as_json:
+        print(json.dumps(diff.to_dict(), indent=2, ensure_ascii=False), file=out)
+        return ExitCode.OK
+    for line in diff_lines(diff):
+        print(line, file=out)
+    return ExitCode.OK
+
+
+def diff_lines(diff: VersionDiff) -> list[str]:
+    """``runs diff`` output: a header, then one line per difference (``+``/``-``/``~``)."""
+    def version(v: str | None) -> str:
+        return v or "none recorded"
+
+    lines = [f"run {diff.run_a} -> run {diff.run_b}: flow version {version(diff.version_a)} "
+             f"-> {version(diff.version_b)}"]
+    lines += [f"+ task {n}" for n in diff.added_tasks]
+    lines += [f"- task {n}" for n in diff.removed_tasks]
+    lines += [f"~ task {n} ({', '.join(what)})" for n, what in diff.changed_tasks.items()]
+    lines += [f"+ edge {a} -> {b}" for a, b in diff.added_edges]
+    lines += [f"- edge {a} -> {b}" for a, b in diff.removed_edges]
+    if not diff.edges_known:
+        lines.append("(edges not compared: a run was saved before flow versions were recorded)")
+    if diff.empty:
+        lines.append("no differences" + (" (same flow version)" if diff.version_a and
+                                         diff.version_a == diff.version_b else ""))
+    return lines
 
 
 def _remove_files(state_dir: Path, run_id: str) -> None:
