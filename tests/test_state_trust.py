@@ -201,6 +201,10 @@ def test_a_version_2_store_is_migrated_and_its_results_trusted(fdi, work):
     db = work / ".flowdeco" / "state.db"
     conn = sqlite3.connect(db, isolation_level=None)  # as flowdeco 2 left it: no checksums
     conn.execute("ALTER TABLE tasks DROP COLUMN checksum")
+    for stmt in ("DROP INDEX runs_by_session", "DROP INDEX runs_by_status",
+                 "DROP INDEX runs_by_version", "DROP TABLE flow_graphs",
+                 "ALTER TABLE runs DROP COLUMN flow_version"):  # (schema 4's additions)
+        conn.execute(stmt)
     conn.execute("PRAGMA user_version=2")
     conn.close()
     r = fdi("flow.py", "--resume", "r1")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flowdeco import FakeClock, Flow, StateError, UsageError, task
+from flowdeco import FakeClock, Flow, Retry, StateError, UsageError
 from flowdeco.graph import build_graph
 from flowdeco.plugins.serve import serve
 from flowdeco.plugins.state import queries as q
@@ -132,7 +132,7 @@ def test_the_snapshot_describes_deps_after_options_subflows_and_maps():
     def each(data):
         return data
 
-    @outer.task
+    @outer.task(retry=Retry(retries=3, backoff="linear"), tags={"b", "a"}, priority=2)
     def report(validate, each):
         return validate
 
@@ -148,7 +148,11 @@ def test_the_snapshot_describes_deps_after_options_subflows_and_maps():
     assert tasks["report"]["deps"] == ["validate", "each"] and tasks["report"]["subflow"] is None
     assert ["validate", "report"] in snap["edges"] and ["data", "each"] in snap["edges"]
     assert ["validate.size", "validate"] not in snap["edges"]  # membership is not an edge
-    json.dumps(snap, allow_nan=False)
+    assert tasks["report"]["options"]["retry"]["$type"].endswith(".Retry")
+    assert tasks["report"]["options"]["tags"] == ["a", "b"]
+    # built in sorted key order: the canonical text needs no sort_keys
+    assert snapshot_json(snap) == json.dumps(snap, sort_keys=True, separators=(",", ":"),
+                                             ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- recording
