@@ -31,6 +31,10 @@ What it does (contract: DESIGN.md §6):
   whose code and inputs match a stored successful run's, across runs;
   ``--no-cache``, ``--refresh EXPR`` (:mod:`.cache`).
 - Run history: ``python -m flowdeco runs`` (:mod:`.commands`).
+- Flow versions: every run records the digest of its graph and tasks' code
+  and, once per version, a snapshot of the graph (:mod:`.versions`);
+  ``runs diff A B`` compares two runs'.  Read-only queries for the UI:
+  :mod:`.queries`.
 - ``--no-state`` (``state_dir=None``) registers nothing: no file, no cost.
 
 Storage backends
