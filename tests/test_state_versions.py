@@ -1,4 +1,4 @@
-"""Flow versions (graph digest + snapshot per run), ``runs diff``, and the UI's read-only queries."""
+"""Flow versions (graph digest, snapshot per run), ``runs diff``, the UI's read-only queries."""
 
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ Rules:
   each missed tick, oldest first, before serving the schedule.  Without
   ``--catch-up`` they are reported once, and the next tick's claim replaces
   them.  A serve holds ``STATE_DIR/serve/FLOW.lock`` while it runs: a second
-  serve of the same flow and state dir is refused.
+  serve of the same flow and state dir is refused.  ``FLOW.json`` also lists
+  the schedules served (expression, zone, tasks), which the UI reads
+  (:func:`load_serve_state`, :func:`is_served`).
 - **Stopping**: SIGTERM or Ctrl-C while waiting for a tick stops serve at
   once with exit code 0 (nothing was cut short).  During a run, the run is
   interrupted like any run (running tasks finish and are recorded) and serve
@@ -779,5 +781,5 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
         return exit_code_for(exc, err)
 
 
-__all__ = ["serve", "Scheduler", "ServeReport", "TickRun", "tick_run_id", "main", "load_serve_state",
-           "is_served"]
+__all__ = ["serve", "Scheduler", "ServeReport", "TickRun", "tick_run_id", "main",
+           "load_serve_state", "is_served"]

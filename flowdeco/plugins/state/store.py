@@ -12,8 +12,9 @@ as JSON, error or skip reason, and the input-hash cache key of a task with
 the sha256 ``checksum`` of the result text, checked before a result is
 restored or answers a cache lookup; rows written before schema version 3 have
 none and are trusted as before); since version 4 each run's ``flow_version``
-and, in table ``flow_graphs``, one graph snapshot per version (:mod:`.versions`).  The schema version is ``PRAGMA
-user_version``; ``PRAGMA application_id`` marks the file as flowdeco's.
+and, in table ``flow_graphs``, one graph snapshot per version (:mod:`.versions`).
+The schema version is ``PRAGMA user_version``; ``PRAGMA application_id`` marks
+the file as flowdeco's.
 A new database is built under a temporary name and renamed into place, and
 migrations run inside one ``BEGIN IMMEDIATE`` transaction, both under an
 exclusive ``flock`` on ``STATE_DIR/.init.lock``, so processes starting together
