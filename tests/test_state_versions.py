@@ -435,10 +435,13 @@ def test_the_reader_reopens_a_store_written_after_it_was_opened(tmp_path):
     reader = q.Reader(tmp_path)
     try:
         assert reader.call(q.list_runs)[1] == 1
+        seen = reader.data_version()
+        assert reader.data_version() == seen
         with pytest.raises(StoreChanged):
             writer.open()
             writer.begin_run("r2", "f", 2.0, resumed=False)
             q.list_runs(reader.store)
+        assert reader.data_version() != seen  # a new connection: a new number
         assert reader.call(q.list_runs)[1] == 2
     finally:
         reader.close()

@@ -474,6 +474,8 @@ class Reader:
     def __init__(self, state_dir: str | os.PathLike):
         self.state_dir = Path(state_dir)
         self.store: SQLiteStore | None = None
+        #: how many times a store was opened (see :meth:`data_version`)
+        self.opened = 0
 
     def _open(self) -> SQLiteStore:
         if self.store is None or self.store.conn is None:
@@ -482,7 +484,15 @@ class Reader:
             store = SQLiteStore(self.state_dir)
             store.open_read_only()
             self.store = store
+            self.opened += 1
         return self.store
+
+    def data_version(self) -> int:
+        """A number that changes whenever the data may have: :func:`data_version` of the
+        current connection, plus the number of (re)opens in the high bits (a new
+        connection starts its own count, which could repeat the old one's)."""
+        version = self.call(data_version)
+        return (self.opened << 32) + version
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         for attempt in range(3):
