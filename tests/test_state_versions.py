@@ -546,3 +546,23 @@ def test_a_damaged_serve_file_is_reported_not_raised(tmp_path):
     (tmp_path / "serve" / "x.json").write_text("{not json")
     (info,) = q.schedules(tmp_path)
     assert info.flow == "x" and "unreadable serve state" in info.error
+
+
+def test_a_snapshot_that_cannot_be_made_warns_and_the_run_goes_on(tmp_path, monkeypatch):
+    import flowdeco
+    import flowdeco.plugins.state.plugin as plugin
+
+    def broken(graph):
+        raise ValueError("an option JSON cannot hold")
+
+    monkeypatch.setattr(plugin, "snapshot", broken)
+    mod = _module(tmp_path, FLOW, "fv_broken")
+    result = flowdeco.run(_tasks(mod), state_dir=tmp_path / "st", run_id="r")
+    assert result.status == "succeeded"
+    trail = (tmp_path / "st" / "runs" / "r" / "audit.jsonl").read_text()
+    warning = [json.loads(line) for line in trail.splitlines() if "state_warning" in line]
+    assert warning and "the flow version of run 'r' is not recorded: ValueError: an option " \
+        "JSON cannot hold" in warning[0]["error"]
+    conn = sqlite3.connect(tmp_path / "st" / "state.db")
+    assert conn.execute("SELECT flow_version FROM runs").fetchall() == [(None,)]
+    conn.close()

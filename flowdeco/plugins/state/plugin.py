@@ -377,8 +377,8 @@ class StatePlugin:
                 self.config.pluginmanager.register(self._restorer, RESTORER_NAME)
             store.begin_run(run.run_id, graph.name, run.now(), self.resume_id is not None)
             record_version = getattr(store, "record_version", None)
-            if record_version is not None:  # once per session, never per task
-                text = snapshot_json(snapshot(graph))
+            text = self._snapshot(run) if record_version is not None else None
+            if text is not None:  # once per session, never per task
                 record_version(run.run_id, version_of(text), graph.name, text)
         except BaseException:
             self.close()
@@ -403,6 +403,18 @@ class StatePlugin:
             # results come back from other processes: encode them here (flowdeco_attempt_done)
             run.on_success.update(v.index for v in vertices if v.kind is TASK)
             run.inline_successors = False  # (not used with these executors anyway)
+
+    @staticmethod
+    def _snapshot(run: Any) -> str | None:
+        """The graph snapshot's JSON text; None (and a warning) if it cannot be made:
+        the flow version is for looking back, never a reason not to run."""
+        try:
+            return snapshot_json(snapshot(run.graph))
+        except Exception as exc:  # noqa: BLE001 - an option value JSON cannot hold...
+            run.emit("state_warning", level="warning",
+                     error=f"the flow version of run {run.run_id!r} is not recorded: "
+                           f"{type(exc).__name__}: {str(exc)[:200]}")
+            return None
 
     def _fingerprint(self, i: int) -> str:
         fp = self.fps[i]
