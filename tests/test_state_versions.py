@@ -258,21 +258,22 @@ def test_runs_diff_with_an_unknown_run_id_exits_4_naming_it(fdi, work, args, nam
 
 
 def _v3_store(path: Path) -> None:
+    """A store as the release before flow versions left it (schema 3 when written)."""
     path.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path / "state.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    for version in (1, 2, 3):
+    for version in range(1, q.VERSIONS_SCHEMA):  # everything before flow versions
         for stmt in MIGRATIONS[version]:
             conn.execute(stmt)
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-    conn.execute("PRAGMA user_version=3")
+    conn.execute(f"PRAGMA user_version={q.VERSIONS_SCHEMA - 1}")
     conn.execute("INSERT INTO runs VALUES ('old', 'f', 'succeeded', 1.0, 1.0, 2.0, 1.0, 1, NULL)")
     conn.execute("INSERT INTO runs VALUES ('old2', 'f', 'failed', 3.0, 3.0, 4.0, 1.0, 1, NULL)")
     for rid, fp in (("old", "aa.0"), ("old2", "bb.0")):
-        conn.execute("INSERT INTO tasks VALUES (?, 't', 'succeeded', 1, 1.0, 2.0, ?, '7', "
-                     "NULL, NULL, NULL, NULL)", (rid, fp))
-        conn.execute("INSERT INTO tasks VALUES (?, 'u', 'succeeded', 1, 1.0, 2.0, 'cc.0', '7', "
-                     "NULL, NULL, NULL, NULL)", (rid,))
+        for name, fingerprint in (("t", fp), ("u", "cc.0")):
+            conn.execute("INSERT INTO tasks (run_id, name, status, attempts, started, finished, "
+                         "fingerprint, result) VALUES (?, ?, 'succeeded', 1, 1.0, 2.0, ?, '7')",
+                         (rid, name, fingerprint))
     conn.close()
 
 
@@ -285,7 +286,7 @@ def test_a_version_3_store_is_read_as_it_is_then_migrated(tmp_path):
     _v3_store(tmp_path)
     before = _fingerprint(tmp_path)
     store = SQLiteStore(tmp_path)
-    assert store.open_read_only() and store.version == 3
+    assert store.open_read_only() and store.version == q.VERSIONS_SCHEMA - 1
     try:
         rows, total = q.list_runs(store)
         assert total == 2 and [r.flow_version for r in rows] == [None, None]

@@ -34,8 +34,8 @@ from typing import Any, Callable, Mapping, TypeVar
 import attrs
 
 from ...errors import StateError, UsageError
-from .store import (MAX_ERROR, MAX_NAME, RUN_STATUSES, SQLiteStore, StoreChanged, _max_len,
-                    _non_negative, _reading, _timestamp, structure)
+from .store import (MAX_ERROR, MAX_NAME, MIGRATIONS, RUN_STATUSES, SQLiteStore, StoreChanged,
+                    _max_len, _non_negative, _reading, _timestamp, structure)
 from .schedules import ScheduleInfo, schedules
 from .versions import VersionDiff, diff_snapshots
 
@@ -153,8 +153,14 @@ def _seconds(value: Any, what: str) -> float | None:
     raise UsageError(f"{what} must be POSIX seconds or an aware datetime, got {value!r:.60}")
 
 
+#: the schema version that added flow versions (found, not hard-coded: migrations may be
+#: renumbered when branches merge)
+VERSIONS_SCHEMA = min(v for v, statements in MIGRATIONS.items()
+                      if any("flow_graphs" in s for s in statements))
+
+
 def _has_versions(store: SQLiteStore) -> bool:
-    return store.version >= 4
+    return store.version >= VERSIONS_SCHEMA
 
 
 def _run_row(store: SQLiteStore, row: tuple, counts: Mapping[str, int]) -> RunRow:
