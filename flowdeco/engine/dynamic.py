@@ -528,7 +528,8 @@ class DynamicFlows:
             off = port.offset
             decision = run.hook.flowdeco_attempt_done(
                 run=run, task=m.vertex,
-                attempt=Attempt(attempt, None, result, err, t0 + off, t1 + off, t1 - t0))
+                attempt=Attempt(attempt, None, result, err, t0 + off, t1 + off, t1 - t0,
+                                m.t0[k] + off))
         if isinstance(decision, Reschedule):
             run.attempt_durations.setdefault((m.index, k), [(worker, t1 - t0)])
             next_attempt = decision.attempt if decision.attempt is not None else attempt + 1

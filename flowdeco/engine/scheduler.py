@@ -372,7 +372,8 @@ class Run(RunSurface, RunSetup, RunReporting):
             decision = self.hook.flowdeco_attempt_done(
                 run=self, task=v,
                 attempt=Attempt(attempt, iteration, result, err, t0 + self._offset,
-                                t1 + self._offset, t1 - t0))
+                                t1 + self._offset, t1 - t0,
+                                self._table.t0[i] + self._offset))  # type: ignore[operator]
         if isinstance(decision, Reschedule):
             if i not in self.attempt_durations:  # the first attempt (later ones: _on_done)
                 self.attempt_durations[i] = [(worker, t1 - t0)]
