@@ -327,3 +327,26 @@ def test_context_manager_nests_and_excludes():
             with b:
                 raise KeyError("x")
     assert b.state == "closed"
+
+
+def test_a_predicate_exclusion_does_not_stop_tasks_going_to_worker_processes(write_module):
+    """A breaker travels to worker processes by name; a lambda in exclude= used to make
+    every attempt fail with a PicklingError."""
+    from flowdeco import run
+
+    path = write_module("""
+        from flowdeco import task, CircuitBreaker
+        lookups = CircuitBreaker("vocab-proc", threshold=1,
+                                 exclude=lambda e: isinstance(e, KeyError))
+
+        @task(circuit=lookups)
+        def lookup():
+            raise KeyError("no such customer")
+
+        @task(circuit=lookups, after=[lookup], trigger="all_done")
+        def fetch():
+            return "fetched"
+    """)
+    result = run(str(path), state_dir=None, executor="process", workers=1)
+    assert "KeyError" in result["lookup"].error       # its own error, not a PicklingError
+    assert (result["fetch"].status, result["fetch"].result) == ("succeeded", "fetched")

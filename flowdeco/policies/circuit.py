@@ -174,6 +174,10 @@ class CircuitBreaker:
         self.half_open_attempts = half_open_attempts
         #: exception types and predicates whose exceptions are not failures
         self.exclude = _exclusions(where, exclude)
+        # what travels to worker processes for a breaker they lack: the types (a
+        # predicate may not pickle; the worker imports the module that made the
+        # breaker, and with it the predicate, in the usual case)
+        self._types_excluded = tuple(x for x in self.exclude if isinstance(x, type))
         self._now = _monotonic_source(clock)
         self._init_state()
         for obj in listeners:
@@ -488,7 +492,7 @@ class CircuitBreaker:
     def __reduce__(self) -> Any:
         return (_lookup_or_create,
                 (self.name, self.threshold, self.reset_after, self.half_open_attempts,
-                 self.exclude))
+                 self._types_excluded))
 
     def __repr__(self) -> str:
         return (f"<CircuitBreaker {self.name!r} {self._state.value} threshold={self.threshold} "
