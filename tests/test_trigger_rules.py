@@ -406,3 +406,86 @@ def test_an_unknown_rule_lists_the_rules():
                        match="trigger= must be one of 'all_succeeded', 'all_failed'.*"
                              "got 'sometimes'"):
         task(name="s", trigger="sometimes")(lambda: 1)
+
+
+# --------------------------------------------------------------------------- any graph
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ALL_RULES = sorted(set(TABLE) | {"always"})
+
+
+def _reference(rule, deps):
+    """Airflow's table over the dependencies' final (status, reason): "run" or the skip
+    reason -- written from the docs, independently of flowdeco.engine.dynamic."""
+    if not deps or rule in ("all_done", "always"):
+        return RUN
+    ok = [s == "succeeded" for s, _ in deps]
+    failed = [s == "failed" for s, _ in deps]
+    upfailed = [(s, r) == ("skipped", "upstream") for s, r in deps]
+    skipped = [s == "skipped" and r != "upstream" for s, r in deps]
+    bad = [f or u for f, u in zip(failed, upfailed)]
+    if rule in ("all_succeeded", "all_success"):
+        if all(ok):
+            return RUN
+        if any(bad):
+            return "upstream"
+        reasons = {r for (s, r), k in zip(deps, skipped) if k}
+        return "trigger" if "trigger" in reasons else "condition"
+    if rule == "all_failed":
+        return RUN if all(bad) else "trigger"
+    if rule == "all_skipped":
+        return RUN if all(skipped) else "trigger"
+    if rule == "one_success":
+        return RUN if any(ok) else "trigger" if all(skipped) else "upstream"
+    if rule in ("one_failed", "any_failed"):
+        return RUN if any(bad) else "trigger"
+    if rule == "one_done":
+        return RUN if any(ok) or any(failed) else "trigger"
+    if rule == "none_failed":
+        return "upstream" if any(bad) else RUN
+    if rule == "none_failed_min_one_success":
+        return "upstream" if any(bad) else "trigger" if all(skipped) else RUN
+    if rule == "none_skipped":
+        return "trigger" if any(skipped) else RUN
+    raise AssertionError(rule)
+
+
+@st.composite
+def graphs(draw):
+    n = draw(st.integers(2, 8))
+    spec = []
+    for i in range(n):
+        deps = draw(st.lists(st.integers(0, i - 1), max_size=3, unique=True)) if i else []
+        spec.append((sorted(deps), draw(st.sampled_from(ALL_RULES)),
+                     draw(st.sampled_from(["ok", "ok", "fail", "condition"]))))
+    return spec
+
+
+@settings(max_examples=60, deadline=None)
+@given(spec=graphs(), executor=st.sampled_from(EXECUTORS))
+def test_any_graph_matches_airflows_table(spec, executor):
+    """Random graphs of random rules: every task ends as the table says, whichever order
+    the tasks ran in (rules firing early included)."""
+    tasks = []
+    for i, (deps, rule, plan) in enumerate(spec):
+        def body(plan=plan):
+            if plan == "fail":
+                raise ValueError("planned failure")
+            return 1
+        tasks.append(task(name=f"t{i}", after=[f"t{d}" for d in deps], trigger=rule,
+                          when=(lambda: False) if plan == "condition" else None)(body))
+    result = run_flow(tasks, executor=executor, workers=3)
+    final = {}
+    for i, (deps, rule, plan) in enumerate(spec):
+        verdict = _reference(rule, [final[d] for d in deps])
+        if verdict == RUN:
+            expected = {"ok": ("succeeded", None), "fail": ("failed", None),
+                        "condition": ("skipped", "condition")}[plan]
+        else:
+            expected = ("skipped", verdict)
+        out = result[f"t{i}"]
+        assert (out.status, out.reason) == expected, (i, spec)
+        final[i] = expected
