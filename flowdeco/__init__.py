@@ -21,7 +21,8 @@ from .task import TaskSpec, task
 _LAZY = {
     "Context": "context", "hookimpl": "manager",
     "run": "engine.session", "Run": "engine.scheduler", "NoTasksError": "engine.session",
-    "Retry": "policies.retry", "CircuitBreaker": "policies.circuit",
+    "Retry": "policies.retry", "RetryError": "policies.retry",
+    "CircuitBreaker": "policies.circuit",
     "CircuitOpenError": "policies.circuit", "TaskTimeout": "policies.timeout",
     "Pipeline": "pipeline", "PipelineResult": "pipeline",
     "WorkerCrashed": "executors", "UnpicklableResult": "pickling",
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .manager import hookimpl
     from .pipeline import Pipeline, PipelineResult
     from .policies.circuit import CircuitBreaker, CircuitOpenError
-    from .policies.retry import Retry
+    from .policies.retry import Retry, RetryError
     from .policies.timeout import TaskTimeout
     from .executors import WorkerCrashed
     from .pickling import UnpicklableResult
@@ -61,7 +62,7 @@ __all__ = [
     "Attempt", "CircuitBreaker", "CircuitOpenError", "Clock", "CollectionError", "Context",
     "CycleError", "Deadline", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
     "FlowError", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
-    "Reschedule", "Restored", "Retry", "Run", "RunResult", "Secret", "StashKey", "StateError",
+    "Reschedule", "Restored", "Retry", "RetryError", "Run", "RunResult", "Secret", "StashKey", "StateError",
     "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout",
     "UnpicklableResult", "UsageError", "WorkerCrashed", "hookimpl", "run", "task",
 ]

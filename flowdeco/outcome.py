@@ -94,6 +94,10 @@ class Attempt:
     started: float
     finished: float
     duration: float
+    #: when the first attempt of this task (or mapped instance) started, on the same
+    #: clock as ``started``; what a time budget across attempts is measured from
+    #: (``Retry(give_up_after=...)``).  None: not known (an Attempt made elsewhere).
+    first_started: float | None = None
 
     @property
     def ok(self) -> bool:

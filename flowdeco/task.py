@@ -113,7 +113,13 @@ _PLUGIN_OPTIONS = ("retries", "retry", "timeout", "delay", "every", "times", "ci
                    "until", "cron", "cache", "cache_ttl")
 
 #: ``@task(trigger=...)`` rules: when a task runs, given how its dependencies ended
-TRIGGER_RULES = ("all_succeeded", "all_done", "none_failed", "any_failed")
+#: (Airflow's rules and meanings; see :mod:`flowdeco.engine.dynamic`)
+TRIGGER_RULES = ("all_succeeded", "all_failed", "all_done", "all_skipped", "one_success",
+                 "one_failed", "one_done", "none_failed", "none_failed_min_one_success",
+                 "none_skipped", "always")
+#: other names accepted for a rule (Airflow's ``all_success``; flowdeco's earlier
+#: ``any_failed``), stored as the rule they name
+TRIGGER_ALIASES = {"all_success": "all_succeeded", "any_failed": "one_failed"}
 
 
 def get_spec(obj: Any) -> TaskSpec | None:
@@ -152,8 +158,11 @@ def task(fn: Any = None, /, **kwargs: Any) -> Any:
     ``circuit`` (a ``CircuitBreaker`` or its name), ``tags``.  Dynamic flows:
     ``map`` (the name of a parameter bound to an upstream task: run once per
     element of its result), ``when`` (a predicate taking task parameters by
-    name; false skips the task), ``trigger`` (``all_succeeded`` (default),
-    ``all_done``, ``none_failed``, ``any_failed``).  ``cache``/``cache_ttl``
+    name; false skips the task), ``trigger`` (Airflow's trigger rules:
+    ``all_succeeded``/``all_success`` (default), ``all_failed``, ``all_done``,
+    ``all_skipped``, ``one_success``, ``one_failed``, ``one_done``,
+    ``none_failed``, ``none_failed_min_one_success``, ``none_skipped``,
+    ``always``).  ``cache``/``cache_ttl``
     are input-hash caching, handled by the state plugin.  Other keyword
     options are kept for plugins and checked when the flow is collected.
     """
@@ -243,6 +252,7 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
             raise TaskDefinitionError(
                 f"{where}: after= takes tasks or task names, got {a!r}")
     params = read_params(fn, where)
+    trigger = TRIGGER_ALIASES.get(trigger, trigger) if isinstance(trigger, str) else trigger
     when_params = _check_dynamic(where, params, map, when, trigger, every, cron)
     cache, cache_ttl, cache_params = _check_cache(where, params, cache, cache_ttl)
     return TaskSpec(fn=fn, name=name, after=after_t, retries=retries, retry=retry,
@@ -293,8 +303,8 @@ def _check_dynamic(where: str, params: tuple[Param, ...], map: Any, when: Any, t
     names = [p.name for p in params]
     if trigger not in TRIGGER_RULES:
         raise TaskDefinitionError(
-            f"{where}: trigger= must be one of {', '.join(_reprs(TRIGGER_RULES))}, "
-            f"got {trigger!r}")
+            f"{where}: trigger= must be one of {', '.join(_reprs(TRIGGER_RULES))} "
+            f"(or the aliases {', '.join(_reprs(TRIGGER_ALIASES))}), got {trigger!r}")
     if map is not None:
         if not isinstance(map, str) or map not in names or map == CTX:
             raise TaskDefinitionError(

@@ -6,26 +6,40 @@ scheduler; a :class:`Run` makes one :class:`DynamicFlows` the first time it need
 hot paths for plain tasks do not look at it.
 
 **Gate** (:meth:`DynamicFlows.gate`).  When every dependency of a task with a
-trigger rule or a condition has ended, the scheduler asks the gate before
+trigger rule or a condition has ended -- or earlier, when :meth:`DynamicFlows.early`
+says its rule is already decided -- the scheduler asks the gate before
 queueing it:
 
-- the trigger rule, over how the dependencies ended: ``all_succeeded``
-  (default: a dependency that failed ends the task at once, ``skipped`` with
-  reason ``upstream``, without waiting for the others), ``all_done``
-  (always), ``none_failed`` (unless one failed), ``any_failed`` (only if
-  one failed); not met: ``skipped`` with reason ``trigger``.  "Failed" here
-  means ``failed``, ``interrupted``, or ``skipped`` with reason ``upstream``
-  (a failure further up, like Airflow's ``upstream_failed``); a dependency
-  skipped by a condition, a trigger rule or a stop is fine;
+- the trigger rule (Airflow's set and meanings, :func:`verdict`), over how
+  the dependencies ended: *succeeded* (or restored), *failed* (failed or
+  interrupted), *upstream-failed* (skipped with reason ``upstream``: a
+  failure further up) or *skipped* (reason ``condition``, ``trigger`` or
+  ``stopped``).  ``all_succeeded`` (default; alias ``all_success``): a
+  dependency that failed ends the task at once (the scheduler does it),
+  skipped with reason ``upstream``; a skipped one passes its reason on.
+  The ``one_*`` rules fire as soon as they are met, without waiting for the
+  other dependencies; ``always`` runs as soon as the run starts.  Any rule
+  is decided as soon as its outcome is certain.  A rule unmet because
+  something upstream failed skips the task with reason ``upstream``
+  (Airflow's upstream_failed); unmet for any other reason, with ``trigger``
+  (``stopped`` instead when a dependency was skipped by a stop).  A task
+  with no dependencies runs whatever its rule;
 - then ``when=``: the predicate is called on the scheduler thread with the
   task's own arguments by name (upstream results, None for one that did not
-  succeed; run parameters; defaults; ``ctx``); false: ``skipped`` with reason
-  ``condition``; raising: the task fails with that error (0 attempts).
+  succeed *or has not ended yet*; run parameters; defaults; ``ctx``); false:
+  ``skipped`` with reason ``condition``; raising: the task fails with that
+  error (0 attempts).
+
+A task that starts before some dependencies ended (``one_*``, ``always``)
+receives None for each of them, as for one that did not succeed, and does
+not wait for them; ``ctx.upstream`` lists the dependencies that had ended
+when it is read.  Dependencies that end later release nothing more.
 
 Reasons propagate to ``all_succeeded`` tasks: a dependency skipped for
-``condition`` or ``stopped`` passes its reason on, one that failed, was
-interrupted, or was skipped for ``upstream``/``trigger`` gives ``upstream``
-(``upstream`` > ``stopped`` > ``condition`` when several apply).
+``condition``, ``trigger`` or ``stopped`` passes its reason on (a plain skip
+stays a skip, never a failure), one that failed, was interrupted, or was
+skipped for ``upstream`` gives ``upstream`` (``upstream`` > ``stopped`` >
+``trigger`` > ``condition`` when several apply).
 
 **Map** (``@task(map="files")``).  When a mapped task passes its gate (and
 restore/delay hooks), :meth:`DynamicFlows.expand` takes the upstream result (a
@@ -72,7 +86,52 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _NAN = float("nan")
 #: reasons passed on to all_succeeded dependents, strongest last
-_RANK = {"condition": 0, "stopped": 1, "upstream": 2}
+_RANK = {"condition": 0, "trigger": 1, "stopped": 2, "upstream": 3}
+#: skip reasons an all_succeeded dependent inherits as they are (plain skips); any
+#: other way of not succeeding gives it "upstream" (a failure further up)
+_PASSED_ON = ("condition", "trigger", "stopped")
+#: a rule's verdict: run the task (a skip verdict is its reason)
+RUN = "run"
+#: rules that may be decided before every dependency ended (``early``)
+_EARLY = frozenset(("all_failed", "all_skipped", "one_success", "one_failed", "one_done",
+                    "none_failed", "none_failed_min_one_success", "none_skipped"))
+
+
+def verdict(rule: str, ok: int, failed: int, upfailed: int, skipped: int, done: bool,
+            n: int) -> str | None:
+    """A trigger rule (other than ``all_succeeded``/``always``) over the dependencies
+    that have ended: :data:`RUN`, a skip reason, or None (wait for more).
+
+    ``ok``, ``failed`` (failed or interrupted), ``upfailed`` (skipped with reason
+    ``upstream``: Airflow's upstream_failed) and ``skipped`` (any other skip)
+    count the ended dependencies of ``n``; ``done``: all have ended.  As in
+    Airflow's ``TriggerRuleDep``: a rule unmet because something upstream
+    failed skips with ``upstream`` (Airflow's upstream_failed), any other
+    unmet rule with ``trigger`` (Airflow's skipped).
+    """
+    if rule == "all_done":
+        return RUN if done else None
+    if rule == "one_success":
+        if ok:
+            return RUN
+        return None if not done else "trigger" if skipped == n else "upstream"
+    if rule == "one_failed":
+        return RUN if failed or upfailed else "trigger" if done else None
+    if rule == "one_done":
+        return RUN if ok or failed else "trigger" if done else None
+    if rule == "none_failed":
+        return "upstream" if failed or upfailed else RUN if done else None
+    if rule == "none_failed_min_one_success":
+        if failed or upfailed:
+            return "upstream"
+        return None if not done else "trigger" if skipped == n else RUN
+    if rule == "none_skipped":
+        return "trigger" if skipped else RUN if done else None
+    if rule == "all_failed":
+        return "trigger" if ok or skipped else RUN if done else None
+    if rule == "all_skipped":
+        return "trigger" if ok or failed or upfailed else RUN if done else None
+    raise InternalError(f"unknown trigger rule {rule!r}")
 #: failed instances named in a mapped task's error
 _NAMED = 10
 
@@ -95,7 +154,12 @@ class DynamicFlows:
 
     # ------------------------------------------------------------------ gate
     def gate(self, v: Vertex) -> tuple | None:
-        """Trigger rule, then ``when=``: how ``v`` ends right away, or None to go on."""
+        """Trigger rule, then ``when=``: how ``v`` ends right away, or None to go on.
+
+        Called when every dependency has ended, or earlier when :meth:`early`
+        said the rule is decided (then the dependencies not ended yet count
+        as not ended: see :func:`verdict`).
+        """
         run = self.run
         port = self.port
         i = v.index
@@ -109,17 +173,36 @@ class DynamicFlows:
                 st = status[d]
                 if st in OK:
                     continue
-                why = reasons[d] if st == SKIPPED and reasons[d] in ("condition", "stopped") \
-                    else "upstream"
+                why = reasons[d] if st == SKIPPED and reasons[d] in _PASSED_ON else "upstream"
                 if worst is None or _RANK[why] > _RANK[worst]:
                     worst = why
             if worst is not None:
                 return (i, SKIPPED, None, None, 0, None, None, worst)
-        elif rule != "all_done":
-            failed = any(status[d] == FAILED or status[d] == INTERRUPTED or (
-                status[d] == SKIPPED and reasons[d] == "upstream") for d in v.deps)
-            if failed if rule == "none_failed" else not failed:
-                return (i, SKIPPED, None, None, 0, None, None, "trigger")
+        elif rule != "always" and v.deps:
+            ok = failed = upfailed = skipped = stopped = 0
+            for d in v.deps:
+                st = status[d]
+                if st is None:
+                    continue
+                if st in OK:
+                    ok += 1
+                elif st == SKIPPED:
+                    why = reasons[d]
+                    if why == "upstream":
+                        upfailed += 1
+                    else:
+                        skipped += 1
+                        stopped += why == "stopped"
+                else:  # failed, interrupted
+                    failed += 1
+            n = len(v.deps)
+            out = verdict(rule, ok, failed, upfailed, skipped,
+                          ok + failed + upfailed + skipped == n, n)
+            if out is None:
+                raise InternalError(f"task {v.name!r}: trigger rule {rule!r} undecided at its gate")
+            if out is not RUN:
+                return (i, SKIPPED, None, None, 0, None, None,
+                        "stopped" if stopped and out == "trigger" else out)
         if spec.when is not None:
             try:
                 go = spec.when(**self._when_kwargs(v))
@@ -130,6 +213,31 @@ class DynamicFlows:
             if not go:
                 return (i, SKIPPED, None, None, 0, None, None, "condition")
         return None
+
+    def early(self, i: int, d: int | None) -> bool:
+        """Whether task ``i``'s trigger rule is decided now, before all its dependencies
+        ended: dependency ``d`` just ended (None: the run is starting).
+
+        Every decision before the last dependency ends is made by the first
+        dependency that ends a certain way (a success for ``one_success``, a
+        failure for ``none_failed``, ...), so looking at ``d`` alone is enough;
+        the scheduler then calls :meth:`gate` through ``_make_ready``.
+        """
+        spec = self.run.graph.vertices[i].spec
+        if spec is None:
+            return False
+        rule = spec.trigger
+        if rule == "always":
+            return True
+        if d is None or rule not in _EARLY:
+            return False
+        table = self.port.table
+        st = table.status[d]
+        ok = st in OK
+        up = st == SKIPPED and table.reason[d] == "upstream"
+        skip = st == SKIPPED and not up
+        failed = not (ok or skip or up)
+        return verdict(rule, ok, failed, up, skip, False, 0) is not None
 
     def _when_kwargs(self, v: Vertex) -> dict[str, Any]:
         spec = v.spec
@@ -166,8 +274,9 @@ class DynamicFlows:
         port.table.t0[i] = now
         where = f"task {v.name!r} maps over {spec.map!r}"
         if port.table.status[d] not in OK:
-            return self._fail(i, TypeError(
-                f"{where}, but task {up!r} did not succeed ({port.table.status[d]})"), now)
+            how = "had not ended (a one_*/always trigger rule started it early)" \
+                if port.table.status[d] is None else f"did not succeed ({port.table.status[d]})"
+            return self._fail(i, TypeError(f"{where}, but task {up!r} {how}"), now)
         src = run.results[d]
         if isinstance(src, (list, tuple, range)):
             items: Any = src
@@ -419,7 +528,8 @@ class DynamicFlows:
             off = port.offset
             decision = run.hook.flowdeco_attempt_done(
                 run=run, task=m.vertex,
-                attempt=Attempt(attempt, None, result, err, t0 + off, t1 + off, t1 - t0))
+                attempt=Attempt(attempt, None, result, err, t0 + off, t1 + off, t1 - t0,
+                                m.t0[k] + off))
         if isinstance(decision, Reschedule):
             run.attempt_durations.setdefault((m.index, k), [(worker, t1 - t0)])
             next_attempt = decision.attempt if decision.attempt is not None else attempt + 1

@@ -167,8 +167,11 @@ class Run(RunSurface, RunSetup, RunReporting):
                     self._table.remaining = [0] * len(self.graph)
                 else:
                     self._table.remaining = [len(v.deps) for v in self.graph.vertices]
+                    gated = self._table.gated
                     for i in range(len(self.graph)):
-                        if self._table.remaining[i] == 0 and self._table.state[i] == PENDING:
+                        if self._table.state[i] == PENDING and (
+                                self._table.remaining[i] == 0
+                                or gated[i] and self._dynamic().early(i, None)):  # always
                             done = self._make_ready(i)
                             if done is not None:
                                 self._finish(*done)
@@ -347,6 +350,11 @@ class Run(RunSurface, RunSetup, RunReporting):
                     done = self._make_ready(s)
                     if done is not None:
                         self._finish(*done)
+                elif gated[s] and state[s] == PENDING and self._dynamic().early(s, i):
+                    # a one_* rule met before its other dependencies ended (.dynamic)
+                    done = self._make_ready(s)
+                    if done is not None:
+                        self._finish(*done)
         else:
             self._after_attempt(i, attempt, iteration, result, err, t0, t1, worker)
         if nxt is not None and self.reporting:
@@ -364,7 +372,8 @@ class Run(RunSurface, RunSetup, RunReporting):
             decision = self.hook.flowdeco_attempt_done(
                 run=self, task=v,
                 attempt=Attempt(attempt, iteration, result, err, t0 + self._offset,
-                                t1 + self._offset, t1 - t0))
+                                t1 + self._offset, t1 - t0,
+                                self._table.t0[i] + self._offset))  # type: ignore[operator]
         if isinstance(decision, Reschedule):
             if i not in self.attempt_durations:  # the first attempt (later ones: _on_done)
                 self.attempt_durations[i] = [(worker, t1 - t0)]
@@ -416,10 +425,11 @@ class Run(RunSurface, RunSetup, RunReporting):
                 self._stop(interrupted=False)
             if self.reporting:
                 self._report_outcome(i)
-            # what an all_succeeded dependent inherits (see .dynamic): "condition" and
-            # "stopped" pass on, anything else that is not a success gives "upstream"
+            # what an all_succeeded dependent inherits (see .dynamic): plain skips
+            # ("condition", "trigger", "stopped") pass on, anything else that is not a
+            # success gives "upstream"
             why = None if ok else reason if status == SKIPPED and reason in (
-                "condition", "stopped") else "upstream"
+                "condition", "trigger", "stopped") else "upstream"
             for s in succs[i]:
                 remaining[s] -= 1
                 if state[s] != PENDING:
@@ -431,7 +441,7 @@ class Run(RunSurface, RunSetup, RunReporting):
                         continue
                     # decided by its trigger rule once every dependency has ended
                     self._table.gated[s] = True
-                if remaining[s] == 0:
+                if remaining[s] == 0 or (self._table.gated[s] and self._dynamic().early(s, i)):
                     done = self._make_ready(s)
                     if done is not None:
                         state[s] = DONE

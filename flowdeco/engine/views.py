@@ -57,6 +57,8 @@ class Upstream(Mapping[str, TaskOutcome]):
     A task a thread worker chained right after its one dependency may read
     this before the scheduler has recorded that dependency's completion;
     ``early`` (``(index, result, attempt, t0, t1, worker)``) covers that case.
+    Only dependencies that have ended are listed (a ``one_*`` or ``always``
+    task may start before the others end).
     """
 
     def __init__(self, run: "Run", deps: tuple[int, ...], early: tuple | None = None):
@@ -76,8 +78,13 @@ class Upstream(Mapping[str, TaskOutcome]):
         return run.outcome_at(d)
 
     def __iter__(self):
-        return iter(self._deps)
+        # a task started before all its dependencies ended (one_* and always trigger
+        # rules) sees the ones that have ended so far
+        status = self._run._table.status
+        early = self._early
+        return (name for name, d in self._deps.items()
+                if status[d] is not None or (early is not None and early[0] == d))
 
     def __len__(self) -> int:
-        return len(self._deps)
+        return sum(1 for _ in self)
 

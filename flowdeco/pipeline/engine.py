@@ -591,7 +591,7 @@ class Execution:
         policy = stage.retry
         reporter = self.reporter
         if policy is not None and not self.flags.abort and policy.should_retry(exc, attempt):
-            delay = policy.delay_before(attempt, self.rngs[k])
+            delay = policy.delay_before(attempt, self.rngs[k], exc)
             ws.retries += len(entries)
             if reporter is not None:
                 for idx, _ in entries:

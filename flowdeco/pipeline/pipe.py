@@ -129,6 +129,10 @@ class Pipeline:
         elif retry is not None and not isinstance(retry, Retry):
             raise TaskDefinitionError(f"{where}: retry= must be a flowdeco.Retry policy, "
                                       f"got {retry!r} (for a number of retries use retries=N)")
+        elif retry is not None and (retry.retry_if is not None or retry.give_up_after is not None):
+            raise TaskDefinitionError(
+                f"{where}: a stage's Retry cannot use retry_if= or give_up_after= (they "
+                "apply to tasks); use retries= and the failures to retry (on=/not_on=)")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
                     or not 0 < timeout < float("inf"):

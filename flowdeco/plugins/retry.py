@@ -24,10 +24,19 @@ instead of spinning.
 The policy object, :class:`~flowdeco.policies.retry.Retry`, lives in the core
 (:mod:`flowdeco.policies.retry`); this module only applies it to tasks.
 
-Cost: successful attempts never reach this module (the core consults
-``flowdeco_attempt_done`` on success only for tasks a plugin asked for), and
-nothing is prepared per task, so retry configured on tasks that never fail
-costs nothing.
+``Retry(retry_if=predicate)`` also retries *successful* attempts whose result
+the predicate accepts (polling); for those tasks only, this module asks the
+core at run start to show it successful attempts (``run.on_success``).  When
+``retries``/``give_up_after`` run out while the predicate is still true, the
+task fails with :class:`~flowdeco.policies.retry.RetryError`.
+``give_up_after`` is measured from the first attempt's start
+(``Attempt.first_started``).  A ``wait=``, ``on=`` or ``retry_if=`` callable
+that raises fails the task with that error.
+
+Cost: successful attempts never reach this module unless the task's policy
+has ``retry_if`` (the core consults ``flowdeco_attempt_done`` on success only
+for tasks a plugin asked for), and nothing is prepared per task, so retry
+configured on tasks that never fail costs nothing.
 """
 
 from __future__ import annotations
@@ -37,14 +46,15 @@ from typing import Any
 
 from ..errors import CollectionError, UsageError
 from ..manager import hookimpl
-from ..outcome import Reschedule
+from ..outcome import Finish, Reschedule
 # the policy lives in the core (pipelines use it too); re-exported here for compatibility
-from ..policies.retry import BACKOFFS, Backoff, RandomSource, Retry  # noqa: F401
+from ..policies.retry import BACKOFFS, Backoff, RandomSource, Retry, RetryError  # noqa: F401
 
 NAME = "retry"
 
 _STASH_DEFAULT = "flowdeco.retry.default"
 _STASH_RNG = "flowdeco.retry.rng"
+_STASH_POLLED = "flowdeco.retry.polled"
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,27 +113,82 @@ def flowdeco_collection_finish(config: Any, graph: Any) -> None:
                 f"{spec.retry!r} (for a number of retries use retries=N)")
 
 
-@hookimpl(tryfirst=True)
-def flowdeco_attempt_done(run: Any, task: Any, attempt: Any) -> Reschedule | None:
-    err = attempt.error
-    if err is None:
-        return None
+def _policy(run: Any, task: Any) -> Retry | None:
     spec = task.spec
-    policy: Retry | None
     if spec is not None and spec.retry is not None:
-        policy = spec.retry
-    elif spec is not None and spec.retries is not None:
-        policy = _shorthand(spec.retries)
-    else:
-        policy = run.config.stash.get(_STASH_DEFAULT)
-    if policy is None or not policy.should_retry(err, attempt.number):
+        return spec.retry
+    if spec is not None and spec.retries is not None:
+        return _shorthand(spec.retries)
+    return run.config.stash.get(_STASH_DEFAULT)
+
+
+@hookimpl
+def flowdeco_run_start(run: Any) -> None:
+    """Tasks whose policy has ``retry_if=`` see their successful attempts too."""
+    polled = set()
+    default = run.config.stash.get(_STASH_DEFAULT)
+    if default is not None and default.retry_if is not None:
+        polled.update(v.index for v in run.graph.vertices
+                      if v.spec is not None and v.spec.retry is None and v.spec.retries is None)
+    for v in run.graph.using("retry"):
+        if isinstance(v.spec.retry, Retry) and v.spec.retry.retry_if is not None:
+            polled.add(v.index)
+    if polled:
+        run.on_success.update(polled)
+        run.stash[_STASH_POLLED] = polled
+
+
+@hookimpl(tryfirst=True)
+def flowdeco_attempt_done(run: Any, task: Any, attempt: Any) -> Reschedule | Finish | None:
+    err = attempt.error
+    if err is None and _STASH_POLLED not in run.stash:
+        return None  # another plugin watches successes (state, intervals): not ours
+    policy = _policy(run, task)
+    if policy is None:
         return None
-    rng = None
-    if policy.jitter:
-        rngs = run.stash.get(_STASH_RNG)
-        if rngs is None:
-            rngs = run.stash[_STASH_RNG] = {}
-        rng = rngs.get(policy)
-        if rng is None:
-            rng = rngs[policy] = policy.rng()
-    return Reschedule(delay=policy.delay_before(attempt.number, rng))
+    first = attempt.first_started
+    elapsed = None if first is None else attempt.finished - first
+    try:
+        if err is None:
+            again = policy.should_retry_result(attempt.result, attempt.number, elapsed)
+            if again is None:
+                return Finish(error=RetryError(
+                    f"task {task.name!r}: retry_if={_name(policy.retry_if)} still true after "
+                    f"{attempt.number} attempt(s) (last result: {_short(attempt.result)}); "
+                    + _limits(policy), attempt.number, attempt.result))
+            if not again:
+                return None
+        elif not policy.should_retry(err, attempt.number, elapsed):
+            return None
+        rng = None
+        if policy.jitter:
+            rngs = run.stash.get(_STASH_RNG)
+            if rngs is None:
+                rngs = run.stash[_STASH_RNG] = {}
+            rng = rngs.get(policy)
+            if rng is None:
+                rng = rngs[policy] = policy.rng()
+        return Reschedule(delay=policy.delay_before(attempt.number, rng, err))
+    except Exception as exc:  # noqa: BLE001 - a user predicate or wait= may raise anything
+        # the task fails with the policy's own error, the attempt's error as its cause
+        if err is not None and exc.__cause__ is None and exc is not err:
+            exc.__cause__ = err
+        return Finish(error=exc)
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _limits(policy: Retry) -> str:
+    parts = []
+    if policy.retries is not None:
+        parts.append(f"retries={policy.retries}")
+    if policy.give_up_after is not None:
+        parts.append(f"give_up_after={policy.give_up_after:g}s")
+    return "the policy's limits ran out (" + ", ".join(parts) + ")"

@@ -12,11 +12,12 @@ import math
 import numbers
 import random
 import sys
-from typing import Any, Iterable, Literal, Protocol
+from datetime import timedelta
+from typing import Any, Callable, Iterable, Literal, Protocol
 
 import attrs
 
-from ..errors import TaskDefinitionError
+from ..errors import FlowError, TaskDefinitionError
 
 Backoff = Literal["fixed", "linear", "exponential"]
 BACKOFFS: tuple[str, ...] = ("fixed", "linear", "exponential")
@@ -29,30 +30,104 @@ class RandomSource(Protocol):
 
 
 def _seconds(name: str, value: Any, *, optional: bool = False) -> float | None:
+    """A duration option as seconds: a number or a ``timedelta``."""
     if value is None and optional:
         return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 \
             or math.isinf(value):
         raise TaskDefinitionError(
-            f"Retry: {name} must be a finite number of seconds >= 0, got {value!r}")
+            f"Retry: {name} must be a finite number of seconds >= 0 or a timedelta, "
+            f"got {value!r}")
     return float(value)
 
 
-def _exception_types(on: Any) -> tuple[type[BaseException], ...]:
+def _exception_types(name: str, on: Any, *, empty: bool = False
+                     ) -> tuple[type[BaseException], ...]:
     types = tuple(on) if isinstance(on, (tuple, list, set, frozenset)) else (on,)
     bad = [t for t in types if not (isinstance(t, type) and issubclass(t, BaseException))]
-    if not types or bad:
+    if (not types and not empty) or bad:
         raise TaskDefinitionError(
-            f"Retry: on= takes an exception type or a tuple of them, got {on!r}")
+            f"Retry: {name}= takes an exception type or a tuple of them"
+            + (", or a predicate on the exception" if name == "on" else "") + f", got {on!r}")
     return types
+
+
+def _is_predicate(value: Any) -> bool:
+    return callable(value) and not isinstance(value, type)
+
+
+class RetryError(FlowError):
+    """A task's result still asked for a retry (``Retry(retry_if=...)``) when the
+    policy's limits (``retries``, ``give_up_after``) ran out.
+
+    ``attempts``: attempts made; ``last_result``: the last attempt's result.
+    """
+
+    engine_decided = True  # one line on the console (see flowdeco.errors.FlowError)
+
+    def __init__(self, message: str, attempts: int = 0, last_result: Any = None):
+        super().__init__(message)
+        self.attempts = attempts
+        self.last_result = last_result
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.attempts, None))
+
+
+class Incrementing:
+    """``wait=`` for tenacity's ``wait_incrementing``: ``start``, then ``increment``
+    more before each further retry, capped at ``max`` (None: no cap)."""
+
+    __slots__ = ("start", "increment", "max")
+
+    def __init__(self, start: float | timedelta = 0.0, increment: float | timedelta = 1.0,
+                 max: float | timedelta | None = None):
+        self.start = _seconds("Incrementing start", start)
+        self.increment = _seconds("Incrementing increment", increment)
+        self.max = _seconds("Incrementing max", max, optional=True)
+
+    def __call__(self, n: int, error: BaseException | None = None) -> float:
+        value = min(self.start + self.increment * (n - 1), _FLOAT_MAX)  # type: ignore[operator]
+        return value if self.max is None else min(value, self.max)
+
+    def __repr__(self) -> str:
+        return f"Incrementing(start={self.start:g}, increment={self.increment:g}, max={self.max})"
+
+
+class Chain:
+    """``wait=`` for tenacity's ``wait_chain``: the n-th step for retry n, the last
+    step for every retry after.  A step is seconds, a ``timedelta`` or a ``wait=``
+    callable ``(n, error) -> seconds``."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, *steps: Any):
+        if not steps:
+            raise TaskDefinitionError("Retry: Chain() needs at least one step")
+        self.steps = tuple(s if _is_predicate(s) else _seconds("Chain step", s)
+                           for s in steps)
+
+    def __call__(self, n: int, error: BaseException | None = None) -> float:
+        step = self.steps[min(n, len(self.steps)) - 1]
+        return step(n, error) if callable(step) else step
+
+    def __repr__(self) -> str:
+        return f"Chain{self.steps!r}"
 
 
 @attrs.frozen(init=False)
 class Retry:
     """When and how long to wait before running a failed task again.
 
-    ``retries``: retries after the first attempt.  ``backoff``: how the delay
-    before retry n (n = 1, 2, ...) grows from ``delay``:
+    ``retries``: retries after the first attempt (None: no limit, then
+    ``give_up_after`` must be set).  ``give_up_after``: a time budget across
+    attempts (tenacity's ``stop_after_delay``): once that many seconds have
+    passed since the first attempt started, a failed attempt is not retried.
+    With both, the first limit reached wins.
+
+    ``backoff``: how the delay before retry n (n = 1, 2, ...) grows from ``delay``:
 
     ==============  ===================
     ``fixed``       ``delay``
@@ -60,34 +135,61 @@ class Retry:
     ``exponential`` ``delay * 2**(n-1)``
     ==============  ===================
 
-    then multiplied by a uniform factor in ``[1 - jitter, 1 + jitter]``, then
-    clamped to ``[min_delay, max_delay]`` (``max_delay`` is a hard cap; None:
-    no cap).  ``on``: an exception type or a tuple of them; an error outside
-    it fails the task at once.  ``seed``: makes jitter reproducible (a run
-    draws from a fresh ``random.Random(seed)`` per policy, so a single task's
-    delays equal :meth:`preview`).
+    or ``wait``: a callable ``(n, error) -> seconds`` for any other schedule
+    (:class:`Incrementing`, :class:`Chain`, or your own; ``error`` is None in
+    :meth:`preview`); then multiplied by a uniform factor in ``[1 - jitter,
+    1 + jitter]``, then clamped to ``[min_delay, max_delay]`` (``max_delay`` is
+    a hard cap; None: no cap).
+
+    Which failures are retried: ``on``, an exception type, a tuple of them, or
+    a predicate on the exception (true: retry); ``not_on``, exception types
+    never retried (checked first).  An error not retried fails the task at
+    once.  ``retry_if``: a predicate on a *successful* attempt's result; true
+    runs the task again (polling until a job is done); when the limits run
+    out while it is still true the task fails with :class:`RetryError`.
+
+    ``seed``: makes jitter reproducible (a run draws from a fresh
+    ``random.Random(seed)`` per policy, so a single task's delays equal
+    :meth:`preview`).  Every duration may be given as a ``timedelta``.
 
     Invalid arguments raise :class:`~flowdeco.TaskDefinitionError` when the
     policy is made, that is at decoration time.
     """
 
-    retries: int
+    retries: int | None
     backoff: Backoff
     delay: float
     max_delay: float | None
     min_delay: float
     jitter: float
-    on: tuple[type[BaseException], ...]
+    on: tuple[type[BaseException], ...] | Callable[[BaseException], Any]
     seed: int | None
+    give_up_after: float | None
+    not_on: tuple[type[BaseException], ...]
+    retry_if: Callable[[Any], Any] | None
+    wait: Callable[[int, BaseException | None], Any] | None
     #: largest useful exponent for exponential back-off under max_delay
     _exp_cap: int = attrs.field(eq=False, repr=False)
 
-    def __init__(self, retries: int = 0, backoff: Backoff = "fixed", delay: float = 0.0,
-                 max_delay: float | None = None, min_delay: float = 0.0, jitter: float = 0.0,
-                 on: type[BaseException] | Iterable[type[BaseException]] = (Exception,),
-                 seed: int | None = None):
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise TaskDefinitionError(f"Retry: retries must be an int >= 0, got {retries!r}")
+    def __init__(self, retries: int | None = 0, backoff: Backoff = "fixed",
+                 delay: float | timedelta = 0.0, max_delay: float | timedelta | None = None,
+                 min_delay: float | timedelta = 0.0, jitter: float = 0.0,
+                 on: type[BaseException] | Iterable[type[BaseException]]
+                 | Callable[[BaseException], Any] = (Exception,),
+                 seed: int | None = None, *, give_up_after: float | timedelta | None = None,
+                 not_on: type[BaseException] | Iterable[type[BaseException]] = (),
+                 retry_if: Callable[[Any], Any] | None = None,
+                 wait: Callable[[int, BaseException | None], Any] | None = None):
+        budget = _seconds("give_up_after", give_up_after, optional=True)
+        if retries is None:
+            if budget is None:
+                raise TaskDefinitionError(
+                    "Retry: retries=None (no limit on attempts) needs give_up_after= "
+                    "(a time budget); otherwise give a number of retries")
+        elif isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise TaskDefinitionError(
+                f"Retry: retries must be an int >= 0 (or None with give_up_after=), "
+                f"got {retries!r}")
         if backoff not in BACKOFFS:
             raise TaskDefinitionError(
                 f"Retry: unknown backoff {backoff!r}; use 'fixed', 'linear' or 'exponential'")
@@ -102,16 +204,60 @@ class Retry:
             raise TaskDefinitionError(f"Retry: jitter must be a number in [0, 1], got {jitter!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TaskDefinitionError(f"Retry: seed must be an int or None, got {seed!r}")
-        self.__attrs_init__(retries, backoff, delay_, max_, min_, float(jitter),
-                            _exception_types(on), seed, _exponent_cap(delay_, max_, jitter))
+        on_ = on if _is_predicate(on) else _exception_types("on", on)
+        not_on_ = _exception_types("not_on", not_on, empty=True)
+        if retry_if is not None and not callable(retry_if):
+            raise TaskDefinitionError(
+                f"Retry: retry_if= takes a predicate on the result, got {retry_if!r}")
+        if wait is not None and not callable(wait):
+            raise TaskDefinitionError(
+                f"Retry: wait= takes a callable (n, error) -> seconds, got {wait!r}")
+        self.__attrs_init__(retries, backoff, delay_, max_, min_, float(jitter), on_, seed,
+                            budget, not_on_, retry_if, wait,
+                            _exponent_cap(delay_, max_, jitter))
 
     # -- the schedule
-    def should_retry(self, error: BaseException, attempt: int) -> bool:
-        """True when attempt number ``attempt`` (1-based) failing with ``error`` is retried."""
-        return attempt <= self.retries and isinstance(error, self.on)
+    def within_limits(self, attempt: int, elapsed: float | None = None) -> bool:
+        """True while another attempt after attempt number ``attempt`` is allowed:
+        ``retries`` not used up and, when ``elapsed`` (seconds since the first
+        attempt started) is known, ``give_up_after`` not reached."""
+        if self.retries is not None and attempt > self.retries:
+            return False
+        return self.give_up_after is None or elapsed is None or elapsed < self.give_up_after
 
-    def base_delay(self, n: int) -> float:
-        """The delay before retry ``n`` from ``backoff`` alone (before jitter and clamping)."""
+    def retries_error(self, error: BaseException) -> bool:
+        """Whether ``error`` is a failure to retry (``not_on``, then ``on``)."""
+        if self.not_on and isinstance(error, self.not_on):
+            return False
+        on = self.on
+        return isinstance(error, on) if isinstance(on, tuple) else bool(on(error))
+
+    def should_retry(self, error: BaseException, attempt: int,
+                     elapsed: float | None = None) -> bool:
+        """True when attempt number ``attempt`` (1-based) failing with ``error`` is
+        retried; ``elapsed``: seconds since the first attempt started (for
+        ``give_up_after``; None: not checked)."""
+        return self.within_limits(attempt, elapsed) and self.retries_error(error)
+
+    def should_retry_result(self, result: Any, attempt: int,
+                            elapsed: float | None = None) -> bool | None:
+        """For a successful attempt: True to run again, False to keep ``result``,
+        None when ``retry_if`` still asks for a retry but the limits ran out."""
+        if self.retry_if is None or not self.retry_if(result):
+            return False
+        return True if self.within_limits(attempt, elapsed) else None
+
+    def base_delay(self, n: int, error: BaseException | None = None) -> float:
+        """The delay before retry ``n`` from ``wait`` or ``backoff`` alone (before
+        jitter and clamping)."""
+        if self.wait is not None:
+            value = self.wait(n, error)
+            try:
+                return _seconds("wait", value)  # type: ignore[return-value]
+            except TaskDefinitionError:
+                raise TaskDefinitionError(
+                    f"Retry: wait={self.wait!r} returned {value!r} for retry {n}; it must "
+                    "return a finite number of seconds >= 0 or a timedelta") from None
         d = self.delay
         if d == 0.0 or self.backoff == "fixed":
             return d
@@ -123,8 +269,10 @@ class Retry:
         except OverflowError:
             return _FLOAT_MAX
 
-    def delay_before(self, n: int, rng: RandomSource | None = None) -> float:
-        """Seconds to wait before retry ``n`` (n = 1, 2, ...).
+    def delay_before(self, n: int, rng: RandomSource | None = None,
+                     error: BaseException | None = None) -> float:
+        """Seconds to wait before retry ``n`` (n = 1, 2, ...); ``error``: the failure
+        (passed to ``wait``).
 
         Jitter draws one number from ``rng`` (default: the ``random`` module,
         or a fresh ``random.Random(seed)`` for a seeded policy; pass one
@@ -134,7 +282,7 @@ class Retry:
         """
         if n < 1:
             raise ValueError(f"retry numbers start at 1, got {n}")
-        value = self.base_delay(n)
+        value = self.base_delay(n, error)
         if self.jitter:
             if rng is None:
                 rng = self.rng()
@@ -153,10 +301,16 @@ class Retry:
     def preview(self, n: int | None = None) -> list[float]:
         """The first ``n`` delays (default: all ``retries`` of them), in seconds.
 
-        With a seed the jitter is the one a run draws, so a task using this
-        policy alone waits exactly these delays.
+        Exact for the deterministic forms: with a seed the jitter is the one a
+        run draws, and a ``wait=`` callable is called with ``error=None``, so a
+        task using this policy alone waits exactly these delays (one whose
+        ``wait`` looks at the error may differ).  ``give_up_after`` is not
+        applied (it depends on how long the attempts take).
         """
         if n is None:
+            if self.retries is None:
+                raise ValueError("preview(): this policy has no retries limit "
+                                 "(retries=None with give_up_after=); pass n")
             n = self.retries
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"preview(n): n must be an int >= 0, got {n!r}")
