@@ -22,6 +22,7 @@ _LAZY = {
     "Context": "context", "hookimpl": "manager",
     "run": "engine.session", "Run": "engine.scheduler", "NoTasksError": "engine.session",
     "Retry": "policies.retry", "RetryError": "policies.retry",
+    "Incrementing": "policies.retry", "Chain": "policies.retry",
     "CircuitBreaker": "policies.circuit",
     "CircuitOpenError": "policies.circuit", "TaskTimeout": "policies.timeout",
     "Pipeline": "pipeline", "PipelineResult": "pipeline",
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .manager import hookimpl
     from .pipeline import Pipeline, PipelineResult
     from .policies.circuit import CircuitBreaker, CircuitOpenError
-    from .policies.retry import Retry, RetryError
+    from .policies.retry import Chain, Incrementing, Retry, RetryError
     from .policies.timeout import TaskTimeout
     from .executors import WorkerCrashed
     from .pickling import UnpicklableResult
@@ -59,9 +60,9 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attempt", "CircuitBreaker", "CircuitOpenError", "Clock", "CollectionError", "Context",
+    "Attempt", "Chain", "CircuitBreaker", "CircuitOpenError", "Clock", "CollectionError", "Context",
     "CycleError", "Deadline", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
-    "FlowError", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
+    "FlowError", "Incrementing", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
     "Reschedule", "Restored", "Retry", "RetryError", "Run", "RunResult", "Secret", "StashKey", "StateError",
     "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout",
     "UnpicklableResult", "UsageError", "WorkerCrashed", "hookimpl", "run", "task",
