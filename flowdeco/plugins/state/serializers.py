@@ -135,7 +135,7 @@ class Registry:
 
     def choices(self) -> str:
         """The ``store=`` values, for messages."""
-        return ", ".join(['"auto"', '"json"', *(f'"{n}"' for n in self._by_name), "False"])
+        return ", ".join(["auto", "json", *self._by_name]) + " or False"
 
     def auto(self, value: Any) -> Serializer | None:
         """The safe serializer ``store="auto"`` writes ``value`` with; None: JSON in the row."""

@@ -90,7 +90,7 @@ class ResultStore:
             raise UnstorableResult(
                 f"task {name!r}: result of type {type_name(type(value))} cannot be stored: "
                 f"{exc}; or choose how with @task(store=...): {self.registry.choices()} "
-                "(\"pickle\" takes any picklable value, loaded back only from your own state "
+                "(pickle takes any picklable value, loaded back only from your own state "
                 "dir)") from None
         if len(text) >= FILE_THRESHOLD:
             return self.files.write_json(run_id, name, text)
