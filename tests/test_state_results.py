@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import flowdeco
 from flowdeco import TaskDefinitionError, UsageError, task
-from flowdeco.plugins.state import Serializer, register_serializer
+from flowdeco.plugins.state import Serializer
 from flowdeco.plugins.state import results as results_mod
 from flowdeco.plugins.state.commands import export_run
 from flowdeco.plugins.state.results import UNSAVED, ResultFileError, ResultFiles, parse_ref

@@ -54,13 +54,13 @@ from ..audit import audit_path, read_events
 from ...selection import compile_expression
 from . import hookspecs
 from .cache import Cache
-from .codec import Codec, Unstorable, default_codec
+from .codec import Codec, default_codec
 from .fingerprint import fingerprint, why_changed
 from .results import UNSAVED, ResultFileError, ResultFiles, ResultWriteError, parse_ref
-from .serializers import Registry, Serializer, default_registry
+from .serializers import Serializer, default_registry
 from .storage import ResultStore, normalize_choice
 from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
-from .writer import UNREPORTED, UnstorableResult, Writer, unstorable_error, wrapper
+from .writer import UNREPORTED, UnstorableResult, Writer, wrapper
 
 PLUGIN_NAME = "state-store"
 RESTORER_NAME = "state-restorer"
