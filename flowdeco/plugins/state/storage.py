@@ -29,6 +29,8 @@ from .writer import UnstorableResult
 __all__ = ["ResultStore", "normalize_choice", "UnstorableResult"]
 
 _FALSE = ("false", "none", "no", "off", "0")
+#: result types ``auto`` keeps as JSON in the row (when their text is small)
+_ROW_TYPES = frozenset({int, float, bool, type(None), dict, list, tuple})
 
 
 def normalize_choice(value: Any, where: str) -> Any:
@@ -63,12 +65,22 @@ class ResultStore:
         Raises :class:`UnstorableResult` (the task fails, no retry) or
         :class:`ResultWriteError` (the disk refused: the run stops).
         """
-        if choice is False:
-            return UNSAVED
         if choice == "auto":
+            t = type(value)
+            # the hot path (a small JSON-able result): one type test, no other call
+            if t in _ROW_TYPES or ((t is str or t is bytes) and len(value) < FILE_THRESHOLD):
+                try:
+                    text = self.codec.dumps(value, None)
+                except Unstorable as exc:
+                    raise self._unstorable(name, value, exc) from None
+                if len(text) < FILE_THRESHOLD:
+                    return text
+                return self.files.write_json(run_id, name, text)
             ser = self.registry.auto(value)
             if ser is None:
                 return self._json(run_id, name, value)
+        elif choice is False:
+            return UNSAVED
         elif choice == "json":
             return self._json(run_id, name, value)
         else:
@@ -85,16 +97,18 @@ class ResultStore:
 
     def _json(self, run_id: str, name: str, value: Any) -> str:
         try:
-            text = self.codec.dumps(value, limit=None)
+            text = self.codec.dumps(value, None)
         except Unstorable as exc:
-            raise UnstorableResult(
-                f"task {name!r}: result of type {type_name(type(value))} cannot be stored: "
-                f"{exc}; or choose how with @task(store=...): {self.registry.choices()} "
-                "(pickle takes any picklable value, loaded back only from your own state "
-                "dir)") from None
+            raise self._unstorable(name, value, exc) from None
         if len(text) >= FILE_THRESHOLD:
             return self.files.write_json(run_id, name, text)
         return text
+
+    def _unstorable(self, name: str, value: Any, exc: Unstorable) -> UnstorableResult:
+        return UnstorableResult(
+            f"task {name!r}: result of type {type_name(type(value))} cannot be stored: "
+            f"{exc}; or choose how with @task(store=...): {self.registry.choices()} "
+            "(pickle takes any picklable value, loaded back only from your own state dir)")
 
     def _file(self, run_id: str, name: str, ser: Serializer, value: Any) -> str:
         try:
