@@ -573,6 +573,47 @@ def test_a_dataframe_result_on_the_process_executor(flows, tmp_path):
     assert isinstance(res.outcomes["frame"].result, pd.DataFrame)
 
 
+MAPPED = """
+    import os
+    import pandas as pd
+    from flowdeco import task
+    LOG = {log!r}
+
+    def mark(name):
+        with open(LOG, "a") as fh:
+            fh.write(name + "\\n")
+
+    @task
+    def parts():
+        return [1, 2, 3]
+
+    @task(map="parts")
+    def frame(parts):
+        n = parts
+        mark(f"frame{{n}}")
+        return pd.DataFrame({{"n": [n] * n}})
+
+    @task
+    def rows(frame):
+        if os.environ.get("FD_FAIL_TOTAL"):
+            raise RuntimeError("rows failed")
+        return [len(f) for f in frame]
+"""
+
+
+def test_a_mapped_task_of_dataframes_resumes_instance_by_instance(flows, tmp_path):
+    pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    f = Flow(flows, tmp_path, MAPPED)
+    res = f.run(run_id="m1", env=["FD_FAIL_TOTAL"])
+    assert res.outcomes["frame"].status == "succeeded" and not res.events.warnings()
+    assert sorted(f.calls()) == ["frame1", "frame2", "frame3"]
+    res = f.run(resume="m1")
+    assert res.status == "succeeded" and not res.events.warnings()
+    assert f.calls() == []
+    assert res.outcomes["rows"].result == [1, 2, 3]
+
+
 def test_export_lists_file_results_as_references(flow):
     failed_once(flow)
     store = SQLiteStore(flow.state)

@@ -40,7 +40,7 @@ from ...errors import FlowError, StateError, UsageError, shorten
 from ...outcome import ExitCode
 from ...engine.session import validate_run_id
 from .plugin import make_store
-from .results import UNSAVED, ResultFiles, parse_ref
+from .results import INSTANCES, UNSAVED, ResultFiles, parse_ref
 from .serializers import default_registry
 from .store import RunSummary, Store, StoreChanged, TaskRecord
 
@@ -256,6 +256,8 @@ def export_run(store: Store, run_id: str) -> dict[str, Any]:
         counts[t.status] = counts.get(t.status, 0) + 1
         if t.completed and t.result == UNSAVED:
             unsaved.append(t.name)
+        elif t.result == INSTANCES:
+            pass  # a mapped task: its instances' rows (``name[i]``) hold the values
         elif t.completed and t.result is not None:
             try:
                 ref = parse_ref(t.result)

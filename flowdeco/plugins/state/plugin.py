@@ -56,7 +56,7 @@ from . import hookspecs
 from .cache import Cache
 from .codec import Codec, default_codec
 from .fingerprint import fingerprint, why_changed
-from .results import UNSAVED, ResultFileError, ResultFiles, ResultWriteError, parse_ref
+from .results import INSTANCES, UNSAVED, ResultFileError, ResultFiles, ResultWriteError, parse_ref
 from .serializers import Serializer, default_registry
 from .storage import ResultStore, normalize_choice
 from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
@@ -530,7 +530,7 @@ class StatePlugin:
                 continue
             if not upstream_ok:
                 continue
-            if rec is not None and rec.completed:
+            if rec is not None and rec.completed and rec.result != INSTANCES:
                 if rec.result == UNSAVED:
                     ok[i] = True  # store=False: it runs again; what it fed stays restorable
                 elif self._intact(run, rec):
@@ -722,6 +722,9 @@ class StatePlugin:
         try:  # a plugin ended the task with a result of its own (an interval's list)
             return self.results.encode(run.run_id, name, self._choice(v), value), status, error
         except (UnstorableResult, ResultWriteError) as exc:
+            if isinstance(exc, UnstorableResult) and name == v.name and v.spec is not None \
+                    and v.spec.map is not None:
+                return INSTANCES, status, error  # its instances' rows hold the values
             # too late to fail the task: record it failed, so that a resume runs it again
             error = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, ResultWriteError):

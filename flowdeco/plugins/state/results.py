@@ -7,7 +7,9 @@ two small JSON records in the same column:
   is the file ``STATE_DIR/PATH`` written by serializer ``s`` (``json``: JSON
   text too large for a row), ``n`` bytes long with that sha256;
 - ``{"$t":"unsaved"}``: a task with ``store=False`` succeeded; its value was
-  not kept, so a resume runs it again.
+  not kept, so a resume runs it again;
+- ``{"$t":"instances"}``: a mapped task whose list of results cannot be
+  stored as one value (a list of DataFrames); its instances' rows hold them.
 
 (The codec never writes a top-level ``$t`` other than its own tags, so
 these cannot be confused with a value.)
@@ -43,11 +45,14 @@ from ...errors import StateError
 from ..audit import make_private_dirs
 from .serializers import CHUNK, MissingExtra, Registry, Serializer
 
-__all__ = ["FileRef", "ResultFiles", "ResultFileError", "ResultWriteError", "UNSAVED",
+__all__ = ["FileRef", "ResultFiles", "ResultFileError", "ResultWriteError", "UNSAVED", "INSTANCES",
            "parse_ref", "is_record", "RESULTS_DIR"]
 
 RESULTS_DIR = "results"
 UNSAVED = '{"$t":"unsaved"}'
+#: a mapped task whose list of results has no form of its own (DataFrames, ...): a resume
+#: restores it instance by instance from the instances' rows
+INSTANCES = '{"$t":"instances"}'
 _FILE_PREFIX = '{"$t":"file",'
 _RUN_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _FILE_RE = re.compile(r"[A-Za-z0-9_-]{1,80}-[0-9a-f]{16}(\.[A-Za-z0-9]{1,16})?")
@@ -82,7 +87,7 @@ class ResultWriteError(StateError):
 def is_record(text: str | None) -> bool:
     """Whether a stored result is a file reference or the unsaved marker (not a value)."""
     return text is not None and text.startswith('{"$t":"') and (
-        text.startswith(_FILE_PREFIX) or text == UNSAVED)
+        text.startswith(_FILE_PREFIX) or text == UNSAVED or text == INSTANCES)
 
 
 def parse_ref(text: str | None) -> FileRef | None:
