@@ -629,7 +629,15 @@ class StatePlugin:
             return None
         # an interval task's successful iteration is not its completion: not waited for
         final = task.spec is None or getattr(task.spec, "every", None) is None
-        encode = functools.partial(self.results.encode, run.run_id, task.name, self._choice(task))
+        choice = self._choice(task)
+        if final:
+            encode = functools.partial(self.results.encode, run.run_id, task.name, choice)
+        elif choice in ("auto", "json"):
+            # an iteration's result is not stored (the list of them is, at the end): check
+            # that it has a JSON form, as its list needs one, but write no file per iteration
+            encode = self.codec.dumps
+        else:
+            encode = _unchecked
         return wrapper(task.name, encode, self.encoded, self.writer, self.seqs,
                        task.deps, task.index if final else -1)
 
@@ -857,6 +865,10 @@ class StatePlugin:
                 lock.release()
         finally:
             self.store.close()
+
+
+def _unchecked(value: Any) -> str:
+    return ""
 
 
 def _instance_base(name: str) -> str | None:
