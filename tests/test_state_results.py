@@ -627,3 +627,73 @@ def test_export_lists_file_results_as_references(flow):
     assert Path(blob["path"]).is_file() and len(blob["sha256"]) == 64
     assert "blob" not in data["results"] and data["results"]["small"] == {"n": 1}
     assert data["unsaved"] == ["handle"]
+
+
+UNSAVED_CHAIN = """
+    import os
+    from flowdeco import task
+    LOG = {log!r}
+
+    def mark(name):
+        with open(LOG, "a") as fh:
+            fh.write(name + "\\n")
+
+    @task(store=False)
+    def client():
+        mark("client")
+        return object()               # a connection: nothing to save
+
+    @task
+    def fetch(client):
+        mark("fetch")
+        return [1, 2, 3]
+
+    @task
+    def report(fetch):
+        mark("report")
+        if os.environ.get("FD_FAIL_TOTAL"):
+            raise RuntimeError("report failed")
+        return sum(fetch)
+"""
+
+
+def test_store_false_runs_again_on_resume_and_its_dependents_stay_restored(flows, tmp_path):
+    f = Flow(flows, tmp_path, UNSAVED_CHAIN)
+    assert f.run(run_id="s1", env=["FD_FAIL_TOTAL"]).status == "failed"
+    assert f.calls() == ["client", "fetch", "report"]
+    res = f.run(resume="s1")
+    assert res.status == "succeeded"
+    assert f.calls() == ["client", "report"]
+    assert res.outcomes["fetch"].status == "restored" and res.outcomes["report"].result == 6
+
+
+def test_cli_store_false_and_unknown_name(flow, capsys):
+    from flowdeco import cli
+    assert cli.main([str(flow.path), "--state-dir", str(flow.state), "--run-id", "c1",
+                     "--store", "false", "-q"]) == 0
+    assert all(r.result == UNSAVED for r in flow.rows("c1").values())
+    capsys.readouterr()
+    assert cli.main([str(flow.path), "--state-dir", str(flow.state), "--store", "hdf5"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("flowdeco: error: --store: store='hdf5' names no serializer")
+    assert "\n" not in err
+
+
+def test_a_result_file_is_complete_before_the_row_naming_it_commits(flow, monkeypatch):
+    seen = []
+    real = SQLiteStore.record_tasks
+
+    def check(self, run_id, rows):
+        for row in rows:
+            ref = parse_ref(row.result)
+            if ref is not None:
+                path = self.state_dir / ref.path
+                seen.append(row.name)
+                assert path.is_file() and path.stat().st_size == ref.size, \
+                    f"{row.name}: its row commits before its file is complete"
+        return real(self, run_id, rows)
+
+    monkeypatch.setattr(SQLiteStore, "record_tasks", check)
+    for executor in ("thread", "sync"):
+        assert flow.run(executor=executor).status == "succeeded"
+    assert sorted(seen) == ["blob", "blob", "words", "words"]
