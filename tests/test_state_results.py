@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 import json
 import os
 import stat
@@ -697,3 +699,48 @@ def test_a_result_file_is_complete_before_the_row_naming_it_commits(flow, monkey
     for executor in ("thread", "sync"):
         assert flow.run(executor=executor).status == "succeeded"
     assert sorted(seen) == ["blob", "blob", "words", "words"]
+
+
+CRASH_DRIVER = """
+import os, sys
+sys.path.insert(0, {src!r})
+import flowdeco
+from flowdeco.plugins.state.store import SQLiteStore
+
+real = SQLiteStore.record_tasks
+
+def die_before_committing_a_file_row(self, run_id, rows):
+    if any(r.result and r.result.startswith('{{"$t":"file"') for r in rows):
+        os._exit(9)  # killed after the file was written, before its row commits
+    return real(self, run_id, rows)
+
+if os.environ.get("FD_CRASH"):
+    SQLiteStore.record_tasks = die_before_committing_a_file_row
+res = flowdeco.run({flow!r}, state_dir={state!r}, run_id="k1",
+                   resume="k1" if os.environ.get("FD_RESUME") else None)
+print(res.status, res.outcomes["total"].result)
+"""
+
+
+def test_a_crash_between_file_and_commit_leaves_an_orphan_never_a_dangling_row(flow, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(CRASH_DRIVER.format(src=str(flow.path.parent), flow=str(flow.path),
+                                          state=str(flow.state)))
+    env = {**os.environ, "FD_CRASH": "1"}
+    r = subprocess.run([sys.executable, str(driver)], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 9, r.stderr
+    files = list((flow.state / "results" / "k1").iterdir())
+    assert files, "the file is written before its row is submitted"
+    assert all(r.result is None or not r.result.startswith('{"$t":"file"')
+               for r in flow.rows("k1").values())
+    flow.calls()
+    env = {**os.environ, "FD_RESUME": "1"}
+    r = subprocess.run([sys.executable, str(driver)], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "succeeded"
+    assert "blob" in flow.calls()
+    kept = set((flow.state / "results" / "k1").iterdir())
+    assert not kept & set(files), "the orphans of the crash were not removed on resume"
+    assert {flow.file("k1", "blob"), flow.file("k1", "words")} == kept
