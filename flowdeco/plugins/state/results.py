@@ -338,8 +338,8 @@ class ResultFiles:
 
 
 def _write_failed(name: str, where: Path, exc: OSError) -> str:
-    return f"task {name!r}: cannot write its result file in {where.parent if where.suffix else where}: " \
-           f"{exc.strerror or exc}"
+    """``where``: the file, or the folder it was to be made in."""
+    return f"task {name!r}: cannot write its result file {where}: {exc.strerror or exc}"
 
 
 def _fsync_dir(path: Path) -> None:
