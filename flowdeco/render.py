@@ -35,6 +35,11 @@ def _dynamic(v: Vertex) -> list[str]:
         ttl = f", ttl {spec.cache_ttl:g}s" if spec.cache_ttl is not None else ""
         notes.append(("cached" if spec.cache is True else
                       f"cached by {getattr(spec.cache, '__name__', None) or 'key'}") + ttl)
+    store = spec.store
+    if store is False:
+        notes.append("not stored (runs again on resume)")
+    elif store is not None and store != "auto":
+        notes.append(f"store={store}")
     return notes
 
 
@@ -62,7 +67,8 @@ def collect_only(graph: Graph) -> str:
     A mapped task shows as ``scan_file[*]  (map over files)``; a condition as
     ``when=<predicate name>``, a trigger rule other than the default as
     ``trigger=<rule>``, input-hash caching as ``cached`` (``cached by
-    <key function>``, ``, ttl 60s``).
+    <key function>``, ``, ttl 60s``), ``store=False`` as ``not stored (runs again on
+    resume)`` and another ``store=`` as ``store=NAME``.
     """
     nodes = sum(1 for v in graph if v.kind is SUBFLOW)
     head = f"<flow {graph.name}: {len(graph) - nodes} tasks"

@@ -77,6 +77,9 @@ class TaskSpec:
     #: input-hash caching, implemented by a plugin (the state plugin)
     cache: Any = None
     cache_ttl: float | None = None
+    #: how the result is stored (state plugin): None (the run's default), False (not saved),
+    #: "auto", "json", "pickle" or a serializer's name
+    store: Any = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
     params: tuple[Param, ...] = ()
     #: the parameters of ``when``, read once at decoration
@@ -110,7 +113,7 @@ class TaskSpec:
 
 #: Core ``@task`` options whose behaviour comes from a built-in plugin.
 _PLUGIN_OPTIONS = ("retries", "retry", "timeout", "delay", "every", "times", "circuit",
-                   "until", "cron", "cache", "cache_ttl")
+                   "until", "cron", "cache", "cache_ttl", "store")
 
 #: ``@task(trigger=...)`` rules: when a task runs, given how its dependencies ended
 #: (Airflow's rules and meanings; see :mod:`flowdeco.engine.dynamic`)
@@ -141,7 +144,7 @@ def task(*, name: str | None = ..., after: Iterable[Any] = ..., retries: int | N
          until: Callable[[Any], Any] | None = ..., cron: str | None = ...,
          map: str | None = ..., when: Callable[..., Any] | None = ...,
          trigger: str = ..., cache: Any = ..., cache_ttl: float | None = ...,
-         **options: Any) -> Callable[[F], F]: ...
+         store: Any = ..., **options: Any) -> Callable[[F], F]: ...
 
 
 def task(fn: Any = None, /, **kwargs: Any) -> Any:
@@ -163,7 +166,9 @@ def task(fn: Any = None, /, **kwargs: Any) -> Any:
     ``all_skipped``, ``one_success``, ``one_failed``, ``one_done``,
     ``none_failed``, ``none_failed_min_one_success``, ``none_skipped``,
     ``always``).  ``cache``/``cache_ttl``
-    are input-hash caching, handled by the state plugin.  Other keyword
+    are input-hash caching and ``store`` (``"auto"``, ``"json"``, ``"pickle"``,
+    a serializer's name, or ``False``: not saved) how the result is stored,
+    both handled by the state plugin.  Other keyword
     options are kept for plugins and checked when the flow is collected.
     """
     return _decorator(None, fn, kwargs)
@@ -197,7 +202,7 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
               until: Callable[[Any], Any] | None = None, cron: str | None = None,
               map: str | None = None, when: Callable[..., Any] | None = None,
               trigger: str = "all_succeeded", cache: Any = None, cache_ttl: Any = None,
-              **options: Any) -> TaskSpec:
+              store: Any = None, **options: Any) -> TaskSpec:
     """Validate ``@task`` options and build the :class:`TaskSpec` (no side effects)."""
     if not callable(fn) or isinstance(fn, type):
         raise TaskDefinitionError(
@@ -255,11 +260,13 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
     trigger = TRIGGER_ALIASES.get(trigger, trigger) if isinstance(trigger, str) else trigger
     when_params = _check_dynamic(where, params, map, when, trigger, every, cron)
     cache, cache_ttl, cache_params = _check_cache(where, params, cache, cache_ttl)
+    if store is not None:
+        _check_store(where, store, cache)
     return TaskSpec(fn=fn, name=name, after=after_t, retries=retries, retry=retry,
                     timeout=timeout, delay=delay, every=every, times=times,
                     priority=priority, circuit=circuit, tags=tags_set,
                     until=until, cron=cron, map=map, when=when, trigger=trigger,
-                    cache=cache, cache_ttl=cache_ttl,
+                    cache=cache, cache_ttl=cache_ttl, store=store,
                     options=dict(options) if options else _NO_OPTIONS, params=params,
                     when_params=when_params, cache_params=cache_params, owner=owner)
 
@@ -290,6 +297,19 @@ def _check_cache(where: str, params: tuple[Param, ...], cache: Any, ttl: Any
                 f"not a parameter of the task; it may take "
                 f"{', '.join(_reprs(names)) or 'nothing'}")
     return cache, ttl, kparams
+
+
+def _check_store(where: str, store: Any, cache: Any) -> None:
+    """``store=``: False, or a name (serializer names are checked when the flow is collected)."""
+    if store is False:
+        if cache is not None:
+            raise TaskDefinitionError(f"{where}: store=False keeps no result, so cache= has "
+                                      "nothing to reuse; drop one of them")
+        return
+    if not isinstance(store, str) or not store:
+        raise TaskDefinitionError(
+            f"{where}: store= takes \"auto\", \"json\", \"pickle\", a serializer's name or "
+            f"False (not saved), got {store!r}")
 
 
 def _check_dynamic(where: str, params: tuple[Param, ...], map: Any, when: Any, trigger: Any,

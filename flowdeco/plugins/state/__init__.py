@@ -21,9 +21,14 @@ What it does (contract: DESIGN.md §6):
   :mod:`.fingerprint`).  ``--rerun EXPR`` (``-k`` syntax, repeatable) re-runs
   matching tasks and their downstream on purpose.  ``last`` is the latest
   run of the same flow; resuming a run of another flow is refused.
-- A result that cannot be stored exactly as JSON fails its task, naming the
-  task and the type (rules and tags: :mod:`.codec`); teach it a type with
-  :func:`register_type`.
+- Results are stored as JSON in their row (rules and tags: :mod:`.codec`;
+  teach it a type with :func:`register_type`) or, chosen by ``store=``
+  (:mod:`.storage`), as files under ``STATE_DIR/results`` written by a
+  serializer (:mod:`.serializers`, :mod:`.results`): large bytes and text,
+  DataFrames (Parquet), NumPy arrays (``.npy``), ``pickle`` when a task asks
+  for it; plugins add formats (:func:`register_serializer`, the
+  ``flowdeco_result_serializers`` hook).  A value nothing can store fails its
+  task, naming the task, the type and the ``store=`` choices.
 - A full disk (any failed write) stops the run -- nothing new starts,
   running tasks finish -- keeps what was written and reports
   ``state_write_failed``; resume once there is space.
@@ -58,6 +63,7 @@ Results reach a backend already encoded (JSON text), and come back through
 from __future__ import annotations
 
 from .codec import Codec, Unstorable, register_type
+from .serializers import Serializer, register_serializer
 from .plugin import (StatePlugin, flowdeco_addoption, flowdeco_cli_commands,
                      flowdeco_configure, flowdeco_state_store, flowdeco_task_options,
                      flowdeco_unconfigure, make_store)
@@ -65,7 +71,8 @@ from .store import RunLock, RunRecord, RunSummary, SQLiteStore, Store, TaskRecor
 
 NAME = "state"
 
-__all__ = ["Codec", "RunLock", "RunRecord", "RunSummary", "SQLiteStore", "StatePlugin", "Store",
-           "TaskRecord", "TaskRow", "Unstorable", "make_store", "register_type",
+__all__ = ["Codec", "RunLock", "RunRecord", "RunSummary", "SQLiteStore", "Serializer",
+           "StatePlugin", "Store", "TaskRecord", "TaskRow", "Unstorable", "make_store",
+           "register_serializer", "register_type",
            "flowdeco_addoption", "flowdeco_cli_commands", "flowdeco_configure",
            "flowdeco_state_store", "flowdeco_task_options", "flowdeco_unconfigure"]

@@ -15,7 +15,9 @@ A task with ``cache=`` gets a *cache key* when it becomes ready:
   parameters; ``ctx`` and defaults left out) in the result codec's JSON form
   with object keys sorted, or, with ``cache=key_fn``, what ``key_fn`` returns
   when called with the task's parameters by name (like ``when=``): then only
-  what the key function returns counts.  An input that has no
+  what the key function returns counts.  An input that is the result of an
+  upstream task stored as a file (a DataFrame, a large string, see
+  :mod:`.storage`) counts by that file's sha256: it is not encoded again.  An input that has no
   JSON form (a connection, a lock) cannot be hashed: the task runs uncached
   and one ``state_warning`` per task says to give ``cache=`` a key function.
 
@@ -50,9 +52,13 @@ class Cache:
     """Keys, lookups and hits of one run (scheduler thread only)."""
 
     def __init__(self, store: Any, codec: Codec, fingerprint: Callable[[int], str],
-                 refresh: Callable[[str], bool] | None):
+                 refresh: Callable[[str], bool] | None, results: Any = None,
+                 digests: dict[str, str] | None = None):
         self.find = getattr(store, "find_cached", None)
         self.codec = codec
+        #: the plugin's ResultStore (file results), and task name -> sha256 of its result file
+        self.results = results
+        self.digests = digests if digests is not None else {}
         self.fingerprint = fingerprint
         #: tasks whose stored results are not used this run (``--no-cache``, ``--refresh``)
         self.refresh = refresh
@@ -83,13 +89,20 @@ class Cache:
                                        "match its checksum (changed since it was written); "
                                        "running it again")
             return None
+        text = entry.result
         try:
-            value = self.codec.loads(entry.result)
-        except StateError as exc:  # e.g. a class that is gone: compute it again
+            if self.results is None:
+                value = self.codec.loads(text)
+            else:
+                value = self.results.decode(text)
+                ref = self.results.ref(text)
+                if ref is not None:  # a copy of the file of its own: the other run may go
+                    text = self.results.files.link(ref, run.run_id, name)
+        except StateError as exc:  # e.g. a class that is gone, a file deleted: compute it again
             self._warn(run, task.name, f"the cached result from run {entry.run_id!r} cannot "
                                        f"be loaded ({exc}); running it again")
             return None
-        self.hits[name] = entry.result
+        self.hits[name] = text
         return Restored(value, fields={"source": "cache", "cached_run": entry.run_id,
                                        "age": round(max(now - entry.finished, 0.0), 3)})
 
@@ -97,8 +110,11 @@ class Cache:
         """The cache key of ``name``, or None (with a warning) when its inputs cannot be hashed."""
         spec = task.spec
         inputs = run.task_inputs(task, name)
+        files: dict[str, str] = {}
         if spec.cache is True:
             material: Any = inputs
+            if self.digests:
+                material, files = self._by_digest(run, task, inputs)
         else:
             fn = spec.cache
             try:
@@ -118,10 +134,27 @@ class Cache:
                                        "identify the result)")
             return None
         code = self.fingerprint(task.index).partition(".")[0]
-        text = json.dumps([task.name, code, tree], sort_keys=True,
+        text = json.dumps([task.name, code, tree, files] if files else [task.name, code, tree],
+                          sort_keys=True,
                           separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         # surrogatepass: a run parameter decoded with surrogateescape still has a key
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _by_digest(self, run: Any, task: Any, inputs: dict[str, Any]
+                   ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Inputs whose upstream result is a file, replaced by that file's sha256."""
+        files: dict[str, str] = {}
+        vertices = run.graph.vertices
+        mapped = task.spec.map
+        for arg, dep in zip(task.argnames, task.argdeps):
+            if arg == mapped or arg not in inputs:
+                continue
+            digest = self.digests.get(vertices[dep].name)
+            if digest is not None:
+                files[arg] = digest
+        if not files:
+            return inputs, files
+        return {k: v for k, v in inputs.items() if k not in files}, files
 
     def _warn(self, run: Any, task: str, message: str) -> None:
         if task not in self._warned:  # once per task, not once per mapped instance

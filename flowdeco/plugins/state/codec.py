@@ -179,8 +179,11 @@ class Codec:
 
     # ------------------------------------------------------------------ encoding
 
-    def dumps(self, value: Any) -> str:
-        """JSON text for ``value``; raises :class:`Unstorable` when it cannot be stored exactly."""
+    def dumps(self, value: Any, limit: int | None = MAX_RESULT_BYTES) -> str:
+        """JSON text for ``value``; raises :class:`Unstorable` when it cannot be stored exactly.
+
+        ``limit``: the largest text in bytes (None: no limit, the text goes to a file).
+        """
         t = type(value)
         if t is int:
             text = _dumps_plain(value) if value.bit_length() > 10_000 else int.__repr__(value)
@@ -210,8 +213,8 @@ class Codec:
             text = _dumps_plain(tree)
         if not text.isascii():  # O(1) for ASCII text: CPython keeps the flag
             _check_utf8(value, text)
-        if len(text) > MAX_RESULT_BYTES // 4 and len(text.encode("utf-8")) > MAX_RESULT_BYTES:
-            raise _unstorable(value, f"its JSON form is larger than {MAX_RESULT_BYTES} bytes")
+        if limit is not None and len(text) > limit // 4 and len(text.encode("utf-8")) > limit:
+            raise _unstorable(value, f"its JSON form is larger than {limit} bytes")
         return text
 
     def encode(self, value: Any) -> Any:
@@ -355,10 +358,13 @@ class Codec:
 
     # ------------------------------------------------------------------ decoding
 
-    def loads(self, text: str | bytes) -> Any:
-        """The value stored as ``text``; :class:`StateError` for anything malformed."""
+    def loads(self, text: str | bytes, limit: int | None = MAX_RESULT_BYTES) -> Any:
+        """The value stored as ``text``; :class:`StateError` for anything malformed.
+
+        ``limit``: the longest text accepted (None: no limit, a result file's).
+        """
         try:
-            if len(text) > MAX_RESULT_BYTES:
+            if limit is not None and len(text) > limit:
                 raise StateError(f"stored result is larger than {MAX_RESULT_BYTES} bytes")
             tree = json.loads(text, parse_constant=_refuse_constant)
         except StateError:

@@ -17,7 +17,9 @@ Export format (``"format": "flowdeco-state/1"``): the seed's keys
 ``workflowId``, ``completedNodes``, ``startedNodes`` (in flight when the run
 stopped), ``results`` (completed task -> stored JSON, see
 :mod:`flowdeco.plugins.state.codec` for the ``$t`` tags) and
-``totalCompleted``, plus ``run_id``, ``flow``, ``status``, ``started``,
+``totalCompleted``, plus ``files`` (completed task whose result is a file ->
+``path``, ``serializer``, ``size``, ``sha256``; such tasks are not in
+``results``), ``unsaved`` (completed tasks with ``store=False``), plus ``run_id``, ``flow``, ``status``, ``started``,
 ``finished`` (ISO 8601 UTC), ``duration``, ``sessions``, ``counts`` (tasks by
 status) and ``tasks`` (per task: status, attempts, started, finished,
 duration, error, reason, fingerprint).
@@ -40,6 +42,8 @@ from ...outcome import ExitCode
 from ...engine.session import validate_run_id
 from .plugin import make_store
 from .queries import diff_versions, run_detail
+from .results import INSTANCES, UNSAVED, ResultFiles, parse_ref
+from .serializers import default_registry
 from .store import RunSummary, SQLiteStore, Store, StoreChanged, TaskRecord
 from .versions import VersionDiff
 
@@ -256,11 +260,28 @@ def export_run(store: Store, run_id: str) -> dict[str, Any]:
     tasks = store.load_tasks(run_id)
     counts: dict[str, int] = {}
     results: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    unsaved: list[str] = []
     details: dict[str, Any] = {}
+    state_dir = getattr(store, "state_dir", None)
     ordered = _sorted_tasks(tasks)
     for t in ordered:
         counts[t.status] = counts.get(t.status, 0) + 1
-        if t.completed and t.result is not None:
+        if t.completed and t.result == UNSAVED:
+            unsaved.append(t.name)
+        elif t.result == INSTANCES:
+            pass  # a mapped task: its instances' rows (``name[i]``) hold the values
+        elif t.completed and t.result is not None:
+            try:
+                ref = parse_ref(t.result)
+            except StateError as exc:
+                raise StateError(f"{store.location}: run {run_id!r}, task {t.name!r}: {exc}") \
+                    from None
+            if ref is not None:
+                path = str(Path(state_dir) / ref.path) if state_dir is not None else ref.path
+                files[t.name] = {"path": path, "serializer": ref.serializer, "size": ref.size,
+                                 "sha256": ref.sha256}
+                continue
             try:
                 results[t.name] = json.loads(t.result)
             except (ValueError, RecursionError) as exc:
@@ -286,6 +307,8 @@ def export_run(store: Store, run_id: str) -> dict[str, Any]:
         "totalCompleted": len(completed),
         "counts": counts,
         "results": results,
+        "files": files,
+        "unsaved": unsaved,
         "tasks": details,
     }
 
@@ -333,6 +356,8 @@ def _prune(store: Store, state_dir: str, keep: int, dry_run: bool, out: IO[str])
         except OSError:
             pass
         removed.append(rid)
+    if not dry_run and runs:
+        _remove_orphan_results(store, state_dir)
     # one verb per line, on the line of the run it applies to: a bare list under a
     # "removed N, kept M" header could be read as the runs kept
     verb = "would remove" if dry_run else "removed"
@@ -382,8 +407,41 @@ def diff_lines(diff: VersionDiff) -> list[str]:
 
 
 def _remove_files(state_dir: Path, run_id: str) -> None:
-    """The run's folder (audit trail) under ``STATE_DIR/runs``; run ids are validated names."""
+    """The run's folders (audit trail, result files) under ``STATE_DIR/runs`` and
+    ``STATE_DIR/results``; run ids are validated names."""
     validate_run_id(run_id)
     folder = state_dir / "runs" / run_id
     if folder.is_dir() and not folder.is_symlink():
         shutil.rmtree(folder, ignore_errors=True)
+    ResultFiles(state_dir, default_registry).remove_run(run_id)
+
+
+def _remove_orphan_results(store: Store, state_dir: str) -> None:
+    """Result files no row names: folders of runs the store does not know (deleted by an
+    older flowdeco, or a run that died before its record was written) and files a crash
+    left between writing a file and committing its row.  Runs in use are left alone."""
+    files = ResultFiles(state_dir, default_registry)
+    for rid in files.run_folders():
+        try:
+            validate_run_id(rid)
+        except FlowError:
+            continue
+        try:
+            lock = store.lock_run(rid)
+        except StateError:
+            continue  # in use: running, or being started right now
+        try:
+            if store.load_run(rid) is None:
+                files.remove_run(rid)
+                continue
+            referenced = set()
+            for t in store.load_tasks(rid).values():
+                try:
+                    ref = parse_ref(t.result)
+                except StateError:
+                    continue
+                if ref is not None:
+                    referenced.add(ref.path)
+            files.clean_orphans(rid, referenced)
+        finally:
+            lock.release()

@@ -25,3 +25,14 @@ def flowdeco_state_store(state_dir: str, config: "Optional[Config]") -> "Optiona
     keep its data elsewhere but should keep lock files or other local traces
     under it.  The store is not opened yet.
     """
+
+
+@hookspec
+def flowdeco_result_serializers() -> "list":
+    """Return serializers for result files (:class:`~flowdeco.plugins.state.Serializer`).
+
+    Called once per run when the state plugin is on; they are added after the
+    built-ins and :func:`~flowdeco.plugins.state.register_serializer`'s, so a
+    name given again replaces the earlier one.  A serializer with
+    ``safe=False`` (its loading can run code) is used only by tasks that name it.
+    """

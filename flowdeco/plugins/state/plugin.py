@@ -39,6 +39,7 @@ task's row carries its cache key.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -54,17 +55,21 @@ from ..audit import audit_path, read_events
 from ...selection import compile_expression
 from . import hookspecs
 from .cache import Cache
-from .codec import Codec, Unstorable, default_codec
+from .codec import Codec, default_codec
 from .fingerprint import fingerprint, why_changed
+from .results import INSTANCES, UNSAVED, ResultFileError, ResultFiles, ResultWriteError, parse_ref
+from .serializers import Serializer, default_registry
+from .storage import ResultStore, normalize_choice
 from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
 from .versions import snapshot, snapshot_json, version_of
-from .writer import UNREPORTED, UnstorableResult, Writer, unstorable_error, wrapper
+from .writer import UNREPORTED, UnstorableResult, Writer, wrapper
 
 PLUGIN_NAME = "state-store"
 RESTORER_NAME = "state-restorer"
 _MAX_ERROR = 8192
 #: tasks named in one warning (``count`` gives the total)
 _MAX_NAMES = 50
+_FILE_REF = '{"$t":"file",'
 
 
 def add_hookspecs(pm: Any) -> None:
@@ -111,6 +116,11 @@ def flowdeco_addoption(parser: Any) -> None:
     parser.addoption("--refresh", dest="refresh", default=[], action="append", metavar="EXPR",
                      group=g, help="like --no-cache for the tasks matching EXPR (-k syntax, "
                                    "repeatable)")
+    parser.addoption("--store", dest="store", default="auto", metavar="HOW", group=g,
+                     help="how results are stored unless a task says (store=): auto (default: "
+                          "JSON in the database, large values, DataFrames and arrays as "
+                          "files), json, pickle (trusted state dir only), a serializer's name, "
+                          "or false (not saved; such tasks run again on resume)")
     parser.addoption("--state-sync", dest="state_sync", default="normal",
                      choices=("normal", "full"), group=g,
                      help="normal (default): a completion survives flowdeco being killed; "
@@ -119,7 +129,8 @@ def flowdeco_addoption(parser: Any) -> None:
 
 @hookimpl
 def flowdeco_task_options() -> list[str]:
-    return ["cache", "cache_ttl"]  # with --no-state nothing is cached: the tasks just run
+    # with --no-state nothing is cached or stored: the tasks just run
+    return ["cache", "cache_ttl", "store"]
 
 
 @hookimpl(trylast=True)
@@ -148,6 +159,7 @@ def flowdeco_configure(config: Any) -> None:
             if given is not None and given != resume:
                 raise UsageError(f"--run-id {shorten(given)} and --resume {resume!r} disagree: a "
                                  "resumed run keeps its id (leave out --run-id)")
+    normalize_choice(config.getoption("store", "auto"), "--store")
     sync = config.getoption("state_sync", "normal")
     if sync not in ("normal", "full"):
         raise UsageError(f"state_sync must be 'normal' or 'full', got {sync!r}")
@@ -231,6 +243,12 @@ class StatePlugin:
         #: input-hash caching of this run, when some task has cache= (see .cache)
         self.cache: Cache | None = None
         self.codec = codec
+        #: how results become row text and back (files: STATE_DIR/results, see .storage)
+        self.results: ResultStore | None = None
+        #: the run's store= default, and per task name the sha256 of its result file
+        #: (input-hash cache keys use it instead of encoding the value)
+        self.default_store: Any = "auto"
+        self.digests: dict[str, str] = {}
         self.lock: RunLock | None = None
         self.resume_id: str | None = None
         self.stored: dict[str, TaskRecord] | None = None
@@ -280,8 +298,35 @@ class StatePlugin:
 
     @hookimpl
     def flowdeco_collection_finish(self, config: Any, graph: Graph) -> None:
+        self._check_store(graph)
         if self.resume is not None:
             self._prepare_resume(graph)
+
+    def _result_store(self) -> ResultStore:
+        """Built once the flow is imported (its module may register serializers)."""
+        if self.results is None:
+            registry = default_registry.copy()
+            for found in self.config.pluginmanager.hook.flowdeco_result_serializers():
+                for ser in found or ():
+                    if not isinstance(ser, Serializer):
+                        raise UsageError(f"flowdeco_result_serializers returned {ser!r}, not a "
+                                         "flowdeco.plugins.state.Serializer")
+                    registry.add(ser)
+            self.results = ResultStore(self.codec, ResultFiles(self.state_dir, registry),
+                                       registry)
+        return self.results
+
+    def _check_store(self, graph: Graph) -> None:
+        """``store=`` names a known serializer (the run's default, then each task's)."""
+        results = self._result_store()
+        self.default_store = normalize_choice(self.config.getoption("store", "auto"), "--store")
+        results.check(self.default_store, "--store")
+        for v in graph.using("store"):
+            results.check(v.spec.store, f"task {v.name!r}")
+
+    def _choice(self, v: Any) -> Any:
+        store = v.spec.store
+        return self.default_store if store is None else store
 
     def _prepare_resume(self, graph: Graph) -> None:
         store = self.store
@@ -313,9 +358,20 @@ class StatePlugin:
         if self.lock is None:
             self.lock = store.lock_run(rid)
         self.stored = store.load_tasks(rid)
+        self._clean_orphans(rid, self.stored)
         self.lost = self._lost_by_store(rid, graph, self.stored)
         self.resume_id = rid
         self.config.option.run_id = rid
+
+    def _clean_orphans(self, rid: str, stored: dict[str, TaskRecord]) -> None:
+        """Result files a crash left without their row (written, never committed)."""
+        results = self._result_store()
+        referenced = set()
+        for rec in stored.values():
+            ref = results.ref(rec.result)
+            if ref is not None:
+                referenced.add(ref.path)
+        results.files.clean_orphans(rid, referenced)
 
     def _lost_by_store(self, rid: str, graph: Graph, stored: dict[str, TaskRecord]
                        ) -> list[str]:
@@ -362,6 +418,8 @@ class StatePlugin:
         if self.resume_id is not None and run.run_id != self.resume_id:
             raise UsageError(f"run id {run.run_id!r} is not the resumed run {self.resume_id!r}")
         vertices = graph.vertices
+        if self.results is None:  # the graph did not come from Session.collect
+            self._check_store(graph)
         # computed when a task is recorded (or, on resume, when it is compared)
         self.fps: list[str | None] = [None] * len(vertices)
         self.vertices = vertices
@@ -443,7 +501,8 @@ class StatePlugin:
             refresh = lambda name: name in rerun or any(m(name) for m in matchers)  # noqa: E731
         else:
             refresh = None
-        return Cache(self.store, self.codec, self._fingerprint, refresh)
+        return Cache(self.store, self.codec, self._fingerprint, refresh, self.results,
+                     self.digests)
 
     def _plan_restore(self, run: Any) -> tuple[dict[int, Restored], dict[str, Restored]]:
         """Decide what a resumed run restores (see the module docstring of the package).
@@ -489,14 +548,20 @@ class StatePlugin:
                 continue
             if not upstream_ok:
                 continue
-            if rec is not None and rec.completed:
-                if self._intact(run, rec):
-                    restore[i] = Restored(self._load(rec), attempts=rec.attempts)
-                    ok[i] = True
+            if rec is not None and rec.completed and rec.result != INSTANCES:
+                if rec.result == UNSAVED:
+                    ok[i] = True  # store=False: it runs again; what it fed stays restorable
+                elif self._intact(run, rec):
+                    found = self._load(run, rec)
+                    if found is not None:
+                        restore[i] = found
+                        ok[i] = True
                 continue
             for part in parts:
-                if part.fingerprint == now and self._intact(run, part):
-                    instances[part.name] = Restored(self._load(part), attempts=part.attempts)
+                if part.fingerprint == now and part.result != UNSAVED and self._intact(run, part):
+                    found = self._load(run, part)
+                    if found is not None:
+                        instances[part.name] = found
         if self.lost:
             names = self.lost
             run.emit("state_warning", level="warning",
@@ -526,16 +591,28 @@ class StatePlugin:
                        "written); running the task again")
         return False
 
-    def _load(self, rec: TaskRecord) -> Any:
+    def _load(self, run: Any, rec: TaskRecord) -> Restored | None:
+        """The stored result of ``rec``; None (with a warning: it runs again) when its file
+        is missing, truncated, changed or cannot be loaded."""
         if rec.result is None:
             raise StateError(f"{self.store.location}: run {self.resume_id!r}, task "
                              f"{rec.name!r}: completed without a stored result; re-run it "
                              f"with --rerun {_base_name(rec.name)!r}")
+        results = self._result_store()
         try:
-            return self.codec.loads(rec.result)
+            value = results.decode(rec.result)
+        except ResultFileError as exc:
+            run.emit("state_warning", task=rec.name, level="warning",
+                     error=f"run {self.resume_id!r}, task {rec.name!r}: {exc}; running the task "
+                           "again")
+            return None
         except StateError as exc:
             raise StateError(f"run {self.resume_id!r}, task {rec.name!r}: {exc}; re-run it "
                              f"with --rerun {_base_name(rec.name)!r}") from None
+        ref = results.ref(rec.result)
+        if ref is not None:
+            self.digests[rec.name] = ref.sha256
+        return Restored(value, attempts=rec.attempts)
 
     # -- attempts
     @hookimpl(tryfirst=True)
@@ -547,14 +624,20 @@ class StatePlugin:
         """
         err = attempt.error
         if err is not None:
+            if isinstance(err, ResultWriteError):
+                self._write_failed(run, err.cause)
+                return Finish(error=err)
             return Finish(error=err) if isinstance(err, UnstorableResult) else None
         if self.local or task.kind is not TASK:
             return None  # encoded on the worker already
         result = attempt.result
-        try:
-            text = self.codec.dumps(result)
-        except Unstorable as exc:
-            return Finish(error=unstorable_error(task.name, result, exc))
+        try:  # (a file is written here, on the scheduler thread, from the one copy we hold)
+            text = self.results.encode(run.run_id, task.name, self._choice(task), result)
+        except UnstorableResult as exc:
+            return Finish(error=exc)
+        except ResultWriteError as exc:
+            self._write_failed(run, exc.cause)
+            return Finish(error=exc)
         self.encoded[id(result)] = (result, text)
         return None
 
@@ -564,7 +647,16 @@ class StatePlugin:
             return None
         # an interval task's successful iteration is not its completion: not waited for
         final = task.spec is None or getattr(task.spec, "every", None) is None
-        return wrapper(task.name, self.codec.dumps, self.encoded, self.writer, self.seqs,
+        choice = self._choice(task)
+        if final:
+            encode = functools.partial(self.results.encode, run.run_id, task.name, choice)
+        elif choice in ("auto", "json"):
+            # an iteration's result is not stored (the list of them is, at the end): check
+            # that it has a JSON form, as its list needs one, but write no file per iteration
+            encode = self.codec.dumps
+        else:
+            encode = _unchecked
+        return wrapper(task.name, encode, self.encoded, self.writer, self.seqs,
                        task.deps, task.index if final else -1)
 
     # -- recording
@@ -604,7 +696,10 @@ class StatePlugin:
         else:
             self.seqs[i] = self.next_seq
             if status == "succeeded":
-                result, status, error = self._result_text(run, v.name, out.result, status, error)
+                result, status, error = self._result_text(run, v, v.name, out.result, status,
+                                                          error)
+        if result is not None and result.startswith(_FILE_REF):
+            self._digest(event.task, result)
         if error is not None and len(error) > _MAX_ERROR:
             error = error[:_MAX_ERROR] + "..."
         fp = self.fps[i] if v.kind is not TASK else self._fingerprint(i)
@@ -630,7 +725,8 @@ class StatePlugin:
         if status == "restored" and result is None:
             return  # resumed: its record is already there
         if status == "succeeded":
-            result, status, error = self._result_text(run, name, out.result, status, error)
+            result, status, error = self._result_text(run, run.graph.vertices[i], name,
+                                                      out.result, status, error)
         if error is not None and len(error) > _MAX_ERROR:
             error = error[:_MAX_ERROR] + "..."
         self.pending[name] = TaskRow(name, status, out.attempts, out.started, out.finished,
@@ -639,17 +735,28 @@ class StatePlugin:
         if self.confirm:
             self.done_names.append(name)
 
-    def _result_text(self, run: Any, name: str, value: Any, status: str, error: str | None
-                     ) -> tuple[str | None, str, str | None]:
+    def _digest(self, name: str, text: str) -> None:
+        ref = parse_ref(text)
+        if ref is not None:
+            self.digests[name] = ref.sha256
+
+    def _result_text(self, run: Any, v: Any, name: str, value: Any, status: str,
+                     error: str | None) -> tuple[str | None, str, str | None]:
         enc = self.encoded.pop(id(value), None)
         if enc is not None and enc[0] is value:
             return enc[1], status, error
         try:  # a plugin ended the task with a result of its own (an interval's list)
-            return self.codec.dumps(value), status, error
-        except Unstorable as exc:
+            return self.results.encode(run.run_id, name, self._choice(v), value), status, error
+        except (UnstorableResult, ResultWriteError) as exc:
+            if isinstance(exc, UnstorableResult) and name == v.name and v.spec is not None \
+                    and v.spec.map is not None:
+                return INSTANCES, status, error  # its instances' rows hold the values
             # too late to fail the task: record it failed, so that a resume runs it again
-            error = f"StateError: {unstorable_error(name, value, exc)}"
-            run.emit("state_warning", task=name, level="warning", error=error)
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ResultWriteError):
+                self._write_failed(run, exc.cause)
+            else:
+                run.emit("state_warning", task=name, level="warning", error=error)
             return None, "failed", error
 
     @hookimpl
@@ -776,6 +883,10 @@ class StatePlugin:
                 lock.release()
         finally:
             self.store.close()
+
+
+def _unchecked(value: Any) -> str:
+    return ""
 
 
 def _instance_base(name: str) -> str | None:
