@@ -381,11 +381,26 @@ class Scheduler:
         self._save_state(flow, tick, {"run_id": run_id, "tick": tick.timestamp(),
                                       "tasks": list(tasks or ())})
         options = {"resume": run_id} if resume else {"run_id": run_id}
+        result, error = self.execute_tick(self.start_session, flow, tasks, options)
+        # ended (or could not start): clear the claim; cut short: keep it, to resume it
+        self._save_state(flow, tick, None if result is None or result.status != INTERRUPTED
+                         else {"run_id": run_id, "tick": tick.timestamp(),
+                               "tasks": list(tasks or ())})
+        run = TickRun(tick, run_id, tuple(tasks or ()), result, error, catch_up, bool(resume))
+        self.runs.append(run)
+        self._say_run(run)
+        return run
+
+    def execute_tick(self, start_session: SessionFactory, flow: str,
+                     tasks: tuple[str, ...] | None, options: Mapping[str, Any]
+                     ) -> tuple[RunResult | None, str | None]:
+        """One tick's run (``options``: its ``run_id`` or ``resume``): (result, None), or
+        (None, why) when it could not start.  Touches no serve state (also backfills')."""
         result = None
         error = None
         session = None
         try:
-            session = self.start_session(options)
+            session = start_session(options)
             graph = session.collect(self.target)
             if tasks is not None:
                 unknown = [t for t in tasks if t not in graph.by_name]
@@ -399,14 +414,7 @@ class Scheduler:
         finally:
             if session is not None:
                 session.close()
-        # ended (or could not start): clear the claim; cut short: keep it, to resume it
-        self._save_state(flow, tick, None if result is None or result.status != INTERRUPTED
-                         else {"run_id": run_id, "tick": tick.timestamp(),
-                               "tasks": list(tasks or ())})
-        run = TickRun(tick, run_id, tuple(tasks or ()), result, error, catch_up, bool(resume))
-        self.runs.append(run)
-        self._say_run(run)
-        return run
+        return result, error
 
     def _say_run(self, run: TickRun) -> None:
         if self.out is None or self.quiet >= 2:
@@ -483,6 +491,10 @@ class Scheduler:
     # -- signals
     def _install_signals(self) -> Callable[[], None]:
         return on_stop_signals(lambda signum, frame: self._wake.put(_STOP))
+
+    def _install_signals_to(self, stop: Callable[[], None]) -> Callable[[], None]:
+        """SIGTERM / Ctrl-C call ``stop()`` (backfills; a run installs its own meanwhile)."""
+        return on_stop_signals(lambda signum, frame: stop())
 
 
 class _ServeLock:
@@ -664,7 +676,8 @@ _DESCRIPTION = """\
 Run the flow at each tick of its cron schedules: the tasks with cron= (plus
 what they need), and/or the whole flow with --cron EXPR.  Each tick starts
 one run with its own id (FLOW-YYYYmmddTHHMMSSZ).  SIGTERM / Ctrl-C stop it
-(exit 0 while waiting, 2 when a run was interrupted)."""
+(exit 0 while waiting, 2 when a run was interrupted).  With --backfill FROM TO,
+run each tick in that past range once instead, and exit."""
 
 
 def _max_ticks(text: str) -> int:
@@ -676,6 +689,34 @@ def _max_ticks(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {n}")
     return n
+
+
+def _max_active(text: str) -> int:
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {n}")
+    return n
+
+
+def _cli_factories(first: SessionFactory, n: int, argv: Sequence[str], values: dict,
+                   clock: Clock | None) -> list[SessionFactory]:
+    """One session factory per concurrent backfill run: the command's plugin manager,
+    then managers built the same way (-p / -p no:), so runs never share one."""
+    from ..cli import _preparse_plugins
+    from ..manager import make_pluginmanager
+
+    out = [first]
+    for _ in range(n - 1):
+        pm = make_pluginmanager(*_preparse_plugins(list(argv)))
+        parser = Parser()
+        pm.hook.flowdeco_addoption(parser=parser)
+        out.append(lambda extra, pm=pm, parser=parser: Session.start(
+            options={**values, **extra}, from_cli=True, parser=parser, pm=pm, clock=clock))
+    return out
 
 
 def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) -> int:
@@ -695,6 +736,14 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
                             "that was cut short) before serving")
         g.add_argument("--max-ticks", dest="serve_max_ticks", type=_max_ticks, default=None,
                        metavar="N", help="stop after N scheduled runs (default: never)")
+        g.add_argument("--backfill", dest="serve_backfill", nargs=2, default=None,
+                       metavar=("FROM", "TO"),
+                       help="run every tick in [FROM, TO] once, oldest first, then exit "
+                            "(ISO dates/times, in the schedule's zone); ticks already done in "
+                            "the store are skipped, cut-short ones resumed")
+        g.add_argument("--max-active", dest="serve_max_active", type=_max_active, default=None,
+                       metavar="N", help="with --backfill: run up to N tick runs at once "
+                                         "(default 1)")
         ns = ap.parse_args(list(argv))
         values = vars(ns)
         target = values.pop("target")
@@ -702,6 +751,13 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
         tz = values.pop("serve_tz")
         catch_up = values.pop("serve_catch_up")
         max_ticks = values.pop("serve_max_ticks")
+        backfill_range = values.pop("serve_backfill")
+        max_active = values.pop("serve_max_active")
+        if max_active is not None and backfill_range is None:
+            raise UsageError("serve: --max-active needs --backfill FROM TO")
+        if backfill_range is not None and (catch_up or max_ticks is not None):
+            raise UsageError("serve: --backfill runs a fixed range; it takes neither "
+                             "--catch-up nor --max-ticks")
         if target is None:
             raise UsageError("serve: missing TARGET: give a file path, a module name or "
                              "module:flow")
@@ -719,6 +775,10 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
         sched = Scheduler(target, start, state_dir=state_dir, cron=cron, tz=tz,
                           catch_up=catch_up, max_ticks=max_ticks, clock=clock, out=sys.stdout,
                           quiet=values.get("quiet") or 0, can_resume="resume" in parser)
+        if backfill_range is not None:
+            from .backfill import Backfill
+            return int(Backfill(sched, *backfill_range, _cli_factories(
+                start, max_active or 1, argv, values, clock)).run().exit_code)
         return int(sched.run().exit_code)
     except (Exception, KeyboardInterrupt, SystemExit) as exc:  # noqa: BLE001 - one mapping for all commands
         from ..cli import exit_code_for
