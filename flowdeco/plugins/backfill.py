@@ -47,8 +47,8 @@ from ..engine.session import Session
 from ..errors import UsageError
 from ..outcome import FAILED, INTERRUPTED, SUCCEEDED, ExitCode
 from ..signals import on_stop_signals
-from .serve import (MAX_MISSED, UTC, Scheduler, SessionFactory, TickRun, _merge_ticks,
-                    _tasks_of, tick_run_id)
+from .serve import (MAX_MISSED, UTC, Scheduler, SessionFactory, TickRun, merge_ticks,
+                    tasks_of, tick_run_id)
 
 #: a recorded tick run in one of these states is not run again
 _DONE = (SUCCEEDED, FAILED)
@@ -122,7 +122,7 @@ class Backfill:
             if lo > hi:
                 raise UsageError(f"--backfill: FROM {lo.isoformat()} is after TO "
                                  f"{hi.isoformat()}; give the older time first")
-            ticks = _merge_ticks(entries, lo - _dt.timedelta(microseconds=1), hi)
+            ticks = merge_ticks(entries, lo - _dt.timedelta(microseconds=1), hi)
             if len(ticks) >= MAX_MISSED:
                 raise UsageError(f"--backfill: {lo.isoformat()} .. {hi.isoformat()} holds "
                                  f"{MAX_MISSED} ticks or more; backfill a shorter range at a time")
@@ -135,7 +135,7 @@ class Backfill:
                 if st in _DONE:
                     done.append(t)
                 else:
-                    todo.append((t, _tasks_of(due), run_id, st is not None))
+                    todo.append((t, tasks_of(due), run_id, st is not None))
             resumed = sum(1 for *_, r in todo if r)
             sched._say(f"backfill of flow {flow!r} from {lo.isoformat()} to {hi.isoformat()}: "
                        f"{len(ticks)} tick(s), {len(done)} already done, {len(todo)} to run"

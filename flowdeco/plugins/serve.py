@@ -284,8 +284,8 @@ class Scheduler:
         last = saved.get("last_tick")
         if last is not None:
             last_tick = _dt.datetime.fromtimestamp(last, UTC)
-            missed += [(t, _tasks_of(due), None)
-                       for t, due in _merge_ticks(entries, last_tick, start)]
+            missed += [(t, tasks_of(due), None)
+                       for t, due in merge_ticks(entries, last_tick, start)]
             start = max(start, last_tick)  # a clock set back: never serve a claimed tick again
         nxt = {e.key: e.schedule.next_after(start) for e in entries}
         self._say(f"serving flow {flow!r}: " + "; ".join(
@@ -323,7 +323,7 @@ class Scheduler:
             if not due:
                 continue
             tick = max(due.values())
-            run = self._run_tick(flow, tick, _tasks_of([e for e in entries if e.key in due]))
+            run = self._run_tick(flow, tick, tasks_of([e for e in entries if e.key in due]))
             ticks += 1
             if self._interrupted(run):
                 return self._report(flow, missed, unfinished, "interrupted")
@@ -606,7 +606,7 @@ def _private_dirs(path: Path) -> None:
             pass
 
 
-def _tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
+def tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
     names: set[str] = set()
     for e in entries:
         if e.tasks is None:
@@ -615,7 +615,7 @@ def _tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
-def _merge_ticks(entries: list[_Entry], after: _dt.datetime, until: _dt.datetime
+def merge_ticks(entries: list[_Entry], after: _dt.datetime, until: _dt.datetime
                  ) -> list[tuple[_dt.datetime, list[_Entry]]]:
     """Ticks of all schedules with ``after < t <= until``, merged, oldest first."""
     by_tick: dict[_dt.datetime, list[_Entry]] = {}
@@ -706,12 +706,12 @@ def _cli_factories(first: SessionFactory, n: int, argv: Sequence[str], values: d
                    clock: Clock | None) -> list[SessionFactory]:
     """One session factory per concurrent backfill run: the command's plugin manager,
     then managers built the same way (-p / -p no:), so runs never share one."""
-    from ..cli import _preparse_plugins
+    from ..cli import plugin_args
     from ..manager import make_pluginmanager
 
     out = [first]
     for _ in range(n - 1):
-        pm = make_pluginmanager(*_preparse_plugins(list(argv)))
+        pm = make_pluginmanager(*plugin_args(list(argv)))
         parser = Parser()
         pm.hook.flowdeco_addoption(parser=parser)
         out.append(lambda extra, pm=pm, parser=parser: Session.start(

@@ -20,11 +20,14 @@ is one check per run, none per task.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flowdeco import hookimpl
 
 from .spans import Tracing
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco.config import Config
 
 __all__ = ["Tracing"]
 
@@ -32,7 +35,7 @@ _NAME = "otel-tracing"
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any) -> None:
+def flowdeco_collection_finish(config: "Config") -> None:
     """Register a :class:`Tracing` for this run when a provider is configured.
 
     Asked after collection, so a provider the flow module sets up when it is
@@ -49,7 +52,7 @@ def flowdeco_collection_finish(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: "Config") -> None:
     pm = config.pluginmanager
     plugin = pm.get_plugin(_NAME)
     if plugin is not None:

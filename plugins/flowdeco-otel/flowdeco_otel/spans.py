@@ -25,7 +25,7 @@ there it is the current span while the body runs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -34,6 +34,9 @@ from opentelemetry.trace import Span, Status, StatusCode
 from flowdeco import hookimpl
 
 from .scope import LocalScope, remote_scope
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Event, Run, RunResult
 
 #: instrumentation scope name of flowdeco's spans
 SCOPE_NAME = "flowdeco"
@@ -88,7 +91,7 @@ class Tracing:
 
     # ------------------------------------------------------------------ hooks
     @hookimpl
-    def flowdeco_run_start(self, run: Any) -> None:
+    def flowdeco_run_start(self, run: "Run") -> None:
         self._reset()
         self.local = bool(run.local)
         self.run_id = run.run_id
@@ -100,7 +103,7 @@ class Tracing:
                 self.inside[vertices[m].name] = node.name
 
     @hookimpl
-    def flowdeco_report(self, run: Any, event: Any) -> None:
+    def flowdeco_report(self, run: "Run", event: "Event") -> None:
         name, task, fields = event.name, event.task, event.fields
         t = _ns(event.timestamp)
         if task is None:
@@ -128,7 +131,7 @@ class Tracing:
         return LocalScope(span) if self.local else remote_scope(span)
 
     @hookimpl
-    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+    def flowdeco_run_finish(self, run: "Run", result: "RunResult") -> None:
         # whatever is still open (a run that stopped early): end it now
         for span in list(self.attempts.values()) + list(self.tasks.values()):
             span.end()
