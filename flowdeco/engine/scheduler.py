@@ -304,8 +304,20 @@ class Run(RunSurface, RunSetup, RunReporting):
         self.inflight += 1
         if self.reporting:
             self._report_started(v.name, attempt, iteration)
-        if self._scope is not None:
-            self._add_scopes(kw, v, v.name, attempt, iteration)
+        self._start_attempt(i, kw, attempt, iteration)
+
+    def _start_scoped(self, i: int, attempt: int, iteration: int | None) -> None:
+        """``_start`` when a plugin gives attempts scopes (set at setup: the plain
+        ``_start`` never checks for them)."""
+        v = self.graph.vertices[i]
+        kw = v.arguments(self.results)
+        if v.wants_ctx:
+            kw["ctx"] = self._context(v, attempt, iteration)
+        self._table.state[i] = RUNNING
+        self.inflight += 1
+        if self.reporting:
+            self._report_started(v.name, attempt, iteration)
+        self._add_scopes(kw, v, v.name, attempt, iteration)
         self._start_attempt(i, kw, attempt, iteration)
 
     def _add_scopes(self, kw: dict, v: Vertex, name: str, attempt: int,

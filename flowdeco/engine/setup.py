@@ -49,6 +49,7 @@ class RunSetup:
         scoped = self._scope is not None
         if scoped:
             self.inline_successors = False  # no worker chaining: see the hook's doc
+            self._start = self._start_scoped  # type: ignore[method-assign]
         if self._has_restore:
             self._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
                                           firstresult=True)

@@ -21,6 +21,10 @@ task spans with ``flowdeco.status`` ``restored`` / ``skipped``, a
 ``restored`` / ``skipped`` event and, for skips, ``flowdeco.reason``.  Each
 attempt's span context travels to its worker (``flowdeco_attempt_scope``):
 there it is the current span while the body runs.
+
+Limit: the engine reports no end for a successful iteration of an interval
+task (``every=``) that goes on, so such an attempt span ends when the next
+iteration starts (or with the task).
 """
 
 from __future__ import annotations
