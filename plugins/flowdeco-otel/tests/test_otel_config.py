@@ -77,6 +77,20 @@ def test_installed_without_a_provider_it_registers_nothing_and_costs_nothing(
     assert run._scope is None and run.inline_successors and run._calls == [None, None]
 
 
+def test_idle_it_does_not_even_import_opentelemetry(tmp_path):
+    """Installed in a process that never set a provider: no OpenTelemetry import, per run
+    one check (flowdeco_collection_finish) and nothing per task."""
+    (tmp_path / "flow.py").write_text(textwrap.dedent(ONE))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    code = ("import sys, flowdeco, flowdeco_otel\n"
+            "r = flowdeco.run('flow.py', state_dir=None, plugins=[flowdeco_otel])\n"
+            "print(r.status, sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["succeeded", "[]"], proc.stderr
+
+
 def test_with_the_applications_provider_every_run_is_traced(flow_module, global_provider,
                                                              no_otel_env):
     flow = flow_module(ONE)
