@@ -60,6 +60,8 @@ def test_every_tick_in_the_range_runs_once_oldest_first(hourly, tmp_path):
         assert r.tasks == ("report",) and dict(r.result.results)["report"]["run"] == r.run_id
         assert (tmp_path / "runs" / r.run_id / "audit.jsonl").exists()
     assert "4 tick(s), 0 already done, 4 to run" in out.getvalue()
+    assert "backfilled 2026-03-01T22:00:00+00:00: run hourly-20260301T220000Z" in out.getvalue()
+    assert all(r.backfill and not r.catch_up for r in report.runs)
     # serve's own file (last tick, claim) is left alone: serve would see nothing missed
     assert not (tmp_path / "serve" / "hourly.json").exists()
 
@@ -171,3 +173,19 @@ def test_cli_backfill_with_max_active_and_flag_checks(hourly, tmp_path, capsys):
 def test_python_api_refuses_a_bad_max_active(hourly):
     with pytest.raises(UsageError, match="max_active"):
         backfill(str(hourly), "2026-03-01", "2026-03-02", max_active=0, state_dir=None)
+
+
+def test_a_backfill_holds_the_serve_lock(hourly, tmp_path):
+    """A serve (or another backfill) of the same flow and state dir would start the same
+    tick runs: the second one is refused, naming the lock."""
+    from flowdeco import StateError
+    from flowdeco.plugins import serve as serve_mod
+
+    lock = serve_mod._ServeLock.acquire("hourly", tmp_path / "serve" / "hourly.lock", tmp_path)
+    try:
+        with pytest.raises(StateError, match="already served"):
+            backfill(str(hourly), "2026-03-01", "2026-03-01", tz="UTC", clock=now_clock(),
+                     state_dir=tmp_path)
+    finally:
+        lock.release()
+    assert not (tmp_path / "runs").exists()

@@ -180,8 +180,8 @@ class Backfill:
              tasks: tuple[str, ...] | None, run_id: str, resume: bool) -> TickRun:
         options = {"resume": run_id} if resume else {"run_id": run_id}
         result, error = self.sched.execute_tick(factory, flow, tasks, options)
-        return TickRun(tick, run_id, tuple(tasks or ()), result, error, catch_up=True,
-                       resumed=resume)
+        return TickRun(tick, run_id, tuple(tasks or ()), result, error, resumed=resume,
+                       backfill=True)
 
     def _run_all(self, flow: str, todo: list) -> tuple[list[TickRun], int]:
         sched = self.sched

@@ -44,6 +44,9 @@ Rules:
   clock set back never re-runs a tick already handled (also across a
   restart: the first tick served is after the last one claimed).
 
+- **Backfills**: ``--backfill FROM TO [--max-active N]`` runs each tick of a
+  past range once instead of serving (see :mod:`flowdeco.plugins.backfill`).
+
 Time is injectable: ``serve(target, clock=FakeClock(wall=...), max_ticks=3)``
 runs three ticks of an hourly schedule instantly (the fake clock jumps to
 each tick, and the runs use the same clock).
@@ -101,6 +104,8 @@ class TickRun:
     #: started by ``--catch-up`` for a tick missed while serve was down
     catch_up: bool = False
     resumed: bool = False
+    #: started by ``--backfill`` (:mod:`flowdeco.plugins.backfill`)
+    backfill: bool = False
 
 
 @attrs.frozen
@@ -419,7 +424,8 @@ class Scheduler:
     def _say_run(self, run: TickRun) -> None:
         if self.out is None or self.quiet >= 2:
             return
-        what = "resumed" if run.resumed else "caught up" if run.catch_up else "tick"
+        what = "resumed" if run.resumed else "backfilled" if run.backfill else \
+            "caught up" if run.catch_up else "tick"
         head = f"{what} {run.tick.isoformat()}: run {run.run_id}"
         if run.result is None:
             self._say(f"{head} could not start: {run.error}")
