@@ -52,8 +52,8 @@ def plugins(config: str) -> list:
     import flowdeco_otel
     if config == "none":
         return []
-    if config == "idle":
-        return [flowdeco_otel]
+    if config == "idle":  # by name, like the installed entry point: a pooled plugin manager
+        return ["flowdeco_otel"]
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
