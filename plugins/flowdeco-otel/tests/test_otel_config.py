@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import tomllib
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -121,11 +120,9 @@ def _cli(tmp_path, env_extra, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(env_extra)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    # installed, the entry point loads it; from a checkout, -p names the module
-    installed = any(ep.name == "otel" for ep in entry_points(group="flowdeco"))
-    load = [] if installed else ["-p", "flowdeco_otel"]
+    # from a checkout -p loads the module; installed, the entry point has already (once)
     return subprocess.run([sys.executable, "-m", "flowdeco", "flow.py", "--no-state", "-q",
-                           *load, *args], cwd=tmp_path, env=env,
+                           "-p", "flowdeco_otel", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
