@@ -32,6 +32,9 @@ HOURLY = """
         stop = os.environ.get("BACKFILL_STOP_AT")
         if stop and ctx.run_id.endswith(stop):
             os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C while this tick's run is in flight
+        kill = os.environ.get("BACKFILL_KILL_AT")
+        if kill and ctx.run_id.endswith(kill):
+            os.kill(os.getpid(), signal.SIGKILL)  # the machine dies mid-run
         return {"run": ctx.run_id, "value": fetch * 2}
 """
 
@@ -105,6 +108,31 @@ def test_a_backfill_cut_short_resumes_its_run_and_repeats_nothing(hourly, tmp_pa
     # the resumed run kept what had completed: fetch was restored, not run again
     assert rest.runs[0].result.outcomes["fetch"].status == "restored"
     assert [t.isoformat() for t in rest.done] == ["2026-03-01T00:00:00+00:00"]
+
+
+def test_a_backfill_killed_mid_run_resumes_that_run_next_time(hourly, tmp_path):
+    """SIGKILL during the second tick's run: the store holds it as running (its claim);
+    the same command again resumes it (fetch is not run again) and runs the rest."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "flowdeco", "serve", str(hourly), "--tz", "UTC",
+           "--state-dir", str(tmp_path), "-q", "--backfill", "2026-03-01T00:00",
+           "2026-03-01T02:00"]
+    env = dict(os.environ, BACKFILL_KILL_AT="20260301T010000Z")
+    killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    env.pop("BACKFILL_KILL_AT")
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 tick(s), 1 already done, 2 to run (1 resumed)" in again.stdout
+    assert "resumed 2026-03-01T01:00:00+00:00: run hourly-20260301T010000Z" in again.stdout
+    audit = (tmp_path / "runs" / "hourly-20260301T010000Z" / "audit.jsonl").read_text()
+    events = [json.loads(line) for line in audit.splitlines()]
+    fetched = [e for e in events if e.get("task") == "fetch" and e["event"] == "task_started"]
+    assert len(fetched) == 1   # before the kill only: restored on resume
+    assert (tmp_path / "runs" / "hourly-20260301T020000Z").exists()
 
 
 def test_max_active_runs_tick_runs_at_once_each_with_its_own_state(write_module, tmp_path):
