@@ -30,6 +30,13 @@ exit codes: 0 all succeeded, 1 some task failed, 2 interrupted,
 """
 
 
+def plugin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The ``-p NAME`` and ``-p no:NAME`` names of a command line, as ``(load, block)``:
+    what the CLI builds its plugin manager from (``make_pluginmanager(load, block)``).
+    A command that needs more managers alike (``serve --backfill --max-active``) uses it."""
+    return _preparse_plugins(argv)
+
+
 def _preparse_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """``-p NAME`` / ``-p no:NAME`` must be known before options are declared."""
     load: list[str] = []

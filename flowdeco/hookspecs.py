@@ -20,6 +20,8 @@ How one run unfolds (the narrative the individual docstrings refer to):
    attempts: circuit breakers); then once per task ``flowdeco_task_wrap(run,
    task)`` composes the per-attempt wrappers (anything else; breakers and
    timeouts elsewhere) -- all before any worker thread starts.
+   ``flowdeco_attempt_scope`` (per attempt, only when implemented) gives
+   context managers an attempt's worker enters around it (trace context).
 6. The scheduler loop: when a task becomes ready, ``flowdeco_task_restore``
    may supply its result without running it (resume, caching), else
    ``flowdeco_task_delay`` may hold it back without holding a worker; then an
@@ -34,7 +36,8 @@ Threads: hooks of steps 1-5 and 7, ``flowdeco_task_restore``,
 ``flowdeco_task_delay``, ``flowdeco_attempt_done``, ``flowdeco_report`` and
 ``flowdeco_report_flush`` are called from the scheduler thread only, so
 plugins need no locks for them.  Only the wrappers returned by
-``flowdeco_task_wrap`` run on worker threads (or in worker processes).
+``flowdeco_task_wrap`` and the scopes returned by ``flowdeco_attempt_scope``
+run on worker threads (or in worker processes).
 
 Cost: the runner calls a per-task hook only when some plugin implements it,
 so a plugin that is off (not registered) costs nothing per task.
@@ -42,7 +45,7 @@ so a plugin that is off (not registered) costs nothing per task.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Optional
 
 import pluggy
 
@@ -198,6 +201,28 @@ def flowdeco_task_guards(run: "Run") -> "Optional[Mapping[int, Any]]":
     it, the scheduler calls ``exit(token, deadline_error)`` (from its own
     thread: guards must be thread-safe) and the abandoned call's late end is
     never reported to the guard.
+    """
+
+
+@hookspec
+def flowdeco_attempt_scope(run: "Run", task: "Vertex", name: str, attempt: int,
+                           iteration: "Optional[int]") -> "Optional[ContextManager[Any]]":
+    """Return a context manager the worker enters around this attempt, or None.
+
+    For context that must travel with an attempt to wherever it runs -- a
+    trace context (``flowdeco-otel``), so spans a task body opens nest under
+    its attempt's span, also in a worker process or on a Dask worker.
+    Called on the scheduler thread as attempt ``attempt`` (``iteration``) of
+    ``name`` (a task, or an instance ``scan[3]`` of the mapped task ``task``)
+    is handed to a worker, just after its ``task_started`` report.  The
+    worker enters every returned object (in the order returned) outside all
+    ``flowdeco_task_wrap`` wrappers and exits it when the attempt's call
+    ends; for remote executors the object must pickle.
+
+    Cost: only a run in which some plugin implements this hook calls it, and
+    such a run starts every attempt from the scheduler (no worker chaining,
+    no batching of tiny remote attempts, no in-order fast path on ``sync``),
+    so the report and the hook always come before the attempt runs.
     """
 
 

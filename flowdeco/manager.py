@@ -114,6 +114,8 @@ def _load_named(pm: pluggy.PluginManager, name: str, eps: Iterable[Any]) -> None
             f"-p {name}: unknown plugin; not a built-in ({', '.join(builtin_names())}), "
             "not an installed flowdeco plugin, and no module of that name"
             + (f"; did you mean {hint[0]!r}?" if hint else "")) from None
+    if pm.is_registered(module):  # -p MODULE of an installed plugin its entry point loaded
+        return
     pm.register(module, name)
 
 

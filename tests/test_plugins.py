@@ -681,3 +681,18 @@ def test_failed_configure_releases_cleanly(mods):
     with pytest.raises(FlowError, match="configure refused"):
         run_flow(str(flow), plugins=[name], explode=True)
     assert run_flow(str(flow), plugins=[name]).ok
+
+
+def test_p_naming_a_module_already_loaded_under_another_name_loads_it_once(
+        write_module, monkeypatch):
+    """``-p flowdeco_otel`` while the installed entry point ``otel`` already loaded that
+    module: once, not pluggy's "already registered" traceback."""
+    import importlib
+    import importlib.metadata
+    write_module("from flowdeco import hookimpl\n", name="fd_twice")
+    mod = importlib.import_module("fd_twice")
+    ep = importlib.metadata.EntryPoint("twice", "fd_twice", "flowdeco")
+    monkeypatch.setattr(manager, "entry_points", lambda: (ep,))
+    pm = manager.make_pluginmanager(["fd_twice"])
+    assert [p for p in pm.get_plugins() if p is mod] == [mod]
+    assert pm.get_plugin("twice") is mod

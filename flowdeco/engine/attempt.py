@@ -19,6 +19,7 @@ import pickle
 import threading
 import time
 import traceback
+from contextlib import ExitStack
 from functools import partial
 from typing import Any, Callable
 
@@ -101,6 +102,34 @@ def call_batch(calls: list[tuple[Callable[[dict], Any], dict]]) -> list[tuple]:
     """Run several attempts in sequence in one worker (see ``RemoteDispatch.start``)."""
     return [call_remote(call, kwargs) for call, kwargs in calls]
 
+
+
+#: the key under which an attempt's scopes (``flowdeco_attempt_scope``) travel in its
+#: arguments to the worker, where :class:`Scoped` takes them out again
+SCOPES = "__flowdeco_scopes__"
+
+
+class Scoped:
+    """A task's outermost call when some plugin gives attempts scopes: enters
+    the attempt's scopes (carried in its arguments under :data:`SCOPES`) around
+    the rest of the call, on the worker.  Pickles with the call."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Callable[[dict], Any]):
+        self.call = call
+
+    def __call__(self, kwargs: dict) -> Any:
+        scopes = kwargs.pop(SCOPES, None)
+        if not scopes:
+            return self.call(kwargs)
+        with ExitStack() as stack:
+            for scope in scopes:
+                stack.enter_context(scope)
+            return self.call(kwargs)
+
+    def __reduce__(self) -> Any:
+        return (Scoped, (self.call,))
 
 
 def is_plain(call: Any) -> bool:

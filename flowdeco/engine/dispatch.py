@@ -236,7 +236,7 @@ class SyncDispatch(Dispatch):
         # until the first attempt that does not simply succeed
         self.in_order = not run._has_restore and not run._has_delay \
             and not run._success_hooked and not run.graph.dynamic \
-            and not run.graph.using("every")
+            and not run.graph.using("every") and run._scope is None
 
     def start(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
         run = self.run

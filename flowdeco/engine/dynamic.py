@@ -381,6 +381,8 @@ class DynamicFlows:
         run.inflight += 1
         if run.reporting:
             self.port.report_started(m.instance(k), attempt, None)
+        if self.port.add_scopes is not None:
+            self.port.add_scopes(kw, m.vertex, m.instance(k), attempt, None)
         if run.sync:
             self._run_sync(m, k, kw, attempt)
         elif run.local:

@@ -57,14 +57,17 @@ class SchedulerPort:
     - ``handle(msg)``: handle one worker message (the sync executor drains the queue);
     - ``context(task, attempt, iteration)``: a task's ``ctx``;
     - ``report(event, task, fields, mono)``, ``report_started(name, attempt,
-      iteration, mono=None)``, ``report_end(name, outcome, t1)``: report events.
+      iteration, mono=None)``, ``report_end(name, outcome, t1)``: report events;
+    - ``add_scopes(kw, task, name, attempt, iteration)``: add an attempt's
+      ``flowdeco_attempt_scope`` answers to its arguments, right after its
+      ``task_started`` report; None when no plugin implements the hook.
     """
 
     __slots__ = ("table", "ready", "map_ready", "lock", "prio", "prio_mod", "calls",
                  "success_hooked", "has_restore", "has_flush", "has_attempt_done",
                  "restore_fields", "log_sink", "chaining", "offset", "finish", "start",
                  "restore", "push_timer", "flush", "handle", "context", "report",
-                 "report_started", "report_end")
+                 "report_started", "report_end", "add_scopes")
 
     def __init__(self, run: "Run"):
         self.table: TaskTable = run._table
@@ -93,3 +96,5 @@ class SchedulerPort:
         self.report: Callable[..., None] = run._report
         self.report_started: Callable[..., None] = run._report_started
         self.report_end: Callable[[str, TaskOutcome, float | None], None] = run._report_end
+        self.add_scopes: Callable[..., None] | None = \
+            run._add_scopes if run._scope is not None else None

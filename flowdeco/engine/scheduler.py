@@ -39,6 +39,7 @@ from ..graph import SUBFLOW, TASK, Graph, Vertex
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
                        Finish, Reschedule, RunResult, format_error)
 from ..threadpool import ThreadPool
+from .attempt import SCOPES
 from .port import SchedulerPort
 from .reporting import RunReporting
 from .setup import RunSetup
@@ -140,6 +141,8 @@ class Run(RunSurface, RunSetup, RunReporting):
         #: per task, an object whose enter()/exit() bracket each attempt on the worker
         #: (flowdeco_task_guards: circuit breakers), or None
         self._guards: list[Any] | None = None
+        #: flowdeco_attempt_scope's direct caller when some plugin implements it (setup)
+        self._scope: Any = None
         self._watchdog: Watchdog | None = None
         #: engine: something was reported while dispatching (a restored mapped instance):
         #: call flowdeco_report_flush before the next task starts (see _flush)
@@ -305,6 +308,27 @@ class Run(RunSurface, RunSetup, RunReporting):
         if self.reporting:
             self._report_started(v.name, attempt, iteration)
         self._start_attempt(i, kw, attempt, iteration)
+
+    def _start_scoped(self, i: int, attempt: int, iteration: int | None) -> None:
+        """``_start`` when a plugin gives attempts scopes (set at setup: the plain
+        ``_start`` never checks for them)."""
+        v = self.graph.vertices[i]
+        kw = v.arguments(self.results)
+        if v.wants_ctx:
+            kw["ctx"] = self._context(v, attempt, iteration)
+        self._table.state[i] = RUNNING
+        self.inflight += 1
+        if self.reporting:
+            self._report_started(v.name, attempt, iteration)
+        self._add_scopes(kw, v, v.name, attempt, iteration)
+        self._start_attempt(i, kw, attempt, iteration)
+
+    def _add_scopes(self, kw: dict, v: Vertex, name: str, attempt: int,
+                    iteration: int | None) -> None:
+        """The attempt's ``flowdeco_attempt_scope`` answers travel in its arguments."""
+        scopes = self._scope(self, v, name, attempt, iteration)  # type: ignore[misc]
+        if scopes:
+            kw[SCOPES] = scopes
 
     # -- completion
     def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,

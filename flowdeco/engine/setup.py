@@ -16,7 +16,7 @@ from ..deadlines import Watchdog
 from ..executors import SyncExecutor
 from ..graph import TASK
 from ..manager import direct_caller
-from .attempt import invoke
+from .attempt import Scoped, invoke
 from .dispatch import make_dispatcher
 
 
@@ -41,6 +41,15 @@ class RunSetup:
         self._success_hooked = self.on_success if self._has_attempt_done else frozenset()
         wrap = direct_caller(hook.flowdeco_task_wrap, ("run", "task")) \
             if has(hook.flowdeco_task_wrap) else None
+        #: flowdeco_attempt_scope, or None: then every attempt starts from the scheduler
+        #: (_start, DynamicFlows.start), which adds its scopes to its arguments
+        self._scope = direct_caller(hook.flowdeco_attempt_scope,
+                                    ("run", "task", "name", "attempt", "iteration")) \
+            if has(hook.flowdeco_attempt_scope) else None
+        scoped = self._scope is not None
+        if scoped:
+            self.inline_successors = False  # no worker chaining: see the hook's doc
+            self._start = self._start_scoped  # type: ignore[method-assign]
         if self._has_restore:
             self._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
                                           firstresult=True)
@@ -50,7 +59,7 @@ class RunSetup:
             self._guards = self._per_task(hook.flowdeco_task_guards(run=self))
         local = self.local
         calls: list[Callable[[dict], Any] | None]
-        if wrap is None and local:
+        if wrap is None and local and not scoped:
             calls = [None] * len(self.graph)  # every task a plain call, made inline
         else:
             calls = []
@@ -58,10 +67,12 @@ class RunSetup:
                 call = None
                 if v.kind is TASK:
                     decos = wrap(self, v) if wrap is not None else ()  # (no None in it)
-                    if decos or not local:
+                    if decos or not local or scoped:
                         call = partial(invoke, v.fn)
                         for deco in reversed(decos):
                             call = deco(call)
+                        if scoped:
+                            call = Scoped(call)
                 calls.append(call)
         self._calls = calls
         self._fns = [v.fn for v in self.graph.vertices]

@@ -46,6 +46,9 @@ Rules:
   clock set back never re-runs a tick already handled (also across a
   restart: the first tick served is after the last one claimed).
 
+- **Backfills**: ``--backfill FROM TO [--max-active N]`` runs each tick of a
+  past range once instead of serving (see :mod:`flowdeco.plugins.backfill`).
+
 Time is injectable: ``serve(target, clock=FakeClock(wall=...), max_ticks=3)``
 runs three ticks of an hourly schedule instantly (the fake clock jumps to
 each tick, and the runs use the same clock).
@@ -103,6 +106,8 @@ class TickRun:
     #: started by ``--catch-up`` for a tick missed while serve was down
     catch_up: bool = False
     resumed: bool = False
+    #: started by ``--backfill`` (:mod:`flowdeco.plugins.backfill`)
+    backfill: bool = False
 
 
 @attrs.frozen
@@ -292,8 +297,8 @@ class Scheduler:
         last = saved.get("last_tick")
         if last is not None:
             last_tick = _dt.datetime.fromtimestamp(last, UTC)
-            missed += [(t, _tasks_of(due), None)
-                       for t, due in _merge_ticks(entries, last_tick, start)]
+            missed += [(t, tasks_of(due), None)
+                       for t, due in merge_ticks(entries, last_tick, start)]
             start = max(start, last_tick)  # a clock set back: never serve a claimed tick again
         nxt = {e.key: e.schedule.next_after(start) for e in entries}
         self._say(f"serving flow {flow!r}: " + "; ".join(
@@ -331,7 +336,7 @@ class Scheduler:
             if not due:
                 continue
             tick = max(due.values())
-            run = self._run_tick(flow, tick, _tasks_of([e for e in entries if e.key in due]))
+            run = self._run_tick(flow, tick, tasks_of([e for e in entries if e.key in due]))
             ticks += 1
             if self._interrupted(run):
                 return self._report(flow, missed, unfinished, "interrupted")
@@ -389,11 +394,26 @@ class Scheduler:
         self._save_state(flow, tick, {"run_id": run_id, "tick": tick.timestamp(),
                                       "tasks": list(tasks or ())})
         options = {"resume": run_id} if resume else {"run_id": run_id}
+        result, error = self.execute_tick(self.start_session, flow, tasks, options)
+        # ended (or could not start): clear the claim; cut short: keep it, to resume it
+        self._save_state(flow, tick, None if result is None or result.status != INTERRUPTED
+                         else {"run_id": run_id, "tick": tick.timestamp(),
+                               "tasks": list(tasks or ())})
+        run = TickRun(tick, run_id, tuple(tasks or ()), result, error, catch_up, bool(resume))
+        self.runs.append(run)
+        self._say_run(run)
+        return run
+
+    def execute_tick(self, start_session: SessionFactory, flow: str,
+                     tasks: tuple[str, ...] | None, options: Mapping[str, Any]
+                     ) -> tuple[RunResult | None, str | None]:
+        """One tick's run (``options``: its ``run_id`` or ``resume``): (result, None), or
+        (None, why) when it could not start.  Touches no serve state (also backfills')."""
         result = None
         error = None
         session = None
         try:
-            session = self.start_session(options)
+            session = start_session(options)
             graph = session.collect(self.target)
             if tasks is not None:
                 unknown = [t for t in tasks if t not in graph.by_name]
@@ -407,19 +427,13 @@ class Scheduler:
         finally:
             if session is not None:
                 session.close()
-        # ended (or could not start): clear the claim; cut short: keep it, to resume it
-        self._save_state(flow, tick, None if result is None or result.status != INTERRUPTED
-                         else {"run_id": run_id, "tick": tick.timestamp(),
-                               "tasks": list(tasks or ())})
-        run = TickRun(tick, run_id, tuple(tasks or ()), result, error, catch_up, bool(resume))
-        self.runs.append(run)
-        self._say_run(run)
-        return run
+        return result, error
 
     def _say_run(self, run: TickRun) -> None:
         if self.out is None or self.quiet >= 2:
             return
-        what = "resumed" if run.resumed else "caught up" if run.catch_up else "tick"
+        what = "resumed" if run.resumed else "backfilled" if run.backfill else \
+            "caught up" if run.catch_up else "tick"
         head = f"{what} {run.tick.isoformat()}: run {run.run_id}"
         if run.result is None:
             self._say(f"{head} could not start: {run.error}")
@@ -481,6 +495,10 @@ class Scheduler:
     # -- signals
     def _install_signals(self) -> Callable[[], None]:
         return on_stop_signals(lambda signum, frame: self._wake.put(_STOP))
+
+    def _install_signals_to(self, stop: Callable[[], None]) -> Callable[[], None]:
+        """SIGTERM / Ctrl-C call ``stop()`` (backfills; a run installs its own meanwhile)."""
+        return on_stop_signals(lambda signum, frame: stop())
 
 
 def load_serve_state(path: str | os.PathLike) -> dict[str, Any]:
@@ -650,7 +668,7 @@ def _private_dirs(path: Path) -> None:
             pass
 
 
-def _tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
+def tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
     names: set[str] = set()
     for e in entries:
         if e.tasks is None:
@@ -659,7 +677,7 @@ def _tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
     return tuple(sorted(names))
 
 
-def _merge_ticks(entries: list[_Entry], after: _dt.datetime, until: _dt.datetime
+def merge_ticks(entries: list[_Entry], after: _dt.datetime, until: _dt.datetime
                  ) -> list[tuple[_dt.datetime, list[_Entry]]]:
     """Ticks of all schedules with ``after < t <= until``, merged, oldest first."""
     by_tick: dict[_dt.datetime, list[_Entry]] = {}
@@ -720,7 +738,8 @@ _DESCRIPTION = """\
 Run the flow at each tick of its cron schedules: the tasks with cron= (plus
 what they need), and/or the whole flow with --cron EXPR.  Each tick starts
 one run with its own id (FLOW-YYYYmmddTHHMMSSZ).  SIGTERM / Ctrl-C stop it
-(exit 0 while waiting, 2 when a run was interrupted)."""
+(exit 0 while waiting, 2 when a run was interrupted).  With --backfill FROM TO,
+run each tick in that past range once instead, and exit."""
 
 
 def _max_ticks(text: str) -> int:
@@ -732,6 +751,34 @@ def _max_ticks(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {n}")
     return n
+
+
+def _max_active(text: str) -> int:
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {n}")
+    return n
+
+
+def _cli_factories(first: SessionFactory, n: int, argv: Sequence[str], values: dict,
+                   clock: Clock | None) -> list[SessionFactory]:
+    """One session factory per concurrent backfill run: the command's plugin manager,
+    then managers built the same way (-p / -p no:), so runs never share one."""
+    from ..cli import plugin_args
+    from ..manager import make_pluginmanager
+
+    out = [first]
+    for _ in range(n - 1):
+        pm = make_pluginmanager(*plugin_args(list(argv)))
+        parser = Parser()
+        pm.hook.flowdeco_addoption(parser=parser)
+        out.append(lambda extra, pm=pm, parser=parser: Session.start(
+            options={**values, **extra}, from_cli=True, parser=parser, pm=pm, clock=clock))
+    return out
 
 
 def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) -> int:
@@ -751,6 +798,14 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
                             "that was cut short) before serving")
         g.add_argument("--max-ticks", dest="serve_max_ticks", type=_max_ticks, default=None,
                        metavar="N", help="stop after N scheduled runs (default: never)")
+        g.add_argument("--backfill", dest="serve_backfill", nargs=2, default=None,
+                       metavar=("FROM", "TO"),
+                       help="run every tick in [FROM, TO] once, oldest first, then exit "
+                            "(ISO dates/times, in the schedule's zone); ticks already done in "
+                            "the store are skipped, cut-short ones resumed")
+        g.add_argument("--max-active", dest="serve_max_active", type=_max_active, default=None,
+                       metavar="N", help="with --backfill: run up to N tick runs at once "
+                                         "(default 1)")
         ns = ap.parse_args(list(argv))
         values = vars(ns)
         target = values.pop("target")
@@ -758,6 +813,13 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
         tz = values.pop("serve_tz")
         catch_up = values.pop("serve_catch_up")
         max_ticks = values.pop("serve_max_ticks")
+        backfill_range = values.pop("serve_backfill")
+        max_active = values.pop("serve_max_active")
+        if max_active is not None and backfill_range is None:
+            raise UsageError("serve: --max-active needs --backfill FROM TO")
+        if backfill_range is not None and (catch_up or max_ticks is not None):
+            raise UsageError("serve: --backfill runs a fixed range; it takes neither "
+                             "--catch-up nor --max-ticks")
         if target is None:
             raise UsageError("serve: missing TARGET: give a file path, a module name or "
                              "module:flow")
@@ -775,6 +837,10 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
         sched = Scheduler(target, start, state_dir=state_dir, cron=cron, tz=tz,
                           catch_up=catch_up, max_ticks=max_ticks, clock=clock, out=sys.stdout,
                           quiet=values.get("quiet") or 0, can_resume="resume" in parser)
+        if backfill_range is not None:
+            from .backfill import Backfill
+            return int(Backfill(sched, *backfill_range, _cli_factories(
+                start, max_active or 1, argv, values, clock)).run().exit_code)
         return int(sched.run().exit_code)
     except (Exception, KeyboardInterrupt, SystemExit) as exc:  # noqa: BLE001 - one mapping for all commands
         from ..cli import exit_code_for
