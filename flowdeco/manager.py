@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("state", "flowdeco.plugins.state"),
     ("metrics", "flowdeco.plugins.metrics"),
     ("progress", "flowdeco.plugins.progress"),
+    ("capture", "flowdeco.plugins.capture"),
 )
 
 hookimpl = pluggy.HookimplMarker("flowdeco")
