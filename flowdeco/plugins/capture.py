@@ -42,11 +42,15 @@ import threading
 import traceback
 from collections import deque
 from functools import partial
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..engine import tracking
 from ..errors import UsageError
 from ..manager import hookimpl
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flowdeco import Event, Run, RunResult
+    from flowdeco.config import Config, Parser
 
 NAME = "capture"
 _RUN = "capture-run"
@@ -242,14 +246,14 @@ class RunCapture:
         self.active = 0
 
     @hookimpl
-    def flowdeco_run_start(self, run: Any) -> None:
+    def flowdeco_run_start(self, run: Run) -> None:
         run.track_attempts = True
         run.worker_setup.append(partial(install_in_worker, self.level))
         install(self.level)
         self.active += 1
 
     @hookimpl(tryfirst=True)
-    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+    def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
         self.close()
 
     def close(self) -> None:
@@ -273,7 +277,7 @@ class FailureConsole:
         self.dropped: dict[str, int] = {}
 
     @hookimpl(trylast=True)
-    def flowdeco_report(self, run: Any, event: Any) -> None:
+    def flowdeco_report(self, run: Run, event: Event) -> None:
         name = event.name
         if name == TASK_LOG or name == TASK_OUTPUT:
             kept = self.kept.get(event.task)
@@ -319,7 +323,7 @@ class FailureConsole:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     g = "state and output"
     parser.addoption("--capture", dest="capture", default="yes", choices=("yes", "no"), group=g,
                      help="capture what tasks print and log into the audit trail, showing "
@@ -331,7 +335,7 @@ def flowdeco_addoption(parser: Any) -> None:
                           "the run captures task logging (default: as configured)")
 
 
-def _console_format(config: Any) -> str | None:
+def _console_format(config: Config) -> str | None:
     """Where the audit trail shows events on the console: "console", "json" or None."""
     if (config.getoption("quiet", 0) or 0) >= 2:
         return None
@@ -342,7 +346,7 @@ def _console_format(config: Any) -> str | None:
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     on = enabled(config.getoption("capture")) and not config.getoption("no_capture")
     level = parse_level(config.getoption("log_level"))
     if not on:
@@ -355,7 +359,7 @@ def flowdeco_configure(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     pm = config.pluginmanager
     run = pm.get_plugin(_RUN)
     if run is not None:
