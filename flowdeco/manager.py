@@ -37,6 +37,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("metrics", "flowdeco.plugins.metrics"),
     ("progress", "flowdeco.plugins.progress"),
     ("capture", "flowdeco.plugins.capture"),
+    ("alerts", "flowdeco.plugins.alerts"),
+    ("notify", "flowdeco.plugins.notify"),
 )
 
 hookimpl = pluggy.HookimplMarker("flowdeco")
