@@ -68,7 +68,8 @@ def summary(run: Any, result: Any) -> dict[str, Any]:
         "text": f"flowdeco run {result.run_id} of {flow} {result.status}: {result.summary()}",
         "run_id": result.run_id, "flow": flow, "status": result.status,
         "started_at": result.started_at.isoformat(), "finished_at": result.finished_at.isoformat(),
-        "duration": round(result.duration, 3), "counts": result.counts(),
+        "duration": round(result.duration, 3),
+        "counts": {k: n for k, n in result.counts().items() if n},
         "failed": [{"task": name, "error": o.error, "attempts": o.attempts}
                    for name, o in failed[:MAX_FAILED]],
         "failed_count": len(failed),
@@ -105,7 +106,7 @@ class Webhook:
     def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
         if result.status != "failed":
             return
-        fields: dict[str, Any] = {"url": _safe_url(self.url)}
+        fields: dict[str, Any] = {"level": "info", "url": _safe_url(self.url)}
         try:
             fields["status"] = post_json(self.url, summary(run, result), self.timeout)
             name = NOTIFY_SENT
