@@ -272,3 +272,30 @@ def test_a_bad_notify_url_is_a_usage_error(flows, capsys, url):
     assert cli.main([str(path), "--no-state", "--notify-url", url]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--notify-url" in err[0] and "http://" in err[0]
+
+
+# --------------------------------------------------------------------------- the example
+
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "monitored_etl.py"
+
+
+def test_monitored_etl_example_captures_logging_and_alerts_on_retry(tmp_path, capsys):
+    result = flowdeco.run(EXAMPLE, state_dir=str(tmp_path / "st"), run_id="ok", log_level="INFO")
+    assert result.ok and result.results["publish"] == {"customers": 2, "orders": 2,
+                                                       "products": 1}
+    assert result.outcomes["publish"].attempts == 2
+    logs = events(tmp_path / "st", "ok", "task_log")
+    assert ("clean", "warning", "customer 2 has no name: dropped") in \
+        [(e["task"], e["level"], e["message"]) for e in logs]
+    assert {e["task"] for e in logs if e["message"].startswith("read ")} == \
+        {"customers", "orders", "products"}
+    err = capsys.readouterr().err
+    assert "ALERT publish attempt 1 failed (TimeoutError" in err
+    assert "ALERT publish failed" not in err
+
+
+def test_monitored_etl_example_pages_on_failure(tmp_path, capsys):
+    result = flowdeco.run(EXAMPLE, state_dir=None, params={"fail_publish": True})
+    assert result.status == "failed"
+    assert "ALERT publish failed after 2 attempts: TimeoutError" in capsys.readouterr().err
