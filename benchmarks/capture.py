@@ -87,14 +87,21 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--executor", default="thread", choices=("thread", "sync"))
     ap.add_argument("--reporter", default="noop", choices=("noop", "audit"))
-    ap.add_argument("--once", choices=("on", "off"), default=None)
+    ap.add_argument("--once", choices=("on", "off", "build"), default=None,
+                    help="one run (build: graph and collection only, to subtract)")
     ap.add_argument("--tasks", type=int, default=None, help="graph size (default 10,000)")
     args = ap.parse_args()
     n = args.tasks or (2_000 if args.quick else 10_000)
     state = tempfile.mkdtemp(prefix="fd-capture-bench-")
     if args.once:
         fns = build(n, "once")
-        one_run(fns, args.once == "on", args.reporter, args.executor, state)
+        if args.once == "build":
+            from flowdeco.engine.session import Session
+            s = Session.start(options=dict(no_state=True))
+            s.collect(fns)
+            s.close()
+        else:
+            one_run(fns, args.once == "on", args.reporter, args.executor, state)
         return 0
     rounds = args.rounds or (4 if args.quick else 12)
     flows = {"off": build(n, "off"), "on": build(n, "on")}
