@@ -301,3 +301,66 @@ def test_concurrent_runs_share_one_installation(flows, tmp_path):
     assert sys.stdout is stdout
     for i in range(3):
         assert len(captured(tmp_path / "st", f"c{i}")) == 7
+
+
+HOLD = '''
+import os, time
+from flowdeco import task
+
+@task
+def hold():
+    print("inside hold")
+    open({marker!r}, "w").close()
+    end = time.monotonic() + 30
+    while not os.path.exists({release!r}) and time.monotonic() < end:
+        time.sleep(0.01)
+    return 2
+'''
+
+
+def test_the_stopping_notice_is_not_captured_into_the_running_sync_task(tmp_path):
+    """Ctrl-C during a task on the sync executor: the engine's notice (printed from the
+    signal handler, on the thread running the task) reaches the console at once."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    marker, release = tmp_path / "holding", tmp_path / "release"
+    flow = tmp_path / "hold_flow.py"
+    flow.write_text(HOLD.format(marker=str(marker), release=str(release)))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(root), str(root / "plugins" / "flowdeco-dask"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "flowdeco", str(flow), "--executor", "sync",
+                             "--no-state", "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        end = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.01)
+        assert marker.exists()
+        proc.send_signal(signal.SIGINT)
+        seen: list[str] = []
+        found = threading.Event()
+
+        def read():
+            for line in proc.stderr:
+                seen.append(line)
+                if "stopping" in line:
+                    found.set()
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
+        assert found.wait(10), "".join(seen)
+        release.touch()
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 2
+    assert "inside hold" not in out  # captured: the task succeeded
