@@ -107,7 +107,7 @@ def test_exception_records_carry_the_traceback_text(flows, tmp_path):
     assert "ZeroDivisionError" in event["exception"] and "Traceback" in event["exception"]
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
+@pytest.mark.parametrize("executor", EXECUTORS)
 def test_mapped_instances_get_their_own_output(flows, executor, tmp_path):
     path = flows.write("""
         from flowdeco import task
