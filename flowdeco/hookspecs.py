@@ -274,7 +274,11 @@ def flowdeco_report(run: "Run", event: "Event") -> None:
     call per event.  Instances of a mapped task report under their own names
     (``event.task == "scan[3]"``, not in ``run.graph.by_name``);
     ``task_mapped`` (with ``instances``) announces them, and the mapped task
-    itself ends after its last instance.
+    itself ends after its last instance.  Built-in plugins add: ``task_log``
+    (``level``, ``logger``, ``message``) and ``task_output`` (``stream``,
+    ``text``), what an attempt logged and printed (capture); ``alert_failed``
+    (``callback``, ``error``), a task or run callback that raised (alerts);
+    ``notify_sent`` / ``notify_failed``, the webhook of a failed run (notify).
     """
 
 
