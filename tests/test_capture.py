@@ -364,3 +364,32 @@ def test_the_stopping_notice_is_not_captured_into_the_running_sync_task(tmp_path
             proc.wait(timeout=30)
     assert proc.returncode == 2
     assert "inside hold" not in out  # captured: the task succeeded
+
+
+def test_the_stopping_notice_is_never_captured_whatever_stream_the_console_holds(
+        flows, tmp_path, capsys):
+    """Even when the console's stream is the capture proxy (a capture already installed
+    when the run's console was set up), the engine's own notice printed from the signal
+    handler, on the thread running a sync task, is not taken for the task's output."""
+    import signal
+
+    from flowdeco.plugins import capture
+    path = flows.write("""
+        import os, signal
+        from flowdeco import task
+
+        @task
+        def interrupts_itself():
+            os.kill(os.getpid(), signal.SIGTERM)
+            return 1
+    """)
+    capture.install()  # sys.stderr is the proxy when the audit console takes it
+    try:
+        result = flowdeco.run(str(path), executor="sync", state_dir=str(tmp_path / "st"),
+                              run_id="r1", log_format="console")
+    finally:
+        capture.uninstall()
+    assert result.status == "interrupted"
+    assert [e["text"] for e in captured(tmp_path / "st", "r1")] == []
+    assert "stopping" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is not None
