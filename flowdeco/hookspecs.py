@@ -149,6 +149,16 @@ def flowdeco_run_start(run: "Run") -> None:
     task itself, after each batch's ``flowdeco_report_flush``), or -- cheaper,
     what the state plugin does -- wrap attempts (``flowdeco_task_wrap``) so a
     task waits on its worker until what it depends on has been recorded.
+
+    A plugin that attributes output to attempts (the capture plugin) sets
+    ``run.track_attempts = True``: the engine then marks the thread running
+    each attempt (:mod:`flowdeco.engine.tracking`: ``tracking.current()``
+    there gives the attempt and ``emit(level, event, fields)`` reports an
+    event of it, posted like ``ctx.log`` records), for one tuple store per
+    attempt instead of a wrapper; callables appended to ``run.worker_setup``
+    (picklable by reference, idempotent) run in a worker process before each
+    remote attempt, where the records are buffered and travel back with the
+    result.  Nothing is tracked when nothing reports (``flowdeco_report``).
     """
 
 
@@ -289,7 +299,11 @@ def flowdeco_report(run: "Run", event: "Event") -> None:
     call per event.  Instances of a mapped task report under their own names
     (``event.task == "scan[3]"``, not in ``run.graph.by_name``);
     ``task_mapped`` (with ``instances``) announces them, and the mapped task
-    itself ends after its last instance.
+    itself ends after its last instance.  Built-in plugins add: ``task_log``
+    (``level``, ``logger``, ``message``) and ``task_output`` (``stream``,
+    ``text``), what an attempt logged and printed (capture); ``alert_failed``
+    (``callback``, ``error``), a task or run callback that raised (alerts);
+    ``notify_sent`` / ``notify_failed``, the webhook of a failed run (notify).
     """
 
 

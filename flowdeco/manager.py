@@ -36,6 +36,9 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("state", "flowdeco.plugins.state"),
     ("metrics", "flowdeco.plugins.metrics"),
     ("progress", "flowdeco.plugins.progress"),
+    ("capture", "flowdeco.plugins.capture"),
+    ("alerts", "flowdeco.plugins.alerts"),
+    ("notify", "flowdeco.plugins.notify"),
 )
 
 hookimpl = pluggy.HookimplMarker("flowdeco")

@@ -216,7 +216,7 @@ def test_first_ctrl_c_says_at_once_what_it_waits_for_and_the_summary_says_interr
     flow.write_text(HOLD_FLOW.format(release=str(release)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "flowdeco", str(flow), "--executor", executor, "-w", "1",
-         "--no-state", "-p", "no:metrics"],
+         "--no-state", "-p", "no:metrics", "-s"],  # -s: the task's HOLDING line is the signal
         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own process group: cleaned up with its pool workers
     try:

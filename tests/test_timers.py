@@ -391,7 +391,8 @@ def start_minutely(tmp_path, *options):
         "    print(f'ITERATION {ctx.iteration}', flush=True)\n"
         "    return ctx.iteration\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "flowdeco", str(mod), *options],
+    # -s: the task's ITERATION line (not captured) is what the test waits for
+    return subprocess.Popen([sys.executable, "-m", "flowdeco", str(mod), "-s", *options],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

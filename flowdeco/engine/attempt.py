@@ -27,6 +27,7 @@ from ..context import Context
 from ..deadlines import Watchdog
 from ..outcome import format_error
 from ..pickling import UnpicklableResult, dumps_result
+from . import tracking
 
 
 class RemoteTaskError(Exception):
@@ -62,7 +63,7 @@ def portable(exc: BaseException) -> BaseException:
         return err
 
 
-def call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
+def call_remote(call: Callable[[dict], Any], kwargs: dict, setup: tuple = ()) -> tuple:
     """Run one attempt in a worker process; everything returned must pickle.
 
     The result travels as its own pickle, made here, so a result that cannot
@@ -70,7 +71,20 @@ def call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
     cannot be unpickled in the driver fails it there) instead of failing the
     transport.  ``t0``/``t1`` are the worker's clock: the driver keeps only
     their differences.
+
+    ``setup`` (a run that tracks attempts, see :mod:`flowdeco.engine.tracking`):
+    callables to run first (installing a capture in this process); the
+    attempt then runs under a slot whose records travel back in ``logs``, in
+    order with the task's ``ctx.log`` records.
     """
+    ctx = kwargs.get("ctx")
+    slot = None
+    if setup:
+        for fn in setup:
+            fn()
+        slot = tracking.enter(None, None, ctx._buffered_logs() if isinstance(ctx, Context)
+                              else None)
+        slot.at = (None, 0, None)
     t0 = time.monotonic()
     try:
         result, err = call(kwargs), None
@@ -82,14 +96,16 @@ def call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
             except Exception:  # noqa: BLE001 - an exception type refusing attributes
                 pass
     t1 = time.monotonic()
+    if slot is not None:
+        tracking.leave(slot)  # (its partial lines are flushed into the buffer first)
     payload = None
     if err is None:
         try:
             payload = dumps_result(result)
         except UnpicklableResult as exc:
             err = exc
-    ctx = kwargs.get("ctx")
-    logs = ctx._buffered_logs() if isinstance(ctx, Context) else []
+    logs = ctx._buffered_logs() if isinstance(ctx, Context) else \
+        slot.buffer if slot is not None else []
     # a worker is one thread of execution (one attempt at a time: metrics' utilisation);
     # a Dask worker process runs attempts on several threads
     me = threading.current_thread()
@@ -98,9 +114,9 @@ def call_remote(call: Callable[[dict], Any], kwargs: dict) -> tuple:
     return payload, err, t0, t1, worker, logs
 
 
-def call_batch(calls: list[tuple[Callable[[dict], Any], dict]]) -> list[tuple]:
+def call_batch(calls: list[tuple[Callable[[dict], Any], dict]], setup: tuple = ()) -> list[tuple]:
     """Run several attempts in sequence in one worker (see ``RemoteDispatch.start``)."""
-    return [call_remote(call, kwargs) for call, kwargs in calls]
+    return [call_remote(call, kwargs, setup) for call, kwargs in calls]
 
 
 

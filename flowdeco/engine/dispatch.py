@@ -44,6 +44,7 @@ from ..executors import remote_failure
 from ..graph import kahn_order
 from ..outcome import SUCCEEDED
 from ..pickling import load_outcome
+from . import tracking
 from .attempt import call_batch, call_remote, is_plain, run_attempt
 from .states import (DONE, M_CRASH, M_DONE, M_LOG, PENDING, READY, RUNNING, S_RUNNING,
                      S_STOPPING)
@@ -132,6 +133,7 @@ class ThreadDispatch(Dispatch):
         """
         run = self.run
         put = run.q.put
+        slot = None
         try:
             mono = run.clock.monotonic
             calls = run._calls
@@ -163,8 +165,12 @@ class ThreadDispatch(Dispatch):
             watchdog = run._watchdog
             # deadlines are real time: on the real clock an attempt's start is its arming time
             real = mono is time.monotonic
+            # captured output (flowdeco.engine.tracking): this thread's slot, marked per attempt
+            slot = tracking.enter(run._sink, run._attempt_name) if run._tracking else None
             while True:
                 call = calls[i]
+                if slot is not None:
+                    slot.at = (i, attempt, iteration)
                 t0 = mono()
                 deadline = deadlines[i] if deadlines is not None else None
                 guard = guards[i] if guards is not None else None
@@ -181,6 +187,8 @@ class ThreadDispatch(Dispatch):
                     if overran:
                         return  # the scheduler ended this attempt and gave up this thread
                 t1 = mono()
+                if slot is not None and slot.ends is not None:
+                    slot.end()  # (a partial line printed last, before the completion)
                 nxt = None
                 chained = False
                 if pick and run._stop_state == S_RUNNING and not (
@@ -222,6 +230,9 @@ class ThreadDispatch(Dispatch):
                     kw["ctx"] = ctx
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
             put((M_CRASH, exc))
+        finally:
+            if slot is not None:
+                tracking.leave(slot)
 
 
 # --------------------------------------------------------------------------- sync
@@ -237,6 +248,9 @@ class SyncDispatch(Dispatch):
         self.in_order = not run._has_restore and not run._has_delay \
             and not run._success_hooked and not run.graph.dynamic \
             and not run.graph.using("every") and run._scope is None
+        #: captured output: the scheduler thread's slot while it runs attempts (in fill)
+        self.slot = run._sync_slot = tracking.Slot(run._sink, run._attempt_name) \
+            if run._tracking else None
 
     def start(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
         run = self.run
@@ -246,6 +260,16 @@ class SyncDispatch(Dispatch):
             run.hook.flowdeco_report_flush(run=run)
 
     def fill(self) -> None:
+        slot = self.slot
+        if slot is None:
+            return self._fill()
+        tracking.push(slot)
+        try:
+            self._fill()
+        finally:
+            tracking.leave(slot)
+
+    def _fill(self) -> None:
         run = self.run
         if self.in_order:
             self.in_order = False
@@ -271,10 +295,17 @@ class SyncDispatch(Dispatch):
         run = self.run
         guard = run._guards[i] if run._guards is not None else None
         mono = run.clock.monotonic
+        slot = self.slot
         run.sync_busy = True
+        if slot is not None:
+            slot.at = (i, attempt, iteration)
         t0 = mono()
         result, err, _ = run_attempt(run._fns[i], run._calls[i], kw, guard)
         t1 = mono()
+        if slot is not None:
+            if slot.ends is not None:
+                slot.end()
+            slot.at = None  # hooks run on this thread between attempts
         run.sync_busy = False
         q = run.q
         while not q.empty():  # log records, events and signals that arrived during the task
@@ -303,6 +334,7 @@ class SyncDispatch(Dispatch):
         mono = run.clock.monotonic
         empty, get, handle = run.q.empty, run.q.get, run._handle
         reporting, has_flush = run.reporting, run._has_flush
+        slot = self.slot
         for i in order:
             if run._stop_state >= S_STOPPING:
                 return self.leave_order()
@@ -318,6 +350,8 @@ class SyncDispatch(Dispatch):
                 run._report_started(v.name, 1, None)
             call = calls[i]
             run.sync_busy = True
+            if slot is not None:
+                slot.at = (i, 1, None)
             t0 = mono()
             if guards is None or guards[i] is None:
                 try:
@@ -327,6 +361,10 @@ class SyncDispatch(Dispatch):
             else:
                 result, err, _ = run_attempt(v.fn, call, kw, guards[i])
             t1 = mono()
+            if slot is not None:
+                if slot.ends is not None:
+                    slot.end()
+                slot.at = None  # hooks run on this thread between attempts
             run.sync_busy = False
             while not empty():  # log records, events and signals that arrived during the task
                 handle(get())
@@ -455,9 +493,14 @@ class RemoteDispatch(Dispatch):
                 table.state[j] = RUNNING
                 calls.append((calls_of[j], kj))
         sent = time.perf_counter()
+        setup = run._worker_setup  # captured output: installed in the worker first
         try:
-            fut = run.executor.submit(call_remote, *calls[0]) if len(calls) == 1 else \
-                run.executor.submit(call_batch, calls)
+            if setup:
+                fut = run.executor.submit(call_remote, *calls[0], setup) if len(calls) == 1 \
+                    else run.executor.submit(call_batch, calls, setup)
+            else:
+                fut = run.executor.submit(call_remote, *calls[0]) if len(calls) == 1 else \
+                    run.executor.submit(call_batch, calls)
         except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
             fut = Future()
             fut.set_exception(exc)

@@ -76,6 +76,7 @@ from ..outcome import (FAILED, INTERRUPTED, SKIPPED, SUCCEEDED, Attempt, Finish,
                        TaskOutcome, format_error)
 from ..pickling import load_outcome
 from ..task import CTX
+from . import tracking
 from .attempt import call_remote, run_attempt
 from .instances import (ENDED, I_FAILED, I_INTERRUPTED, I_PENDING, I_RESTORED, I_RUNNING,
                         I_SKIPPED, I_SUCCEEDED, I_WAITING, MapState)
@@ -404,10 +405,17 @@ class DynamicFlows:
     def _run_sync(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
         run = self.run
         call, mono = m.call, run.clock.monotonic
+        slot = self.port.sync_slot
         run.sync_busy = True
+        if slot is not None:
+            slot.at = ((m, k), attempt, None)
         t0 = mono()
         result, err, _ = run_attempt(m.fn, call, kw)
         t1 = mono()
+        if slot is not None:
+            if slot.ends is not None:
+                slot.end()
+            slot.at = None
         run.sync_busy = False
         q = run.q
         while not q.empty():  # log records, events and signals that arrived during the task
@@ -427,6 +435,7 @@ class DynamicFlows:
         run = self.run
         port = self.port
         put = run.q.put
+        slot = None
         try:
             mono = run.clock.monotonic
             fn, call = m.fn, m.call
@@ -435,10 +444,16 @@ class DynamicFlows:
             base, items, param = m.base, m.items, m.param
             chain = port.chaining
             worker = threading.current_thread().name
+            if port.tracking:  # captured output: this thread's slot, marked per attempt
+                slot = tracking.enter(port.log_sink, port.attempt_name)
             while True:
+                if slot is not None:
+                    slot.at = ((m, k), attempt, None)
                 t0 = mono()
                 result, err, _ = run_attempt(fn, call, kw)
                 t1 = mono()
+                if slot is not None and slot.ends is not None:
+                    slot.end()
                 nxt = -1
                 if chain and not run.stopping and not (
                         err is not None and run.stop_on_error):
@@ -461,12 +476,17 @@ class DynamicFlows:
                                       port.log_sink, m.upstream, run)
         except BaseException as exc:  # noqa: BLE001 - never leave the scheduler waiting
             put((M_CRASH, exc))
+        finally:
+            if slot is not None:
+                tracking.leave(slot)
 
     # -- remote executors: one instance per submission
     def _submit_remote(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
         run = self.run
         try:
-            fut = run.executor.submit(call_remote, m.call, kw)
+            setup = self.port.worker_setup
+            fut = run.executor.submit(call_remote, m.call, kw, setup) if setup else \
+                run.executor.submit(call_remote, m.call, kw)
         except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
             now = run.clock.monotonic()
             run.q.put((M_INSTANCE_DONE, m, k, attempt, None, remote_failure(exc, m.instance(k)),

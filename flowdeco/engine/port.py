@@ -42,6 +42,10 @@ class SchedulerPort:
     - ``restore_fields``: extra ``task_restored`` fields by task or instance name;
     - ``log_sink``: what ``ctx.log`` posts to (None when nothing reports);
     - ``chaining``: thread workers may take the next ready work themselves;
+    - ``tracking``: mark attempts' threads (captured output, :mod:`flowdeco.engine.tracking`);
+      ``sync_slot``: the scheduler thread's slot under the ``sync`` executor;
+      ``attempt_name``: a slot's ``name_of``; ``worker_setup``: what a remote
+      attempt runs first (``call_remote``'s ``setup``);
     - ``offset``: wall clock minus the monotonic clock (for reported times).
 
     Operations (scheduler thread unless noted):
@@ -65,7 +69,8 @@ class SchedulerPort:
 
     __slots__ = ("table", "ready", "map_ready", "lock", "prio", "prio_mod", "calls",
                  "success_hooked", "has_restore", "has_flush", "has_attempt_done",
-                 "restore_fields", "log_sink", "chaining", "offset", "finish", "start",
+                 "restore_fields", "log_sink", "chaining", "tracking", "sync_slot",
+                 "attempt_name", "worker_setup", "offset", "finish", "start",
                  "restore", "push_timer", "flush", "handle", "context", "report",
                  "report_started", "report_end", "add_scopes")
 
@@ -84,6 +89,10 @@ class SchedulerPort:
         self.restore_fields: dict[str, Any] = run._restore_fields
         self.log_sink = run._log_sink
         self.chaining: bool = run._chaining
+        self.tracking: bool = run._tracking
+        self.sync_slot: Any = getattr(run, "_sync_slot", None)
+        self.attempt_name: Callable[[Any], str] = run._attempt_name
+        self.worker_setup: tuple = run._worker_setup
         self.offset: float = run._offset
         self.finish: Callable[..., None] = run._finish
         self.start: Callable[[int, int, int | None], None] = run._start

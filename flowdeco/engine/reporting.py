@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ..outcome import FAILED, RESTORED, SKIPPED, SUCCEEDED, Event, TaskOutcome
 from ..signals import on_stop_signals
+from . import tracking
 from .attempt import format_traceback
 from .states import M_LOG, M_SIGNAL, S_SIGNALLED
 
@@ -84,8 +85,17 @@ class RunReporting:
                 raise KeyboardInterrupt  # stop waiting for a task running on this thread
             if received[0] == 1 and self.sync_busy:
                 # the scheduler is this thread, inside a task (no hook is running):
-                # say what happens now, not when the task ends
-                self._report_interrupt(signum)
+                # say what happens now, not when the task ends -- as the engine, not
+                # as output the task's attempt printed (captured output)
+                slot = tracking.current()
+                at = None
+                if slot is not None:
+                    at, slot.at = slot.at, None
+                try:
+                    self._report_interrupt(signum)
+                finally:
+                    if slot is not None:
+                        slot.at = at
             self.q.put((M_SIGNAL, signum))
 
         return on_stop_signals(handler)

@@ -95,6 +95,12 @@ class Run(RunSurface, RunSetup, RunReporting):
         #: set by a plugin that makes completions durable after they are reported and
         #: confirms them with flowdeco_report_durable (the state plugin's writer thread)
         self.durable_later = False
+        #: set True in flowdeco_run_start to have each attempt's thread marked
+        #: (flowdeco.engine.tracking: captured logging and print output)
+        self.track_attempts = False
+        #: with track_attempts: callables a worker process runs before each attempt
+        #: (picklable by reference, idempotent: install a capture there)
+        self.worker_setup: list[Any] = []
         #: task indices whose *successful* attempts also go through flowdeco_attempt_done
         self.on_success: set[int] = set()
         #: for each task (index) or mapped instance (``(index, k)``) that ran more than one

@@ -86,10 +86,21 @@ class RunSetup:
         #: per worker thread: completions the scheduler has handled (see ThreadDispatch)
         self._handled: dict[str, int] = {}
         self._log_sink = self._sink if self.reporting else None
+        #: mark the thread running each attempt (engine/tracking.py), when a plugin asked
+        #: and something reports what it attributes
+        self._tracking = bool(self.track_attempts) and self.reporting
+        #: what a remote attempt runs first in its worker process (see call_remote)
+        self._worker_setup = tuple(self.worker_setup) if self._tracking else ()
         # a released task with no ready-time hook (restore, delay) goes straight to the heap
         self._plain_release = not self._has_restore and not self._has_delay
         self._dispatcher = make_dispatcher(self)
         self._start_attempt = self._dispatcher.start
+
+    def _attempt_name(self, key: Any) -> str:
+        """The name of what a tracked attempt runs: task index ``i`` or instance ``(m, k)``."""
+        if type(key) is int:
+            return self.graph.vertices[key].name
+        return key[0].instance(key[1])
 
     def _chains(self) -> list[int | None]:
         """For each task, the successor a worker may run right after it, or None.

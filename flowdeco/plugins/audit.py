@@ -56,6 +56,9 @@ _CONSOLE_EVENTS = {"run_started", "run_finished", "task_succeeded", "task_failed
 _LEVELS = {"task_failed": "error", "task_interrupted": "warning", "task_retrying": "warning",
            "circuit_opened": "warning", "task_skipped": "info", "run_interrupted": "warning"}
 _RANK = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+#: captured task output (the capture plugin): in the file only; the console shows it for
+#: failed tasks (the capture plugin does)
+_FILE_ONLY = frozenset({"task_log", "task_output"})
 
 
 def _mask_secrets(logger: Any, method: str, event_dict: dict) -> dict:
@@ -265,7 +268,7 @@ class AuditTrail:
                 data = event.to_dict()
                 del data["event"]
             level = data.get("level") or _LEVELS.get(name, "info")
-            if name not in _CONSOLE_EVENTS and "level" not in data:
+            if name not in _CONSOLE_EVENTS and ("level" not in data or name in _FILE_ONLY):
                 return
             if _RANK.get(level, 20) < self.min_rank:
                 return

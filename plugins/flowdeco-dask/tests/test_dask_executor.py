@@ -257,3 +257,33 @@ def test_executor_dask_starts_and_closes_a_local_cluster(tmp_path, capsys, monke
     assert workers == 2
     assert ex.cluster.status.name == "closed"
     assert ex.client.status == "closed"
+
+
+# --------------------------------------------------------------------------- captured output
+
+
+def test_prints_and_logging_on_dask_workers_come_back_as_events(cluster, tmp_path):
+    """Issue 19: the capture is installed on the worker before the attempt; the records
+    travel back with the result and land in the audit trail of that attempt."""
+    from flowdeco.plugins.audit import audit_path, read_events
+    path = cluster.write("""
+        import logging
+        from flowdeco import task
+
+        @task(retries=1)
+        def shout(ctx):
+            print("on a dask worker, attempt", ctx.attempt)
+            logging.getLogger("fddask.cap").warning("warned %d", ctx.attempt)
+            if ctx.attempt == 1:
+                raise ValueError("again")
+            return 1
+    """)
+    result = run_flow(str(path), executor=cluster.client, state_dir=str(tmp_path / "st"),
+                      run_id="d1", fail_after=TIMEOUT)
+    assert result.ok
+    got = [(e["event"], e["task"], e["attempt"], e.get("text") or e.get("message"))
+           for e in read_events(audit_path(tmp_path / "st", "d1"), ("task_log", "task_output"))]
+    assert got == [("task_output", "shout", 1, "on a dask worker, attempt 1"),
+                   ("task_log", "shout", 1, "warned 1"),
+                   ("task_output", "shout", 2, "on a dask worker, attempt 2"),
+                   ("task_log", "shout", 2, "warned 2")]
