@@ -27,7 +27,7 @@ _LAZY = {
     "CircuitOpenError": "policies.circuit", "TaskTimeout": "policies.timeout",
     "Pipeline": "pipeline", "PipelineResult": "pipeline",
     "WorkerCrashed": "executors", "UnpicklableResult": "pickling",
-    "StashKey": "stash",
+    "StashKey": "stash", "TaskAlert": "plugins.alerts",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .executors import WorkerCrashed
     from .pickling import UnpicklableResult
     from .stash import StashKey
+    from .plugins.alerts import TaskAlert
     from .engine.scheduler import Run
     from .engine.session import NoTasksError, run
 
@@ -64,6 +65,6 @@ __all__ = [
     "CycleError", "Deadline", "DuplicateTaskError", "Event", "ExitCode", "FakeClock", "Finish", "Flow",
     "FlowError", "Incrementing", "MissingDependencyError", "NoTasksError", "Pipeline", "PipelineResult",
     "Reschedule", "Restored", "Retry", "RetryError", "Run", "RunResult", "Secret", "StashKey", "StateError",
-    "SubflowNode", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout",
+    "SubflowNode", "TaskAlert", "TaskDefinitionError", "TaskOutcome", "TaskSpec", "TaskTimeout",
     "UnpicklableResult", "UsageError", "WorkerCrashed", "hookimpl", "run", "task",
 ]
