@@ -163,6 +163,10 @@ class ThreadDispatch(Dispatch):
             watchdog = run._watchdog
             # deadlines are real time: on the real clock an attempt's start is its arming time
             real = mono is time.monotonic
+            # --run-timeout: take nothing new once the run's deadline has passed
+            run_end = run.run_deadline
+            if run_end is None:
+                run_end = _INF
             while True:
                 call = calls[i]
                 t0 = mono()
@@ -183,7 +187,7 @@ class ThreadDispatch(Dispatch):
                 t1 = mono()
                 nxt = None
                 chained = False
-                if pick and run._stop_state == S_RUNNING and not (
+                if pick and run._stop_state == S_RUNNING and t1 < run_end and not (
                         err is not None and run.stop_on_error) and not (
                         exact and handled.get(worker, 0) < fanout):
                     # a task this completion releases may have to go first: take
@@ -256,7 +260,11 @@ class SyncDispatch(Dispatch):
         map_ready = run._map_ready
         mod = run._prio_mod
         table = run._table
+        deadline = run.run_deadline
         while (ready or map_ready) and run._stop_state < S_STOPPING:
+            if deadline is not None and run.clock.monotonic() >= deadline:
+                run.run_timed_out()
+                break
             if map_ready and run._dyn.sync_step():  # a mapped task's instance went first
                 continue
             i = heapq.heappop(ready) % mod
@@ -303,7 +311,10 @@ class SyncDispatch(Dispatch):
         mono = run.clock.monotonic
         empty, get, handle = run.q.empty, run.q.get, run._handle
         reporting, has_flush = run.reporting, run._has_flush
+        deadline = run.run_deadline
         for i in order:
+            if deadline is not None and mono() >= deadline:
+                run.run_timed_out()
             if run._stop_state >= S_STOPPING:
                 return self.leave_order()
             if run.flush_due:

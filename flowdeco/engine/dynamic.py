@@ -71,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Run
 
 _NAN = float("nan")
+_INF = float("inf")
 #: reasons passed on to all_succeeded dependents, strongest last
 _RANK = {"condition": 0, "stopped": 1, "upstream": 2}
 #: failed instances named in a mapped task's error
@@ -324,12 +325,16 @@ class DynamicFlows:
             base, items, param = m.base, m.items, m.param
             chain = port.chaining
             worker = threading.current_thread().name
+            # --run-timeout: take nothing new once the run's deadline has passed
+            run_end = run.run_deadline
+            if run_end is None:
+                run_end = _INF
             while True:
                 t0 = mono()
                 result, err, _ = run_attempt(fn, call, kw)
                 t1 = mono()
                 nxt = -1
-                if chain and not run.stopping and not (
+                if chain and not run.stopping and t1 < run_end and not (
                         err is not None and run.stop_on_error):
                     with lock:
                         if m.cursor < n and mready and mready[0] == key and (

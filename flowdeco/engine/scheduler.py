@@ -32,7 +32,7 @@ from concurrent.futures import Executor
 from queue import Empty, SimpleQueue
 from typing import Any, Mapping
 
-from ..config import Config
+from ..config import Config, check_run_timeout
 from ..context import Context
 from ..deadlines import Watchdog
 from ..graph import SUBFLOW, TASK, Graph, Vertex
@@ -144,6 +144,10 @@ class Run(RunSurface, RunSetup, RunReporting):
         #: engine: something was reported while dispatching (a restored mapped instance):
         #: call flowdeco_report_flush before the next task starts (see _flush)
         self.flush_due = False
+        #: --run-timeout seconds (None: no limit); the deadline is set when the run starts
+        self.run_timeout = check_run_timeout(config.getoption("run_timeout", None))
+        #: engine: when nothing new may start (the run's clock, monotonic), or None
+        self.run_deadline: float | None = None
 
     # -- the loop
     def execute(self) -> RunResult:
@@ -160,6 +164,8 @@ class Run(RunSurface, RunSetup, RunReporting):
             if self.owns_executor:
                 self.executor.shutdown(wait=False, cancel_futures=True)
             raise
+        if self.run_timeout is not None:
+            self.run_deadline = self.started + self.run_timeout
         restore = self._install_signals()
         try:
             try:
@@ -210,7 +216,11 @@ class Run(RunSurface, RunSetup, RunReporting):
         clock = self.clock
         handle = self._handle
         dispatch = self._dispatcher.fill
+        deadline = self.run_deadline   # --run-timeout (None: none)
         while True:
+            if deadline is not None and clock.monotonic() >= deadline:
+                deadline = None
+                self.run_timed_out()
             dispatch()
             if self.flush_due:
                 self._flush()
@@ -222,6 +232,10 @@ class Run(RunSurface, RunSetup, RunReporting):
             timeout = None
             if self._timers:
                 timeout = self._timers[0][0] - clock.monotonic()
+            if deadline is not None:  # wake up (a fake clock: jump) at the run's deadline
+                left = deadline - clock.monotonic()
+                if timeout is None or left < timeout:
+                    timeout = left
             try:
                 msg = clock.wait(get, timeout, self.inflight == 0)
             except Empty:
@@ -234,6 +248,23 @@ class Run(RunSurface, RunSetup, RunReporting):
                 self._release_timers()
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
+
+    def run_timed_out(self) -> None:
+        """The run's deadline passed (``--run-timeout``): stop like a first Ctrl-C.
+
+        Scheduler thread.  Nothing new starts, tasks waiting for a retry or a
+        delay end, running ones are waited for and recorded; the run is
+        ``interrupted`` (exit 2) and can be resumed.  Reported as
+        ``run_interrupted`` with ``reason: "run_timeout"`` (no ``signal``).
+        """
+        if self._stop_state >= S_INTERRUPTED:
+            return
+        if self.reporting and not self._interrupt_reported:
+            self._interrupt_reported = True
+            self._report("run_interrupted", None, {"reason": "run_timeout",
+                                                   "run_timeout": self.run_timeout,
+                                                   "running": self.running_count()})
+        self._stop(interrupted=True)
 
     def scheduler_port(self) -> "SchedulerPort":
         """What dynamic flows may use of this run's scheduler (after setup)."""

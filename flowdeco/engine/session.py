@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from ..clock import Clock
 from ..collect import resolve_target
-from ..config import Config, Parser, merge_options, parse_params
+from ..config import Config, Parser, check_run_timeout, merge_options, parse_params
 from ..errors import CollectionError, FlowError, UsageError, shorten
 from ..executors import choose_executor
 from ..graph import Graph, build_graph
@@ -143,6 +143,7 @@ class Session:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 1):
             raise UsageError(f"workers must be an int >= 1, got {workers!r}")
+        check_run_timeout(cfg.getoption("run_timeout", None))  # before the executor exists
         executor, workers, owns = choose_executor(cfg, workers)
         run = Run(cfg, graph, run_id=run_id, state_dir=state_dir, params=self.params,
                   executor=executor, workers=workers,
