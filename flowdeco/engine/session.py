@@ -179,6 +179,8 @@ def run(target: Any, *, workers: int | None = None, params: Mapping[str, Any] | 
         given["state_dir"] = os.fspath(state_dir)
     if resume is not None:
         given["resume"] = resume
+    plugins = tuple(plugins)
+    plugins += tuple(_module_plugins(target, plugins))
     session = Session.start(plugins=plugins, disable=disable, options=given,
                             params=params or {}, clock=clock)
     try:
@@ -187,3 +189,17 @@ def run(target: Any, *, workers: int | None = None, params: Mapping[str, Any] | 
     finally:
         session.close()
 
+
+
+def _module_plugins(target: Any, given: Iterable[Any]) -> list[str]:
+    """The ``flowdeco_plugins`` a module target asks for and ``given`` lacks."""
+    from types import ModuleType
+
+    from ..project import module_plugins, target_module
+    if isinstance(target, ModuleType):
+        module = target
+    elif isinstance(target, (str, os.PathLike)):
+        module = target_module(os.fspath(target))
+    else:
+        return []
+    return [p for p in module_plugins(module) if p not in given]
