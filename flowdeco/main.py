@@ -55,6 +55,10 @@ def flowdeco_addoption(parser: Any) -> None:
                      metavar="S", group=g,
                      help="start nothing new after S seconds and stop the run like Ctrl-C "
                           "(running tasks finish; exit 2; resumable with --resume)")
+    parser.addoption("--limit", dest="limits", default=None, action="append", metavar="TAG=N",
+                     group=g, help="at most N tasks tagged TAG run at once, mapped instances "
+                                   "included; waiting for a slot holds no worker (repeatable; "
+                                   "[tool.flowdeco.limits] in the config file)")
     parser.addoption("--run-id", dest="run_id", default=None, metavar="ID", group=g,
                      help="name this run ([A-Za-z0-9._-], up to 128 characters)")
     g = "selection"

@@ -93,6 +93,8 @@ class DynamicFlows:
         self.prio_mod = self.port.prio_mod
         self.has_restore = self.port.has_restore
         self.has_flush = self.port.has_flush
+        #: the run's pool gate (engine/pools.py), None without binding limits
+        self.pools = run.pools
 
     # ------------------------------------------------------------------ gate
     def gate(self, v: Vertex) -> tuple | None:
@@ -224,10 +226,17 @@ class DynamicFlows:
         port = self.port
         ready, mready, lock, n = port.ready, self.mready, port.lock, port.prio_mod
         maps = self.maps
+        pools = self.pools
         while (ready or mready) and run.inflight < run.workers and not run.stopping:
             with lock:
                 if mready and (not ready or mready[0] < ready[0]):
                     m = maps[mready[0] % n]
+                    if pools is not None and pools.capped[m.index] is not None \
+                            and not pools.room(m.index):
+                        heapq.heappop(mready)   # its pool is full: wait there, not here
+                        m.queued = False
+                        pools.park(m.index, m.key)
+                        continue
                     k, attempt = self._take(m)
                     i = -1
                 elif ready:
@@ -271,6 +280,8 @@ class DynamicFlows:
         kw = self.kwargs(m, k, attempt)
         m.status[k] = I_RUNNING
         run.inflight += 1
+        if self.pools is not None and self.pools.capped[m.index] is not None:
+            self.pools.take(m.index)  # dispatch checked the room
         if run.reporting:
             self.port.report_started(m.instance(k), attempt, None)
         if run.sync:
@@ -323,7 +334,8 @@ class DynamicFlows:
             lock, ready, mready = port.lock, port.ready, self.mready
             key, n = m.key, m.n
             base, items, param = m.base, m.items, m.param
-            chain = port.chaining
+            # (a capped instance's successor needs a pool slot: the scheduler starts it)
+            chain = port.chaining and (self.pools is None or self.pools.capped[m.index] is None)
             worker = threading.current_thread().name
             # --run-timeout: take nothing new once the run's deadline has passed
             run_end = run.run_deadline
@@ -391,6 +403,8 @@ class DynamicFlows:
         run = self.run
         if nxt < 0:
             run.inflight -= 1
+            if self.pools is not None and self.pools.capped[m.index] is not None:
+                self.pools.release(m.index)
         else:
             m.status[nxt] = I_RUNNING
         if m.t0[k] != m.t0[k]:  # NaN: the first attempt

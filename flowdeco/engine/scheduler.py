@@ -39,6 +39,7 @@ from ..graph import SUBFLOW, TASK, Graph, Vertex
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
                        Finish, Reschedule, RunResult, format_error)
 from ..threadpool import ThreadPool
+from .pools import parse_limits
 from .port import SchedulerPort
 from .reporting import RunReporting
 from .setup import RunSetup
@@ -148,6 +149,10 @@ class Run(RunSurface, RunSetup, RunReporting):
         self.run_timeout = check_run_timeout(config.getoption("run_timeout", None))
         #: engine: when nothing new may start (the run's clock, monotonic), or None
         self.run_deadline: float | None = None
+        #: --limit / run(limits=): {tag: N}, at most N attempts of tasks tagged so at once
+        self.limits = parse_limits(config.getoption("limits", None))
+        #: engine: the gate enforcing the limits (engine/pools.py), None when none can bind
+        self.pools: Any = None
 
     # -- the loop
     def execute(self) -> RunResult:
@@ -173,7 +178,10 @@ class Run(RunSurface, RunSetup, RunReporting):
                     self._table.remaining = [0] * len(self.graph)
                 else:
                     self._table.remaining = [len(v.deps) for v in self.graph.vertices]
-                    for i in range(len(self.graph)):
+                    roots: Any = range(len(self.graph))
+                    if self.pools is not None:  # pool slots go by priority from the start
+                        roots = sorted(roots, key=self._prio.__getitem__)
+                    for i in roots:
                         if self._table.remaining[i] == 0 and self._table.state[i] == PENDING:
                             done = self._make_ready(i)
                             if done is not None:
@@ -482,6 +490,9 @@ class Run(RunSurface, RunSetup, RunReporting):
             self._table.state[i] = READY
             self._table.next_attempt[i] = attempt
             self._table.next_iter[i] = iteration
+            if self.pools is not None and self.pools.capped[i] is not None:
+                self.pools.admit(i)
+                continue
             with self._lock:
                 heapq.heappush(self._ready, self._prio[i])
 
@@ -518,6 +529,9 @@ class Run(RunSurface, RunSetup, RunReporting):
         if slow and v.spec.map is not None:  # type: ignore[union-attr]
             return self._dyn.expand(i)
         self._table.state[i] = READY   # next_attempt/next_iter still hold 1 / the first iteration
+        if self.pools is not None and self.pools.capped[i] is not None:
+            self.pools.admit(i)   # with its pool slots, or parked until one is free
+            return None
         with self._lock:
             heapq.heappush(self._ready, self._prio[i])
         return None

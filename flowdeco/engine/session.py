@@ -27,6 +27,7 @@ from ..outcome import RunResult
 from ..params import (check_params, declare_secrets, parse_param_env, scrub_options,
                       wrap_secrets)
 from ..selection import compile_expression
+from .pools import parse_limits
 from .scheduler import Run
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -143,7 +144,9 @@ class Session:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 1):
             raise UsageError(f"workers must be an int >= 1, got {workers!r}")
-        check_run_timeout(cfg.getoption("run_timeout", None))  # before the executor exists
+        # checked before the executor exists
+        check_run_timeout(cfg.getoption("run_timeout", None))
+        parse_limits(cfg.getoption("limits", None))
         executor, workers, owns = choose_executor(cfg, workers)
         run = Run(cfg, graph, run_id=run_id, state_dir=state_dir, params=self.params,
                   executor=executor, workers=workers,
