@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-
-import attrs
 
 from .errors import UsageError, suggest
 
@@ -47,12 +44,14 @@ ADDOPTS = "FLOWDECO_ADDOPTS"
 MODULE_PLUGINS = "flowdeco_plugins"
 
 
-@attrs.frozen
 class ProjectConfig:
     """The config file found for a target (``path`` None: none) and its table."""
 
-    path: Path | None = None
-    values: Mapping[str, Any] = attrs.field(factory=dict)
+    __slots__ = ("path", "values")
+
+    def __init__(self, path: Path | None = None, values: Mapping[str, Any] | None = None):
+        self.path = path
+        self.values: Mapping[str, Any] = values or {}
 
     @property
     def where(self) -> str:
@@ -197,6 +196,9 @@ def target_folder(target: str | None) -> Path:
 def env_args(environ: Mapping[str, str] | None = None) -> list[str]:
     """``FLOWDECO_ADDOPTS`` split like a shell would."""
     text = (os.environ if environ is None else environ).get(ADDOPTS, "")
+    if not text:
+        return []
+    import shlex
     try:
         return shlex.split(text)
     except ValueError as exc:

@@ -198,11 +198,8 @@ def _module_plugins(target: Any, given: Iterable[Any]) -> list[str]:
     """The ``flowdeco_plugins`` a module target asks for and ``given`` lacks."""
     from types import ModuleType
 
+    if not isinstance(target, (ModuleType, str, os.PathLike)):
+        return []  # a list of tasks, a Flow: no module of its own
     from ..project import module_plugins, target_module
-    if isinstance(target, ModuleType):
-        module = target
-    elif isinstance(target, (str, os.PathLike)):
-        module = target_module(os.fspath(target))
-    else:
-        return []
+    module = target if isinstance(target, ModuleType) else target_module(os.fspath(target))
     return [p for p in module_plugins(module) if p not in given]
