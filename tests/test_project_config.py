@@ -291,3 +291,22 @@ def test_the_config_file_applies_in_a_subprocess(tmp_path):
     trail = tmp_path / "st" / "runs" / "sub1" / "audit.jsonl"
     assert [json.loads(ln)["event"] for ln in trail.read_text().splitlines()][-1] == \
         "run_finished"
+
+
+def test_flowdeco_addopts_plugins_apply(proj, capsys, monkeypatch):
+    flow = write(proj / f"{unique('flow')}.py", FLOW)
+    monkeypatch.setenv("FLOWDECO_ADDOPTS", "-p no:audit --run-id e1")
+    code, out, err = run_cli(flow.name, capsys=capsys)
+    assert code == 0, err
+    assert (proj / ".flowdeco").exists()
+    assert not list(proj.rglob("audit.jsonl"))
+
+
+def test_python_run_takes_options_as_arguments_not_from_the_file(proj):
+    """The file and FLOWDECO_ADDOPTS are the command line's; run() is explicit."""
+    flow = write(proj / f"{unique('flow')}.py", FLOW)
+    write(proj / "flowdeco.toml", 'state_dir = "from-file"\n')
+    result = flowdeco.run(str(flow), run_id="py1")
+    assert result.ok
+    assert (proj / ".flowdeco" / "runs" / "py1").exists()
+    assert not (proj / "from-file").exists()
