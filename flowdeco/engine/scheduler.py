@@ -69,7 +69,9 @@ class Run(RunSurface, RunSetup, RunReporting):
     ``stash`` (a dict for plugin state); :meth:`outcome` gives a task's
     outcome once it ended; :meth:`emit` reports an event from any thread.
     During ``flowdeco_run_start`` a plugin may set ``inline_successors`` or
-    add task indices to ``on_success``.
+    add task indices to ``on_success``.  ``limits`` (``{tag: N}``, ``--limit``)
+    and ``run_timeout`` (seconds or None, ``--run-timeout``) are the run's
+    pool limits and time limit.
     """
 
     def __init__(self, config: Config, graph: Graph, *, run_id: str, state_dir: str | None,
