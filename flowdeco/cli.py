@@ -95,9 +95,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
             return prepared
         pm, parser, ns, sources = prepared
         if show_config:
-            print(render_config(sources))
+            print(project.render_config(sources))
             return ExitCode.OK
-        target = ns.target
         target = ns.target
         if target is None:
             raise UsageError("missing TARGET: give a file path, a module name or module:flow")
@@ -201,64 +200,10 @@ def _prepare(args: list[str], prog: str, show_config: bool) -> Any:
         sources = None
         if show_config:
             env_ns, _ = ap.parse_known_args(extra + ([target] if target else []))
-            sources = ConfigSources(cfg, extra, parser, defaults, vars(env_ns), vars(ns),
+            sources = project.ConfigSources(cfg, extra, parser, defaults, vars(env_ns), vars(ns),
                                     file_load + [f"no:{b}" for b in file_block], wanted, target)
         return pm, parser, ns, sources
     raise UsageError(f"cannot settle the target and its config file from {args!r}")
-
-
-@attrs.frozen
-class ConfigSources:
-    """What ``python -m flowdeco config`` shows: each option's value and its source."""
-
-    config: Any
-    env: list
-    parser: Any
-    file: dict
-    env_values: dict
-    values: dict
-    file_plugins: list
-    module_plugins: list
-    target: str | None
-
-
-def render_config(src: ConfigSources) -> str:
-    """The ``config`` command's report (precedence: command line > FLOWDECO_ADDOPTS > file)."""
-    folder = project.target_folder(src.target)
-    lines = [f"config file: {src.config.where}" if src.config.path is not None else
-             f"config file: none (looked for flowdeco.toml and pyproject.toml [tool.flowdeco] "
-             f"in {folder} and its parents)",
-             f"{project.ADDOPTS}: {' '.join(src.env) if src.env else '(not set)'}",
-             "precedence: command line > FLOWDECO_ADDOPTS > config file > default"]
-    if src.file_plugins:
-        lines.append(f"plugins from the config file: {', '.join(src.file_plugins)}")
-    if src.module_plugins:
-        lines.append(f"plugins from {src.target} ({project.MODULE_PLUGINS}): "
-                     f"{', '.join(src.module_plugins)}")
-    rows = []
-    for o in src.parser.options:
-        d = o.dest
-        value = src.values.get(d)
-        if value != src.env_values.get(d):
-            where = "command line"
-        elif value != src.file.get(d, o.default):
-            where = project.ADDOPTS
-        elif d in src.file:
-            where = src.config.path.name
-        else:
-            continue
-        if d == "param":  # values may be secrets: names only
-            value = [str(x).partition("=")[0] + "=***" for x in value]
-        rows.append((d, repr(value), where))
-    if rows:
-        w1 = max(len(r[0]) for r in rows)
-        w2 = max(len(r[1]) for r in rows)
-        lines.append("")
-        lines.append(f"{'option':<{w1}}  {'value':<{w2}}  from")
-        lines += [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows]
-    lines.append("")
-    lines.append("every other option has its default (python -m flowdeco --help lists them)")
-    return "\n".join(lines)
 
 
 def exit_code_for(exc: BaseException, err: Any = None) -> int:

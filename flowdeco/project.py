@@ -252,3 +252,55 @@ def target_module(target: str) -> Any:
         base = target.rsplit(":", 1)[0]
     return load_file(Path(base)) if _looks_like_path(base) or Path(base).is_file() \
         else load_module(base)
+
+
+class ConfigSources:
+    """What ``python -m flowdeco config`` shows: the config file, ``FLOWDECO_ADDOPTS``,
+    the option values after the file and the environment (``env_values``) and after the
+    command line too (``values``), the plugins each source asked for."""
+
+    def __init__(self, config: ProjectConfig, env: list[str], parser: Any, file: dict,
+                 env_values: dict, values: dict, file_plugins: list[str],
+                 module_plugins: list[str], target: str | None):
+        self.config, self.env, self.parser, self.file = config, env, parser, file
+        self.env_values, self.values = env_values, values
+        self.file_plugins, self.module_plugins, self.target = file_plugins, module_plugins, target
+
+
+def render_config(src: ConfigSources) -> str:
+    """The ``config`` command's report (precedence: command line > FLOWDECO_ADDOPTS > file)."""
+    folder = target_folder(src.target)
+    lines = [f"config file: {src.config.where}" if src.config.path is not None else
+             f"config file: none (looked for flowdeco.toml and pyproject.toml [tool.flowdeco] "
+             f"in {folder} and its parents)",
+             f"{ADDOPTS}: {' '.join(src.env) if src.env else '(not set)'}",
+             "precedence: command line > FLOWDECO_ADDOPTS > config file > default"]
+    if src.file_plugins:
+        lines.append(f"plugins from the config file: {', '.join(src.file_plugins)}")
+    if src.module_plugins:
+        lines.append(f"plugins from {src.target} ({MODULE_PLUGINS}): "
+                     f"{', '.join(src.module_plugins)}")
+    rows = []
+    for o in src.parser.options:
+        d = o.dest
+        value = src.values.get(d)
+        if value != src.env_values.get(d):
+            where = "command line"
+        elif value != src.file.get(d, o.default):
+            where = ADDOPTS
+        elif d in src.file:
+            where = src.config.path.name
+        else:
+            continue
+        if d == "param":  # values may be secrets: names only
+            value = [str(x).partition("=")[0] + "=***" for x in value]
+        rows.append((d, repr(value), where))
+    if rows:
+        w1 = max(len(r[0]) for r in rows)
+        w2 = max(len(r[1]) for r in rows)
+        lines.append("")
+        lines.append(f"{'option':<{w1}}  {'value':<{w2}}  from")
+        lines += [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in rows]
+    lines.append("")
+    lines.append("every other option has its default (python -m flowdeco --help lists them)")
+    return "\n".join(lines)
