@@ -136,12 +136,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
                 pass
 
 
-#: core flags that take a value (to find TARGET before plugins declare theirs)
-_VALUED = ("-w", "--workers", "--executor", "--param", "--param-env", "--secret", "--run-id",
-           "-k", "--graph", "--state-dir", "-p", "--run-timeout", "--limit", "--resume",
-           "--log-format", "--store", "--rerun", "--timeout", "--retries")
-
-
 def _prepare(args: list[str], prog: str, show_config: bool) -> Any:
     """Plugin manager, parser and parsed options for ``args``, with the project's config
     (:mod:`flowdeco.project`): the file found from the target's folder upwards gives
@@ -155,7 +149,7 @@ def _prepare(args: list[str], prog: str, show_config: bool) -> Any:
     """
     extra = project.env_args()
     full = extra + args
-    guess = project.guess_target(full, _VALUED)
+    guess = project.guess_target(full, project.VALUED_FLAGS)
     wanted: list[str] = []
     for _ in range(4):
         cfg = project.find_config(project.target_folder(guess))

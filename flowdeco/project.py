@@ -42,6 +42,12 @@ CONFIG_FILES = ("flowdeco.toml", "pyproject.toml")
 ADDOPTS = "FLOWDECO_ADDOPTS"
 #: the module-level name of the plugins a flow module needs
 MODULE_PLUGINS = "flowdeco_plugins"
+#: flags that take a value (core and built-in plugins', serve's), to find TARGET before
+#: every plugin has declared its flags
+VALUED_FLAGS = ("-w", "--workers", "--executor", "--param", "--param-env", "--secret",
+                "--run-id", "-k", "--graph", "--state-dir", "-p", "--run-timeout", "--limit",
+                "--resume", "--log-format", "--store", "--rerun", "--timeout", "--retries",
+                "--cron", "--tz", "--max-ticks")
 
 
 class ProjectConfig:
@@ -222,6 +228,14 @@ def guess_target(args: Sequence[str], takes_value: Iterable[str]) -> str | None:
             continue
         return a
     return None
+
+
+def command_defaults(parser: Any, argv: Sequence[str]) -> dict[str, Any]:
+    """The config file's option defaults for a plugin command that runs a TARGET
+    (``serve``): the file found from the target's folder upwards, checked against
+    ``parser``'s options."""
+    guess = guess_target(list(argv), VALUED_FLAGS)
+    return find_config(target_folder(guess)).defaults(parser)
 
 
 def module_plugins(module: Any) -> list[str]:

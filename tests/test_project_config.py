@@ -310,3 +310,34 @@ def test_python_run_takes_options_as_arguments_not_from_the_file(proj):
     assert result.ok
     assert (proj / ".flowdeco" / "runs" / "py1").exists()
     assert not (proj / "from-file").exists()
+
+
+def test_serve_takes_option_defaults_from_the_file_and_the_environment(proj, capsys,
+                                                                        monkeypatch):
+    import datetime as dt
+
+    from flowdeco import FakeClock
+    from flowdeco.manager import make_pluginmanager
+    from flowdeco.plugins import serve as serve_mod
+
+    name = unique("hourly")
+    write(proj / "flows" / f"{name}.py", """
+        from flowdeco import task
+
+        @task(cron="0 * * * *")
+        def report():
+            return 1
+    """)
+    write(proj / "flows" / "flowdeco.toml", 'state_dir = "served"\n')
+    monkeypatch.setenv("FLOWDECO_ADDOPTS", "--tz UTC")
+    clock = FakeClock(wall=dt.datetime(2026, 6, 1, 10, 20, tzinfo=dt.timezone.utc).timestamp())
+    rc = serve_mod.main([f"flows/{name}.py", "--max-ticks", "1"], make_pluginmanager(),
+                        clock=clock)
+    assert rc == 0, capsys.readouterr().err
+    assert (proj / "served" / "runs" / f"{name}-20260601T110000Z" / "audit.jsonl").exists()
+    capsys.readouterr()
+    write(proj / "flows" / "flowdeco.toml", 'state_dri = "served"\n')
+    rc = serve_mod.main([f"flows/{name}.py", "--max-ticks", "1"], make_pluginmanager(),
+                        clock=clock)
+    assert rc == 4
+    assert "unknown key 'state_dri'" in assert_one_error_line(capsys.readouterr().err)

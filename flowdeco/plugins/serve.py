@@ -67,6 +67,7 @@ import attrs
 
 from ..clock import Clock
 from ..config import Parser
+from ..project import command_defaults, env_args
 from ..errors import FlowError, StateError, UsageError
 from ..outcome import INTERRUPTED, ExitCode, RunResult
 from ..engine.session import Session, validate_run_id
@@ -695,7 +696,9 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
                             "that was cut short) before serving")
         g.add_argument("--max-ticks", dest="serve_max_ticks", type=_max_ticks, default=None,
                        metavar="N", help="stop after N scheduled runs (default: never)")
-        ns = ap.parse_args(list(argv))
+        # the project's config file and FLOWDECO_ADDOPTS, as for a single run
+        ap.set_defaults(**command_defaults(parser, argv))
+        ns = ap.parse_args(env_args() + list(argv))
         values = vars(ns)
         target = values.pop("target")
         cron = values.pop("serve_cron")
