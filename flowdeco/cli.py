@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import attrs
 
-from . import __version__, render
+from . import __version__, project, render
 from .config import Parser
 from .errors import FlowError, UsageError
 from .manager import make_pluginmanager
@@ -24,6 +24,12 @@ from .engine.session import NoTasksError, Session
 
 _EPILOG = """\
 commands (python -m flowdeco COMMAND --help): {commands}
+
+configuration: option defaults from flowdeco.toml or pyproject.toml [tool.flowdeco]
+  (the first found from TARGET's folder upwards; keys are option names: workers,
+  state_dir, executor, plugins = ["name", "no:name"], [tool.flowdeco.limits], ...),
+  and arguments in FLOWDECO_ADDOPTS; precedence: command line > FLOWDECO_ADDOPTS >
+  file > default.  python -m flowdeco config [TARGET] shows what applies.
 
 exit codes: 0 all succeeded, 1 some task failed, 2 interrupted,
             3 internal error, 4 usage or collection error, 5 no tasks collected
@@ -88,20 +94,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
     err = sys.stderr
     session = None
     try:
-        load, block = _preparse_plugins(args)
-        pm = make_pluginmanager(load, block)
-        commands: dict = {}
-        pm.hook.flowdeco_cli_commands(commands=commands)
-        if args and args[0] in commands:
-            return int(commands[args[0]].main(args[1:], pm))
-        parser = Parser()
-        pm.hook.flowdeco_addoption(parser=parser)
-        listing = ", ".join(f"{n} ({c.help})" for n, c in sorted(commands.items())) or "none"
-        ap = parser.argparser(prog=prog, epilog=_EPILOG.format(commands=listing),
-                              description="Run the @task functions of a module as a workflow.")
-        ap.add_argument("--version", action="version", version=f"flowdeco {__version__}",
-                        help="print flowdeco's version and exit")
-        ns = ap.parse_args(args)
+        show_config = bool(args) and args[0] == "config"
+        if show_config:
+            args = args[1:]
+        prepared = _prepare(args, prog, show_config)
+        if isinstance(prepared, int):  # a plugin's command ran
+            return prepared
+        pm, parser, ns, sources = prepared
+        if show_config:
+            print(project.render_config(sources))
+            return ExitCode.OK
         target = ns.target
         if target is None:
             raise UsageError("missing TARGET: give a file path, a module name or module:flow")
@@ -139,6 +141,70 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
                 session.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _prepare(args: list[str], prog: str, show_config: bool) -> Any:
+    """Plugin manager, parser and parsed options for ``args``, with the project's config
+    (:mod:`flowdeco.project`): the file found from the target's folder upwards gives
+    defaults, ``FLOWDECO_ADDOPTS`` comes before the command line, the flow module's
+    ``flowdeco_plugins`` are loaded.  Returns ``(pm, parser, ns, sources)``, or the exit
+    code of a plugin's command.
+
+    The target (and so the config file) is guessed before plugins declare their flags;
+    a pass that finds another target, or plugins the flow module asks for, starts over
+    (at most a few passes, each cheap next to a run).
+    """
+    extra = project.env_args()
+    full = extra + args
+    guess = project.guess_target(full, project.VALUED_FLAGS)
+    wanted: list[str] = []
+    for _ in range(4):
+        cfg = project.find_config(project.target_folder(guess))
+        file_load, file_block = cfg.plugins()
+        if file_load and cfg.path is not None:
+            project.put_on_path(cfg.path.parent)
+        if guess is not None and project.is_file_target(guess):
+            # plugin modules beside the flow file resolve by name (-p NAME, flowdeco_plugins)
+            project.put_on_path(project.target_folder(guess).resolve())
+        load, block = _preparse_plugins(full)
+        pm = make_pluginmanager(file_load + load + wanted, file_block + block)
+        commands: dict = {}
+        pm.hook.flowdeco_cli_commands(commands=commands)
+        if not show_config and args and args[0] in commands:
+            # (FLOWDECO_ADDOPTS are options of a run; only their -p apply to commands)
+            return int(commands[args[0]].main(args[1:], pm))
+        parser = Parser()
+        pm.hook.flowdeco_addoption(parser=parser)
+        listing = ", ".join(f"{n} ({c.help})" for n, c in sorted(commands.items()))
+        listing = "config (option values and where they come from)" + \
+            (", " + listing if listing else "")
+        ap = parser.argparser(prog=prog, epilog=_EPILOG.format(commands=listing),
+                              description="Run the @task functions of a module as a workflow.")
+        ap.add_argument("--version", action="version", version=f"flowdeco {__version__}",
+                        help="print flowdeco's version and exit")
+        ns, _ = ap.parse_known_args(full)
+        target = ns.target
+        if target is not None and project.target_folder(target) != \
+                project.target_folder(guess):
+            guess = target  # another folder: maybe another config file
+            continue
+        if target is not None:
+            asked = project.module_plugins(project.target_module(target))
+            new = [p for p in asked if p not in wanted and pm.get_plugin(p) is None
+                   and not pm.is_blocked(p)]
+            if new:
+                wanted += new
+                continue
+        defaults = cfg.defaults(parser)  # every plugin is in: each key must be an option
+        ap.set_defaults(**defaults)
+        ns = ap.parse_args(full)
+        sources = None
+        if show_config:
+            env_ns, _ = ap.parse_known_args(extra + ([target] if target else []))
+            sources = project.ConfigSources(cfg, extra, parser, defaults, vars(env_ns), vars(ns),
+                                    file_load + [f"no:{b}" for b in file_block], wanted, target)
+        return pm, parser, ns, sources
+    raise UsageError(f"cannot settle the target and its config file from {args!r}")
 
 
 def exit_code_for(exc: BaseException, err: Any = None) -> int:

@@ -9,6 +9,7 @@ only when the CLI needs one, so a Python ``run()`` pays nothing for argparse.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any, Iterable, Mapping
 
 import attrs
@@ -137,3 +138,15 @@ def parse_params(pairs: Iterable[str]) -> dict[str, str]:
                 f"--param {pair!r}: expected NAME=VALUE with NAME a Python identifier")
         out[key] = value
     return out
+
+
+def check_run_timeout(value: Any) -> float | None:
+    """``run_timeout`` as float seconds (None: no limit); anything but a finite number > 0
+    is a :class:`UsageError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"run_timeout must be a number of seconds > 0, got {value!r} "
+                         "(--run-timeout S / run(run_timeout=S))")
+    return float(value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .config import check_run_timeout
+from .errors import UsageError
 from .manager import hookimpl
 
 
@@ -16,6 +18,15 @@ def _workers(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a number of workers >= 1, got {n}")
     return n
+
+
+def _seconds(text: str) -> float:
+    import argparse
+    try:
+        return check_run_timeout(float(text))
+    except (ValueError, UsageError):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0, got {text!r}") from None
 
 
 @hookimpl
@@ -40,6 +51,14 @@ def flowdeco_addoption(parser: Any) -> None:
                      group=g, help="treat run parameter NAME as a secret: tasks receive a "
                                    "flowdeco.Secret, logs show *** (repeatable; parameters "
                                    "annotated Secret are secret anyway)")
+    parser.addoption("--run-timeout", dest="run_timeout", default=None, type=_seconds,
+                     metavar="S", group=g,
+                     help="start nothing new after S seconds and stop the run like Ctrl-C "
+                          "(running tasks finish; exit 2; resumable with --resume)")
+    parser.addoption("--limit", dest="limits", default=None, action="append", metavar="TAG=N",
+                     group=g, help="at most N tasks tagged TAG run at once, mapped instances "
+                                   "included; waiting for a slot holds no worker (repeatable; "
+                                   "[tool.flowdeco.limits] in the config file)")
     parser.addoption("--run-id", dest="run_id", default=None, metavar="ID", group=g,
                      help="name this run ([A-Za-z0-9._-], up to 128 characters)")
     g = "selection"

@@ -213,7 +213,8 @@ class FlowRunner:
             message, self._warned = self._warned, "issued"
             import warnings
             warnings.warn(FlowRealTimeWarning(message), stacklevel=2)
-        if self.result.status == "interrupted" and self.events.of("run_interrupted"):
+        if self.result.status == "interrupted" and any(
+                "signal" in e.fields for e in self.events.of("run_interrupted")):
             # Ctrl-C / SIGTERM (not a plugin's run.stop): the flow has stopped and
             # is recorded; now stop the session, as an interrupt does in any test
             raise KeyboardInterrupt

@@ -167,6 +167,10 @@ class ThreadDispatch(Dispatch):
             real = mono is time.monotonic
             # captured output (flowdeco.engine.tracking): this thread's slot, marked per attempt
             slot = tracking.enter(run._sink, run._attempt_name) if run._tracking else None
+            # --run-timeout: take nothing new once the run's deadline has passed
+            run_end = run.run_deadline
+            if run_end is None:
+                run_end = _INF
             while True:
                 call = calls[i]
                 if slot is not None:
@@ -191,7 +195,7 @@ class ThreadDispatch(Dispatch):
                     slot.end()  # (a partial line printed last, before the completion)
                 nxt = None
                 chained = False
-                if pick and run._stop_state == S_RUNNING and not (
+                if pick and run._stop_state == S_RUNNING and t1 < run_end and not (
                         err is not None and run.stop_on_error) and not (
                         exact and handled.get(worker, 0) < fanout):
                     # a task this completion releases may have to go first: take
@@ -280,7 +284,11 @@ class SyncDispatch(Dispatch):
         map_ready = run._map_ready
         mod = run._prio_mod
         table = run._table
+        deadline = run.run_deadline
         while (ready or map_ready) and run._stop_state < S_STOPPING:
+            if deadline is not None and run.clock.monotonic() >= deadline:
+                run.run_timed_out()
+                break
             if map_ready and run._dyn.sync_step():  # a mapped task's instance went first
                 continue
             i = heapq.heappop(ready) % mod
@@ -335,7 +343,10 @@ class SyncDispatch(Dispatch):
         empty, get, handle = run.q.empty, run.q.get, run._handle
         reporting, has_flush = run.reporting, run._has_flush
         slot = self.slot
+        deadline = run.run_deadline
         for i in order:
+            if deadline is not None and mono() >= deadline:
+                run.run_timed_out()
             if run._stop_state >= S_STOPPING:
                 return self.leave_order()
             if run.flush_due:

@@ -86,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Run
 
 _NAN = float("nan")
+_INF = float("inf")
 #: reasons passed on to all_succeeded dependents, strongest last
 _RANK = {"condition": 0, "trigger": 1, "stopped": 2, "upstream": 3}
 #: skip reasons an all_succeeded dependent inherits as they are (plain skips); any
@@ -152,6 +153,8 @@ class DynamicFlows:
         self.prio_mod = self.port.prio_mod
         self.has_restore = self.port.has_restore
         self.has_flush = self.port.has_flush
+        #: the run's pool gate (engine/pools.py), None without binding limits
+        self.pools = run.pools
 
     # ------------------------------------------------------------------ gate
     def gate(self, v: Vertex) -> tuple | None:
@@ -333,10 +336,17 @@ class DynamicFlows:
         port = self.port
         ready, mready, lock, n = port.ready, self.mready, port.lock, port.prio_mod
         maps = self.maps
+        pools = self.pools
         while (ready or mready) and run.inflight < run.workers and not run.stopping:
             with lock:
                 if mready and (not ready or mready[0] < ready[0]):
                     m = maps[mready[0] % n]
+                    if pools is not None and pools.capped[m.index] is not None \
+                            and not pools.room(m.index):
+                        heapq.heappop(mready)   # its pool is full: wait there, not here
+                        m.queued = False
+                        pools.park(m.index, m.key)
+                        continue
                     k, attempt = self._take(m)
                     i = -1
                 elif ready:
@@ -380,6 +390,8 @@ class DynamicFlows:
         kw = self.kwargs(m, k, attempt)
         m.status[k] = I_RUNNING
         run.inflight += 1
+        if self.pools is not None and self.pools.capped[m.index] is not None:
+            self.pools.take(m.index)  # dispatch checked the room
         if run.reporting:
             self.port.report_started(m.instance(k), attempt, None)
         if self.port.add_scopes is not None:
@@ -442,10 +454,15 @@ class DynamicFlows:
             lock, ready, mready = port.lock, port.ready, self.mready
             key, n = m.key, m.n
             base, items, param = m.base, m.items, m.param
-            chain = port.chaining
+            # (a capped instance's successor needs a pool slot: the scheduler starts it)
+            chain = port.chaining and (self.pools is None or self.pools.capped[m.index] is None)
             worker = threading.current_thread().name
             if port.tracking:  # captured output: this thread's slot, marked per attempt
                 slot = tracking.enter(port.log_sink, port.attempt_name)
+            # --run-timeout: take nothing new once the run's deadline has passed
+            run_end = run.run_deadline
+            if run_end is None:
+                run_end = _INF
             while True:
                 if slot is not None:
                     slot.at = ((m, k), attempt, None)
@@ -455,7 +472,7 @@ class DynamicFlows:
                 if slot is not None and slot.ends is not None:
                     slot.end()
                 nxt = -1
-                if chain and not run.stopping and not (
+                if chain and not run.stopping and t1 < run_end and not (
                         err is not None and run.stop_on_error):
                     with lock:
                         if m.cursor < n and mready and mready[0] == key and (
@@ -517,6 +534,8 @@ class DynamicFlows:
         run = self.run
         if nxt < 0:
             run.inflight -= 1
+            if self.pools is not None and self.pools.capped[m.index] is not None:
+                self.pools.release(m.index)
         else:
             m.status[nxt] = I_RUNNING
         if m.t0[k] != m.t0[k]:  # NaN: the first attempt

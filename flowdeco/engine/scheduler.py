@@ -32,7 +32,7 @@ from concurrent.futures import Executor
 from queue import Empty, SimpleQueue
 from typing import Any, Mapping
 
-from ..config import Config
+from ..config import Config, check_run_timeout
 from ..context import Context
 from ..deadlines import Watchdog
 from ..graph import SUBFLOW, TASK, Graph, Vertex
@@ -40,6 +40,7 @@ from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attemp
                        Finish, Reschedule, RunResult, format_error)
 from ..threadpool import ThreadPool
 from .attempt import SCOPES
+from .pools import parse_limits
 from .port import SchedulerPort
 from .reporting import RunReporting
 from .setup import RunSetup
@@ -69,7 +70,9 @@ class Run(RunSurface, RunSetup, RunReporting):
     ``stash`` (a dict for plugin state); :meth:`outcome` gives a task's
     outcome once it ended; :meth:`emit` reports an event from any thread.
     During ``flowdeco_run_start`` a plugin may set ``inline_successors`` or
-    add task indices to ``on_success``.
+    add task indices to ``on_success``.  ``limits`` (``{tag: N}``, ``--limit``)
+    and ``run_timeout`` (seconds or None, ``--run-timeout``) are the run's
+    pool limits and time limit.
     """
 
     def __init__(self, config: Config, graph: Graph, *, run_id: str, state_dir: str | None,
@@ -153,6 +156,14 @@ class Run(RunSurface, RunSetup, RunReporting):
         #: engine: something was reported while dispatching (a restored mapped instance):
         #: call flowdeco_report_flush before the next task starts (see _flush)
         self.flush_due = False
+        #: --run-timeout seconds (None: no limit); the deadline is set when the run starts
+        self.run_timeout = check_run_timeout(config.getoption("run_timeout", None))
+        #: engine: when nothing new may start (the run's clock, monotonic), or None
+        self.run_deadline: float | None = None
+        #: --limit / run(limits=): {tag: N}, at most N attempts of tasks tagged so at once
+        self.limits = parse_limits(config.getoption("limits", None))
+        #: engine: the gate enforcing the limits (engine/pools.py), None when none can bind
+        self.pools: Any = None
 
     # -- the loop
     def execute(self) -> RunResult:
@@ -169,6 +180,8 @@ class Run(RunSurface, RunSetup, RunReporting):
             if self.owns_executor:
                 self.executor.shutdown(wait=False, cancel_futures=True)
             raise
+        if self.run_timeout is not None:
+            self.run_deadline = self.started + self.run_timeout
         restore = self._install_signals()
         try:
             try:
@@ -177,7 +190,10 @@ class Run(RunSurface, RunSetup, RunReporting):
                 else:
                     self._table.remaining = [len(v.deps) for v in self.graph.vertices]
                     gated = self._table.gated
-                    for i in range(len(self.graph)):
+                    roots: Any = range(len(self.graph))
+                    if self.pools is not None:  # pool slots go by priority from the start
+                        roots = sorted(roots, key=self._prio.__getitem__)
+                    for i in roots:
                         if self._table.state[i] == PENDING and (
                                 self._table.remaining[i] == 0
                                 or gated[i] and self._dynamic().early(i, None)):  # always
@@ -222,7 +238,11 @@ class Run(RunSurface, RunSetup, RunReporting):
         clock = self.clock
         handle = self._handle
         dispatch = self._dispatcher.fill
+        deadline = self.run_deadline   # --run-timeout (None: none)
         while True:
+            if deadline is not None and clock.monotonic() >= deadline:
+                deadline = None
+                self.run_timed_out()
             dispatch()
             if self.flush_due:
                 self._flush()
@@ -234,6 +254,10 @@ class Run(RunSurface, RunSetup, RunReporting):
             timeout = None
             if self._timers:
                 timeout = self._timers[0][0] - clock.monotonic()
+            if deadline is not None:  # wake up (a fake clock: jump) at the run's deadline
+                left = deadline - clock.monotonic()
+                if timeout is None or left < timeout:
+                    timeout = left
             try:
                 msg = clock.wait(get, timeout, self.inflight == 0)
             except Empty:
@@ -246,6 +270,23 @@ class Run(RunSurface, RunSetup, RunReporting):
                 self._release_timers()
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
+
+    def run_timed_out(self) -> None:
+        """The run's deadline passed (``--run-timeout``): stop like a first Ctrl-C.
+
+        Scheduler thread.  Nothing new starts, tasks waiting for a retry or a
+        delay end, running ones are waited for and recorded; the run is
+        ``interrupted`` (exit 2) and can be resumed.  Reported as
+        ``run_interrupted`` with ``reason: "run_timeout"`` (no ``signal``).
+        """
+        if self._stop_state >= S_INTERRUPTED:
+            return
+        if self.reporting and not self._interrupt_reported:
+            self._interrupt_reported = True
+            self._report("run_interrupted", None, {"reason": "run_timeout",
+                                                   "run_timeout": self.run_timeout,
+                                                   "running": self.running_count()})
+        self._stop(interrupted=True)
 
     def scheduler_port(self) -> "SchedulerPort":
         """What dynamic flows may use of this run's scheduler (after setup)."""
@@ -491,6 +532,9 @@ class Run(RunSurface, RunSetup, RunReporting):
             self._table.state[i] = READY
             self._table.next_attempt[i] = attempt
             self._table.next_iter[i] = iteration
+            if self.pools is not None and self.pools.capped[i] is not None:
+                self.pools.admit(i)
+                continue
             with self._lock:
                 heapq.heappush(self._ready, self._prio[i])
 
@@ -527,6 +571,9 @@ class Run(RunSurface, RunSetup, RunReporting):
         if slow and v.spec.map is not None:  # type: ignore[union-attr]
             return self._dyn.expand(i)
         self._table.state[i] = READY   # next_attempt/next_iter still hold 1 / the first iteration
+        if self.pools is not None and self.pools.capped[i] is not None:
+            self.pools.admit(i)   # with its pool slots, or parked until one is free
+            return None
         with self._lock:
             heapq.heappush(self._ready, self._prio[i])
         return None

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from ..clock import Clock
 from ..collect import resolve_target
-from ..config import Config, Parser, merge_options, parse_params
+from ..config import Config, Parser, check_run_timeout, merge_options, parse_params
 from ..errors import CollectionError, FlowError, UsageError, shorten
 from ..executors import choose_executor
 from ..graph import Graph, build_graph
@@ -27,6 +27,7 @@ from ..outcome import RunResult
 from ..params import (check_params, declare_secrets, parse_param_env, scrub_options,
                       wrap_secrets)
 from ..selection import compile_expression
+from .pools import parse_limits
 from .scheduler import Run
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -143,6 +144,9 @@ class Session:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or workers < 1):
             raise UsageError(f"workers must be an int >= 1, got {workers!r}")
+        # checked before the executor exists
+        check_run_timeout(cfg.getoption("run_timeout", None))
+        parse_limits(cfg.getoption("limits", None))
         executor, workers, owns = choose_executor(cfg, workers)
         run = Run(cfg, graph, run_id=run_id, state_dir=state_dir, params=self.params,
                   executor=executor, workers=workers,
@@ -178,6 +182,8 @@ def run(target: Any, *, workers: int | None = None, params: Mapping[str, Any] | 
         given["state_dir"] = os.fspath(state_dir)
     if resume is not None:
         given["resume"] = resume
+    plugins = tuple(plugins)
+    plugins += tuple(_module_plugins(target, plugins))
     session = Session.start(plugins=plugins, disable=disable, options=given,
                             params=params or {}, clock=clock)
     try:
@@ -186,3 +192,14 @@ def run(target: Any, *, workers: int | None = None, params: Mapping[str, Any] | 
     finally:
         session.close()
 
+
+
+def _module_plugins(target: Any, given: Iterable[Any]) -> list[str]:
+    """The ``flowdeco_plugins`` a module target asks for and ``given`` lacks."""
+    from types import ModuleType
+
+    if not isinstance(target, (ModuleType, str, os.PathLike)):
+        return []  # a list of tasks, a Flow: no module of its own
+    from ..project import module_plugins, target_module
+    module = target if isinstance(target, ModuleType) else target_module(os.fspath(target))
+    return [p for p in module_plugins(module) if p not in given]

@@ -18,6 +18,7 @@ from ..graph import TASK
 from ..manager import direct_caller
 from .attempt import Scoped, invoke
 from .dispatch import make_dispatcher
+from .pools import make_pools
 
 
 class RunSetup:
@@ -76,6 +77,10 @@ class RunSetup:
                 calls.append(call)
         self._calls = calls
         self._fns = [v.fn for v in self.graph.vertices]
+        # --limit: the pool gate (None unless a limit can bind; see engine/pools.py)
+        self.pools = make_pools(self)
+        if self.pools is not None:
+            self._on_done = self.pools.wrap_done(self._on_done)
         # thread workers take their next task themselves (no hand-off through the
         # scheduler) unless a plugin needs to see each completion first
         self._workers_pick = self.local and not self.sync and self.inline_successors
@@ -92,7 +97,8 @@ class RunSetup:
         #: what a remote attempt runs first in its worker process (see call_remote)
         self._worker_setup = tuple(self.worker_setup) if self._tracking else ()
         # a released task with no ready-time hook (restore, delay) goes straight to the heap
-        self._plain_release = not self._has_restore and not self._has_delay
+        self._plain_release = not self._has_restore and not self._has_delay \
+            and self.pools is None
         self._dispatcher = make_dispatcher(self)
         self._start_attempt = self._dispatcher.start
 
@@ -108,16 +114,19 @@ class RunSetup:
         Only a task that depends on nothing else qualifies, and only when no
         other successor (which may become ready by the same completion) would
         have to start first by the priority rule, and never a task that goes
-        through the dynamic gate (``map=``, ``when=``, ``trigger=``).
+        through the dynamic gate (``map=``, ``when=``, ``trigger=``) or that a
+        pool caps (it needs a slot first).
         """
         vertices = self.graph.vertices
         watched, slow = self._success_hooked, self._table.gated
+        capped = self.pools.capped if self.pools is not None else None
         out: list[int | None] = []
         for i, first in enumerate(self._first_successors()):
             best = None
             if first is not None and i not in watched:
                 w = vertices[first]
-                if w.kind is TASK and len(w.deps) == 1 and not slow[first]:
+                if w.kind is TASK and len(w.deps) == 1 and not slow[first] and (
+                        capped is None or capped[first] is None):  # a pool slot first
                     best = first
             out.append(best)
         return out

@@ -70,13 +70,19 @@ def _mask_secrets(logger: Any, method: str, event_dict: dict) -> dict:
 
 
 def stopping_line(fields: dict) -> str:
-    """The console's sentence for ``run_interrupted`` (the first Ctrl-C or SIGTERM)."""
+    """The console's sentence for ``run_interrupted`` (the first Ctrl-C or SIGTERM, or
+    ``--run-timeout``)."""
     n = fields.get("running", 0)
-    again = "Ctrl-C" if fields.get("signal", "SIGINT") == "SIGINT" else fields["signal"]
+    why = ""
+    if fields.get("reason") == "run_timeout":  # --run-timeout, not a signal
+        why = f"run timeout ({fields.get('run_timeout')}s) reached: "
+        again = "Ctrl-C"
+    else:
+        again = "Ctrl-C" if fields.get("signal", "SIGINT") == "SIGINT" else fields["signal"]
     if not n:
-        return "stopping: no task is running"
-    return (f"stopping: waiting for {n} running task{'s' if n != 1 else ''} to finish; "
-            f"{again} again to abandon {'it' if n == 1 else 'them'}")
+        return why + "stopping: no task is running"
+    return (f"{why}stopping: waiting for {n} running task{'s' if n != 1 else ''} to finish; "
+            f"{again} {'again ' if not why else ''}to abandon {'it' if n == 1 else 'them'}")
 
 
 def _json() -> Any:

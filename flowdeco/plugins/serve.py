@@ -72,6 +72,7 @@ import attrs
 
 from ..clock import Clock
 from ..config import Parser
+from ..project import command_defaults, env_args
 from ..errors import FlowError, StateError, UsageError
 from ..outcome import INTERRUPTED, ExitCode, RunResult
 from ..engine.session import Session, validate_run_id
@@ -806,7 +807,9 @@ def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) ->
         g.add_argument("--max-active", dest="serve_max_active", type=_max_active, default=None,
                        metavar="N", help="with --backfill: run up to N tick runs at once "
                                          "(default 1)")
-        ns = ap.parse_args(list(argv))
+        # the project's config file and FLOWDECO_ADDOPTS, as for a single run
+        ap.set_defaults(**command_defaults(parser, argv))
+        ns = ap.parse_args(env_args() + list(argv))
         values = vars(ns)
         target = values.pop("target")
         cron = values.pop("serve_cron")
