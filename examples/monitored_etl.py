@@ -26,10 +26,12 @@ webhook::
     python -m flowdeco examples/monitored_etl.py --param fail_publish=true \\
         --notify-url http://127.0.0.1:8080/hook
 
-Pools (``--limit db=2`` / ``run(limits={"db": 2})``) come with issue 19's
-pools; with them, at most two ``db`` tasks run at once::
+The pool: with ``--limit db=2`` (or ``run(limits={"db": 2})``, or ``db = 2``
+under ``[tool.flowdeco.limits]`` in ``pyproject.toml``) at most two ``db``
+tasks run at once, whatever ``-w`` says; a task waiting for the pool holds
+no worker::
 
-    python -m flowdeco examples/monitored_etl.py --limit db=2
+    python -m flowdeco examples/monitored_etl.py --limit db=2 -w 4
 """
 
 from __future__ import annotations

@@ -281,7 +281,9 @@ EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_monitored_etl_example_captures_logging_and_alerts_on_retry(tmp_path, capsys):
-    result = flowdeco.run(EXAMPLE, state_dir=str(tmp_path / "st"), run_id="ok", log_level="INFO")
+    result = flowdeco.run(EXAMPLE, state_dir=str(tmp_path / "st"), run_id="ok", log_level="INFO",
+                          workers=4, limits={"db": 1})
+    # (with the example's pool on; the cap itself is checked in test_pools.py)
     assert result.ok and result.results["publish"] == {"customers": 2, "orders": 2,
                                                        "products": 1}
     assert result.outcomes["publish"].attempts == 2
