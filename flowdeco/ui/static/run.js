@@ -1,0 +1,585 @@
+/* Run view: graph (layered layout, computed once; states updated in place), timeline,
+   metrics, outcomes, audit trail (live tail from a byte offset over Server-Sent Events)
+   and the task panel.  The same script draws the static report (data embedded in the
+   page as JSON, no server: #run-data).
+
+   Large graphs: sub-flows (dotted names, a.b.c) collapse into one node until clicked;
+   a mapped task (x[0], x[1], ...) is one stacked node with counts by status.  Up to
+   SVG_MAX visible nodes are SVG elements (each with its state in words: aria-label,
+   <title>); beyond that the graph is drawn on a canvas, only what is in view. */
+'use strict';
+(function () {
+  var $ = function (id) { return document.getElementById(id); };
+  var embedded = $('run-data');
+  var STATIC = !!embedded;
+  var runId = $('runhead').getAttribute('data-run');
+  var SVG_MAX = 800, NW = 150, NH = 30, GX = 24, GY = 46, ROW_MAX = 40;
+  var M = null;                 // the run model (see flowdeco/ui/model.py)
+  var tasks = [], byName = new Map();
+  var expanded = new Set();
+  var view = null;              // {nodes, edges, byKey, width, height}
+  var crit = new Set();
+  var auditOffset = 0, openTask = null;
+  var actions = (document.querySelector('meta[name=actions]') || {}).content === '1';
+
+  function api(path) { return fetch(path).then(function (r) { return r.json(); }); }
+  function base(name) { var m = /^(.*)\[\d+\]$/.exec(name); return m ? m[1] : null; }
+
+  function load() {
+    if (STATIC) { start(JSON.parse(embedded.textContent)); return; }
+    api('/api/runs/' + encodeURIComponent(runId)).then(start);
+  }
+
+  function start(model) {
+    M = model;
+    tasks = []; byName = new Map();
+    var cols = M.columns;
+    M.tasks.forEach(function (row) {
+      var t = {}; cols.forEach(function (c, i) { t[c] = row[i]; });
+      addTask(t);
+    });
+    crit = new Set(M.critical || []);
+    header();
+    layout(); draw();
+    timeline(); metrics(); outcomes();
+    auditInit();
+    if (!STATIC) follow();
+    document.body.setAttribute('data-ready', '1');
+  }
+
+  function addTask(t) { t.index = tasks.length; tasks.push(t); byName.set(t.name, t); return t; }
+
+  function header() {
+    var r = M.run, c = {};
+    tasks.forEach(function (t) { c[t.status] = (c[t.status] || 0) + 1; });
+    var st = $('run-status');
+    st.textContent = r.status; st.className = 'st st-' + r.status; st.title = 'run ' + r.status;
+    $('run-summary').textContent = 'started ' + FD.when(r.started) + ' · ' + FD.secs(r.duration) +
+      (r.sessions > 1 ? ' · ' + r.sessions + ' sessions' : '') + ' · ' + tasks.length + ' tasks: ' + FD.counts(c) +
+      (r.version ? ' · flow version ' + String(r.version).slice(0, 12) : '');
+  }
+
+  // ---------------------------------------------------------------- the graph model
+  function groupOf(name) {
+    var b = base(name); if (b !== null) return 'map:' + b;
+    if (M._mapped && M._mapped.has(name)) return 'map:' + name;
+    var parts = name.split('.');
+    for (var i = 1; i < parts.length; i++) {
+      var p = parts.slice(0, i).join('.');
+      if (!expanded.has(p) && (M._prefix.get(p) || 0) > 1) return 'grp:' + p;
+    }
+    return 'task:' + name;
+  }
+
+  function layout() {
+    // prefixes (sub-flows) and mapped bases, then visible nodes and edges
+    M._prefix = new Map(); M._mapped = new Set();
+    tasks.forEach(function (t) {
+      var b = base(t.name); if (b !== null) M._mapped.add(b);
+      var parts = t.name.split('.');
+      for (var i = 1; i < parts.length; i++) { var p = parts.slice(0, i).join('.'); M._prefix.set(p, (M._prefix.get(p) || 0) + 1); }
+    });
+    var byKey = new Map(), nodes = [];
+    tasks.forEach(function (t) {
+      var key = groupOf(t.name), n = byKey.get(key);
+      if (!n) {
+        var kind = key.slice(0, key.indexOf(':'));
+        n = { key: key, kind: kind, label: key.slice(kind.length + 1), members: [], index: nodes.length };
+        byKey.set(key, n); nodes.push(n);
+      }
+      n.members.push(t.index); t.node = n;
+    });
+    var seen = new Set(), edges = [];
+    (M.edges || []).forEach(function (e) {
+      var a = tasks[e[0]].node, b = tasks[e[1]].node;
+      if (a === b) return;
+      var k = a.index + ',' + b.index; if (seen.has(k)) return; seen.add(k); edges.push([a.index, b.index]);
+    });
+    // longest-path layers (Kahn), then one barycentre pass to order each layer
+    var n = nodes.length, indeg = new Int32Array(n), succ = [], pred = [];
+    for (var i = 0; i < n; i++) { succ.push([]); pred.push([]); }
+    edges.forEach(function (e) { indeg[e[1]]++; succ[e[0]].push(e[1]); pred[e[1]].push(e[0]); });
+    var layer = new Int32Array(n), queue = [];
+    for (i = 0; i < n; i++) if (!indeg[i]) queue.push(i);
+    for (var qi = 0; qi < queue.length; qi++) {
+      var u = queue[qi];
+      succ[u].forEach(function (v) { if (layer[u] + 1 > layer[v]) layer[v] = layer[u] + 1; if (--indeg[v] === 0) queue.push(v); });
+    }
+    var layers = [];
+    for (i = 0; i < n; i++) { (layers[layer[i]] = layers[layer[i]] || []).push(i); }
+    var pos = new Float64Array(n), row = 0, width = 0;
+    layers.forEach(function (L) {
+      if (!L) return;
+      L.forEach(function (v) {
+        var p = pred[v]; if (!p.length) { pos[v] = v; return; }
+        var s = 0; p.forEach(function (u) { s += pos[u]; }); pos[v] = s / p.length;
+      });
+      L.sort(function (a, b) { return pos[a] - pos[b] || a - b; });
+      for (var k = 0; k < L.length; k += ROW_MAX) {
+        var chunk = L.slice(k, k + ROW_MAX);
+        chunk.forEach(function (v, j) {
+          nodes[v].x = j * (NW + GX) + 10; nodes[v].y = row * (NH + GY) + 10; pos[v] = j;
+        });
+        width = Math.max(width, chunk.length * (NW + GX));
+        row++;
+      }
+    });
+    view = { nodes: nodes, edges: edges, byKey: byKey, width: width + 20, height: row * (NH + GY) + 20 };
+    nodes.forEach(refreshNode);
+    $('graph-note').textContent = nodes.length + ' nodes' + (nodes.length !== tasks.length ? ' for ' + tasks.length + ' tasks' : '') +
+      (M.has_edges ? '' : ' · no graph snapshot recorded for this run: tasks without edges');
+  }
+
+  function refreshNode(n) {
+    var c = {};
+    n.members.forEach(function (i) { var s = tasks[i].status; c[s] = (c[s] || 0) + 1; });
+    n.counts = c;
+    var st = 'pending';
+    for (var i = 0; i < FD.ORDER.length; i++) { if (c[FD.ORDER[i]]) { st = FD.ORDER[i]; break; } }
+    if (c.failed) st = 'failed'; if (c.running || c.retrying) st = 'running';
+    n.status = st;
+    n.crit = n.members.some(function (i) { return crit.has(tasks[i].name); });
+    n.changed = n.members.some(function (i) { return tasks[i].changed; });
+    var what = n.kind === 'map' ? 'mapped task ' + n.label + ' (' + n.members.length + ' instances: ' + FD.counts(c) + ')'
+      : n.kind === 'grp' ? 'sub-flow ' + n.label + ' (' + n.members.length + ' tasks: ' + FD.counts(c) + '; click to expand)'
+      : 'task ' + n.label + ': ' + st;
+    if (n.changed) what += ' · code changed since the previous run';
+    if (n.crit) what += ' · on the critical path';
+    n.words = what;
+  }
+
+  // ---------------------------------------------------------------- drawing
+  var svg = null, canvas = null, cam = { x: 0, y: 0, s: 1 }, dirty = false;
+
+  function draw() {
+    var box = $('graph');
+    box.replaceChildren();
+    svg = canvas = null;
+    if (view.nodes.length <= SVG_MAX) { svg = buildSvg(false); box.appendChild(svg); }
+    else { canvasInit(box); }
+    legend();
+  }
+
+  function buildSvg(forExport) {
+    var s = FD.sv('svg', { xmlns: FD.SVGNS, width: view.width, height: view.height,
+      viewBox: '0 0 ' + view.width + ' ' + view.height, role: 'img', 'aria-label': 'task graph of run ' + runId });
+    if (forExport) s.appendChild(FD.sv('style', null, exportStyle()));
+    var ge = FD.sv('g', { 'class': 'edges' });
+    view.edges.forEach(function (e) {
+      var a = view.nodes[e[0]], b = view.nodes[e[1]];
+      var x1 = a.x + NW / 2, y1 = a.y + NH, x2 = b.x + NW / 2, y2 = b.y, my = (y1 + y2) / 2;
+      ge.appendChild(FD.sv('path', { 'class': 'edge', d: 'M' + x1 + ',' + y1 + ' C' + x1 + ',' + my + ' ' + x2 + ',' + my + ' ' + x2 + ',' + y2,
+        'marker-end': '' }));
+    });
+    s.appendChild(ge);
+    var gn = FD.sv('g', { 'class': 'nodes' });
+    view.nodes.forEach(function (n) { gn.appendChild(svgNode(n)); });
+    s.appendChild(gn);
+    if (!forExport) s.addEventListener('click', function (ev) {
+      var g = ev.target.closest('.node'); if (g) clickNode(view.nodes[+g.getAttribute('data-i')]);
+    });
+    return s;
+  }
+
+  function svgNode(n) {
+    var g = FD.sv('g', { 'class': 'node', 'data-i': n.index, 'data-key': n.key, transform: 'translate(' + n.x + ',' + n.y + ')' });
+    g.appendChild(FD.sv('title'));
+    g.appendChild(FD.sv('rect', { 'class': 'box', width: NW, height: NH, rx: 5 }));
+    g.appendChild(FD.sv('g', { 'class': 'stack' }));
+    g.appendChild(FD.sv('text', { x: 8, y: 19 }));
+    n.el = g; paintSvgNode(n);
+    return g;
+  }
+
+  function paintSvgNode(n) {
+    var g = n.el; if (!g) return;
+    g.setAttribute('class', 'node' + (n.crit ? ' crit' : '') + (n.changed ? ' changed' : ''));
+    g.setAttribute('data-status', n.status);
+    g.setAttribute('aria-label', n.words);
+    g.firstChild.textContent = n.words;
+    var rect = g.childNodes[1], stack = g.childNodes[2], text = g.childNodes[3];
+    rect.setAttribute('class', 'box s-' + n.status);
+    rect.setAttribute('fill', FD.COLORS[n.status] || '#ccc');
+    stack.replaceChildren();
+    if (n.kind !== 'task') {  // stacked node: a bar of counts by status along the bottom
+      var x = 0, total = n.members.length;
+      FD.ORDER.forEach(function (k) {
+        if (!n.counts[k]) return;
+        var w = NW * n.counts[k] / total;
+        stack.appendChild(FD.sv('rect', { x: x, y: NH - 6, width: w, height: 6, fill: FD.COLORS[k] }));
+        x += w;
+      });
+    }
+    var label = n.kind === 'map' ? n.label + ' ×' + n.members.length : n.kind === 'grp' ? '▸ ' + n.label + ' (' + n.members.length + ')' : n.label;
+    text.textContent = label.length > 22 ? label.slice(0, 21) + '…' : label;
+    text.setAttribute('class', n.status === 'pending' || n.status === 'skipped' ? 'dark' : 'light');
+  }
+
+  function canvasInit(box) {
+    canvas = FD.el('canvas', { 'aria-label': 'task graph (' + view.nodes.length + ' nodes; click a node for its panel)', role: 'img' });
+    box.appendChild(canvas);
+    var w = box.clientWidth || 800, h = box.clientHeight || 420;
+    canvas.width = w; canvas.height = h;
+    cam = { x: 0, y: 0, s: Math.max(0.25, Math.min(1, w / view.width)) };
+    var drag = null;
+    canvas.addEventListener('mousedown', function (e) { drag = { x: e.clientX, y: e.clientY, cx: cam.x, cy: cam.y, moved: false }; });
+    window.addEventListener('mouseup', function (e) {
+      if (drag && !drag.moved) { var n = hit(e); if (n) clickNode(n); }
+      drag = null;
+    });
+    canvas.addEventListener('mousemove', function (e) {
+      if (!drag) { var n = hit(e); canvas.title = n ? n.words : ''; return; }
+      var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+      if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
+      cam.x = drag.cx - dx / cam.s; cam.y = drag.cy - dy / cam.s; schedule();
+    });
+    canvas.addEventListener('wheel', function (e) {
+      e.preventDefault();
+      var r = canvas.getBoundingClientRect(), mx = e.clientX - r.left, my = e.clientY - r.top;
+      var wx = cam.x + mx / cam.s, wy = cam.y + my / cam.s;
+      cam.s = Math.max(0.02, Math.min(3, cam.s * (e.deltaY < 0 ? 1.2 : 1 / 1.2)));
+      cam.x = wx - mx / cam.s; cam.y = wy - my / cam.s; schedule();
+    }, { passive: false });
+    paintCanvas(canvas.getContext('2d'), cam, canvas.width, canvas.height);
+  }
+
+  function hit(e) {
+    var r = canvas.getBoundingClientRect();
+    var x = cam.x + (e.clientX - r.left) / cam.s, y = cam.y + (e.clientY - r.top) / cam.s;
+    for (var i = 0; i < view.nodes.length; i++) {
+      var n = view.nodes[i];
+      if (x >= n.x && x <= n.x + NW && y >= n.y && y <= n.y + NH) return n;
+    }
+    return null;
+  }
+
+  function schedule() {
+    if (dirty) return; dirty = true;
+    requestAnimationFrame(function () {
+      dirty = false;
+      if (canvas) paintCanvas(canvas.getContext('2d'), cam, canvas.width, canvas.height);
+    });
+  }
+
+  function paintCanvas(ctx, c, w, h) {
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, w, h);
+    ctx.setTransform(c.s, 0, 0, c.s, -c.x * c.s, -c.y * c.s);
+    var x0 = c.x, y0 = c.y, x1 = c.x + w / c.s, y1 = c.y + h / c.s;
+    var vis = function (n) { return n.x + NW >= x0 && n.x <= x1 && n.y + NH >= y0 && n.y <= y1; };
+    ctx.strokeStyle = '#90a4ae'; ctx.lineWidth = 1; ctx.beginPath();
+    view.edges.forEach(function (e) {
+      var a = view.nodes[e[0]], b = view.nodes[e[1]];
+      if (!vis(a) && !vis(b)) return;
+      ctx.moveTo(a.x + NW / 2, a.y + NH); ctx.lineTo(b.x + NW / 2, b.y);
+    });
+    ctx.stroke();
+    var text = c.s > 0.45;
+    ctx.font = '12px system-ui, sans-serif'; ctx.textBaseline = 'middle';
+    view.nodes.forEach(function (n) {
+      if (!vis(n)) return;
+      ctx.fillStyle = FD.COLORS[n.status] || '#ccc';
+      ctx.fillRect(n.x, n.y, NW, NH);
+      if (n.kind !== 'task') {
+        var x = n.x;
+        FD.ORDER.forEach(function (k) {
+          if (!n.counts[k]) return;
+          var bw = NW * n.counts[k] / n.members.length; ctx.fillStyle = FD.COLORS[k]; ctx.fillRect(x, n.y + NH - 6, bw, 6); x += bw;
+        });
+      }
+      if (n.crit || n.changed) { ctx.strokeStyle = n.changed ? '#ff6f00' : '#000'; ctx.lineWidth = 2.5; ctx.strokeRect(n.x, n.y, NW, NH); }
+      if (text) {
+        ctx.fillStyle = n.status === 'pending' || n.status === 'skipped' ? '#263238' : '#fff';
+        var label = n.kind === 'map' ? n.label + ' ×' + n.members.length : n.kind === 'grp' ? '▸ ' + n.label : n.label;
+        ctx.fillText(label.length > 22 ? label.slice(0, 21) + '…' : label, n.x + 8, n.y + NH / 2);
+      }
+    });
+  }
+
+  function legend() {
+    var p = $('legend'); p.replaceChildren();
+    ['pending', 'running', 'succeeded', 'failed', 'skipped', 'restored', 'interrupted'].forEach(function (k) {
+      var s = FD.el('span', { 'class': 'st st-' + k }, k); p.appendChild(s); p.appendChild(document.createTextNode(' '));
+    });
+    p.appendChild(FD.el('span', null, 'thick black border: critical path; dashed orange: code changed since the previous run'));
+  }
+
+  function clickNode(n) {
+    if (n.kind === 'grp') { expanded.add(n.label); layout(); draw(); return; }
+    if (n.kind === 'map' && n.members.length) {
+      var parent = byName.get(n.label);
+      panel(parent ? parent.name : tasks[n.members[0]].name, n); return;
+    }
+    panel(n.label, null);
+  }
+
+  function exportStyle() {
+    return '.edge{stroke:#90a4ae;fill:none}.node text{font:12px sans-serif}.light{fill:#fff}.dark{fill:#263238}' +
+      '.crit rect.box{stroke:#000;stroke-width:2.5}.changed rect.box{stroke:#ff6f00;stroke-width:3}';
+  }
+
+  function exportSvg() {
+    var s = buildSvg(true);
+    var text = new XMLSerializer().serializeToString(s);
+    FD.download('run-' + runId + '.svg', new Blob([text], { type: 'image/svg+xml' }));
+  }
+
+  function exportPng() {
+    var scale = Math.min(1, 8000 / Math.max(view.width, view.height));
+    var cv = document.createElement('canvas');
+    cv.width = Math.ceil(view.width * scale); cv.height = Math.ceil(view.height * scale);
+    paintCanvas(cv.getContext('2d'), { x: 0, y: 0, s: scale }, cv.width, cv.height);
+    cv.toBlob(function (b) { FD.download('run-' + runId + '.png', b); }, 'image/png');
+  }
+
+  // ---------------------------------------------------------------- live updates
+  var END = { task_succeeded: 'succeeded', task_failed: 'failed', task_skipped: 'skipped',
+              task_restored: 'restored', task_interrupted: 'interrupted' };
+  var relayout = null, refetch = null;
+
+  function apply(ev) {
+    var name = ev.task, st = null;
+    if (ev.event === 'task_started') st = 'running';
+    else if (ev.event === 'task_retrying') st = 'retrying';
+    else if (END[ev.event]) st = END[ev.event];
+    else if (ev.event === 'run_finished' || ev.event === 'run_started') { scheduleRefetch(300); return; }
+    if (!st || typeof name !== 'string') return;
+    var t = byName.get(name);
+    if (!t) {  // a task the page did not know (no snapshot, or a new mapped instance)
+      t = addTask({ name: name, status: st, attempts: 0, started: null, finished: null, error: null });
+      if (!relayout) relayout = setTimeout(function () { relayout = null; layout(); draw(); }, 250);
+    }
+    t.status = st;
+    if (ev.error) t.error = ev.error;
+    if (t.node && !relayout) {
+      refreshNode(t.node);
+      if (svg) paintSvgNode(t.node); else schedule();
+    }
+    header();
+    if (openTask === name) scheduleDetail();
+    scheduleRefetch(1500);
+  }
+
+  function scheduleRefetch(ms) {  // timeline, metrics and run status: from the server, now and then
+    if (STATIC || refetch) return;
+    refetch = setTimeout(function () {
+      refetch = null;
+      api('/api/runs/' + encodeURIComponent(runId)).then(function (m) {
+        if (!m.run) return;
+        M.run = m.run; M.timeline = m.timeline; M.metrics = m.metrics; M.critical = m.critical; M.pipeline = m.pipeline;
+        m.tasks.forEach(function (row) {  // the store is the authority once an event is in
+          var t = byName.get(row[0]); if (t) { t.status = row[1]; t.attempts = row[2]; t.started = row[3]; t.finished = row[4]; t.error = row[5]; }
+        });
+        crit = new Set(M.critical || []);
+        if (!relayout) { view.nodes.forEach(function (n) { refreshNode(n); if (svg) paintSvgNode(n); }); if (!svg) schedule(); }
+        header(); timeline(); metrics(); outcomes();
+      }).catch(function () {});
+    }, ms);
+  }
+
+  function follow() {
+    if (!window.EventSource) return;
+    var es = new EventSource('/api/runs/' + encodeURIComponent(runId) + '/stream?from=' + auditOffset);
+    es.addEventListener('audit', function (m) {
+      var ev = JSON.parse(m.data);
+      auditOffset = +m.lastEventId || auditOffset;
+      apply(ev); auditAppend(+m.lastEventId, ev, true);
+    });
+    es.addEventListener('store', function () { scheduleRefetch(200); });
+  }
+
+  // ---------------------------------------------------------------- timeline
+  function timeline() {
+    var tl = M.timeline, box = $('timeline');
+    box.replaceChildren();
+    if (!tl.bars.length) { box.appendChild(FD.el('p', { 'class': 'small' }, 'no attempts yet')); return; }
+    var W = Math.max(600, (box.clientWidth || 900) - 130), LH = 16, left = 120;
+    var t0 = tl.start, span = Math.max((tl.end || t0) - t0, 1e-6);
+    var sx = function (t) { return left + (t - t0) / span * W; };
+    var s = FD.sv('svg', { width: left + W + 10, height: tl.lanes.length * LH + 24, role: 'img', 'aria-label': 'timeline' });
+    tl.lanes.forEach(function (l, i) { s.appendChild(FD.sv('text', { x: 2, y: i * LH + 12 }, l)); });
+    var now = tl.end || t0;
+    tl.bars.forEach(function (b) {
+      var x = sx(b.start), end = b.end === null ? now : b.end, w = Math.max(sx(end) - x, 1.5);
+      var r = FD.sv('rect', { x: x, y: b.lane * LH + 2, width: w, height: LH - 4, 'class': 's-' + b.outcome + (crit.has(b.task) ? ' crit' : ''),
+        fill: FD.COLORS[b.outcome] || '#999', 'data-task': b.task });
+      r.appendChild(FD.sv('title', null, b.task + ' · attempt ' + b.n + ' · ' + b.outcome + ' · ' + FD.secs(end - b.start) +
+        (b.worker ? ' · worker ' + b.worker : '') + (b.delay ? ' · then waited ' + FD.secs(b.delay) + ' before retrying' : '') +
+        (crit.has(b.task) ? ' · critical path' : '')));
+      s.appendChild(r);
+      if (b.delay && b.end !== null) {
+        var wl = FD.sv('line', { x1: sx(b.end), x2: sx(b.end + b.delay), y1: b.lane * LH + LH / 2, y2: b.lane * LH + LH / 2, 'class': 'wait' });
+        wl.appendChild(FD.sv('title', null, b.task + ' · waiting ' + FD.secs(b.delay) + ' before attempt ' + (b.n + 1)));
+        s.appendChild(wl);
+      }
+    });
+    s.appendChild(FD.sv('text', { x: left, y: tl.lanes.length * LH + 18 }, FD.when(t0)));
+    s.appendChild(FD.sv('text', { x: left + W - 60, y: tl.lanes.length * LH + 18 }, '+' + FD.secs(span)));
+    s.addEventListener('click', function (e) { var t = e.target.getAttribute && e.target.getAttribute('data-task'); if (t) panel(t, null); });
+    box.appendChild(s);
+    $('timeline-note').textContent = (tl.workers_recorded ? 'one lane per worker' : 'workers not recorded: attempts packed into lanes') +
+      (tl.total > tl.bars.length ? ' · the ' + tl.bars.length + ' longest of ' + tl.total + ' attempts' : '') +
+      ' · bars: succeeded green, failed red, retried orange (dashed: the wait), running blue; black outline: critical path';
+  }
+
+  function metrics() {
+    var m = M.metrics, box = $('metrics');
+    box.replaceChildren();
+    var t = FD.el('table', { 'class': 'kv' });
+    var row = function (k, v) { var tr = FD.el('tr'); tr.appendChild(FD.el('td', null, k)); tr.appendChild(FD.el('td', null, v)); t.appendChild(tr); };
+    row('makespan', FD.secs(m.makespan));
+    row('task time', FD.secs(m.task_time) + ' on ' + m.lanes + ' lane(s)');
+    row('parallel efficiency', m.efficiency === null ? '-' : Math.round(m.efficiency * 100) + '%');
+    row('critical path', FD.secs(m.critical_time) + ': ' + (M.critical || []).join(' → '));
+    row('retries', m.retries + (m.waits ? ' (waited ' + FD.secs(m.waits) + ')' : ''));
+    box.appendChild(t);
+    if (m.per_lane.length) {
+      var u = FD.el('table'); var h = FD.el('tr');
+      ['lane', 'tasks', 'busy', 'util'].forEach(function (k) { h.appendChild(FD.el('th', null, k)); }); u.appendChild(h);
+      m.per_lane.slice(0, 64).forEach(function (l) {
+        var tr = FD.el('tr');
+        [l.lane, l.tasks, FD.secs(l.busy), l.util === null ? '-' : Math.round(l.util * 100) + '%'].forEach(function (v) { tr.appendChild(FD.el('td', null, v)); });
+        u.appendChild(tr);
+      });
+      box.appendChild(u);
+    }
+    var p = $('pipeline'); p.replaceChildren();
+    if (M.pipeline && M.pipeline.length) {
+      p.appendChild(FD.el('h3', null, 'pipelines'));
+      var pt = FD.el('table'), ph = FD.el('tr');
+      ['node', 'items in', 'out', 'failed', 'items/s', 'duration'].forEach(function (k) { ph.appendChild(FD.el('th', null, k)); }); pt.appendChild(ph);
+      M.pipeline.forEach(function (x) {
+        var tr = FD.el('tr');
+        [x.task, x.items, x.outputs, x.failed, x.rate === null ? '-' : x.rate.toFixed(1), FD.secs(x.duration)].forEach(function (v) { tr.appendChild(FD.el('td', null, v)); });
+        pt.appendChild(tr);
+      });
+      p.appendChild(pt);
+    }
+  }
+
+  function outcomes() {
+    var box = $('outcomes'); box.replaceChildren();
+    var c = {}; tasks.forEach(function (t) { c[t.status] = (c[t.status] || 0) + 1; });
+    box.appendChild(FD.el('p', null, FD.counts(c) || 'no tasks'));
+    var bad = tasks.filter(function (t) { return t.status === 'failed' || t.status === 'interrupted'; });
+    if (!bad.length) return;
+    var tb = FD.el('table', { id: 'failures' }), h = FD.el('tr');
+    ['task', 'status', 'error'].forEach(function (k) { h.appendChild(FD.el('th', null, k)); }); tb.appendChild(h);
+    bad.slice(0, 200).forEach(function (t) {
+      var tr = FD.el('tr', { 'data-task': t.name });
+      var a = FD.el('a', { href: '#', 'data-task': t.name }, t.name); var td = FD.el('td'); td.appendChild(a); tr.appendChild(td);
+      tr.appendChild(FD.el('td', null, t.status)); tr.appendChild(FD.el('td', null, t.error || ''));
+      tb.appendChild(tr);
+    });
+    tb.addEventListener('click', function (e) { var n = e.target.getAttribute('data-task'); if (n) { e.preventDefault(); panel(n, null); } });
+    box.appendChild(tb);
+    if (bad.length > 200) box.appendChild(FD.el('p', { 'class': 'small' }, '... and ' + (bad.length - 200) + ' more'));
+  }
+
+  // ---------------------------------------------------------------- audit trail
+  var auditKinds = new Set();
+  function auditInit() {
+    auditOffset = M.audit.offset;
+    $('audit').replaceChildren();
+    M.audit.events.forEach(function (p) { auditAppend(p[0], p[1], false); });
+    $('audit-note').textContent = M.audit.total > M.audit.events.length ? 'last ' + M.audit.events.length + ' of ' + M.audit.total + ' events, then live' : (STATIC ? '' : 'live');
+    $('audit-task').addEventListener('input', auditFilter);
+    $('audit-event').addEventListener('change', auditFilter);
+  }
+  function auditShown(ev) {
+    var t = $('audit-task').value.trim(), k = $('audit-event').value;
+    return (!t || (ev.task || '').indexOf(t) >= 0) && (!k || ev.event === k);
+  }
+  function auditAppend(pos, ev, live) {
+    var list = $('audit');
+    if (!auditKinds.has(ev.event)) {
+      auditKinds.add(ev.event); $('audit-event').appendChild(FD.el('option', { value: ev.event }, ev.event));
+    }
+    var rest = Object.assign({}, ev); delete rest.event; delete rest.timestamp; delete rest.run_id; delete rest.task; delete rest.traceback;
+    var li = FD.el('li', { 'class': 'ev-' + ev.event, 'data-pos': pos, 'data-task': ev.task || '', 'data-event': ev.event },
+      (ev.timestamp || '').slice(11, 23) + ' ' + ev.event + (ev.task ? ' ' + ev.task : '') + ' ' + JSON.stringify(rest));
+    li._ev = ev;
+    if (!auditShown(ev)) li.hidden = true;
+    var stick = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+    list.appendChild(li);
+    while (list.childElementCount > 2000) list.firstElementChild.remove();
+    if (live && stick) list.scrollTop = list.scrollHeight;
+  }
+  function auditFilter() { Array.prototype.forEach.call($('audit').children, function (li) { li.hidden = !auditShown(li._ev); }); }
+
+  // ---------------------------------------------------------------- task panel
+  var detailTimer = null;
+  function scheduleDetail() {
+    if (detailTimer) return;
+    detailTimer = setTimeout(function () { detailTimer = null; if (openTask) panel(openTask, null, true); }, 150);
+  }
+
+  function panel(name, node, quiet) {
+    openTask = name;
+    var p = $('panel'); p.hidden = false;
+    $('panel-name').textContent = name;
+    var got = STATIC ? Promise.resolve((M.details || {})[name] || localDetail(name))
+      : api('/api/runs/' + encodeURIComponent(runId) + '/tasks/' + encodeURIComponent(name)).catch(function () { return localDetail(name); });
+    got.then(function (d) { if (openTask === name) renderPanel(d && !d.error ? d : localDetail(name), node); });
+  }
+
+  function localDetail(name) {
+    var t = byName.get(name) || { status: 'unknown' };
+    return { name: name, status: t.status, attempts: [], error: t.error, traceback: null, result_preview: null };
+  }
+
+  function renderPanel(d, node) {
+    var b = $('panel-body'); b.replaceChildren();
+    var st = FD.el('p'); st.appendChild(FD.el('span', { 'class': 'st st-' + d.status, id: 'panel-status', title: 'task ' + d.status }, d.status));
+    if (d.cached) st.appendChild(FD.el('span', { 'class': 'small' }, ' restored from a stored result (cache hit or resume)'));
+    if (d.reason) st.appendChild(FD.el('span', { 'class': 'small' }, ' reason: ' + d.reason));
+    var t = byName.get(d.name);
+    if (t && t.changed) st.appendChild(FD.el('span', { 'class': 'small' }, ' · code changed since the previous run'));
+    b.appendChild(st);
+    if (node && node.kind === 'map') b.appendChild(FD.el('p', null, node.members.length + ' instances: ' + FD.counts(node.counts)));
+    if (d.attempts && d.attempts.length) {
+      var tb = FD.el('table', { id: 'panel-attempts' }), h = FD.el('tr');
+      ['#', 'started', 'took', 'outcome', 'worker', 'then'].forEach(function (k) { h.appendChild(FD.el('th', null, k)); }); tb.appendChild(h);
+      d.attempts.forEach(function (a) {
+        var tr = FD.el('tr');
+        [a.n, FD.when(a.start), a.end === null ? 'running' : FD.secs(a.end - a.start), a.outcome, a.worker || '-',
+         a.delay ? 'retry in ' + FD.secs(a.delay) : ''].forEach(function (v) { tr.appendChild(FD.el('td', null, v)); });
+        if (a.error) tr.title = a.error;
+        tb.appendChild(tr);
+      });
+      b.appendChild(tb);
+    }
+    if (d.error) { b.appendChild(FD.el('h3', null, 'error')); b.appendChild(FD.el('pre', { id: 'panel-error' }, d.error)); }
+    if (d.traceback) { b.appendChild(FD.el('h3', null, 'traceback')); b.appendChild(FD.el('pre', { id: 'panel-traceback' }, d.traceback)); }
+    if (d.result_preview !== null && d.result_preview !== undefined) {
+      b.appendChild(FD.el('h3', null, 'result (' + d.result_size + ' characters stored)'));
+      b.appendChild(FD.el('pre', { id: 'panel-result' }, d.result_preview));
+    }
+    if (d.logs && d.logs.length) {
+      b.appendChild(FD.el('h3', null, 'logged'));
+      b.appendChild(FD.el('pre', null, d.logs.map(function (e) { return (e.timestamp || '').slice(11, 23) + ' ' + e.event + ' ' + JSON.stringify(e); }).join('\n')));
+    }
+    if (actions && !STATIC) {
+      var f = FD.el('form', { id: 'rerun-form' });
+      f.appendChild(FD.el('label', null, 'target '));
+      var inp = FD.el('input', { name: 'target', value: M.run.flow, size: 18 }); f.appendChild(inp);
+      f.appendChild(FD.el('button', { type: 'submit', id: 'rerun' }, 're-run from this task'));
+      var out = FD.el('p', { 'class': 'small', id: 'rerun-out' });
+      f.addEventListener('submit', function (e) {
+        e.preventDefault();
+        fetch('/api/runs/' + encodeURIComponent(runId) + '/rerun', { method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-csrf-token': FD.csrf() },
+          body: JSON.stringify({ task: d.name, target: inp.value }) })
+          .then(function (r) { return r.json(); })
+          .then(function (j) { out.textContent = j.error || ('started: ' + j.argv.join(' ') + ' (output: ' + j.log + ')'); });
+      });
+      b.appendChild(f); b.appendChild(out);
+    }
+  }
+
+  $('panel-close').addEventListener('click', function () { $('panel').hidden = true; openTask = null; });
+  $('export-svg').addEventListener('click', exportSvg);
+  $('export-png').addEventListener('click', exportPng);
+  window.FDRun = { tasks: function () { return tasks; }, view: function () { return view; } };
+  load();
+})();
