@@ -377,9 +377,10 @@
     }, ms);
   }
 
+  var es = null;
   function follow() {
-    if (!window.EventSource) return;
-    var es = new EventSource('/api/runs/' + encodeURIComponent(runId) + '/stream?from=' + auditOffset);
+    if (!window.EventSource || es) return;
+    es = new EventSource('/api/runs/' + encodeURIComponent(runId) + '/stream?from=' + auditOffset);
     es.addEventListener('audit', function (m) {
       var ev = JSON.parse(m.data);
       auditOffset = +m.lastEventId || auditOffset;
@@ -520,7 +521,7 @@
     $('panel-name').textContent = name;
     var got = STATIC ? Promise.resolve((M.details || {})[name] || localDetail(name))
       : api('/api/runs/' + encodeURIComponent(runId) + '/tasks/' + encodeURIComponent(name)).catch(function () { return localDetail(name); });
-    got.then(function (d) { if (openTask === name) renderPanel(d && !d.error ? d : localDetail(name), node); });
+    got.then(function (d) { if (openTask === name) renderPanel(d && d.name !== undefined ? d : localDetail(name), node); });
   }
 
   function localDetail(name) {
@@ -577,6 +578,10 @@
     }
   }
 
+  // a page kept in the back/forward cache must not hold its stream open (six connections
+  // per host); it resumes from its offset when shown again
+  window.addEventListener('pagehide', function () { if (es) { es.close(); es = null; } });
+  window.addEventListener('pageshow', function (e) { if (e.persisted && M && !STATIC) follow(); });
   $('panel-close').addEventListener('click', function () { $('panel').hidden = true; openTask = null; });
   $('export-svg').addEventListener('click', exportSvg);
   $('export-png').addEventListener('click', exportPng);

@@ -34,10 +34,17 @@
         .then(function (d) { if (d.runs) render(d); }).catch(function () {});
     }, 100);
   }
-  if (window.EventSource) {
-    var es = new EventSource('/api/stream');
+  var es = null;
+  function connect() {
+    if (!window.EventSource || es) return;
+    es = new EventSource('/api/stream');
     es.addEventListener('changed', refresh);
     es.onopen = function () { live.classList.remove('off'); refresh(); };
     es.onerror = function () { live.classList.add('off'); };
   }
+  // a page kept in the back/forward cache must not hold its stream open: browsers allow
+  // six connections per host, and the next pages would wait for one
+  window.addEventListener('pagehide', function () { if (es) { es.close(); es = null; } });
+  window.addEventListener('pageshow', function (e) { if (e.persisted) connect(); });
+  connect();
 })();
