@@ -352,3 +352,15 @@ def test_static_report_opens_from_disk_without_network(clean_console, work, tmp_
     WebDriverWait(d, 5).until(lambda d: d.find_elements(By.ID, "panel-traceback"))
     assert "bad <b>input</b>" in d.find_element(By.ID, "panel-traceback").text
     assert d.find_elements(By.CSS_SELECTOR, "#timeline rect")
+
+
+def test_many_page_visits_do_not_exhaust_connections(clean_console, server):
+    """Pages left for the back/forward cache used to keep their live stream open; after
+    six (the browser's connections per host) the next page never loaded."""
+    d = clean_console
+    for i in range(5):
+        for path in ("/", "/runs/r-ok"):
+            t0 = time.monotonic()
+            d.get(server.url + path)
+            assert time.monotonic() - t0 < 10, (i, path)
+        ready(d)
