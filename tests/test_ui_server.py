@@ -47,6 +47,27 @@ def after_broken(broken):
     return 1
 
 
+_FLAKY = {"calls": 0}
+
+
+@task(retry=flowdeco.Retry(retries=2, delay=0.05, backoff="fixed"))
+def flaky():
+    _FLAKY["calls"] += 1
+    if _FLAKY["calls"] == 1:
+        raise ConnectionError("first try fails")
+    return "ok"
+
+
+@task
+def items():
+    return [1, 2, 3]
+
+
+@task(map="items")
+def square(items):
+    return items * items
+
+
 @task(name=XSS)
 def xss_task():
     return "<img src=x onerror=alert(2)>"
@@ -67,6 +88,7 @@ def state(tmp_path_factory) -> Path:
     _run(d, [first, second, broken, after_broken], "r-fail")
     _run(d, [first, second, xss_task], "r-ok")
     _run(d, [secretive], "r-secret")
+    _run(d, [flaky, items, square], "r-retry")
     return d
 
 
@@ -384,7 +406,7 @@ def test_ui_serves_prints_url_and_falls_back_from_a_taken_port(state, tmp_path):
                 break
             except OSError:
                 time.sleep(0.05)
-        assert body is not None and json.loads(body)["total"] == 3
+        assert body is not None and json.loads(body)["total"] == 4
     finally:
         p.terminate()
         p.wait(10)
@@ -416,3 +438,68 @@ def test_outside_url_check_catches_what_it_should():
     for bad in ('<script src="https://cdn.example.com/x.js">', "url(//fonts.example.org/f)",
                 "fetch('http://10.0.0.1/')"):
         assert URL.search(bad), bad
+
+
+# ------------------------------------------------------------------- graph snapshots
+
+
+def test_snapshot_shapes_normalise_to_names_and_edges():
+    from flowdeco.ui.data import normal_graph
+    want = {"tasks": ["a", "b", "c"], "edges": [["a", "b"], ["b", "c"]], "options": {}}
+    assert normal_graph({"tasks": ["a", "b", "c"], "edges": [["a", "b"], ["b", "c"]]}) == want
+    assert normal_graph(json.dumps({"tasks": [{"name": "a"}, {"name": "b", "deps": ["a"]},
+                                              {"name": "c", "deps": ["b"]}]})) == want
+    assert normal_graph({"graph": {"tasks": {"a": {}, "b": {"upstream": ["a"]},
+                                             "c": {"upstream": ["b"]}}}}) == want
+    assert normal_graph({"tasks": ["a", "b", "c"], "edges": [
+        {"from": "a", "to": "b"}, {"source": "b", "target": "c"}, ["a", "b"]]}) == want
+    assert normal_graph(None) is None
+
+
+def test_with_a_snapshot_the_model_has_edges_and_the_critical_path_follows_them(
+        state, monkeypatch):
+    snap = {"tasks": ["first", "second", "broken", "after_broken"],
+            "edges": [["first", "second"], ["first", "broken"], ["broken", "after_broken"]]}
+    monkeypatch.setattr(StateReader, "graph", lambda self, run_id: snap)
+    monkeypatch.setattr(StateReader, "changed_tasks", lambda self, run_id: {"second"})
+    m = client(state).get("/api/runs/r-fail").json()
+    names = [r[0] for r in m["tasks"]]
+    assert names == snap["tasks"] and m["has_edges"]
+    assert sorted(m["edges"]) == [[0, 1], [0, 2], [2, 3]]
+    assert m["critical"][0] == "first" and m["critical"][-1] in ("second", "broken")
+    assert dict(zip(m["columns"], m["tasks"][1]))["changed"] is True
+
+
+def test_pending_tasks_of_a_snapshot_show_as_pending(state, monkeypatch):
+    snap = {"tasks": ["first", "later"], "edges": [["first", "later"]]}
+    monkeypatch.setattr(StateReader, "graph", lambda self, run_id: snap)
+    m = client(state).get("/api/runs/r-ok").json()
+    assert dict(zip(m["columns"], m["tasks"][1]))["status"] == "pending"
+
+
+def test_lanes_are_packed_so_no_two_attempts_overlap(state):
+    m = client(state).get("/api/runs/r-fail").json()
+    by_lane: dict = {}
+    for b in m["timeline"]["bars"]:
+        by_lane.setdefault(b["lane"], []).append((b["start"], b["end"]))
+    for spans in by_lane.values():
+        spans.sort()
+        assert all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:]))
+
+
+def test_retries_show_as_retried_attempts_with_their_wait(state):
+    c = client(state)
+    m = c.get("/api/runs/r-retry").json()
+    bars = [b for b in m["timeline"]["bars"] if b["task"] == "flaky"]
+    assert [b["outcome"] for b in bars] == ["retried", "succeeded"]
+    assert bars[0]["delay"] == pytest.approx(0.05) and bars[1]["start"] >= bars[0]["end"]
+    assert m["metrics"]["retries"] == 1
+    d = c.get("/api/runs/r-retry/tasks/flaky").json()
+    assert [a["outcome"] for a in d["attempts"]] == ["retried", "succeeded"]
+    assert d["attempts"][0]["error"] == "ConnectionError: first try fails"
+
+
+def test_mapped_instances_are_rows_of_the_model(state):
+    m = client(state).get("/api/runs/r-retry").json()
+    names = {r[0] for r in m["tasks"]}
+    assert {"square[0]", "square[1]", "square[2]"} <= names

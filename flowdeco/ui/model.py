@@ -132,6 +132,10 @@ def run_model(reader: StateReader, run_id: str) -> dict | None:
         cached = bool((trail.final.get(n) or {}).get("cached")) or status == "restored"
         rows.append([n, status, max(len(attempts), rec.attempts if rec else 0), started,
                      finished, _first_line(error), reason, n in changed, cached])
+    if not snapshot:  # no recorded order: the order the tasks started in
+        first = {r[0]: r[3] for r in rows}
+        rows.sort(key=lambda r: (first[r[0]] is None, first[r[0]] or 0.0, r[0]))
+        names = [r[0] for r in rows]
     index = {n: i for i, n in enumerate(names)}
     edges = [[index[u], index[v]] for u, v in (snapshot["edges"] if snapshot else ())
              if u in index and v in index]

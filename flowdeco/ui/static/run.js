@@ -155,6 +155,7 @@
     var box = $('graph');
     box.replaceChildren();
     svg = canvas = null;
+    box.style.height = Math.max(80, Math.min(420, view.height + 16)) + 'px';
     if (view.nodes.length <= SVG_MAX) { svg = buildSvg(false); box.appendChild(svg); }
     else { canvasInit(box); }
     legend();
@@ -397,7 +398,8 @@
     var W = Math.max(600, (box.clientWidth || 900) - 130), LH = 16, left = 120;
     var t0 = tl.start, span = Math.max((tl.end || t0) - t0, 1e-6);
     var sx = function (t) { return left + (t - t0) / span * W; };
-    var s = FD.sv('svg', { width: left + W + 10, height: tl.lanes.length * LH + 24, role: 'img', 'aria-label': 'timeline' });
+    var s = FD.sv('svg', { width: '100%', viewBox: '0 0 ' + (left + W + 10) + ' ' + (tl.lanes.length * LH + 24),
+      preserveAspectRatio: 'xMinYMin meet', role: 'img', 'aria-label': 'timeline' });
     tl.lanes.forEach(function (l, i) { s.appendChild(FD.sv('text', { x: 2, y: i * LH + 12 }, l)); });
     var now = tl.end || t0;
     tl.bars.forEach(function (b) {
@@ -415,7 +417,7 @@
       }
     });
     s.appendChild(FD.sv('text', { x: left, y: tl.lanes.length * LH + 18 }, FD.when(t0)));
-    s.appendChild(FD.sv('text', { x: left + W - 60, y: tl.lanes.length * LH + 18 }, '+' + FD.secs(span)));
+    s.appendChild(FD.sv('text', { x: left + W, y: tl.lanes.length * LH + 18, 'text-anchor': 'end' }, '+' + FD.secs(span)));
     s.addEventListener('click', function (e) { var t = e.target.getAttribute && e.target.getAttribute('data-task'); if (t) panel(t, null); });
     box.appendChild(s);
     $('timeline-note').textContent = (tl.workers_recorded ? 'one lane per worker' : 'workers not recorded: attempts packed into lanes') +
