@@ -93,6 +93,9 @@ class StateReader:
         self._store: SQLiteStore | None = None
         self._wal_ids: tuple | None = None
         self._lock = threading.RLock()
+        #: run id -> its audit trail read so far (:func:`flowdeco.ui.model.run_model`)
+        self.followed: dict[str, Any] = {}
+        self.follow_lock = threading.Lock()
 
     # -- the connection
     def _files(self) -> tuple:
@@ -204,6 +207,28 @@ class StateReader:
 
     def tasks(self, run_id: str) -> dict[str, TaskRecord]:
         return self._read(lambda s: s.load_tasks(run_id), {})
+
+    def task_rows(self, run_id: str) -> list[tuple]:
+        """(name, status, attempts, started, finished, error, reason) of every task: the
+        columns a page draws, without the results (a 10,000-task run reads in milliseconds;
+        :meth:`task` gives one task's full, validated record)."""
+        return self._read(lambda s: s.conn.execute(  # type: ignore[union-attr]
+            "SELECT name, status, attempts, started, finished, error, reason FROM tasks "
+            "WHERE run_id=?", (run_id,)).fetchall(), [])
+
+    def task(self, run_id: str, name: str) -> TaskRecord | None:
+        """One task's record (validated like every load), None if the run has no such task."""
+        def q(store: SQLiteStore) -> TaskRecord | None:
+            from ..plugins.state.store import _ADDED_IN, _TASK_COLUMNS, structure
+            cols = [c if _ADDED_IN.get(c, 1) <= store.version else "NULL" for c in _TASK_COLUMNS]
+            row = store.conn.execute(  # type: ignore[union-attr]
+                f"SELECT {', '.join(cols)} FROM tasks WHERE run_id=? AND name=?",
+                (run_id, name)).fetchone()
+            if row is None:
+                return None
+            return structure(dict(zip(_TASK_COLUMNS, row)), TaskRecord,
+                             f"{store.path}: run {run_id!r}, task {name[:100]!r}")
+        return self._read(q, None)
 
     def graph(self, run_id: str) -> dict | None:
         """The run's graph snapshot ``{"tasks": [...], "edges": [[up, down], ...]}`` or None."""
@@ -331,8 +356,8 @@ def _record(row: tuple) -> RunRecord:
     return structure(dict(zip(cols, row)), RunRecord, "a record of table runs")
 
 
-def read_audit(path: Path, offset: int = 0, max_bytes: int = 4 << 20
-               ) -> tuple[list[tuple[int, dict]], int]:
+def read_audit(path: Path, offset: int = 0, max_bytes: int = 4 << 20,
+               task: str | None = None) -> tuple[list[tuple[int, dict]], int]:
     """Events after byte ``offset`` of an audit trail: ``[(end_offset, event)]`` and the new offset.
 
     Only whole lines are read (a line being written is left for the next
@@ -350,17 +375,38 @@ def read_audit(path: Path, offset: int = 0, max_bytes: int = 4 << 20
             offset = 0
         fh.seek(offset)
         data = fh.read(max_bytes)
-    out: list[tuple[int, dict]] = []
+    ends: list[int] = []
+    lines: list[bytes] = []
     pos = offset
+    needle = None if task is None else \
+        b'"task": ' + json.dumps(task, ensure_ascii=False).encode("utf-8", "surrogatepass")
     for line in _lines(data):
         pos += len(line)
-        try:
-            event = json.loads(line.decode("utf-8", "replace"))
-        except ValueError:
+        if needle is not None and needle not in line:
             continue
-        if isinstance(event, dict) and isinstance(event.get("event"), str):
-            out.append((pos, event))
-    return out, pos
+        ends.append(pos)
+        lines.append(line)
+    return _parse(lines, ends), pos
+
+
+def _parse(lines: list[bytes], ends: list[int]) -> list[tuple[int, dict]]:
+    """Parse many JSON lines in one call (one array: ~5x faster than a call per line); a
+    trail with a torn or foreign line is parsed line by line, skipping those."""
+    events: list | None = None
+    if lines:
+        try:
+            events = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:
+            events = None
+    if events is None or len(events) != len(lines):
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line.decode("utf-8", "replace")))
+            except ValueError:
+                events.append(None)
+    return [(end, e) for end, e in zip(ends, events)
+            if isinstance(e, dict) and isinstance(e.get("event"), str)]
 
 
 def _lines(data: bytes) -> Iterator[bytes]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import heapq
 import json
+import os
 from typing import Any, Iterable
 
 from .data import StateReader, read_audit
@@ -97,8 +98,48 @@ class Trail:
         return None
 
 
-def _events(reader: StateReader, run_id: str) -> tuple[list[tuple[int, dict]], int]:
-    return read_audit(reader.audit_file(run_id), 0, max_bytes=1 << 31)
+class _Followed:
+    """A run's audit trail read so far: the trail, its tail, where reading stopped."""
+
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
+        self.offset = 0
+        self.trail = Trail()
+        self.tail: list[tuple[int, dict]] = []
+        self.total = 0
+
+
+def _follow(reader: StateReader, run_id: str) -> _Followed:
+    """The run's trail, read incrementally: a page reloaded (or re-fetched while the run is
+    live) parses only the events written since the last time."""
+    with reader.follow_lock:  # one request at a time feeds a trail
+        return _follow_locked(reader, reader.followed, run_id)
+
+
+def _follow_locked(reader: StateReader, cache: dict, run_id: str) -> _Followed:
+    path = reader.audit_file(run_id)
+    try:
+        st = os.stat(path)
+        ino, size = st.st_ino, st.st_size
+    except OSError:
+        ino, size = -1, 0
+    f = cache.get(run_id)
+    if f is None or f.ino != ino or size < f.offset:
+        f = _Followed(ino)
+    while True:
+        events, offset = read_audit(path, f.offset, max_bytes=64 << 20)
+        f.trail.feed(e for _, e in events)
+        f.tail = (f.tail + events)[-AUDIT_TAIL:]
+        f.total += len(events)
+        moved = offset != f.offset
+        f.offset = offset
+        if not moved or offset >= size:
+            break
+    cache.pop(run_id, None)
+    cache[run_id] = f
+    while len(cache) > 8:  # the runs looked at most recently
+        cache.pop(next(iter(cache)))
+    return f
 
 
 def run_model(reader: StateReader, run_id: str) -> dict | None:
@@ -106,12 +147,11 @@ def run_model(reader: StateReader, run_id: str) -> dict | None:
     run = reader.run(run_id)
     if run is None:
         return None
-    records = reader.tasks(run_id)
+    records = {r[0]: r for r in reader.task_rows(run_id)}
     snapshot = reader.graph(run_id)
     changed = reader.changed_tasks(run_id)
-    events, offset = _events(reader, run_id)
-    trail = Trail()
-    trail.feed(e for _, e in events)
+    followed = _follow(reader, run_id)
+    trail = followed.trail
     names: list[str] = list(snapshot["tasks"]) if snapshot else []
     known = set(names)
     for n in list(records) + list(trail.status):
@@ -120,18 +160,20 @@ def run_model(reader: StateReader, run_id: str) -> dict | None:
             names.append(n)
     rows = []
     for n in names:
-        rec = records.get(n)
-        status = trail.status.get(n) or (rec.status if rec else "pending")
+        # rec: (name, status, attempts, started, finished, error, reason) or None
+        rec = records.get(n) or (n, None, 0, None, None, None, None)
+        final = trail.final.get(n) or {}
+        status = trail.status.get(n) or rec[1] or "pending"
         if status == "retrying":
             status = "running"
         attempts = trail.attempts.get(n, ())
-        started = attempts[0]["start"] if attempts else (rec.started if rec else None)
-        finished = (rec.finished if rec else None) or (attempts[-1]["end"] if attempts else None)
-        error = (trail.final.get(n) or {}).get("error") or (rec.error if rec else None)
-        reason = (trail.final.get(n) or {}).get("reason") or (rec.reason if rec else None)
-        cached = bool((trail.final.get(n) or {}).get("cached")) or status == "restored"
-        rows.append([n, status, max(len(attempts), rec.attempts if rec else 0), started,
-                     finished, _first_line(error), reason, n in changed, cached])
+        started = attempts[0]["start"] if attempts else rec[3]
+        finished = rec[4] or (attempts[-1]["end"] if attempts else None)
+        error = final.get("error") or rec[5]
+        reason = final.get("reason") or rec[6]
+        cached = bool(final.get("cached")) or status == "restored"
+        rows.append([n, status, max(len(attempts), rec[2] or 0), started, finished,
+                     _first_line(error), reason, n in changed, cached])
     if not snapshot:  # no recorded order: the order the tasks started in
         first = {r[0]: r[3] for r in rows}
         rows.sort(key=lambda r: (first[r[0]] is None, first[r[0]] or 0.0, r[0]))
@@ -151,8 +193,8 @@ def run_model(reader: StateReader, run_id: str) -> dict | None:
         "critical": critical,
         "metrics": _metrics(timeline, critical, trail),
         "pipeline": _pipeline(trail),
-        "audit": {"offset": offset, "events": [[o, e] for o, e in events[-AUDIT_TAIL:]],
-                  "total": len(events)},
+        "audit": {"offset": followed.offset, "events": [[o, e] for o, e in followed.tail],
+                  "total": followed.total},
     }
 
 
@@ -280,10 +322,9 @@ def _pipeline(trail: Trail) -> list[dict]:
 def task_detail(reader: StateReader, run_id: str, name: str) -> dict | None:
     """One task's panel: attempts with timings and workers, error and traceback, retry delays,
     cache hits, and a size-limited preview of its stored result (``Secret`` stays ``***``)."""
-    records = reader.tasks(run_id)
-    events, _ = _events(reader, run_id)
+    rec = reader.task(run_id, name)
+    events, _ = read_audit(reader.audit_file(run_id), 0, max_bytes=1 << 31, task=name)
     mine = [e for _, e in events if e.get("task") == name]
-    rec = records.get(name)
     if rec is None and not mine:
         return None
     trail = Trail()
