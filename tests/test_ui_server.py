@@ -503,3 +503,24 @@ def test_mapped_instances_are_rows_of_the_model(state):
     m = client(state).get("/api/runs/r-retry").json()
     names = {r[0] for r in m["tasks"]}
     assert {"square[0]", "square[1]", "square[2]"} <= names
+
+
+# ------------------------------------------------------------------- schedules
+
+
+def test_schedules_page_shows_what_serve_runs(tmp_path):
+    import datetime as dt
+    import io
+    from flowdeco.plugins.serve import serve
+    from flowdeco import FakeClock
+    flow = tmp_path / "hourly.py"
+    flow.write_text("from flowdeco import task\n\n@task\ndef tick():\n    return 1\n")
+    state = tmp_path / "s"
+    clock = FakeClock(wall=dt.datetime.fromisoformat("2026-05-28T20:30:00+00:00").timestamp())
+    serve(str(flow), cron="0 * * * *", tz="UTC", clock=clock, max_ticks=1, state_dir=state,
+          out=io.StringIO())
+    c = client(state)
+    page = c.get("/schedules").text
+    assert 'data-flow="hourly"' in page and "2026-05-28T21:00:00+00:00" in page
+    assert "<th>serving</th>" in page and "<td>no</td>" in page
+    assert "no flow is served" in client(tmp_path / "none").get("/schedules").text

@@ -203,6 +203,13 @@ class Dashboard:
             return self.not_found(f"unknown run id {run_id!r} in {self.state_dir}")
         return self.page("run.html", run=run, run_id=run_id)
 
+    async def schedules_page(self, request: Request) -> Response:
+        rows = await asyncio.to_thread(self.reader.schedules)
+        columns: list[str] = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+        return self.page("schedules.html", rows=rows, columns=columns)
+
     # -- API
     async def api_runs(self, request: Request) -> Response:
         try:
@@ -358,6 +365,7 @@ def create_app(state_dir: str | os.PathLike, host: str = "127.0.0.1", port: int 
     routes = [
         Route("/", d.runs_page),
         Route("/runs/{run_id}", d.run_page),
+        Route("/schedules", d.schedules_page),
         Route("/api/runs", d.api_runs),
         Route("/api/stream", d.changes_stream),
         Route("/api/runs/{run_id}", d.api_run),

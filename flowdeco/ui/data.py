@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from ..errors import StateError
 from ..plugins.audit import audit_path
-from ..plugins.state.store import DB_NAME, RunRecord, SQLiteStore, StoreChanged, TaskRecord
+from ..plugins.state.store import (DB_NAME, RunLock, RunRecord, SQLiteStore, StoreChanged,
+                                   TaskRecord)
 
 try:  # the data layer of issue 17 (schema v4); absent until it lands
     from ..plugins.state import queries as _queries  # type: ignore[attr-defined]
@@ -242,6 +243,29 @@ class StateReader:
             return set()
         return self._read(lambda s: set(_queries.changed_tasks(s, run_id)), set())
 
+    def schedules(self) -> list[dict]:
+        """What ``serve`` runs over this state dir: the data layer's ``schedules`` when
+        present (with next and missed ticks), else each ``serve/FLOW.json``: the flow, the
+        last tick claimed, the claim in progress, and whether a serve holds it now."""
+        if _queries is not None and hasattr(_queries, "schedules"):
+            return [_as_dict(r) for r in _queries.schedules(str(self.state_dir))]
+        out = []
+        folder = self.state_dir / "serve"
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                out.append({"flow": path.stem, "problem": "unreadable serve state file"})
+                continue
+            if not isinstance(data, dict):
+                continue
+            running = data.get("running") if isinstance(data.get("running"), dict) else None
+            out.append({"flow": str(data.get("flow", path.stem)),
+                        "serving": RunLock.held(path.with_suffix(".lock")),
+                        "last_tick": data.get("last_tick_utc"),
+                        "claimed_run": running.get("run_id") if running else None})
+        return out
+
     def audit_file(self, run_id: str) -> Path:
         return audit_path(self.state_dir, run_id)
 
@@ -250,6 +274,15 @@ def _get(obj: Any, key: str) -> Any:
     if isinstance(obj, dict):
         return obj.get(key)
     return getattr(obj, key, None)
+
+
+def _as_dict(r: Any) -> dict:
+    if isinstance(r, dict):
+        return dict(r)
+    import attrs
+    if attrs.has(type(r)):
+        return attrs.asdict(r)
+    return dict(vars(r))
 
 
 def _normal_row(r: Any) -> RunRow:
