@@ -364,3 +364,29 @@ def test_many_page_visits_do_not_exhaust_connections(clean_console, server):
             d.get(server.url + path)
             assert time.monotonic() - t0 < 10, (i, path)
         ready(d)
+
+
+def test_graph_with_edges_is_layered_and_exports_as_svg_and_png(clean_console, work, tmp_path,
+                                                                 monkeypatch):
+    """A run with a graph snapshot (monkeypatched here: the data layer records them): each
+    task is drawn below its upstream tasks, edges are paths, and the exports hold them."""
+    import xml.etree.ElementTree as ET
+    from flowdeco.ui.data import StateReader
+    from flowdeco.ui.report import write_report
+    snap = {"tasks": ["one", "two", "broken"], "edges": [["one", "two"], ["one", "broken"]]}
+    monkeypatch.setattr(StateReader, "graph", lambda self, run_id: snap)
+    out = write_report(work / "state", "r-fail", str(tmp_path / "g.html"))
+    d = clean_console
+    d.get(out.resolve().as_uri())
+    ready(d)
+    y = {n: float(node(d, n).get_attribute("transform").split(",")[1].rstrip(")"))
+         for n in ("one", "two", "broken")}
+    assert y["one"] < y["two"] == y["broken"]
+    assert len(d.find_elements(By.CSS_SELECTOR, "#graph path.edge")) == 2
+    svg = ET.fromstring(d.execute_script("return FDRun.svg()"))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(svg.findall(f".//{ns}path")) == 2
+    assert {t.text for t in svg.iter(f"{ns}text")} >= {"one", "two", "broken"}
+    assert not list(svg.iter(f"{ns}script"))
+    png = d.execute_script("return FDRun.png()")
+    assert png.startswith("data:image/png;base64,") and len(png) > 1000

@@ -319,18 +319,20 @@
       '.crit rect.box{stroke:#000;stroke-width:2.5}.changed rect.box{stroke:#ff6f00;stroke-width:3}';
   }
 
+  function svgText() { return new XMLSerializer().serializeToString(buildSvg(true)); }
   function exportSvg() {
-    var s = buildSvg(true);
-    var text = new XMLSerializer().serializeToString(s);
-    FD.download('run-' + runId + '.svg', new Blob([text], { type: 'image/svg+xml' }));
+    FD.download('run-' + runId + '.svg', new Blob([svgText()], { type: 'image/svg+xml' }));
   }
-
-  function exportPng() {
+  function pngCanvas() {
     var scale = Math.min(1, 8000 / Math.max(view.width, view.height));
     var cv = document.createElement('canvas');
     cv.width = Math.ceil(view.width * scale); cv.height = Math.ceil(view.height * scale);
     paintCanvas(cv.getContext('2d'), { x: 0, y: 0, s: scale }, cv.width, cv.height);
-    cv.toBlob(function (b) { FD.download('run-' + runId + '.png', b); }, 'image/png');
+    return cv;
+  }
+
+  function exportPng() {
+    pngCanvas().toBlob(function (b) { FD.download('run-' + runId + '.png', b); }, 'image/png');
   }
 
   // ---------------------------------------------------------------- live updates
@@ -587,6 +589,8 @@
   $('panel-close').addEventListener('click', function () { $('panel').hidden = true; openTask = null; });
   $('export-svg').addEventListener('click', exportSvg);
   $('export-png').addEventListener('click', exportPng);
-  window.FDRun = { tasks: function () { return tasks; }, view: function () { return view; } };
+  // for tests and the console: the exports as text, the model as drawn
+  window.FDRun = { tasks: function () { return tasks; }, view: function () { return view; },
+                   svg: svgText, png: function () { return pngCanvas().toDataURL('image/png'); } };
   load();
 })();
