@@ -117,9 +117,10 @@ def clean_console(browser):
 
 
 class Server:
-    def __init__(self, state: Path, cwd: Path):
+    def __init__(self, state: Path, cwd: Path, *extra: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowdeco", "ui", "--state-dir", str(state), "--port", "0"],
+            [sys.executable, "-m", "flowdeco", "ui", "--state-dir", str(state), "--port", "0",
+             *extra],
             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         m = re.match(r"flowdeco ui: (http://\S+/) ", line)
@@ -390,3 +391,35 @@ def test_graph_with_edges_is_layered_and_exports_as_svg_and_png(clean_console, w
     assert not list(svg.iter(f"{ns}script"))
     png = d.execute_script("return FDRun.png()")
     assert png.startswith("data:image/png;base64,") and len(png) > 1000
+
+
+def test_rerun_from_a_task_with_actions_allowed(clean_console, work):
+    """--allow-actions: the panel's button POSTs with the page's CSRF token; the re-run is a
+    real resume (another process), and the page shows its events live."""
+    (work / "go").write_text("")
+    r = subprocess.run([sys.executable, "-m", "flowdeco", "live.py", "--state-dir", "state",
+                        "--run-id", "act-1", "-q"], cwd=work, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    audit = work / "state" / "runs" / "act-1" / "audit.jsonl"
+    before = audit.read_text().count('"event": "task_failed"')
+    s = Server(work / "state", work, "--allow-actions")
+    try:
+        d = clean_console
+        d.get(s.url + "/runs/act-1")
+        ready(d)
+        node(d, "broken").click()
+        WebDriverWait(d, 5).until(lambda d: d.find_elements(By.ID, "rerun"))
+        target = d.find_element(By.CSS_SELECTOR, "#rerun-form input[name=target]")
+        target.clear()
+        target.send_keys("live.py")
+        d.find_element(By.ID, "rerun").click()
+        WebDriverWait(d, 10).until(lambda d: "started:" in d.find_element(By.ID, "rerun-out").text)
+        assert "--resume act-1 --rerun broken" in d.find_element(By.ID, "rerun-out").text
+        _wait_for(audit, '"resumed": true')
+        WebDriverWait(d, 30).until(lambda d: len([
+            li for li in d.find_elements(By.CSS_SELECTOR, "#audit li")
+            if li.get_attribute("data-event") == "task_failed"]) == before + 1)
+        d.get("about:blank")  # leave before the server stops (its streams would error)
+    finally:
+        s.stop()
