@@ -526,3 +526,57 @@ def test_schedules_page_shows_what_serve_runs(tmp_path):
     assert 'data-flow="hourly"' in page and "2026-05-28T21:00:00+00:00" in page
     assert "<th>serving</th>" in page and "<td>no</td>" in page
     assert "no flow is served" in client(tmp_path / "none").get("/schedules").text
+
+
+def test_the_data_layer_is_used_when_present(state, monkeypatch):
+    """The one switch in flowdeco.ui.data: with the queries module (schema v4), its rows
+    (attrs records with flow_version) and snapshots reach the pages."""
+    import types
+    import attrs
+    from flowdeco.ui import data
+
+    @attrs.frozen
+    class Row:
+        run_id: str
+        flow: str
+        status: str
+        started: float
+        finished: float | None
+        duration: float
+        sessions: int
+        pid: int | None
+        flow_version: str | None
+        counts: dict
+
+        def to_dict(self):
+            return attrs.asdict(self)
+
+    row = Row("r-ok", "tasks", "succeeded", 1.0e9, 1.0e9 + 1, 1.0, 1, None, "abc123def456",
+              {"succeeded": 3})
+    fake = types.SimpleNamespace(
+        list_runs=lambda store, **kw: ([row], 1),
+        run_detail=lambda store, run_id: row,
+        graph_snapshot=lambda store, run_id: {"tasks": [{"name": "first"}, {"name": "second"}],
+                                              "edges": [["first", "second"]], "flow": "tasks"},
+        changed_tasks=lambda store, run_id: {"second"},
+        schedules=lambda state_dir: [],
+    )
+    monkeypatch.setattr(data, "_queries", fake)
+    c = client(state)
+    listed = c.get("/api/runs").json()["runs"][0]
+    assert listed["version"] == "abc123def456" and listed["counts"] == {"succeeded": 3}
+    assert "abc123def4" in c.get("/").text
+    m = c.get("/api/runs/r-ok").json()
+    assert m["run"]["version"] == "abc123def456" and m["has_edges"]
+    assert [m["tasks"][i][0] for i in m["edges"][0]] == ["first", "second"]
+    assert dict(zip(m["columns"], m["tasks"][1]))["changed"] is True
+
+
+def test_schedule_cells_read_ticks_claims_and_schedules():
+    from flowdeco.ui.app import cell
+    assert cell("last_tick", 0.0) == ("1970-01-01 00:00:00Z", None)
+    assert cell("claim", {"run_id": "f-1", "tick": 0.0}) == \
+        ("run_id=f-1, tick=1970-01-01 00:00:00Z", "f-1")
+    assert cell("schedules", [{"expr": "0 * * * *", "next_tick": 0.0}]) == \
+        ("expr=0 * * * *, next_tick=1970-01-01 00:00:00Z", None)
+    assert cell("serving", True) == ("yes", None) and cell("missed", 3) == ("3", None)

@@ -66,6 +66,24 @@ def templates() -> Environment:
     return env
 
 
+def cell(key: str, value: Any) -> tuple[str, str | None]:
+    """A schedules table cell: (text, run id to link or None) from any value the data layer
+    or a serve state file gives (ticks are POSIX seconds, claims and schedules mappings)."""
+    if value is None:
+        return "-", None
+    if isinstance(value, bool):
+        return ("yes" if value else "no"), None
+    if isinstance(value, (int, float)) and "tick" in key and key != "missed":
+        return when(float(value)), None
+    if isinstance(value, dict):
+        link = value.get("run_id") if isinstance(value.get("run_id"), str) else None
+        return ", ".join(f"{k}={cell(k, v)[0]}" for k, v in value.items()), link
+    if isinstance(value, (list, tuple)):
+        return "; ".join(cell(key, v)[0] for v in value) or "-", None
+    link = value if key.endswith("run") and isinstance(value, str) else None
+    return str(value), link
+
+
 def when(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -208,7 +226,9 @@ class Dashboard:
         columns: list[str] = []
         for r in rows:
             columns += [k for k in r if k not in columns]
-        return self.page("schedules.html", rows=rows, columns=columns)
+        shown = [{c: cell(c, r.get(c)) for c in columns} for r in rows]
+        return self.page("schedules.html", rows=shown, columns=columns,
+                         flows=[str(r.get("flow", "")) for r in rows])
 
     # -- API
     async def api_runs(self, request: Request) -> Response:

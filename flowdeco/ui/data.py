@@ -199,11 +199,11 @@ class StateReader:
                     "SELECT status, count(*) FROM tasks WHERE run_id=? GROUP BY status",
                     (run_id,)):
                 counts[str(st)] = int(n)
-            version = None
             if _queries is not None:
                 detail = _queries.run_detail(store, run_id)
-                version = _get(detail, "flow_version")
-            return _row(rec, counts, version)
+                if detail is not None:
+                    return _normal_row(detail)
+            return _row(rec, counts)
         return self._read(q, None)
 
     def tasks(self, run_id: str) -> dict[str, TaskRecord]:
@@ -279,6 +279,8 @@ def _get(obj: Any, key: str) -> Any:
 def _as_dict(r: Any) -> dict:
     if isinstance(r, dict):
         return dict(r)
+    if callable(getattr(r, "to_dict", None)):
+        return dict(r.to_dict())
     import attrs
     if attrs.has(type(r)):
         return attrs.asdict(r)
@@ -286,16 +288,16 @@ def _as_dict(r: Any) -> dict:
 
 
 def _normal_row(r: Any) -> RunRow:
-    """A row of the data layer's ``list_runs`` (a dict or a record) as this module's dict."""
+    """A row of the data layer's ``list_runs``/``run_detail`` (its ``RunRow`` record, a
+    dict, or a :class:`RunSummary`) as this module's dict."""
     run = _get(r, "run")
     if isinstance(run, RunRecord):
         return _row(run, _get(r, "counts") or {}, _get(r, "flow_version"))
-    if isinstance(r, dict):
-        out = dict(r)
-        out.setdefault("counts", {})
-        out["version"] = out.pop("flow_version", out.get("version"))
-        return out
-    return _row(r, {}, None)
+    out = _as_dict(r)
+    out["counts"] = dict(out.get("counts") or {})
+    out["version"] = out.pop("flow_version", out.get("version"))
+    return {k: out.get(k) for k in ("run_id", "flow", "status", "started", "finished",
+                                    "duration", "sessions", "counts", "version")}
 
 
 def normal_graph(snapshot: Any) -> dict | None:
