@@ -262,7 +262,7 @@ class StateReader:
             running = data.get("running") if isinstance(data.get("running"), dict) else None
             out.append({"flow": str(data.get("flow", path.stem)),
                         "serving": RunLock.held(path.with_suffix(".lock")),
-                        "last_tick": data.get("last_tick_utc"),
+                        "last_tick": data.get("last_tick"),
                         "claimed_run": running.get("run_id") if running else None})
         return out
 
