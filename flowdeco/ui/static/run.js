@@ -165,12 +165,16 @@
     var s = FD.sv('svg', { xmlns: FD.SVGNS, width: view.width, height: view.height,
       viewBox: '0 0 ' + view.width + ' ' + view.height, role: 'img', 'aria-label': 'task graph of run ' + runId });
     if (forExport) s.appendChild(FD.sv('style', null, exportStyle()));
+    var defs = FD.sv('defs'), mk = FD.sv('marker', { id: 'fd-arrow', viewBox: '0 0 8 8', refX: 8, refY: 4,
+      markerWidth: 7, markerHeight: 7, orient: 'auto' });
+    mk.appendChild(FD.sv('path', { d: 'M0,0 L8,4 L0,8 z', fill: '#90a4ae' }));
+    defs.appendChild(mk); s.appendChild(defs);
     var ge = FD.sv('g', { 'class': 'edges' });
     view.edges.forEach(function (e) {
       var a = view.nodes[e[0]], b = view.nodes[e[1]];
       var x1 = a.x + NW / 2, y1 = a.y + NH, x2 = b.x + NW / 2, y2 = b.y, my = (y1 + y2) / 2;
       ge.appendChild(FD.sv('path', { 'class': 'edge', d: 'M' + x1 + ',' + y1 + ' C' + x1 + ',' + my + ' ' + x2 + ',' + my + ' ' + x2 + ',' + y2,
-        'marker-end': '' }));
+        'marker-end': 'url(#fd-arrow)' }));
     });
     s.appendChild(ge);
     var gn = FD.sv('g', { 'class': 'nodes' });
