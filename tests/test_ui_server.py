@@ -581,3 +581,23 @@ def test_schedule_cells_read_ticks_claims_and_schedules():
     assert cell("schedules", [{"expr": "0 * * * *", "next_tick": 0.0}]) == \
         ("expr=0 * * * *, next_tick=1970-01-01 00:00:00Z", None)
     assert cell("serving", True) == ("yes", None) and cell("missed", 3) == ("3", None)
+
+
+def test_bound_to_every_address_ip_hosts_pass_names_do_not(state):
+    c = client(state, host="0.0.0.0", port=8765)
+    for ok in ("192.168.1.5:8765", "127.0.0.1:8765", "[::1]:8765", "localhost:8765"):
+        assert c.get("/", headers={"host": ok}).status_code == 200, ok
+    for bad in ("evil.example:8765", "192.168.1.5:9999", "192.168.1.5"):
+        assert c.get("/", headers={"host": bad}).status_code == 421, bad
+
+
+def test_a_damaged_store_is_one_clear_message_not_a_500(tmp_path):
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "state.db").write_bytes(b"this is not a database" * 100)
+    c = client(d)
+    page = c.get("/")
+    assert page.status_code == 200 and "state.db" in page.text
+    assert c.get("/runs/r1").status_code == 404 and "state.db" in c.get("/runs/r1").text
+    r = c.get("/api/runs/r1")
+    assert r.status_code == 400 and "state.db" in r.json()["error"]

@@ -102,6 +102,26 @@ def seconds(s: float | None) -> str:
     return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
+def unspecified(host: str) -> bool:
+    """``0.0.0.0`` or ``::``: bound to every address of the machine."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def ip_host(value: str) -> bool:
+    """Whether a ``Host`` header names an IP address (with a port), not a DNS name."""
+    name = value.rpartition(":")[0] if value.count(":") == 1 or value.startswith("[") \
+        else value
+    name = name.strip("[]")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def allowed_hosts(host: str, port: int) -> set[str]:
     """The ``Host`` header values that name the bound address."""
     names = {host}
@@ -120,9 +140,12 @@ def allowed_hosts(host: str, port: int) -> set[str]:
 class HostGuard:
     """ASGI middleware: 421 unless ``Host`` names the bound address; security headers."""
 
-    def __init__(self, app: Any, hosts: set[str]):
+    def __init__(self, app: Any, hosts: set[str], port: int | None = None):
         self.app = app
         self.hosts = {h.lower() for h in hosts}
+        #: bound to every address (0.0.0.0): any IP literal with our port names us; a DNS
+        #: name other than localhost still does not (DNS rebinding needs a name)
+        self.any_ip_port = port
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -133,7 +156,9 @@ class HostGuard:
             if k == b"host":
                 host = v.decode("latin-1").lower()
                 break
-        if host not in self.hosts:
+        if host not in self.hosts and not (
+                self.any_ip_port is not None and host.endswith(f":{self.any_ip_port}")
+                and ip_host(host)):
             resp = PlainTextResponse("misdirected request: the Host header does not name this "
                                      "server's address", status_code=421)
             await resp(scope, receive, send)
@@ -216,7 +241,10 @@ class Dashboard:
             run_id = self._run_id(request)
         except FlowError as exc:
             return self.not_found(str(exc))
-        run = await asyncio.to_thread(self.reader.run, run_id)
+        try:
+            run = await asyncio.to_thread(self.reader.run, run_id)
+        except FlowError as exc:  # a damaged or foreign state.db: say so, in one line
+            return self.not_found(str(exc))
         if run is None:
             return self.not_found(f"unknown run id {run_id!r} in {self.state_dir}")
         return self.page("run.html", run=run, run_id=run_id)
@@ -397,4 +425,6 @@ def create_app(state_dir: str | os.PathLike, host: str = "127.0.0.1", port: int 
     ]
     app = Starlette(routes=routes)
     app.state.dashboard = d
-    return HostGuard(app, allowed_hosts(host, port))
+    return HostGuard(app, allowed_hosts(host, port) | (
+        {f"localhost:{port}"} if unspecified(host) else set()),
+        port if unspecified(host) else None)
