@@ -272,6 +272,8 @@
     ctx.setTransform(c.s, 0, 0, c.s, -c.x * c.s, -c.y * c.s);
     var x0 = c.x, y0 = c.y, x1 = c.x + w / c.s, y1 = c.y + h / c.s;
     var vis = function (n) { return n.x + NW >= x0 && n.x <= x1 && n.y + NH >= y0 && n.y <= y1; };
+    // many edges seen from afar are a grey fog: fainter, so the states stay readable
+    ctx.globalAlpha = c.s < 0.5 && view.edges.length > 2000 ? 0.2 : 1;
     ctx.strokeStyle = '#90a4ae'; ctx.lineWidth = 1; ctx.beginPath();
     view.edges.forEach(function (e) {
       var a = view.nodes[e[0]], b = view.nodes[e[1]];
@@ -279,6 +281,7 @@
       ctx.moveTo(a.x + NW / 2, a.y + NH); ctx.lineTo(b.x + NW / 2, b.y);
     });
     ctx.stroke();
+    ctx.globalAlpha = 1;
     var text = c.s > 0.45;
     ctx.font = '12px system-ui, sans-serif'; ctx.textBaseline = 'middle';
     view.nodes.forEach(function (n) {
@@ -367,11 +370,14 @@
     scheduleRefetch(1500);
   }
 
+  var fetchCost = 0;  // ms the last model fetch took: a big run is re-fetched less often
   function scheduleRefetch(ms) {  // timeline, metrics and run status: from the server, now and then
     if (STATIC || refetch) return;
     refetch = setTimeout(function () {
       refetch = null;
+      var t0 = Date.now();
       api('/api/runs/' + encodeURIComponent(runId)).then(function (m) {
+        fetchCost = Date.now() - t0;
         if (!m.run) return;
         M.run = m.run; M.timeline = m.timeline; M.metrics = m.metrics; M.critical = m.critical; M.pipeline = m.pipeline;
         m.tasks.forEach(function (row) {  // the store is the authority once an event is in
@@ -381,7 +387,7 @@
         if (!relayout) { view.nodes.forEach(function (n) { refreshNode(n); if (svg) paintSvgNode(n); }); if (!svg) schedule(); }
         header(); timeline(); metrics(); outcomes();
       }).catch(function () {});
-    }, ms);
+    }, Math.max(ms, 10 * fetchCost));
   }
 
   var es = null;
