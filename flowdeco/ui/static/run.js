@@ -407,7 +407,7 @@
     var tl = M.timeline, box = $('timeline');
     box.replaceChildren();
     if (!tl.bars.length) { box.appendChild(FD.el('p', { 'class': 'small' }, 'no attempts yet')); return; }
-    var W = Math.max(600, (box.clientWidth || 900) - 130), LH = 16, left = 120;
+    var W = Math.max(300, (box.clientWidth || 900) - 140), LH = 16, left = 120;
     var t0 = tl.start, span = Math.max((tl.end || t0) - t0, 1e-6);
     var sx = function (t) { return left + (t - t0) / span * W; };
     var s = FD.sv('svg', { width: '100%', viewBox: '0 0 ' + (left + W + 10) + ' ' + (tl.lanes.length * LH + 24),
@@ -531,7 +531,8 @@
 
   function panel(name, node, quiet) {
     openTask = name;
-    var p = $('panel'); p.hidden = false;
+    var p = $('panel'), was = p.hidden; p.hidden = false;
+    if (was) timeline();  // the cards got narrower: redraw the timeline to fit
     $('panel-name').textContent = name;
     var got = STATIC ? Promise.resolve((M.details || {})[name] || localDetail(name))
       : api('/api/runs/' + encodeURIComponent(runId) + '/tasks/' + encodeURIComponent(name)).catch(function () { return localDetail(name); });
@@ -596,7 +597,7 @@
   // per host); it resumes from its offset when shown again
   window.addEventListener('pagehide', function () { if (es) { es.close(); es = null; } });
   window.addEventListener('pageshow', function (e) { if (e.persisted && M && !STATIC) follow(); });
-  $('panel-close').addEventListener('click', function () { $('panel').hidden = true; openTask = null; });
+  $('panel-close').addEventListener('click', function () { $('panel').hidden = true; openTask = null; timeline(); });
   $('export-svg').addEventListener('click', exportSvg);
   $('export-png').addEventListener('click', exportPng);
   // for tests and the console: the exports as text, the model as drawn
