@@ -48,7 +48,8 @@ def render_report(state_dir: str | os.PathLike, run_id: str) -> str:
     finally:
         reader.close()
     static = HERE / "static"
-    js = "\n".join((static / n).read_text(encoding="utf-8") for n in ("common.js", "run.js"))
+    js = "\n".join((static / n).read_text(encoding="utf-8")
+                   for n in ("common.js", "graph.js", "run.js"))
     written = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
     return templates().get_template("report.html").render(
         run=model["run"], run_id=run_id, css=(static / "ui.css").read_text(encoding="utf-8"),

@@ -1,29 +1,21 @@
-/* Run view: graph (layered layout, computed once; states updated in place), timeline,
+/* Run view: graph (graph.js: layered layout, computed once; states updated in place), timeline,
    metrics, outcomes, audit trail (live tail from a byte offset over Server-Sent Events)
    and the task panel.  The same script draws the static report (data embedded in the
-   page as JSON, no server: #run-data).
-
-   Large graphs: sub-flows (dotted names, a.b.c) collapse into one node until clicked;
-   a mapped task (x[0], x[1], ...) is one stacked node with counts by status.  Up to
-   SVG_MAX visible nodes are SVG elements (each with its state in words: aria-label,
-   <title>); beyond that the graph is drawn on a canvas, only what is in view. */
+   page as JSON, no server: #run-data).  Sub-flows, mapped tasks and large graphs: graph.js. */
 'use strict';
 (function () {
   var $ = function (id) { return document.getElementById(id); };
   var embedded = $('run-data');
   var STATIC = !!embedded;
   var runId = $('runhead').getAttribute('data-run');
-  var SVG_MAX = 800, NW = 150, NH = 30, GX = 24, GY = 46, ROW_MAX = 40;
   var M = null;                 // the run model (see flowdeco/ui/model.py)
   var tasks = [], byName = new Map();
-  var expanded = new Set();
-  var view = null;              // {nodes, edges, byKey, width, height}
+  var graph = FDGraph.create($('graph'), runId, clickNode);
   var crit = new Set();
   var auditOffset = 0, openTask = null;
   var actions = (document.querySelector('meta[name=actions]') || {}).content === '1';
 
   function api(path) { return fetch(path).then(function (r) { return r.json(); }); }
-  function base(name) { var m = /^(.*)\[\d+\]$/.exec(name); return m ? m[1] : null; }
 
   function load() {
     if (STATIC) { start(JSON.parse(embedded.textContent)); return; }
@@ -40,7 +32,7 @@
     });
     crit = new Set(M.critical || []);
     header();
-    layout(); draw();
+    relayoutNow();
     timeline(); metrics(); outcomes();
     auditInit();
     if (!STATIC) follow();
@@ -59,249 +51,12 @@
       (r.version ? ' · flow version ' + String(r.version).slice(0, 12) : '');
   }
 
-  // ---------------------------------------------------------------- the graph model
-  function groupOf(name) {
-    var b = base(name); if (b !== null) return 'map:' + b;
-    if (M._mapped && M._mapped.has(name)) return 'map:' + name;
-    var parts = name.split('.');
-    for (var i = 1; i < parts.length; i++) {
-      var p = parts.slice(0, i).join('.');
-      if (!expanded.has(p) && (M._prefix.get(p) || 0) > 1) return 'grp:' + p;
-    }
-    return 'task:' + name;
-  }
-
-  function layout() {
-    // prefixes (sub-flows) and mapped bases, then visible nodes and edges
-    M._prefix = new Map(); M._mapped = new Set();
-    tasks.forEach(function (t) {
-      var b = base(t.name); if (b !== null) M._mapped.add(b);
-      var parts = t.name.split('.');
-      for (var i = 1; i < parts.length; i++) { var p = parts.slice(0, i).join('.'); M._prefix.set(p, (M._prefix.get(p) || 0) + 1); }
-    });
-    var byKey = new Map(), nodes = [];
-    tasks.forEach(function (t) {
-      var key = groupOf(t.name), n = byKey.get(key);
-      if (!n) {
-        var kind = key.slice(0, key.indexOf(':'));
-        n = { key: key, kind: kind, label: key.slice(kind.length + 1), members: [], index: nodes.length };
-        byKey.set(key, n); nodes.push(n);
-      }
-      n.members.push(t.index); t.node = n;
-    });
-    var seen = new Set(), edges = [];
-    (M.edges || []).forEach(function (e) {
-      var a = tasks[e[0]].node, b = tasks[e[1]].node;
-      if (a === b) return;
-      var k = a.index + ',' + b.index; if (seen.has(k)) return; seen.add(k); edges.push([a.index, b.index]);
-    });
-    // longest-path layers (Kahn), then one barycentre pass to order each layer
-    var n = nodes.length, indeg = new Int32Array(n), succ = [], pred = [];
-    for (var i = 0; i < n; i++) { succ.push([]); pred.push([]); }
-    edges.forEach(function (e) { indeg[e[1]]++; succ[e[0]].push(e[1]); pred[e[1]].push(e[0]); });
-    var layer = new Int32Array(n), queue = [];
-    for (i = 0; i < n; i++) if (!indeg[i]) queue.push(i);
-    for (var qi = 0; qi < queue.length; qi++) {
-      var u = queue[qi];
-      succ[u].forEach(function (v) { if (layer[u] + 1 > layer[v]) layer[v] = layer[u] + 1; if (--indeg[v] === 0) queue.push(v); });
-    }
-    var layers = [];
-    for (i = 0; i < n; i++) { (layers[layer[i]] = layers[layer[i]] || []).push(i); }
-    var pos = new Float64Array(n), row = 0, width = 0;
-    layers.forEach(function (L) {
-      if (!L) return;
-      L.forEach(function (v) {
-        var p = pred[v]; if (!p.length) { pos[v] = v; return; }
-        var s = 0; p.forEach(function (u) { s += pos[u]; }); pos[v] = s / p.length;
-      });
-      L.sort(function (a, b) { return pos[a] - pos[b] || a - b; });
-      for (var k = 0; k < L.length; k += ROW_MAX) {
-        var chunk = L.slice(k, k + ROW_MAX);
-        chunk.forEach(function (v, j) {
-          nodes[v].x = j * (NW + GX) + 10; nodes[v].y = row * (NH + GY) + 10; pos[v] = j;
-        });
-        width = Math.max(width, chunk.length * (NW + GX));
-        row++;
-      }
-    });
-    view = { nodes: nodes, edges: edges, byKey: byKey, width: width + 20, height: row * (NH + GY) + 20 };
-    nodes.forEach(refreshNode);
-    $('graph-note').textContent = nodes.length + ' nodes' + (nodes.length !== tasks.length ? ' for ' + tasks.length + ' tasks' : '') +
+  function relayoutNow() {
+    var view = graph.layout(tasks, M.edges || [], crit);
+    graph.draw(); legend();
+    $('graph-note').textContent = view.nodes.length + ' nodes' +
+      (view.nodes.length !== tasks.length ? ' for ' + tasks.length + ' tasks' : '') +
       (M.has_edges ? '' : ' · no graph snapshot recorded for this run: tasks without edges');
-  }
-
-  function refreshNode(n) {
-    var c = {};
-    n.members.forEach(function (i) { var s = tasks[i].status; c[s] = (c[s] || 0) + 1; });
-    n.counts = c;
-    var st = 'pending';
-    for (var i = 0; i < FD.ORDER.length; i++) { if (c[FD.ORDER[i]]) { st = FD.ORDER[i]; break; } }
-    if (c.failed) st = 'failed'; if (c.running || c.retrying) st = 'running';
-    n.status = st;
-    n.crit = n.members.some(function (i) { return crit.has(tasks[i].name); });
-    n.changed = n.members.some(function (i) { return tasks[i].changed; });
-    var what = n.kind === 'map' ? 'mapped task ' + n.label + ' (' + n.members.length + ' instances: ' + FD.counts(c) + ')'
-      : n.kind === 'grp' ? 'sub-flow ' + n.label + ' (' + n.members.length + ' tasks: ' + FD.counts(c) + '; click to expand)'
-      : 'task ' + n.label + ': ' + st;
-    if (n.changed) what += ' · code changed since the previous run';
-    if (n.crit) what += ' · on the critical path';
-    n.words = what;
-  }
-
-  // ---------------------------------------------------------------- drawing
-  var svg = null, canvas = null, cam = { x: 0, y: 0, s: 1 }, dirty = false;
-
-  function draw() {
-    var box = $('graph');
-    box.replaceChildren();
-    svg = canvas = null;
-    box.style.height = Math.max(80, Math.min(420, view.height + 16)) + 'px';
-    if (view.nodes.length <= SVG_MAX) { svg = buildSvg(false); box.appendChild(svg); }
-    else { canvasInit(box); }
-    legend();
-  }
-
-  function buildSvg(forExport) {
-    var s = FD.sv('svg', { xmlns: FD.SVGNS, width: view.width, height: view.height,
-      viewBox: '0 0 ' + view.width + ' ' + view.height, role: 'img', 'aria-label': 'task graph of run ' + runId });
-    if (forExport) s.appendChild(FD.sv('style', null, exportStyle()));
-    var defs = FD.sv('defs'), mk = FD.sv('marker', { id: 'fd-arrow', viewBox: '0 0 8 8', refX: 8, refY: 4,
-      markerWidth: 7, markerHeight: 7, orient: 'auto' });
-    mk.appendChild(FD.sv('path', { d: 'M0,0 L8,4 L0,8 z', fill: '#90a4ae' }));
-    defs.appendChild(mk); s.appendChild(defs);
-    var ge = FD.sv('g', { 'class': 'edges' });
-    view.edges.forEach(function (e) {
-      var a = view.nodes[e[0]], b = view.nodes[e[1]];
-      var x1 = a.x + NW / 2, y1 = a.y + NH, x2 = b.x + NW / 2, y2 = b.y, my = (y1 + y2) / 2;
-      ge.appendChild(FD.sv('path', { 'class': 'edge', d: 'M' + x1 + ',' + y1 + ' C' + x1 + ',' + my + ' ' + x2 + ',' + my + ' ' + x2 + ',' + y2,
-        'marker-end': 'url(#fd-arrow)' }));
-    });
-    s.appendChild(ge);
-    var gn = FD.sv('g', { 'class': 'nodes' });
-    view.nodes.forEach(function (n) { gn.appendChild(svgNode(n)); });
-    s.appendChild(gn);
-    if (!forExport) s.addEventListener('click', function (ev) {
-      var g = ev.target.closest('.node'); if (g) clickNode(view.nodes[+g.getAttribute('data-i')]);
-    });
-    return s;
-  }
-
-  function svgNode(n) {
-    var g = FD.sv('g', { 'class': 'node', 'data-i': n.index, 'data-key': n.key, transform: 'translate(' + n.x + ',' + n.y + ')' });
-    g.appendChild(FD.sv('title'));
-    g.appendChild(FD.sv('rect', { 'class': 'box', width: NW, height: NH, rx: 5 }));
-    g.appendChild(FD.sv('g', { 'class': 'stack' }));
-    g.appendChild(FD.sv('text', { x: 8, y: 19 }));
-    n.el = g; paintSvgNode(n);
-    return g;
-  }
-
-  function paintSvgNode(n) {
-    var g = n.el; if (!g) return;
-    g.setAttribute('class', 'node' + (n.crit ? ' crit' : '') + (n.changed ? ' changed' : ''));
-    g.setAttribute('data-status', n.status);
-    g.setAttribute('aria-label', n.words);
-    g.firstChild.textContent = n.words;
-    var rect = g.childNodes[1], stack = g.childNodes[2], text = g.childNodes[3];
-    rect.setAttribute('class', 'box s-' + n.status);
-    rect.setAttribute('fill', FD.COLORS[n.status] || '#ccc');
-    stack.replaceChildren();
-    if (n.kind !== 'task') {  // stacked node: a bar of counts by status along the bottom
-      var x = 0, total = n.members.length;
-      FD.ORDER.forEach(function (k) {
-        if (!n.counts[k]) return;
-        var w = NW * n.counts[k] / total;
-        stack.appendChild(FD.sv('rect', { x: x, y: NH - 6, width: w, height: 6, fill: FD.COLORS[k] }));
-        x += w;
-      });
-    }
-    var label = n.kind === 'map' ? n.label + ' ×' + n.members.length : n.kind === 'grp' ? '▸ ' + n.label + ' (' + n.members.length + ')' : n.label;
-    text.textContent = label.length > 22 ? label.slice(0, 21) + '…' : label;
-    text.setAttribute('class', n.status === 'pending' || n.status === 'skipped' ? 'dark' : 'light');
-  }
-
-  function canvasInit(box) {
-    canvas = FD.el('canvas', { 'aria-label': 'task graph (' + view.nodes.length + ' nodes; click a node for its panel)', role: 'img' });
-    box.appendChild(canvas);
-    var w = box.clientWidth || 800, h = box.clientHeight || 420;
-    canvas.width = w; canvas.height = h;
-    cam = { x: 0, y: 0, s: Math.max(0.25, Math.min(1, w / view.width)) };
-    var drag = null;
-    canvas.addEventListener('mousedown', function (e) { drag = { x: e.clientX, y: e.clientY, cx: cam.x, cy: cam.y, moved: false }; });
-    window.addEventListener('mouseup', function (e) {
-      if (drag && !drag.moved) { var n = hit(e); if (n) clickNode(n); }
-      drag = null;
-    });
-    canvas.addEventListener('mousemove', function (e) {
-      if (!drag) { var n = hit(e); canvas.title = n ? n.words : ''; return; }
-      var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-      if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
-      cam.x = drag.cx - dx / cam.s; cam.y = drag.cy - dy / cam.s; schedule();
-    });
-    canvas.addEventListener('wheel', function (e) {
-      e.preventDefault();
-      var r = canvas.getBoundingClientRect(), mx = e.clientX - r.left, my = e.clientY - r.top;
-      var wx = cam.x + mx / cam.s, wy = cam.y + my / cam.s;
-      cam.s = Math.max(0.02, Math.min(3, cam.s * (e.deltaY < 0 ? 1.2 : 1 / 1.2)));
-      cam.x = wx - mx / cam.s; cam.y = wy - my / cam.s; schedule();
-    }, { passive: false });
-    paintCanvas(canvas.getContext('2d'), cam, canvas.width, canvas.height);
-  }
-
-  function hit(e) {
-    var r = canvas.getBoundingClientRect();
-    var x = cam.x + (e.clientX - r.left) / cam.s, y = cam.y + (e.clientY - r.top) / cam.s;
-    for (var i = 0; i < view.nodes.length; i++) {
-      var n = view.nodes[i];
-      if (x >= n.x && x <= n.x + NW && y >= n.y && y <= n.y + NH) return n;
-    }
-    return null;
-  }
-
-  function schedule() {
-    if (dirty) return; dirty = true;
-    requestAnimationFrame(function () {
-      dirty = false;
-      if (canvas) paintCanvas(canvas.getContext('2d'), cam, canvas.width, canvas.height);
-    });
-  }
-
-  function paintCanvas(ctx, c, w, h) {
-    ctx.setTransform(1, 0, 0, 1, 0, 0);
-    ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, w, h);
-    ctx.setTransform(c.s, 0, 0, c.s, -c.x * c.s, -c.y * c.s);
-    var x0 = c.x, y0 = c.y, x1 = c.x + w / c.s, y1 = c.y + h / c.s;
-    var vis = function (n) { return n.x + NW >= x0 && n.x <= x1 && n.y + NH >= y0 && n.y <= y1; };
-    // many edges seen from afar are a grey fog: fainter, so the states stay readable
-    ctx.globalAlpha = c.s < 0.5 && view.edges.length > 2000 ? 0.2 : 1;
-    ctx.strokeStyle = '#90a4ae'; ctx.lineWidth = 1; ctx.beginPath();
-    view.edges.forEach(function (e) {
-      var a = view.nodes[e[0]], b = view.nodes[e[1]];
-      if (!vis(a) && !vis(b)) return;
-      ctx.moveTo(a.x + NW / 2, a.y + NH); ctx.lineTo(b.x + NW / 2, b.y);
-    });
-    ctx.stroke();
-    ctx.globalAlpha = 1;
-    var text = c.s > 0.45;
-    ctx.font = '12px system-ui, sans-serif'; ctx.textBaseline = 'middle';
-    view.nodes.forEach(function (n) {
-      if (!vis(n)) return;
-      ctx.fillStyle = FD.COLORS[n.status] || '#ccc';
-      ctx.fillRect(n.x, n.y, NW, NH);
-      if (n.kind !== 'task') {
-        var x = n.x;
-        FD.ORDER.forEach(function (k) {
-          if (!n.counts[k]) return;
-          var bw = NW * n.counts[k] / n.members.length; ctx.fillStyle = FD.COLORS[k]; ctx.fillRect(x, n.y + NH - 6, bw, 6); x += bw;
-        });
-      }
-      if (n.crit || n.changed) { ctx.strokeStyle = n.changed ? '#ff6f00' : '#000'; ctx.lineWidth = 2.5; ctx.strokeRect(n.x, n.y, NW, NH); }
-      if (text) {
-        ctx.fillStyle = n.status === 'pending' || n.status === 'skipped' ? '#263238' : '#fff';
-        var label = n.kind === 'map' ? n.label + ' ×' + n.members.length : n.kind === 'grp' ? '▸ ' + n.label : n.label;
-        ctx.fillText(label.length > 22 ? label.slice(0, 21) + '…' : label, n.x + 8, n.y + NH / 2);
-      }
-    });
   }
 
   function legend() {
@@ -313,7 +68,7 @@
   }
 
   function clickNode(n) {
-    if (n.kind === 'grp') { expanded.add(n.label); layout(); draw(); return; }
+    if (n.kind === 'grp') { graph.expand(n.label); return; }
     if (n.kind === 'map' && n.members.length) {
       var parent = byName.get(n.label);
       panel(parent ? parent.name : tasks[n.members[0]].name, n); return;
@@ -321,25 +76,11 @@
     panel(n.label, null);
   }
 
-  function exportStyle() {
-    return '.edge{stroke:#90a4ae;fill:none}.node text{font:12px sans-serif}.light{fill:#fff}.dark{fill:#263238}' +
-      '.crit rect.box{stroke:#000;stroke-width:2.5}.changed rect.box{stroke:#ff6f00;stroke-width:3}';
-  }
-
-  function svgText() { return new XMLSerializer().serializeToString(buildSvg(true)); }
   function exportSvg() {
-    FD.download('run-' + runId + '.svg', new Blob([svgText()], { type: 'image/svg+xml' }));
+    FD.download('run-' + runId + '.svg', new Blob([graph.svgText()], { type: 'image/svg+xml' }));
   }
-  function pngCanvas() {
-    var scale = Math.min(1, 8000 / Math.max(view.width, view.height));
-    var cv = document.createElement('canvas');
-    cv.width = Math.ceil(view.width * scale); cv.height = Math.ceil(view.height * scale);
-    paintCanvas(cv.getContext('2d'), { x: 0, y: 0, s: scale }, cv.width, cv.height);
-    return cv;
-  }
-
   function exportPng() {
-    pngCanvas().toBlob(function (b) { FD.download('run-' + runId + '.png', b); }, 'image/png');
+    graph.pngCanvas().toBlob(function (b) { FD.download('run-' + runId + '.png', b); }, 'image/png');
   }
 
   // ---------------------------------------------------------------- live updates
@@ -357,13 +98,12 @@
     var t = byName.get(name);
     if (!t) {  // a task the page did not know (no snapshot, or a new mapped instance)
       t = addTask({ name: name, status: st, attempts: 0, started: null, finished: null, error: null });
-      if (!relayout) relayout = setTimeout(function () { relayout = null; layout(); draw(); }, 250);
+      if (!relayout) relayout = setTimeout(function () { relayout = null; relayoutNow(); }, 250);
     }
     t.status = st;
     if (ev.error) t.error = ev.error;
     if (t.node && !relayout) {
-      refreshNode(t.node);
-      if (svg) paintSvgNode(t.node); else schedule();
+      graph.refresh(t.node);
     }
     header();
     if (openTask === name) scheduleDetail();
@@ -384,7 +124,8 @@
           var t = byName.get(row[0]); if (t) { t.status = row[1]; t.attempts = row[2]; t.started = row[3]; t.finished = row[4]; t.error = row[5]; }
         });
         crit = new Set(M.critical || []);
-        if (!relayout) { view.nodes.forEach(function (n) { refreshNode(n); if (svg) paintSvgNode(n); }); if (!svg) schedule(); }
+        graph.setCrit(crit);
+        if (!relayout) graph.refreshAll();
         header(); timeline(); metrics(); outcomes();
       }).catch(function () {});
     }, Math.max(ms, 10 * fetchCost));
@@ -601,7 +342,7 @@
   $('export-svg').addEventListener('click', exportSvg);
   $('export-png').addEventListener('click', exportPng);
   // for tests and the console: the exports as text, the model as drawn
-  window.FDRun = { tasks: function () { return tasks; }, view: function () { return view; },
-                   svg: svgText, png: function () { return pngCanvas().toDataURL('image/png'); } };
+  window.FDRun = { tasks: function () { return tasks; }, view: graph.view,
+                   svg: graph.svgText, png: function () { return graph.pngCanvas().toDataURL('image/png'); } };
   load();
 })();
