@@ -603,3 +603,23 @@ def test_a_damaged_store_is_one_clear_message_not_a_500(tmp_path):
     assert c.get("/runs/r1").status_code == 404 and "state.db" in c.get("/runs/r1").text
     r = c.get("/api/runs/r1")
     assert r.status_code == 400 and "state.db" in r.json()["error"]
+
+
+def test_tasks_of_a_crashed_run_are_not_shown_running(tmp_path):
+    """A run whose process died mid-task: the trail ends at task_started; the page says
+    the run crashed and the task was interrupted, not that it still runs."""
+    from flowdeco.plugins.state.store import SQLiteStore
+    d = tmp_path / "s"
+    store = SQLiteStore(d)
+    store.open()
+    store.begin_run("dead", "f", 1.0e9, resumed=False)
+    store.conn.execute("UPDATE runs SET pid=? WHERE run_id='dead'", (2 ** 22 + 12345,))
+    store.close()
+    (d / "runs" / "dead").mkdir(parents=True)
+    (d / "runs" / "dead" / "audit.jsonl").write_text(
+        '{"event": "run_started", "timestamp": "2001-09-09T01:46:40Z", "run_id": "dead"}\n'
+        '{"event": "task_started", "timestamp": "2001-09-09T01:46:41Z", "run_id": "dead", '
+        '"task": "slow", "attempt": 1}\n')
+    m = client(d).get("/api/runs/dead").json()
+    assert m["run"]["status"] == "crashed"
+    assert dict(zip(m["columns"], m["tasks"][0]))["status"] == "interrupted"

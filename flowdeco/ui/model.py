@@ -159,6 +159,7 @@ def run_model(reader: StateReader, run_id: str) -> dict | None:
             known.add(n)
             names.append(n)
     rows = []
+    ended = run["status"] != "running"  # finished, or crashed (its process is gone)
     for n in names:
         # rec: (name, status, attempts, started, finished, error, reason) or None
         rec = records.get(n) or (n, None, 0, None, None, None, None)
@@ -166,6 +167,8 @@ def run_model(reader: StateReader, run_id: str) -> dict | None:
         status = trail.status.get(n) or rec[1] or "pending"
         if status == "retrying":
             status = "running"
+        if status == "running" and ended:  # its process is gone: it will not finish
+            status = "interrupted"
         attempts = trail.attempts.get(n, ())
         started = attempts[0]["start"] if attempts else rec[3]
         finished = rec[4] or (attempts[-1]["end"] if attempts else None)
