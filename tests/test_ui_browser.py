@@ -423,3 +423,19 @@ def test_rerun_from_a_task_with_actions_allowed(clean_console, work):
         d.get("about:blank")  # leave before the server stops (its streams would error)
     finally:
         s.stop()
+
+
+def test_earlier_audit_events_load_on_request(clean_console, server, work):
+    names = [f"e{i:03d}" for i in range(400)]  # 801 events: the page starts with 300
+    _synthetic(work / "state", "long-trail", names)
+    d = clean_console
+    d.get(server.url + "/runs/long-trail")
+    ready(d)
+    assert len(d.find_elements(By.CSS_SELECTOR, "#audit li")) == 300
+    for want in (600, 801):
+        d.find_element(By.ID, "audit-earlier").click()
+        WebDriverWait(d, 5).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#audit li"))
+                                  == want)
+    first = d.find_element(By.CSS_SELECTOR, "#audit li")
+    assert first.get_attribute("data-event") == "run_started"
+    assert not d.find_element(By.ID, "audit-earlier").is_displayed()

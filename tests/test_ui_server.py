@@ -623,3 +623,14 @@ def test_tasks_of_a_crashed_run_are_not_shown_running(tmp_path):
     m = client(d).get("/api/runs/dead").json()
     assert m["run"]["status"] == "crashed"
     assert dict(zip(m["columns"], m["tasks"][0]))["status"] == "interrupted"
+
+
+def test_audit_history_pages_backwards_before_an_offset(state):
+    c = client(state)
+    lines = (state / "runs" / "r-fail" / "audit.jsonl").read_bytes().splitlines(keepends=True)
+    ends = [sum(len(x) for x in lines[:i + 1]) for i in range(len(lines))]
+    d = c.get("/api/runs/r-fail/audit", params={"before": ends[4], "limit": 2}).json()
+    assert [o for o, _ in d["events"]] == ends[2:4] and d["more"] is True
+    d = c.get("/api/runs/r-fail/audit", params={"before": ends[2], "limit": 5}).json()
+    assert [o for o, _ in d["events"]] == ends[:2] and d["more"] is False
+    assert c.get("/api/runs/r-fail/audit", params={"before": "x"}).status_code == 400

@@ -290,14 +290,23 @@ class Dashboard:
         return JSONResponse(detail)
 
     async def api_audit(self, request: Request) -> Response:
-        """Events after byte ``from`` (at most 1 MB of them): the trail's history, page by page."""
+        """The trail's history, page by page: events after byte ``from`` (at most 1 MB of
+        them), or the ``limit`` (<= 1000) events whose lines end before byte ``before``."""
+        q = request.query_params
         try:
             run_id = self._run_id(request)
-            start = int(request.query_params.get("from") or 0)
+            start = int(q.get("from") or 0)
+            before = int(q["before"]) if q.get("before") else None
+            limit = min(max(int(q.get("limit") or 300), 1), 1000)
         except (FlowError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        events, offset = await asyncio.to_thread(read_audit, self.reader.audit_file(run_id),
-                                                 max(start, 0), 1 << 20)
+        path = self.reader.audit_file(run_id)
+        if before is not None:
+            events, _ = await asyncio.to_thread(read_audit, path, 0, max(before, 0))
+            earlier = [(o, e) for o, e in events if o < before]
+            return JSONResponse({"events": [[o, e] for o, e in earlier[-limit:]],
+                                 "more": len(earlier) > limit})
+        events, offset = await asyncio.to_thread(read_audit, path, max(start, 0), 1 << 20)
         return JSONResponse({"events": [[o, e] for o, e in events], "offset": offset})
 
     async def run_stream(self, request: Request) -> Response:

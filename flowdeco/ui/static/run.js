@@ -238,16 +238,31 @@
     auditOffset = M.audit.offset;
     $('audit').replaceChildren();
     M.audit.events.forEach(function (p) { auditAppend(p[0], p[1], false); });
-    $('audit-note').textContent = M.audit.total > M.audit.events.length ? 'last ' + M.audit.events.length + ' of ' + M.audit.total + ' events, then live' : (STATIC ? '' : 'live');
+    $('audit-note').textContent = M.audit.total > M.audit.events.length ? 'last ' + M.audit.events.length + ' of ' + M.audit.total + ' events' + (STATIC ? '' : ', then live') : (STATIC ? '' : 'live');
     $('audit-task').addEventListener('input', auditFilter);
     $('audit-event').addEventListener('change', auditFilter);
+    var more = $('audit-earlier');
+    more.hidden = STATIC || M.audit.total <= M.audit.events.length;
+    more.addEventListener('click', auditEarlier);
+  }
+  var auditLoading = false;
+  function auditEarlier() {  // the page before the first event shown (by its line's end offset)
+    if (auditLoading) return;
+    auditLoading = true;
+    var list = $('audit'), first = list.firstElementChild;
+    var before = first ? first.getAttribute('data-pos') : auditOffset;
+    api('/api/runs/' + encodeURIComponent(runId) + '/audit?limit=300&before=' + before).then(function (d) {
+      var frag = document.createDocumentFragment();
+      d.events.forEach(function (p) { frag.appendChild(auditItem(p[0], p[1])); });
+      list.insertBefore(frag, list.firstChild);
+      $('audit-earlier').hidden = !d.more;
+    }).finally(function () { auditLoading = false; });
   }
   function auditShown(ev) {
     var t = $('audit-task').value.trim(), k = $('audit-event').value;
     return (!t || (ev.task || '').indexOf(t) >= 0) && (!k || ev.event === k);
   }
-  function auditAppend(pos, ev, live) {
-    var list = $('audit');
+  function auditItem(pos, ev) {
     if (!auditKinds.has(ev.event)) {
       auditKinds.add(ev.event); $('audit-event').appendChild(FD.el('option', { value: ev.event }, ev.event));
     }
@@ -256,9 +271,13 @@
       (ev.timestamp || '').slice(11, 23) + ' ' + ev.event + (ev.task ? ' ' + ev.task : '') + ' ' + JSON.stringify(rest));
     li._ev = ev;
     if (!auditShown(ev)) li.hidden = true;
+    return li;
+  }
+  function auditAppend(pos, ev, live) {
+    var list = $('audit'), li = auditItem(pos, ev);
     var stick = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
     list.appendChild(li);
-    while (list.childElementCount > 2000) list.firstElementChild.remove();
+    while (list.childElementCount > 5000) list.firstElementChild.remove();
     if (live && stick) list.scrollTop = list.scrollHeight;
   }
   function auditFilter() { Array.prototype.forEach.call($('audit').children, function (li) { li.hidden = !auditShown(li._ev); }); }
