@@ -634,3 +634,15 @@ def test_audit_history_pages_backwards_before_an_offset(state):
     d = c.get("/api/runs/r-fail/audit", params={"before": ends[2], "limit": 5}).json()
     assert [o for o, _ in d["events"]] == ends[:2] and d["more"] is False
     assert c.get("/api/runs/r-fail/audit", params={"before": "x"}).status_code == 400
+
+
+def test_a_running_run_shows_its_duration_so_far(tmp_path):
+    import time as _time
+    from flowdeco.plugins.state.store import SQLiteStore
+    d = tmp_path / "s"
+    store = SQLiteStore(d)
+    store.open()
+    store.begin_run("live", "f", _time.time() - 30, resumed=False)  # pid: this process
+    store.close()
+    row = client(d).get("/api/runs").json()["runs"][0]
+    assert row["status"] == "running" and 29 < row["duration"] < 120

@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -68,9 +69,19 @@ RunRow = dict  # run_id, flow, status, started, finished, duration, sessions, co
 
 
 def _row(run: RunRecord, counts: dict[str, int], version: str | None = None) -> RunRow:
-    return {"run_id": run.run_id, "flow": run.flow, "status": run_status(run),
-            "started": run.started, "finished": run.finished, "duration": run.duration,
+    status = run_status(run)
+    return {"run_id": run.run_id, "flow": run.flow, "status": status,
+            "started": run.started, "finished": run.finished,
+            "duration": so_far(status, run.duration, run.session_started),
             "sessions": run.sessions, "counts": dict(counts), "version": version}
+
+
+def so_far(status: str, duration: float, session_started: float | None) -> float:
+    """A run's duration as shown: the store counts ended sessions only, so a running run
+    adds the time since its session started."""
+    if status == "running" and session_started is not None:
+        return duration + max(time.time() - session_started, 0.0)
+    return duration
 
 
 def day_bounds(day: str | None, end: bool = False) -> float | None:
@@ -296,6 +307,8 @@ def _normal_row(r: Any) -> RunRow:
     out = _as_dict(r)
     out["counts"] = dict(out.get("counts") or {})
     out["version"] = out.pop("flow_version", out.get("version"))
+    out["duration"] = so_far(str(out.get("status")), float(out.get("duration") or 0.0),
+                             out.get("session_started"))
     return {k: out.get(k) for k in ("run_id", "flow", "status", "started", "finished",
                                     "duration", "sessions", "counts", "version")}
 
