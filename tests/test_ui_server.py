@@ -646,3 +646,26 @@ def test_a_running_run_shows_its_duration_so_far(tmp_path):
     store.close()
     row = client(d).get("/api/runs").json()["runs"][0]
     assert row["status"] == "running" and 29 < row["duration"] < 120
+
+
+def test_ctrl_c_stops_the_ui_even_with_live_streams_open(state, tmp_path):
+    import signal
+    import socket
+    p = subprocess.Popen([sys.executable, "-m", "flowdeco", "ui", "--state-dir", str(state),
+                          "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        m = re.match(r"flowdeco ui: http://127\.0\.0\.1:(\d+)/ ", p.stdout.readline())
+        assert m
+        conn = socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=10)
+        conn.sendall(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{m.group(1)}\r\n\r\n"
+                     .encode())
+        assert b"200" in conn.recv(100)  # the stream is open
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=8) == 0
+        assert "Traceback" not in p.stderr.read()  # the stream ended, it was not cancelled
+        conn.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

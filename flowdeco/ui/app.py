@@ -189,6 +189,8 @@ class Dashboard:
         self.env = templates()
         self.cwd = cwd or os.getcwd()
         self.stream_seconds = 300.0  # a stream ends after this; the browser reconnects
+        #: set when the server shuts down (Ctrl-C): live streams end at their next poll
+        self.stopping = False
 
     # -- helpers
     def page(self, name: str, **ctx: Any) -> HTMLResponse:
@@ -340,7 +342,7 @@ class Dashboard:
         interval = FAST
         stamp = await asyncio.to_thread(self.reader.stamp)
         size = -1
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopping:
             try:
                 now_size = os.stat(path).st_size
             except OSError:
@@ -370,7 +372,7 @@ class Dashboard:
         deadline = time.monotonic() + seconds
         stamp = await asyncio.to_thread(self.reader.stamp)
         interval = FAST
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopping:
             await asyncio.sleep(interval)
             now = await asyncio.to_thread(self.reader.stamp)
             if now != stamp:

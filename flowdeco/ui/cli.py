@@ -102,8 +102,17 @@ def main(argv: Sequence[str], pluginmanager: Any = None) -> int:
     if ns.open:
         import webbrowser
         webbrowser.open(url)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    dashboard = app.app.state.dashboard
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            dashboard.stopping = True  # live streams end at their next poll (< 1 s)
+            super().handle_exit(sig, frame)
+
+    # a stream that does not end by itself is closed 3 s after Ctrl-C
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=3)
+    server = Server(config)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
