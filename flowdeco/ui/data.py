@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from ..errors import StateError
 from ..plugins.audit import audit_path
 from ..plugins.state.store import (DB_NAME, RunLock, RunRecord, SQLiteStore, StoreChanged,
-                                   TaskRecord)
+                                   TaskRecord, _reading)
 
 try:  # the data layer of issue 17 (schema v4); absent until it lands
     from ..plugins.state import queries as _queries  # type: ignore[attr-defined]
@@ -152,11 +152,10 @@ class StateReader:
                 if store is None:
                     return empty
                 try:
-                    out = fn(store)
-                    check = getattr(store, "_check_unchanged", None)
-                    if getattr(store, "_immutable", None) is not None and check is not None:
-                        check()  # raw SQL below the store's own guard: was it written meanwhile?
-                    return out
+                    # the store's own guard: driver errors become StateError naming the
+                    # file, and a read without locks checks the file was not written meanwhile
+                    with _reading(store):
+                        return fn(store)
                 except StoreChanged:
                     self._close()
                     if attempt == 2:
@@ -216,9 +215,6 @@ class StateReader:
                     return _normal_row(detail)
             return _row(rec, counts)
         return self._read(q, None)
-
-    def tasks(self, run_id: str) -> dict[str, TaskRecord]:
-        return self._read(lambda s: s.load_tasks(run_id), {})
 
     def task_rows(self, run_id: str) -> list[tuple]:
         """(name, status, attempts, started, finished, error, reason) of every task: the
