@@ -33,10 +33,12 @@ pytest.importorskip("starlette", reason="the ui extra is not installed: pip inst
                     "'flowdeco[ui]'")
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (NoAlertPresentException,  # noqa: E402
+                                        StaleElementReferenceException)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait as _Wait  # noqa: E402
 
 import flowdeco  # noqa: E402
 from flowdeco import task  # noqa: E402
@@ -186,10 +188,21 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def WebDriverWait(driver, timeout: float, **kw):  # noqa: N802 - selenium's name
+    """Waits that look again when the page redrew an element under them (a relayout)."""
+    return _Wait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,), **kw)
+
+
 def node(driver, name: str, kind: str = "task"):
-    for el in driver.find_elements(By.CSS_SELECTOR, "#graph g.node"):
-        if el.get_attribute("data-key") == f"{kind}:{name}":
-            return el
+    """The graph node of a task (``kind``: task, grp, map), None when not drawn."""
+    for _ in range(5):
+        try:
+            for el in driver.find_elements(By.CSS_SELECTOR, "#graph g.node"):
+                if el.get_attribute("data-key") == f"{kind}:{name}":
+                    return el
+            return None
+        except StaleElementReferenceException:  # the graph was redrawn meanwhile
+            continue
     return None
 
 
@@ -290,9 +303,9 @@ def test_filters_survive_a_reload(clean_console, server):
     d.get(url)  # a reload: only the URL carries the filters
     assert Select(d.find_element(By.ID, "f-status")).first_selected_option.text == "failed"
     assert d.find_element(By.ID, "f-text").get_attribute("value") == "r-"
-    runs = [tr.get_attribute("data-run") for tr in
-            d.find_elements(By.CSS_SELECTOR, "#runs-body tr")]
-    assert runs == ["r-fail"]
+    # the live list re-renders its rows when its stream opens: read them in a wait
+    WebDriverWait(d, 5).until(lambda d: [tr.get_attribute("data-run") for tr in d.find_elements(
+        By.CSS_SELECTOR, "#runs-body tr")] == ["r-fail"])
 
 
 def test_xss_task_name_stays_text(clean_console, server):
