@@ -251,9 +251,9 @@ def test_run_page_shows_running_then_succeeded_without_reload(clean_console, ser
         d.get(server.url + "/runs/live-1")
         ready(d)
         WebDriverWait(d, 5).until(lambda d: node(d, "gate") is not None)
-        gate = node(d, "gate")
-        assert gate.get_attribute("data-status") == "running"
-        assert "task gate: running" in gate.get_attribute("aria-label")
+        WebDriverWait(d, 5).until(  # the state in words as well as colour
+            lambda d: node(d, "gate").get_attribute("data-status") == "running"
+            and "task gate: running" in node(d, "gate").get_attribute("aria-label"))
         d.execute_script("window.__same_page = 1")
         go.write_text("")
         _wait_for(audit, '"event": "task_succeeded", "timestamp": ')
@@ -262,7 +262,8 @@ def test_run_page_shows_running_then_succeeded_without_reload(clean_console, ser
         WebDriverWait(d, 2.0, poll_frequency=0.05).until(
             lambda d: node(d, "gate").get_attribute("data-status") == "succeeded")
         latency = time.monotonic() - seen
-        assert "task gate: succeeded" in node(d, "gate").get_attribute("aria-label")
+        WebDriverWait(d, 2).until(
+            lambda d: "task gate: succeeded" in node(d, "gate").get_attribute("aria-label"))
         assert d.execute_script("return window.__same_page") == 1  # no reload happened
         assert latency < 2.0
         WebDriverWait(d, 5).until(lambda d: node(d, "broken").get_attribute("data-status")
