@@ -5,6 +5,7 @@
     python -m flowdeco runs [--state-dir DIR] [--flow NAME] [--limit N]   # list
     python -m flowdeco runs show ID|last [--state-dir DIR]                 # per-task table
     python -m flowdeco runs export ID|last [--state-dir DIR] [-o FILE]     # the run as JSON
+    python -m flowdeco runs report ID|last -o run.html [--state-dir DIR]   # one HTML file
     python -m flowdeco runs prune --keep N [--state-dir DIR] [--dry-run]   # forget old runs
     python -m flowdeco runs diff A B [--state-dir DIR] [--json]            # two runs' graphs
 
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                  description="List and inspect saved runs (default: list them).")
     ap.add_argument("--flow", default=None, help="only runs of this flow")
     ap.add_argument("--limit", type=int, default=None, metavar="N", help="at most N runs")
-    sub = ap.add_subparsers(dest="action", metavar="{list,show,export,prune,diff}",
+    sub = ap.add_subparsers(dest="action", metavar="{list,show,export,report,prune,diff}",
                             parser_class=_Parser)
     ls = sub.add_parser("list", parents=[common], help="list runs (the default)")
     ls.add_argument("--flow", default=argparse.SUPPRESS, help="only runs of this flow")
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_id", metavar="ID", help="a run id, or 'last'")
     export.add_argument("-o", "--output", default=None, metavar="FILE",
                         help="write to FILE (created owner-only) instead of stdout")
+    report = sub.add_parser("report", parents=[common],
+                            help="one run as a self-contained HTML file (needs flowdeco[ui])")
+    report.add_argument("run_id", metavar="ID", help="a run id, or 'last'")
+    report.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="the HTML file to write (e.g. run.html)")
     prune = sub.add_parser("prune", parents=[common], help="forget all but the latest runs")
     prune.add_argument("--keep", type=int, required=True, metavar="N",
                        help="how many of the most recent runs to keep")
@@ -130,6 +136,11 @@ def _act(ns: argparse.Namespace, pluginmanager: Any, out: IO[str]) -> int:
         run_id = _resolve(store, state_dir, ns.run_id)
         if action == "show":
             return _show(store, run_id, out)
+        if action == "report":
+            from ...ui.report import write_report
+            path = write_report(state_dir, run_id, ns.output)
+            print(f"wrote {path} (open it in a browser; it needs no server)", file=out)
+            return ExitCode.OK
         return _export(store, run_id, ns.output, out)
     finally:
         store.close()

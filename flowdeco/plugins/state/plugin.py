@@ -194,7 +194,9 @@ def flowdeco_unconfigure(config: Any) -> None:
 @hookimpl
 def flowdeco_cli_commands(commands: dict) -> None:
     from .commands import runs_command
+    from ...ui import ui_command
     commands["runs"] = runs_command()
+    commands["ui"] = ui_command()
 
 
 # --------------------------------------------------------------------------- the plugin
