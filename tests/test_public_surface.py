@@ -267,14 +267,7 @@ def test_stash_keys_are_typed_and_distinct():
 HOOK_PARAM_TYPES = {"run": "Run", "config": "Config", "task": "Vertex", "graph": "Graph",
                     "parser": "Parser", "event": "Event", "result": "RunResult",
                     "attempt": "Attempt"}
-# Files other issue-16 work rewrites at the same time (policies moving to the core,
-# metrics' public timing records): annotate them after merging, then empty this.
-UNTYPED_HOOKS_ALLOWED = frozenset({
-    "flowdeco/plugins/circuit.py",
-    "flowdeco/plugins/retry.py", "flowdeco/plugins/timeout.py",
-    # rewritten on main by issue 14 (durable reports) after this test was written
-    "flowdeco/plugins/audit.py", "flowdeco/plugins/state/plugin.py",
-})
+UNTYPED_HOOKS_ALLOWED: frozenset[str] = frozenset()
 
 
 def untyped_hook_params(source: str) -> list[str]:

@@ -34,6 +34,7 @@ completion path.
 from __future__ import annotations
 
 import heapq
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -44,7 +45,7 @@ from ..executors import remote_failure
 from ..graph import kahn_order
 from ..outcome import SUCCEEDED
 from ..pickling import load_outcome
-from .attempt import call_batch, call_remote, is_plain, run_attempt
+from .attempt import RemotePolicy, call_batch, call_remote, is_plain, run_attempt
 from .states import (DONE, M_CRASH, M_DONE, M_LOG, PENDING, READY, RUNNING, S_RUNNING,
                      S_STOPPING)
 
@@ -177,7 +178,7 @@ class ThreadDispatch(Dispatch):
                 else:
                     result, err, overran = run_attempt(
                         fns[i], call, kw, guard, deadline, watchdog, i, attempt, iteration, t0,
-                        me, t0 if real else None)
+                        me, t0 if real else None, vertices[i].name)
                     if overran:
                         return  # the scheduler ended this attempt and gave up this thread
                 t1 = mono()
@@ -270,10 +271,12 @@ class SyncDispatch(Dispatch):
         meanwhile; (result, error, start, end)."""
         run = self.run
         guard = run._guards[i] if run._guards is not None else None
+        deadline = run._deadlines[i] if run._deadlines is not None else None
         mono = run.clock.monotonic
         run.sync_busy = True
         t0 = mono()
-        result, err, _ = run_attempt(run._fns[i], run._calls[i], kw, guard)
+        result, err, _ = run_attempt(run._fns[i], run._calls[i], kw, guard, deadline,
+                                     name=run.graph.vertices[i].name)
         t1 = mono()
         run.sync_busy = False
         q = run.q
@@ -299,7 +302,7 @@ class SyncDispatch(Dispatch):
         state, status, attempts = table.state, table.status, table.attempts
         t0s, t1s, workers = table.t0, table.t1, table.worker
         vertices = run.graph.vertices
-        calls, guards = run._calls, run._guards
+        calls, guards, deadlines, policed = run._calls, run._guards, run._deadlines, run._policed
         mono = run.clock.monotonic
         empty, get, handle = run.q.empty, run.q.get, run._handle
         reporting, has_flush = run.reporting, run._has_flush
@@ -319,13 +322,15 @@ class SyncDispatch(Dispatch):
             call = calls[i]
             run.sync_busy = True
             t0 = mono()
-            if guards is None or guards[i] is None:
+            if policed is None or not policed[i]:
                 try:
                     result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
                 except BaseException as exc:  # noqa: BLE001 - a task may raise anything
                     result, err = None, exc
             else:
-                result, err, _ = run_attempt(v.fn, call, kw, guards[i])
+                result, err, _ = run_attempt(
+                    v.fn, call, kw, guards[i] if guards is not None else None,
+                    deadlines[i] if deadlines is not None else None, name=v.name)
             t1 = mono()
             run.sync_busy = False
             while not empty():  # log records, events and signals that arrived during the task
@@ -403,11 +408,23 @@ class RemoteStats:
         return est if est is not None and over is not None and est < over else None
 
 
+def remote_policies(run: "Run") -> list[RemotePolicy | None]:
+    """Per task, the guard and deadline a remote attempt carries (None: neither)."""
+    n = len(run.graph)
+    if run._policed is None:
+        return [None] * n
+    guards = run._guards or [None] * n
+    deadlines = run._deadlines or [None] * n
+    pid = os.getpid()
+    return [RemotePolicy(guards[i], deadlines[i], v.name, pid) if run._policed[i] else None
+            for i, v in enumerate(run.graph.vertices)]
+
+
 class RemoteDispatch(Dispatch):
     """Process pools and Dask: each attempt travels by pickle (:func:`call_remote`).
 
     Tiny tasks are batched: when the task being started and the next ready
-    ones are plain calls (no per-attempt wrapper) whose code ran shorter than
+    ones are plain calls (no per-attempt wrapper, guard or deadline) whose code ran shorter than
     a round trip to a worker costs, they go as one submission that runs them
     in sequence (:func:`call_batch`).  The completions are posted back as if
     a worker had chained them ("finished A, started B"), so reports, state and
@@ -419,16 +436,19 @@ class RemoteDispatch(Dispatch):
     def __init__(self, run: "Run"):
         super().__init__(run)
         self.stats = RemoteStats()
+        #: per task: the guard and deadline its attempts carry to the worker, or None
+        self.policies = remote_policies(run)
 
     def start(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
         run = self.run
         stats = self.stats
         calls_of, fns = run._calls, run._fns
         table = run._table
+        policies = self.policies
         members = [(i, attempt, iteration)]
-        calls = [(calls_of[i], kw)]
+        calls: list[tuple] = [(calls_of[i], kw, policies[i])]
         est = stats.tiny(fns[i]) if BATCH_MAX > 1 and not run.stop_on_error \
-            and is_plain(calls_of[i]) else None
+            and policies[i] is None and is_plain(calls_of[i]) else None
         if est is not None:
             ready, mod, vertices, results = run._ready, run._prio_mod, run.graph.vertices, \
                 run.results
@@ -442,7 +462,8 @@ class RemoteDispatch(Dispatch):
                         break       # a mapped task goes first: the scheduler starts it
                     j = ready[0] % mod
                     e = stats.tiny(fns[j])
-                    if e is None or e > budget or not is_plain(calls_of[j]):
+                    if e is None or e > budget or policies[j] is not None \
+                            or not is_plain(calls_of[j]):
                         break
                     heapq.heappop(ready)
                     budget -= e
@@ -453,7 +474,7 @@ class RemoteDispatch(Dispatch):
                 if v.wants_ctx:
                     kj["ctx"] = run._context(v, a, it)
                 table.state[j] = RUNNING
-                calls.append((calls_of[j], kj))
+                calls.append((calls_of[j], kj, None))
         sent = time.perf_counter()
         try:
             fut = run.executor.submit(call_remote, *calls[0]) if len(calls) == 1 else \

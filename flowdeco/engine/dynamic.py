@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -295,7 +296,7 @@ class DynamicFlows:
         call, mono = m.call, run.clock.monotonic
         run.sync_busy = True
         t0 = mono()
-        result, err, _ = run_attempt(m.fn, call, kw)
+        result, err, _ = run_attempt(m.fn, call, kw, m.guard, m.deadline, name=m.name)
         t1 = mono()
         run.sync_busy = False
         q = run.q
@@ -323,10 +324,17 @@ class DynamicFlows:
             key, n = m.key, m.n
             base, items, param = m.base, m.items, m.param
             chain = port.chaining
-            worker = threading.current_thread().name
+            me = threading.current_thread()
+            worker = me.name
+            guard, deadline, watchdog = m.guard, m.deadline, port.watchdog
+            real = mono is time.monotonic  # deadlines are real time (see ThreadDispatch.work)
             while True:
                 t0 = mono()
-                result, err, _ = run_attempt(fn, call, kw)
+                result, err, overran = run_attempt(fn, call, kw, guard, deadline, watchdog,
+                                                   (m, k), attempt, None, t0, me,
+                                                   t0 if real else None, m.name)
+                if overran:
+                    return  # the scheduler ended this attempt and gave up this thread
                 t1 = mono()
                 nxt = -1
                 if chain and not run.stopping and not (
@@ -355,7 +363,7 @@ class DynamicFlows:
     def _submit_remote(self, m: MapState, k: int, kw: dict, attempt: int) -> None:
         run = self.run
         try:
-            fut = run.executor.submit(call_remote, m.call, kw)
+            fut = run.executor.submit(call_remote, m.call, kw, m.policy)
         except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
             now = run.clock.monotonic()
             run.q.put((M_INSTANCE_DONE, m, k, attempt, None, remote_failure(exc, m.instance(k)),

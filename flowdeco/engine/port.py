@@ -36,6 +36,8 @@ class SchedulerPort:
       is the task index); both change under ``lock`` only;
     - ``prio``: the priority key of each task;
     - ``calls``: the per-task attempt wrapper (None: call the function);
+    - ``guards`` / ``deadlines``: per-task attempt guard and deadline (None: no task
+      has one); ``watchdog``: what enforces deadlines on flowdeco's thread pool, or None;
     - ``success_hooked``: tasks whose successful attempts go through
       ``flowdeco_attempt_done``; ``has_restore``, ``has_flush``,
       ``has_attempt_done``: whether those hooks have implementations;
@@ -61,6 +63,7 @@ class SchedulerPort:
     """
 
     __slots__ = ("table", "ready", "map_ready", "lock", "prio", "prio_mod", "calls",
+                 "guards", "deadlines", "watchdog",
                  "success_hooked", "has_restore", "has_flush", "has_attempt_done",
                  "restore_fields", "log_sink", "chaining", "offset", "finish", "start",
                  "restore", "push_timer", "flush", "handle", "context", "report",
@@ -74,6 +77,9 @@ class SchedulerPort:
         self.prio: list[int] = run._prio
         self.prio_mod: int = run._prio_mod
         self.calls: list[Any] = run._calls
+        self.guards: list[Any] | None = run._guards
+        self.deadlines: list[Any] | None = run._deadlines
+        self.watchdog = run._watchdog
         self.success_hooked = run._success_hooked
         self.has_restore: bool = run._has_restore
         self.has_flush: bool = run._has_flush

@@ -276,11 +276,16 @@ class Run(RunSurface, RunSetup, RunReporting):
         elif kind == M_EXPIRED:
             i, attempt, iteration, t0, thread, deadline, guard, token = msg[1][2:]
             self.executor.give_up(thread)
-            error = deadline.error(self.graph.vertices[i].name)
+            instance = type(i) is tuple  # (MapState, k): a mapped task's instance
+            error = deadline.error(i[0].name if instance else self.graph.vertices[i].name)
             if guard is not None:
                 guard.exit(token, error)  # the overrun counts as the guarded call's failure
-            self._on_done(i, attempt, iteration, None, error, t0, self.clock.monotonic(),
-                          thread.name, None, 0)
+            if instance:
+                self._dyn.on_done(i[0], i[1], attempt, None, error, t0, self.clock.monotonic(),
+                                  thread.name, -1)
+            else:
+                self._on_done(i, attempt, iteration, None, error, t0, self.clock.monotonic(),
+                              thread.name, None, 0)
         elif kind == M_CALL:
             msg[1]()
         elif kind == M_CRASH:

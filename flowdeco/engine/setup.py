@@ -3,7 +3,8 @@
 Which hooks have implementations is asked once here, so an idle plugin costs
 nothing per task; each task's call (``flowdeco_task_wrap``), guard
 (``flowdeco_task_guards``) and deadline (``flowdeco_task_deadlines``) are
-looked up into per-task lists the workers index.
+looked up into per-task lists the workers index, on every executor (remote
+attempts carry theirs to the worker).
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ class RunSetup:
         if self._has_restore:
             self._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
                                           firstresult=True)
-        if self.can_abandon and has(hook.flowdeco_task_deadlines):
+        if has(hook.flowdeco_task_deadlines):
             self._setup_deadlines(hook.flowdeco_task_deadlines(run=self))
-        if self.local and has(hook.flowdeco_task_guards):
+        if has(hook.flowdeco_task_guards):
             self._guards = self._per_task(hook.flowdeco_task_guards(run=self))
+        #: per task: an attempt with a guard or deadline (None: no task has one)
+        self._policed = None if self._guards is None and self._deadlines is None else [
+            g is not None or d is not None for g, d in zip(
+                self._guards or [None] * len(self.graph),
+                self._deadlines or [None] * len(self.graph))]
         local = self.local
         calls: list[Callable[[dict], Any] | None]
         if wrap is None and local:
@@ -111,7 +117,8 @@ class RunSetup:
 
     def _per_task(self, answers: list) -> list | None:
         """``{task index: value}`` answers merged into a per-vertex list (first answer wins),
-        keeping plain tasks only (not sub-flow nodes, not mapped tasks); None if empty."""
+        keeping tasks only (a mapped task's value serves its instances; sub-flow nodes
+        take none); None if empty."""
         answers = [a for a in answers if a]
         if not answers:
             return None
@@ -121,16 +128,18 @@ class RunSetup:
             for i, x in answer.items():
                 if x is not None:
                     out[i] = x
-        for i in self.graph.dynamic:  # sub-flow nodes and mapped tasks take none
-            v = vertices[i]
-            if v.kind is not TASK or v.spec.map is not None:  # type: ignore[union-attr]
+        for i in self.graph.dynamic:  # sub-flow nodes take none
+            if vertices[i].kind is not TASK:
                 out[i] = None
         return out if out.count(None) < len(out) else None
 
     def _setup_deadlines(self, answers: list) -> None:
+        """Per-task deadlines; on flowdeco's thread pool (``can_abandon``) a watchdog
+        enforces them, elsewhere each attempt does (``engine.attempt.call_limited``)."""
         deadlines = self._per_task(answers)
         if deadlines is not None:
             self._deadlines = deadlines
-            self._watchdog = Watchdog(self._expire)
-            self._watchdog.start()
+            if self.can_abandon:
+                self._watchdog = Watchdog(self._expire)
+                self._watchdog.start()
 

@@ -33,13 +33,19 @@ costs nothing.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError, UsageError
 from ..manager import hookimpl
 from ..outcome import Reschedule
 # the policy lives in the core (pipelines use it too); re-exported here for compatibility
 from ..policies.retry import BACKOFFS, Backoff, RandomSource, Retry  # noqa: F401
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config, Parser
+    from ..engine.scheduler import Run
+    from ..graph import Graph, Vertex
+    from ..outcome import Attempt
 
 NAME = "retry"
 
@@ -56,7 +62,7 @@ def _shorthand(retries: int) -> Retry:
 
 
 @hookimpl(trylast=True)  # listed after the core's own options in --help
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     parser.addoption("--retries", dest="retries", type=int, default=None, metavar="N",
                      group="running",
                      help="retries after a failed attempt, for tasks that set no retries= "
@@ -67,7 +73,7 @@ def flowdeco_addoption(parser: Any) -> None:
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     retries = config.getoption("retries")
     policy = config.getoption("retry")
     if retries is not None and policy is not None:
@@ -84,7 +90,7 @@ def flowdeco_configure(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     config.stash.pop(_STASH_DEFAULT, None)
 
 
@@ -94,7 +100,7 @@ def flowdeco_task_options() -> list[str]:
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
     for v in graph.using("retry"):
         spec = v.spec
         if not isinstance(spec.retry, Retry):
@@ -104,7 +110,7 @@ def flowdeco_collection_finish(config: Any, graph: Any) -> None:
 
 
 @hookimpl(tryfirst=True)
-def flowdeco_attempt_done(run: Any, task: Any, attempt: Any) -> Reschedule | None:
+def flowdeco_attempt_done(run: Run, task: Vertex, attempt: Attempt) -> Reschedule | None:
     err = attempt.error
     if err is None:
         return None
