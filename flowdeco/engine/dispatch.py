@@ -42,7 +42,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..executors import remote_failure
-from ..graph import kahn_order
+from ..graph import TASK, kahn_order
 from ..outcome import SUCCEEDED
 from ..pickling import load_outcome
 from .attempt import RemotePolicy, call_batch, call_remote, is_plain, run_attempt
@@ -67,6 +67,37 @@ def make_dispatcher(run: "Run") -> "Dispatch":
     return RemoteDispatch(run)
 
 
+def chains(run: "Run") -> list[int | None]:
+    """For each task, the successor a worker may run right after it, or None.
+
+    Only a task that depends on nothing else qualifies, and only when no
+    other successor (which may become ready by the same completion) would
+    have to start first by the priority rule, and never a task that goes
+    through the dynamic gate (``map=``, ``when=``, ``trigger=``).
+    """
+    vertices = run.graph.vertices
+    watched, slow = run._success_hooked, run._table.gated
+    out: list[int | None] = []
+    for i, first in enumerate(first_successors(run)):
+        best = None
+        if first is not None and i not in watched:
+            w = vertices[first]
+            if w.kind is TASK and len(w.deps) == 1 and not slow[first]:
+                best = first
+        out.append(best)
+    return out
+
+
+def first_successors(run: "Run") -> list[int | None]:
+    """Each task's successor that goes first by the priority rule (None: no successor)."""
+    first = run.__dict__.get("_first_succs")
+    if first is None:
+        get = run._prio.__getitem__
+        first = run._first_succs = [min(succ, key=get) if succ else None
+                                    for succ in run.graph.succs]
+    return first
+
+
 class Dispatch:
     """The interface (see the module docstring); ``fill`` pops the ready heap by priority."""
 
@@ -83,7 +114,7 @@ class Dispatch:
         lock = run._lock
         mod = run._prio_mod
         table = run._table
-        while ready and run.inflight < run.workers and run._stop_state < S_STOPPING:
+        while ready and run.inflight < run.workers and run.stop_state < S_STOPPING:
             with lock:
                 if not ready:
                     break
@@ -108,11 +139,11 @@ class ThreadDispatch(Dispatch):
         # with one worker, priority order must be exact: a worker does not pick its
         # next task while a completion of its own that may release tasks is unseen
         self.exact_order = run.workers == 1
-        self.chain_next = run._chains() if run._chaining else [None] * len(run.graph)
+        self.chain_next = chains(run) if run._chaining else [None] * len(run.graph)
         self.nsuccs = [len(x) for x in run.graph.succs]
         key = run._prio
         # the best priority key among each task's successors
-        self.best_succ = [_INF if f is None else key[f] for f in run._first_successors()] \
+        self.best_succ = [_INF if f is None else key[f] for f in first_successors(run)] \
             if self.workers_pick else []
         #: per worker thread: completions posted (the scheduler's side: run._handled)
         self.posted: dict[str, int] = {}
@@ -184,7 +215,7 @@ class ThreadDispatch(Dispatch):
                 t1 = mono()
                 nxt = None
                 chained = False
-                if pick and run._stop_state == S_RUNNING and not (
+                if pick and run.stop_state == S_RUNNING and not (
                         err is not None and run.stop_on_error) and not (
                         exact and handled.get(worker, 0) < fanout):
                     # a task this completion releases may have to go first: take
@@ -257,7 +288,7 @@ class SyncDispatch(Dispatch):
         map_ready = run._map_ready
         mod = run._prio_mod
         table = run._table
-        while (ready or map_ready) and run._stop_state < S_STOPPING:
+        while (ready or map_ready) and run.stop_state < S_STOPPING:
             if map_ready and run._dyn.sync_step():  # a mapped task's instance went first
                 continue
             i = heapq.heappop(ready) % mod
@@ -305,9 +336,9 @@ class SyncDispatch(Dispatch):
         calls, guards, deadlines, policed = run._calls, run._guards, run._deadlines, run._policed
         mono = run.clock.monotonic
         empty, get, handle = run.q.empty, run.q.get, run._handle
-        reporting, has_flush = run.reporting, run._has_flush
+        reporting, has_flush, report = run.reporting, run._has_flush, run.reporter
         for i in order:
-            if run._stop_state >= S_STOPPING:
+            if run.stop_state >= S_STOPPING:
                 return self.leave_order()
             if run.flush_due:
                 run._flush()
@@ -318,7 +349,7 @@ class SyncDispatch(Dispatch):
                 kw["ctx"] = run._context(v, 1, None)
             state[i] = RUNNING
             if reporting:
-                run._report_started(v.name, 1, None)
+                report.started(v.name, 1, None)
             call = calls[i]
             run.sync_busy = True
             t0 = mono()
@@ -350,7 +381,7 @@ class SyncDispatch(Dispatch):
             t1s[i] = t1
             workers[i] = "sync"
             if reporting:
-                run._report_outcome(i)
+                report.outcome(i)
             if has_flush:
                 run.hook.flowdeco_report_flush(run=run)
         return None

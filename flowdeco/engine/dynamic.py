@@ -444,7 +444,7 @@ class DynamicFlows:
                          None, err, attempt, t1, worker)
                 return
             m.status[k] = I_WAITING
-            # the timer's iteration slot carries the instance (see Run._release_timers)
+            # the timer's iteration slot carries the instance (see Timers.release)
             port.push_timer(run.clock.monotonic() + delay, m.index, next_attempt, k)
             return
         if isinstance(decision, Finish):

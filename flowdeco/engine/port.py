@@ -92,10 +92,10 @@ class SchedulerPort:
         self.start: Callable[[int, int, int | None], None] = run._start
         self.restore: Callable[[Run, Vertex, str], Restored | None] | None = \
             getattr(run, "_restore", None)
-        self.push_timer: Callable[[float, int, int, int | None], None] = run._push_timer
+        self.push_timer: Callable[[float, int, int, int | None], None] = run.timers.push
         self.flush: Callable[[], None] = run._flush
         self.handle: Callable[[tuple], None] = run._handle
         self.context: Callable[..., Context] = run._context
-        self.report: Callable[..., None] = run._report
-        self.report_started: Callable[..., None] = run._report_started
-        self.report_end: Callable[[str, TaskOutcome, float | None], None] = run._report_end
+        self.report: Callable[..., None] = run.reporter.event
+        self.report_started: Callable[..., None] = run.reporter.started
+        self.report_end: Callable[[str, TaskOutcome, float | None], None] = run.reporter.end
