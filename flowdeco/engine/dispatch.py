@@ -59,7 +59,7 @@ BATCH_MAX = 1024
 
 
 def make_dispatcher(run: "Run") -> "Dispatch":
-    """The strategy for ``run``'s executor (called at the end of ``Run._setup``)."""
+    """The strategy for ``run``'s executor (called at the end of ``setup``)."""
     if run.sync:
         return SyncDispatch(run)
     if run.local:
