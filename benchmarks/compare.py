@@ -14,6 +14,7 @@ checkout (and its ``plugins/*`` packages): each tree's own
 every repetition, so load changes hit both alike.  Prints one Markdown table
 of medians (µs per task; ratio = head / base) and flags cells whose median
 regressed by more than 5% and idle-plugin ratios that moved by more than 10%.
+On a busy machine compare the minimums too (the least-disturbed process).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main() -> int:
     ap.add_argument("--head", default=os.path.dirname(HERE), help="'after' (default: this one)")
     ap.add_argument("--reps", type=int, default=5, help="processes per cell and tree")
     ap.add_argument("--plugin-runs", type=int, default=3, help="plugins.py --quick runs per tree")
+    ap.add_argument("--plugin-rounds", type=int, default=4, help="rounds in each plugins.py run")
     ap.add_argument("--big", action="store_true", help="also layered-100k (slow)")
     ap.add_argument("--json", metavar="PATH", help="also write the raw numbers here")
     args = ap.parse_args()
@@ -95,7 +97,7 @@ def main() -> int:
             raw["fixed"][which].append(json.loads(child(
                 trees[which], "overhead.py", ["--fixed", "100", "10"]).strip().splitlines()[-1]))
             raw["plugins"][which].append(plugin_ratios(child(trees[which], "plugins.py",
-                                                             ["--quick"])))
+                                                             ["--quick", "--rounds", str(args.plugin_rounds)])))
     raw["loadavg"].append(os.getloadavg()[0])
     print(f"  fixed cost and plugins done ({perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(render(raw, trees))
@@ -109,16 +111,20 @@ def render(raw: dict, trees: dict[str, str]) -> str:
     med = statistics.median
     lines = [f"base {trees['base']} vs head {trees['head']}; load average at start/end "
              f"{raw['loadavg'][0]:.1f}/{raw['loadavg'][-1]:.1f}", "",
-             "| graph | cell | base µs/task | head µs/task | head/base | |",
-             "|---|---|---:|---:|---:|---|"]
+             "| graph | cell | base µs/task | head µs/task | head/base | min: base | min: head "
+             "| min: head/base | |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for graph, cells in raw["cells"].items():
         for label, method, key in COLUMNS:
             runs = cells[method]
             n = runs["base"][0]["n"]
             b = med(c[key] for c in runs["base"]) / n * 1e6
             h = med(c[key] for c in runs["head"]) / n * 1e6
+            bm = min(c[key] for c in runs["base"]) / n * 1e6
+            hm = min(c[key] for c in runs["head"]) / n * 1e6
             flag = "REGRESSED > 5%" if h > b * 1.05 else ""
-            lines.append(f"| {graph} | {label} | {b:.2f} | {h:.2f} | {h / b:.3f} | {flag} |")
+            lines.append(f"| {graph} | {label} | {b:.2f} | {h:.2f} | {h / b:.3f} | {bm:.2f} | "
+                         f"{hm:.2f} | {hm / bm:.3f} | {flag} |")
     lines += ["", "| fixed cost (one-task run) | base ms | head ms | head/base |",
               "|---|---:|---:|---:|"]
     for ex in ("thread", "sync"):
