@@ -193,6 +193,8 @@ class ThreadDispatch(Dispatch):
             deadlines = run._deadlines
             guards = run._guards
             watchdog = run._watchdog
+            # the task's name is needed only for a deadline no watchdog enforces
+            named = deadlines is not None and watchdog is None
             # deadlines are real time: on the real clock an attempt's start is its arming time
             real = mono is time.monotonic
             while True:
@@ -209,7 +211,7 @@ class ThreadDispatch(Dispatch):
                 else:
                     result, err, overran = run_attempt(
                         fns[i], call, kw, guard, deadline, watchdog, i, attempt, iteration, t0,
-                        me, t0 if real else None, vertices[i].name)
+                        me, t0 if real else None, vertices[i].name if named else "")
                     if overran:
                         return  # the scheduler ended this attempt and gave up this thread
                 t1 = mono()
