@@ -137,6 +137,35 @@ TIMEOUT = """
         return 2
 """
 
+POLICIES = """
+    import time
+    from flowdeco import CircuitBreaker, task
+
+    BREAKER = CircuitBreaker("conformance-{tag}", threshold=1, reset_after=600)
+    MAPPED = CircuitBreaker("conformance-mapped-{tag}", threshold=1, reset_after=600)
+
+    @task
+    def items():
+        return [0.0, {sleep}]
+
+    @task(map="items", timeout=0.3)
+    def nap(items):
+        time.sleep(items)
+        return items
+
+    @task(circuit=BREAKER)
+    def down():
+        raise ConnectionError("down")
+
+    @task(circuit=BREAKER, after=[down], trigger="all_done")
+    def refused():
+        return 1
+
+    @task(map="items", circuit=MAPPED)
+    def shaky(items):
+        raise ConnectionError(f"down {{items}}")
+"""
+
 RESUME = """
     from pathlib import Path
     from flowdeco import task
@@ -234,6 +263,9 @@ class ExecutorConformance:
     dead_worker_error: str | None = None
     #: tiny attempts travel several to a submission (checked with ``counting_executor``)
     batches: bool = False
+    #: with ``workers=1`` all attempts run in one process, so they share a breaker's state
+    #: (False for a cluster of several worker processes: each counts its own failures)
+    one_breaker_state: bool = True
 
     @pytest.fixture
     def executor(self) -> Any:
@@ -314,6 +346,35 @@ class ExecutorConformance:
         assert out.duration < sleep / 2          # cut at its limit, not when the body returned
         assert result.results["quick"] == 2
         assert result.finished - result.started < sleep   # nor did the run wait for it
+
+    def test_timeouts_and_breakers_match_threads_also_for_mapped_instances(
+            self, executor, write_flow):
+        """One mechanism per concern: a task's deadline and breaker apply the same way
+        on every executor, to tasks and to each instance of a mapped task."""
+        sleep = 3.0
+        got = {}
+        for ex in ("thread", "tested"):
+            path = write_flow(POLICIES.format(tag=ex, sleep=sleep))
+            result = self.run(str(path), "thread" if ex == "thread" else executor, workers=1)
+            got[ex] = {name: (o.status, o.error and o.error.split(":")[0])
+                       for name, o in result.outcomes.items()}
+            assert result.outcomes["nap[1]"].error == \
+                "TaskTimeout: task 'nap' exceeded its timeout of 0.3 s", ex
+            assert result.outcomes["nap[1]"].duration < sleep / 2, ex
+            assert result.finished - result.started < sleep, ex  # nor did the run wait
+        if not self.one_breaker_state:  # a breaker's state lives in each worker process
+            for d in got.values():
+                for name in ("refused", "shaky", "shaky[0]", "shaky[1]"):
+                    del d[name]
+        assert got["tested"] == got["thread"], got
+        if not self.one_breaker_state:
+            return
+        assert got["thread"] == {
+            "items": ("succeeded", None), "nap": ("failed", "MapFailed"),
+            "nap[0]": ("succeeded", None), "nap[1]": ("failed", "TaskTimeout"),
+            "down": ("failed", "ConnectionError"), "refused": ("failed", "CircuitOpenError"),
+            "shaky": ("failed", "MapFailed"), "shaky[0]": ("failed", "ConnectionError"),
+            "shaky[1]": ("failed", "CircuitOpenError")}
 
     def test_times_are_on_the_drivers_clock(self, executor, write_flow):
         result = self.run(str(write_flow(NAP)), executor)

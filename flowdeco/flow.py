@@ -94,8 +94,10 @@ class Flow:
 
     def run(self, **kwargs: Any) -> Any:
         """Shorthand for ``flowdeco.run(self, **kwargs)``."""
-        from .engine.session import run
-        return run(self, **kwargs)
+        # through the package, which imports the engine by name on first use: the model
+        # (flow, graph, collect) never imports the engine, which imports the model
+        import flowdeco
+        return flowdeco.run(self, **kwargs)
 
 
 @attrs.frozen(eq=False)

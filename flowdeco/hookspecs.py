@@ -181,14 +181,18 @@ def flowdeco_task_deadlines(run: "Run") -> "Optional[Mapping[int, Deadline]]":
     """Return ``{task index: Deadline}`` to limit each attempt of those tasks, or None.
 
     Called once per run, after ``flowdeco_run_start`` and before
-    ``flowdeco_task_wrap``, and only when the scheduler can enforce deadlines
-    itself (``run.can_abandon``: flowdeco's thread pool).  An attempt still
-    running at its deadline fails with ``deadline.error(task_name)`` and its
-    thread is given up (:mod:`flowdeco.deadlines`): no per-attempt hand-off,
-    no wrapper.  Instances of mapped tasks are not covered (their index is
-    ignored); limit those, and everything on other executors, with a
-    ``flowdeco_task_wrap`` wrapper, as the timeout plugin does.  When several
-    plugins answer for one task, the first answer (pluggy order) wins.
+    ``flowdeco_task_wrap``, on every executor.  A mapped task's deadline
+    limits each of its instances.  An attempt still running at its deadline
+    fails with ``deadline.error(task_name)``.  The engine applies it where the
+    attempt runs (``engine.attempt.run_attempt``): on flowdeco's thread pool
+    (``run.can_abandon``) the attempt stays on its worker and the scheduler's
+    watchdog gives up the thread at the deadline (:mod:`flowdeco.deadlines`: no
+    hand-off, no wrapper); in a worker process the deadline travels with the
+    attempt and a ``SIGALRM`` timer stops the code; elsewhere (the sync
+    executor, Dask worker threads) the attempt runs on a helper thread
+    abandoned at the deadline.  On process and Dask executors the Deadline
+    (and its ``error``) must pickle.  When several plugins answer for one
+    task, the first answer (pluggy order) wins.
     """
 
 
@@ -197,20 +201,19 @@ def flowdeco_task_guards(run: "Run") -> "Optional[Mapping[int, Any]]":
     """Return ``{task index: guard}`` to bracket each attempt of those tasks, or None.
 
     Called once per run, after ``flowdeco_run_start`` and before
-    ``flowdeco_task_wrap``, only when attempts run in this process
-    (``run.local``: thread and sync executors).  On the worker, around every
-    attempt and outside all wrappers, the runner calls ``token =
-    guard.enter()`` -- raising fails the attempt without running it (an open
-    circuit) -- and then ``guard.exit(token, error)`` with the attempt's
-    exception or None; ``exit`` must not raise.  One guard object may serve
-    many tasks (nothing is built per task: cheaper than a wrapper).  Instances
-    of mapped tasks are not guarded (their index is ignored); cover those,
-    and other executors, with ``flowdeco_task_wrap``, as the circuit plugin
-    does.  When several plugins answer for one task, the first answer wins.
-    If the task also has a deadline (``flowdeco_task_deadlines``) and overruns
-    it, the scheduler calls ``exit(token, deadline_error)`` (from its own
-    thread: guards must be thread-safe) and the abandoned call's late end is
-    never reported to the guard.
+    ``flowdeco_task_wrap``, on every executor; a mapped task's guard brackets
+    each of its instances.  Where the attempt runs, around it and outside all
+    wrappers, the engine calls ``token = guard.enter()`` -- raising fails the
+    attempt without running it (an open circuit) -- and then
+    ``guard.exit(token, error)`` with the attempt's exception or None;
+    ``exit`` must not raise.  On process and Dask executors the guard travels
+    with the attempt (it must pickle) and runs in the worker.  One guard
+    object may serve many tasks (nothing is built per task: cheaper than a
+    wrapper).  When several plugins answer for one task, the first answer
+    wins.  If the task also has a deadline (``flowdeco_task_deadlines``) and
+    overruns it, the guard is exited with the deadline's error -- on the
+    thread executor by the scheduler (from its own thread: guards must be
+    thread-safe) -- and the abandoned call's late end is never reported to it.
     """
 
 

@@ -130,13 +130,14 @@ def _load_named(pm: pluggy.PluginManager, name: str, eps: Iterable[Any]) -> None
 # unconfigure left exactly the plugins it started with, so state registered
 # for one run never leaks into the next.
 
-_POOL: dict[tuple, list["Lease"]] = {}
+_POOL: dict[tuple, list["PooledManager"]] = {}
 _POOL_LOCK = threading.Lock()
 _POOL_MAX = 4
 
 
-class Lease:
-    """A plugin manager and its declared options, borrowed for one session."""
+class PooledManager:
+    """A configured plugin manager with its declared options, borrowed from the pool for one
+    session (``acquire``) and given back after it (``release``)."""
 
     def __init__(self, pm: pluggy.PluginManager, parser: Any, key: tuple | None):
         self.pm = pm
@@ -150,7 +151,7 @@ def _registrations(pm: pluggy.PluginManager) -> set[tuple[str, int]]:
     return {(name, id(plugin)) for name, plugin in pm.list_name_plugin()}
 
 
-def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> Lease:
+def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> PooledManager:
     """A configured plugin manager: from the pool when possible, else new."""
     from .config import Parser
 
@@ -166,24 +167,24 @@ def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> Lease:
     pm = make_pluginmanager(plugins, disable)
     parser = Parser()
     pm.hook.flowdeco_addoption(parser=parser)
-    return Lease(pm, parser, key)
+    return PooledManager(pm, parser, key)
 
 
-def release(lease: Lease) -> None:
+def release(managed: PooledManager) -> None:
     """Give a manager back after its session ended (dropped if plugins changed)."""
-    if lease.key is None or _registrations(lease.pm) != lease.base:
+    if managed.key is None or _registrations(managed.pm) != managed.base:
         return
     with _POOL_LOCK:
-        idle = _POOL.setdefault(lease.key, [])
+        idle = _POOL.setdefault(managed.key, [])
         if len(idle) < _POOL_MAX:
-            idle.append(lease)
+            idle.append(managed)
 
 
 def swap_plugin(pm: pluggy.PluginManager, name: str, plugin: Any = None) -> None:
     """Unregister what is registered as ``name`` (if anything), then register ``plugin`` under it.
 
-    For plugin objects that live for one run only (the wrappers the timeout and
-    circuit plugins register at run start); ``plugin=None`` just removes.
+    For plugin objects registered for a while only (the timeout plugin's guard,
+    registered when a collected flow uses timeouts); ``plugin=None`` just removes.
     """
     old = pm.get_plugin(name)
     if old is not None:

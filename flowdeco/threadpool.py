@@ -40,6 +40,9 @@ class ThreadPool(ThreadPoolExecutor):
         self._threads: set[threading.Thread] = set()
         #: threads waiting for a job, less the jobs queued for them
         self._idle = 0
+        #: jobs queued that no thread is reserved for (all busy): the next thread to
+        #: finish takes one instead of counting itself idle
+        self._backlog = 0
         self._named = 0
         self._given_up: set[threading.Thread] = set()
         self._shutdown = False
@@ -54,6 +57,8 @@ class ThreadPool(ThreadPoolExecutor):
                 self._idle -= 1
             elif len(self._threads) < self._max_workers:
                 self._spawn()
+            else:
+                self._backlog += 1
         return future
 
     def _spawn(self) -> None:
@@ -86,7 +91,10 @@ class ThreadPool(ThreadPoolExecutor):
                 if me in self._given_up:
                     self._given_up.discard(me)
                     return  # replaced while it ran: not part of the pool any more
-                self._idle += 1
+                if self._backlog:
+                    self._backlog -= 1  # a job waits: this thread takes it, it is not idle
+                else:
+                    self._idle += 1
 
     def give_up(self, thread: threading.Thread) -> None:
         """Take ``thread`` (busy with a call nobody waits for any more) out of the pool.
@@ -99,8 +107,8 @@ class ThreadPool(ThreadPoolExecutor):
                 return
             self._threads.discard(thread)
             self._given_up.add(thread)
-            if not self._shutdown and self._jobs.qsize() > self._idle \
-                    and len(self._threads) < self._max_workers:
+            if not self._shutdown and self._backlog and len(self._threads) < self._max_workers:
+                self._backlog -= 1
                 self._spawn()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import flowdeco
@@ -60,18 +62,65 @@ def test_enter_and_exit_bracket_every_attempt(executor):
     assert "refused" not in ran and r.calls == ["enter"]
 
 
-def test_mapped_tasks_are_not_guarded():
+@pytest.mark.parametrize("executor", ["thread", "sync"])
+def test_each_instance_of_a_mapped_task_is_guarded(executor):
     @task
     def items():
         return [1, 2]
 
     @task(map="items")
     def each(items):
+        if items == 2:
+            raise ValueError("two")
         return items
 
     g = Guard()
-    result = run([items, each], state_dir=None, plugins=[Guarding({"each": g})])
-    assert result.results["each"] == [1, 2] and g.calls == []
+    result = run([items, each], state_dir=None, executor=executor, workers=1,
+                 plugins=[Guarding({"each": g})])
+    assert result["each[0]"].result == 1 and result["each[1]"].error == "ValueError: two"
+    assert g.calls == ["enter", ("exit", 1, None), "enter", ("exit", 3, "ValueError")]
+
+
+class Late(Exception):
+    pass
+
+
+def late(name):
+    return Late(f"{name} is late")
+
+
+class Limiting:
+    """A third-party plugin limiting one task with a Deadline of its own."""
+
+    def __init__(self, name: str, seconds: float):
+        self.name, self.seconds = name, seconds
+
+    @flowdeco.hookimpl
+    def flowdeco_task_deadlines(self, run):
+        return {run.graph.by_name[self.name]: flowdeco.Deadline(self.seconds, late)}
+
+
+@task
+def slow_body():
+    time.sleep(3)
+    return 1
+
+
+@task
+def quick_body():
+    return 2
+
+
+@pytest.mark.parametrize("executor", ["thread", "sync", "process"])
+def test_a_plugins_deadline_is_enforced_on_every_executor(executor):
+    """Deadlines were asked only on flowdeco's thread pool: elsewhere a plugin's limit
+    was silently ignored (the timeout plugin wrapped those attempts itself)."""
+    t0 = time.monotonic()
+    result = run([slow_body, quick_body], state_dir=None, executor=executor, workers=1,
+                 plugins=[Limiting("slow_body", 0.2)])
+    assert result["slow_body"].error == "Late: slow_body is late", result["slow_body"].error
+    assert result.results["quick_body"] == 2
+    assert time.monotonic() - t0 < 2.5   # the run did not wait for the body
 
 
 class WrapperSeen:

@@ -267,14 +267,7 @@ def test_stash_keys_are_typed_and_distinct():
 HOOK_PARAM_TYPES = {"run": "Run", "config": "Config", "task": "Vertex", "graph": "Graph",
                     "parser": "Parser", "event": "Event", "result": "RunResult",
                     "attempt": "Attempt"}
-# Files other issue-16 work rewrites at the same time (policies moving to the core,
-# metrics' public timing records): annotate them after merging, then empty this.
-UNTYPED_HOOKS_ALLOWED = frozenset({
-    "flowdeco/plugins/circuit.py",
-    "flowdeco/plugins/retry.py", "flowdeco/plugins/timeout.py",
-    # rewritten on main by issue 14 (durable reports) after this test was written
-    "flowdeco/plugins/audit.py", "flowdeco/plugins/state/plugin.py",
-})
+UNTYPED_HOOKS_ALLOWED: frozenset[str] = frozenset()
 
 
 def untyped_hook_params(source: str) -> list[str]:
@@ -309,3 +302,26 @@ def test_untyped_hook_params_checker():
                                "def flowdeco_configure(config: Config): pass\n"
                                "def helper(run: Any): pass\n") == [
         "1: flowdeco_run_start(run)", "2: flowdeco_report(event)"]
+
+
+#: the model: what a flow is; the engine imports these, so they must not import it back
+MODEL_MODULES = ("flow", "graph", "collect", "task", "selection", "params", "outcome")
+
+
+def test_the_model_never_imports_the_engine():
+    """``Flow.run`` imported ``engine.session`` inside the method, closing one import cycle
+    through nine core modules (graph -> flow -> engine.session -> scheduler -> graph)."""
+    found = []
+    for name in MODEL_MODULES:
+        path = ROOT / "flowdeco" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mods = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            found += [f"{name}.py:{node.lineno}: {m}" for m in mods
+                      if m.lstrip(".").startswith("engine") or m.startswith("flowdeco.engine")
+                      or m in (".runner", "flowdeco.runner")]
+    assert not found

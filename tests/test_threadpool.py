@@ -130,3 +130,28 @@ def test_a_timed_out_attempt_is_retried_and_its_late_end_is_ignored():
     release.set()
     assert result.results["flaky"] == "second" and result["flaky"].attempts == 2
     assert result["flaky"].error is None
+
+
+def test_a_thread_given_up_after_taking_a_queued_job_is_replaced_for_the_next():
+    """A job queued while the only thread was busy is taken by that thread when it
+    finishes; giving that thread up must not leave the pool believing it has an idle
+    thread (the next job then waited forever: a hung run after a timed-out attempt)."""
+    pool = ThreadPool(1)
+    first, second_started, release = threading.Event(), threading.Event(), threading.Event()
+    threads = []
+
+    def second():
+        threads.append(threading.current_thread())
+        second_started.set()
+        release.wait(10)
+
+    try:
+        pool.submit(first.wait, 10)
+        pool.submit(second)               # queued: the one thread is busy
+        first.set()
+        assert second_started.wait(5)     # the same thread took the queued job
+        pool.give_up(threads[0])          # ... and overran it
+        assert pool.submit(lambda: 3).result(timeout=5) == 3
+    finally:
+        release.set()
+        pool.shutdown(wait=False)

@@ -3,7 +3,10 @@
 - :mod:`.session` -- ``run()``, :class:`Session` (plugin manager lifetime,
   options, collection), run ids;
 - :mod:`.scheduler` -- :class:`Run`: the state machine over the per-task
-  table (readiness, priority, completion, release), reporting, signals;
+  table (readiness, priority, completion, release);
+- :mod:`.setup` -- hooks asked once per run, the per-task plan, the strategy;
+- :mod:`.reporting` -- :class:`Reporter`: events to ``flowdeco_report``, signals;
+- :mod:`.timers` -- tasks waiting for a delay; :mod:`.ending` -- the run's last outcomes;
 - :mod:`.table` -- the per-task columns;
 - :mod:`.states` -- task states, message kinds, stop states;
 - :mod:`.dispatch` -- how ready tasks reach workers (threads, sync, remote);

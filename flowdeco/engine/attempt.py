@@ -1,15 +1,18 @@
 """One attempt of a task: the call, its guard and deadline, and its remote form.
 
-:func:`run_attempt` is the primitive every dispatch strategy uses: it runs
-one attempt under the task's guard (``flowdeco_task_guards``: circuit
-breakers) and deadline (``flowdeco_task_deadlines``: timeouts on flowdeco's
-thread pool) and returns ``(result, error, overran)``.  The two hottest loops
-(the sync executor's in-order run and a thread worker with no guard or
-deadline) write the bare call out instead, the only other copies.
+:func:`run_attempt` is the primitive every dispatch strategy and mapped
+instance uses: it runs one attempt under the task's guard
+(``flowdeco_task_guards``: circuit breakers) and deadline
+(``flowdeco_task_deadlines``: timeouts) and returns ``(result, error,
+overran)``.  The two hottest loops (the sync executor's in-order run and a
+thread worker with no guard or deadline) write the bare call out instead,
+the only other copies.
 
 :func:`call_remote` is an attempt in a worker process (or on a Dask worker):
-everything it returns pickles, including the result (as its own pickle) and
-the exception (or a :class:`RemoteTaskError` carrying its text).
+its guard and deadline travel with it (:class:`RemotePolicy`) and
+:func:`run_attempt` applies them there; everything it returns pickles,
+including the result (as its own pickle) and the exception (or a
+:class:`RemoteTaskError` carrying its text).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ import time
 import traceback
 from contextlib import ExitStack
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..context import Context
 from ..deadlines import Watchdog
 from ..outcome import format_error
 from ..pickling import UnpicklableResult, dumps_result
 from . import tracking
+from ..policies.timeout import call_in_thread, call_with_alarm, can_alarm
 
 
 class RemoteTaskError(Exception):
@@ -63,9 +67,27 @@ def portable(exc: BaseException) -> BaseException:
         return err
 
 
-def call_remote(call: Callable[[dict], Any], kwargs: dict, setup: tuple = ()) -> tuple:
+class RemotePolicy(NamedTuple):
+    """What limits a remote attempt, carried with it to the worker (pickled).
+
+    ``guard`` and ``deadline`` are the task's (``flowdeco_task_guards``,
+    ``flowdeco_task_deadlines``); ``name`` names the task in the deadline's
+    error; ``driver_pid`` is the run's process (a worker's main thread may use
+    a ``SIGALRM`` timer, the driver's never does).
+    """
+
+    guard: Any
+    deadline: Any
+    name: str
+    driver_pid: int
+
+
+def call_remote(call: Callable[[dict], Any], kwargs: dict,
+                policy: RemotePolicy | None = None, setup: tuple = ()) -> tuple:
     """Run one attempt in a worker process; everything returned must pickle.
 
+    With a ``policy`` the attempt runs under its guard and deadline here, in
+    the worker (:func:`run_attempt`): the same mechanism as in the driver.
     The result travels as its own pickle, made here, so a result that cannot
     be pickled fails this attempt with an error naming its type (and one that
     cannot be unpickled in the driver fails it there) instead of failing the
@@ -86,10 +108,16 @@ def call_remote(call: Callable[[dict], Any], kwargs: dict, setup: tuple = ()) ->
                               else None)
         slot.at = (None, 0, None)
     t0 = time.monotonic()
-    try:
-        result, err = call(kwargs), None
-    except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-        result, err = None, portable(exc)
+    if policy is None:
+        try:
+            result, err = call(kwargs), None
+        except BaseException as exc:  # noqa: BLE001 - a task may raise anything
+            result, err = None, exc
+    else:
+        result, err, _ = run_attempt(invoke, call, kwargs, policy.guard, policy.deadline,
+                                     name=policy.name, driver_pid=policy.driver_pid)
+    if err is not None:
+        exc, err = err, portable(err)
         if not hasattr(err, "remote_traceback"):  # a traceback does not pickle: its text does
             try:
                 err.remote_traceback = format_traceback(exc)  # type: ignore[union-attr]
@@ -114,9 +142,10 @@ def call_remote(call: Callable[[dict], Any], kwargs: dict, setup: tuple = ()) ->
     return payload, err, t0, t1, worker, logs
 
 
-def call_batch(calls: list[tuple[Callable[[dict], Any], dict]], setup: tuple = ()) -> list[tuple]:
-    """Run several attempts in sequence in one worker (see ``RemoteDispatch.start``)."""
-    return [call_remote(call, kwargs, setup) for call, kwargs in calls]
+def call_batch(calls: list[tuple], setup: tuple = ()) -> list[tuple]:
+    """Run several attempts (``(call, kwargs, policy)``) in sequence in one worker
+    (see ``RemoteDispatch.start``)."""
+    return [call_remote(call, kwargs, policy, setup) for call, kwargs, policy in calls]
 
 
 
@@ -149,25 +178,49 @@ class Scoped:
 
 
 def is_plain(call: Any) -> bool:
-    """A task call with no per-attempt wrapper (timeout, circuit breaker)."""
+    """A task call with no per-attempt wrapper (``flowdeco_task_wrap``)."""
     return type(call) is partial and call.func is invoke
 
+
+
+def call_limited(fn: Callable[..., Any], call: Callable[[dict], Any] | None, kw: dict,
+                 deadline: Any, name: str, driver_pid: int | None = None) -> Any:
+    """One call under ``deadline`` where no watchdog can give up the thread.
+
+    In a worker process's main thread (``driver_pid`` given and not this
+    process) a ``SIGALRM`` timer raises the deadline's error inside the call,
+    so the code really stops; anywhere else (the sync executor, Dask worker
+    threads, foreign thread pools) the call runs on a helper daemon thread
+    while this one waits at most ``deadline.seconds``, and is abandoned on
+    expiry (a Python thread cannot be killed).
+    """
+    c = call if call is not None else partial(invoke, fn)
+    if driver_pid is not None and can_alarm(driver_pid):
+        return call_with_alarm(c, kw, deadline.seconds, name, deadline.error)
+    return call_in_thread(c, kw, deadline.seconds, name, deadline.error)
 
 
 def run_attempt(fn: Callable[..., Any], call: Callable[[dict], Any] | None, kw: dict,
                 guard: Any = None, deadline: Any = None, watchdog: Watchdog | None = None,
                 key: Any = None, attempt: int = 1, iteration: int | None = None,
                 t0: float = 0.0, thread: threading.Thread | None = None,
-                now: float | None = None) -> tuple[Any, BaseException | None, bool]:
-    """One attempt of a task: ``(result, error, overran)``.
+                now: float | None = None, name: str = "",
+                driver_pid: int | None = None) -> tuple[Any, BaseException | None, bool]:
+    """One attempt of a task: ``(result, error, overran)``.  Every executor uses it.
 
     ``call`` is the task's wrapped call (``flowdeco_task_wrap``) or None for
-    a plain ``fn(**kw)``.  The guard is entered before the deadline is armed,
-    so an overrun attempt is exited by the scheduler (with the deadline's
-    error) and never again when its call finally returns; ``overran`` means
-    the scheduler has ended the attempt and given up this thread.  ``key``,
-    ``attempt``, ``iteration``, ``t0`` and ``thread`` identify the attempt
-    to the watchdog (``now``: its arming time, when it is ``t0``).
+    a plain ``fn(**kw)``.  The guard (``flowdeco_task_guards``) is entered
+    before the deadline (``flowdeco_task_deadlines``) is applied and exited
+    with the attempt's error, a deadline's error included.  How the deadline
+    is applied depends on where the attempt runs: with a ``watchdog``
+    (flowdeco's thread pool) the attempt is armed and runs on this thread; an
+    overrun one is ended by the scheduler (with the deadline's error; it also
+    exits the guard) and never again when its call finally returns --
+    ``overran`` means the scheduler has given up this thread.  Without one,
+    :func:`call_limited` enforces it here.  ``key`` (a task index, or
+    ``(MapState, k)`` for a mapped instance), ``attempt``, ``iteration``,
+    ``t0`` and ``thread`` identify the attempt to the watchdog (``now``: its
+    arming time, when it is ``t0``); ``name`` names the task in the error.
     """
     token = None
     if guard is not None:
@@ -176,11 +229,16 @@ def run_attempt(fn: Callable[..., Any], call: Callable[[dict], Any] | None, kw: 
         except BaseException as exc:  # noqa: BLE001 - the guard refuses the attempt
             return None, exc, False
     armed = None
-    if deadline is not None:
-        armed = watchdog.arm(key, attempt, iteration, t0, thread,  # type: ignore[union-attr]
-                             deadline, guard, token, now=now)
     try:
-        result, err = (fn(**kw) if call is None else call(kw)), None
+        if deadline is None:
+            result = fn(**kw) if call is None else call(kw)
+        elif watchdog is not None:
+            armed = watchdog.arm(key, attempt, iteration, t0, thread,  # type: ignore[arg-type]
+                                 deadline, guard, token, now=now)
+            result = fn(**kw) if call is None else call(kw)
+        else:
+            result = call_limited(fn, call, kw, deadline, name, driver_pid)
+        err = None
     except BaseException as exc:  # noqa: BLE001 - a task may raise anything
         result, err = None, exc
     if armed is not None and not Watchdog.disarm(armed):

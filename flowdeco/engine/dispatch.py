@@ -34,6 +34,7 @@ completion path.
 from __future__ import annotations
 
 import heapq
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -41,11 +42,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..executors import remote_failure
-from ..graph import kahn_order
+from ..graph import TASK, kahn_order
 from ..outcome import SUCCEEDED
 from ..pickling import load_outcome
 from . import tracking
-from .attempt import call_batch, call_remote, is_plain, run_attempt
+from .attempt import RemotePolicy, call_batch, call_remote, is_plain, run_attempt
 from .states import (DONE, M_CRASH, M_DONE, M_LOG, PENDING, READY, RUNNING, S_RUNNING,
                      S_STOPPING)
 
@@ -59,12 +60,46 @@ BATCH_MAX = 1024
 
 
 def make_dispatcher(run: "Run") -> "Dispatch":
-    """The strategy for ``run``'s executor (called at the end of ``Run._setup``)."""
+    """The strategy for ``run``'s executor (called at the end of ``setup``)."""
     if run.sync:
         return SyncDispatch(run)
     if run.local:
         return ThreadDispatch(run)
     return RemoteDispatch(run)
+
+
+def chains(run: "Run") -> list[int | None]:
+    """For each task, the successor a worker may run right after it, or None.
+
+    Only a task that depends on nothing else qualifies, and only when no
+    other successor (which may become ready by the same completion) would
+    have to start first by the priority rule, and never a task that goes
+    through the dynamic gate (``map=``, ``when=``, ``trigger=``) or that a
+    pool caps (it needs a slot first).
+    """
+    vertices = run.graph.vertices
+    watched, slow = run._success_hooked, run._table.gated
+    capped = run.pools.capped if run.pools is not None else None
+    out: list[int | None] = []
+    for i, first in enumerate(first_successors(run)):
+        best = None
+        if first is not None and i not in watched:
+            w = vertices[first]
+            if w.kind is TASK and len(w.deps) == 1 and not slow[first] and (
+                    capped is None or capped[first] is None):  # a pool slot first
+                best = first
+        out.append(best)
+    return out
+
+
+def first_successors(run: "Run") -> list[int | None]:
+    """Each task's successor that goes first by the priority rule (None: no successor)."""
+    first = run.__dict__.get("_first_succs")
+    if first is None:
+        get = run._prio.__getitem__
+        first = run._first_succs = [min(succ, key=get) if succ else None
+                                    for succ in run.graph.succs]
+    return first
 
 
 class Dispatch:
@@ -83,7 +118,7 @@ class Dispatch:
         lock = run._lock
         mod = run._prio_mod
         table = run._table
-        while ready and run.inflight < run.workers and run._stop_state < S_STOPPING:
+        while ready and run.inflight < run.workers and run.stop_state < S_STOPPING:
             with lock:
                 if not ready:
                     break
@@ -108,11 +143,11 @@ class ThreadDispatch(Dispatch):
         # with one worker, priority order must be exact: a worker does not pick its
         # next task while a completion of its own that may release tasks is unseen
         self.exact_order = run.workers == 1
-        self.chain_next = run._chains() if run._chaining else [None] * len(run.graph)
+        self.chain_next = chains(run) if run._chaining else [None] * len(run.graph)
         self.nsuccs = [len(x) for x in run.graph.succs]
         key = run._prio
         # the best priority key among each task's successors
-        self.best_succ = [_INF if f is None else key[f] for f in run._first_successors()] \
+        self.best_succ = [_INF if f is None else key[f] for f in first_successors(run)] \
             if self.workers_pick else []
         #: per worker thread: completions posted (the scheduler's side: run._handled)
         self.posted: dict[str, int] = {}
@@ -163,10 +198,12 @@ class ThreadDispatch(Dispatch):
             deadlines = run._deadlines
             guards = run._guards
             watchdog = run._watchdog
+            # the task's name is needed only for a deadline no watchdog enforces
+            named = deadlines is not None and watchdog is None
             # deadlines are real time: on the real clock an attempt's start is its arming time
             real = mono is time.monotonic
             # captured output (flowdeco.engine.tracking): this thread's slot, marked per attempt
-            slot = tracking.enter(run._sink, run._attempt_name) if run._tracking else None
+            slot = tracking.enter(run.reporter.sink, run._attempt_name) if run._tracking else None
             # --run-timeout: take nothing new once the run's deadline has passed
             run_end = run.run_deadline
             if run_end is None:
@@ -187,7 +224,7 @@ class ThreadDispatch(Dispatch):
                 else:
                     result, err, overran = run_attempt(
                         fns[i], call, kw, guard, deadline, watchdog, i, attempt, iteration, t0,
-                        me, t0 if real else None)
+                        me, t0 if real else None, vertices[i].name if named else "")
                     if overran:
                         return  # the scheduler ended this attempt and gave up this thread
                 t1 = mono()
@@ -195,7 +232,7 @@ class ThreadDispatch(Dispatch):
                     slot.end()  # (a partial line printed last, before the completion)
                 nxt = None
                 chained = False
-                if pick and run._stop_state == S_RUNNING and t1 < run_end and not (
+                if pick and run.stop_state == S_RUNNING and t1 < run_end and not (
                         err is not None and run.stop_on_error) and not (
                         exact and handled.get(worker, 0) < fanout):
                     # a task this completion releases may have to go first: take
@@ -253,7 +290,7 @@ class SyncDispatch(Dispatch):
             and not run._success_hooked and not run.graph.dynamic \
             and not run.graph.using("every") and run._scope is None
         #: captured output: the scheduler thread's slot while it runs attempts (in fill)
-        self.slot = run._sync_slot = tracking.Slot(run._sink, run._attempt_name) \
+        self.slot = run._sync_slot = tracking.Slot(run.reporter.sink, run._attempt_name) \
             if run._tracking else None
 
     def start(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
@@ -285,7 +322,7 @@ class SyncDispatch(Dispatch):
         mod = run._prio_mod
         table = run._table
         deadline = run.run_deadline
-        while (ready or map_ready) and run._stop_state < S_STOPPING:
+        while (ready or map_ready) and run.stop_state < S_STOPPING:
             if deadline is not None and run.clock.monotonic() >= deadline:
                 run.run_timed_out()
                 break
@@ -302,13 +339,15 @@ class SyncDispatch(Dispatch):
         meanwhile; (result, error, start, end)."""
         run = self.run
         guard = run._guards[i] if run._guards is not None else None
+        deadline = run._deadlines[i] if run._deadlines is not None else None
         mono = run.clock.monotonic
         slot = self.slot
         run.sync_busy = True
         if slot is not None:
             slot.at = (i, attempt, iteration)
         t0 = mono()
-        result, err, _ = run_attempt(run._fns[i], run._calls[i], kw, guard)
+        result, err, _ = run_attempt(run._fns[i], run._calls[i], kw, guard, deadline,
+                                     name=run.graph.vertices[i].name)
         t1 = mono()
         if slot is not None:
             if slot.ends is not None:
@@ -338,16 +377,16 @@ class SyncDispatch(Dispatch):
         state, status, attempts = table.state, table.status, table.attempts
         t0s, t1s, workers = table.t0, table.t1, table.worker
         vertices = run.graph.vertices
-        calls, guards = run._calls, run._guards
+        calls, guards, deadlines, policed = run._calls, run._guards, run._deadlines, run._policed
         mono = run.clock.monotonic
         empty, get, handle = run.q.empty, run.q.get, run._handle
-        reporting, has_flush = run.reporting, run._has_flush
+        reporting, has_flush, report = run.reporting, run._has_flush, run.reporter
         slot = self.slot
         deadline = run.run_deadline
         for i in order:
             if deadline is not None and mono() >= deadline:
                 run.run_timed_out()
-            if run._stop_state >= S_STOPPING:
+            if run.stop_state >= S_STOPPING:
                 return self.leave_order()
             if run.flush_due:
                 run._flush()
@@ -358,19 +397,21 @@ class SyncDispatch(Dispatch):
                 kw["ctx"] = run._context(v, 1, None)
             state[i] = RUNNING
             if reporting:
-                run._report_started(v.name, 1, None)
+                report.started(v.name, 1, None)
             call = calls[i]
             run.sync_busy = True
             if slot is not None:
                 slot.at = (i, 1, None)
             t0 = mono()
-            if guards is None or guards[i] is None:
+            if policed is None or not policed[i]:
                 try:
                     result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
                 except BaseException as exc:  # noqa: BLE001 - a task may raise anything
                     result, err = None, exc
             else:
-                result, err, _ = run_attempt(v.fn, call, kw, guards[i])
+                result, err, _ = run_attempt(
+                    v.fn, call, kw, guards[i] if guards is not None else None,
+                    deadlines[i] if deadlines is not None else None, name=v.name)
             t1 = mono()
             if slot is not None:
                 if slot.ends is not None:
@@ -394,7 +435,7 @@ class SyncDispatch(Dispatch):
             t1s[i] = t1
             workers[i] = "sync"
             if reporting:
-                run._report_outcome(i)
+                report.outcome(i)
             if has_flush:
                 run.hook.flowdeco_report_flush(run=run)
         return None
@@ -452,11 +493,23 @@ class RemoteStats:
         return est if est is not None and over is not None and est < over else None
 
 
+def remote_policies(run: "Run") -> list[RemotePolicy | None]:
+    """Per task, the guard and deadline a remote attempt carries (None: neither)."""
+    n = len(run.graph)
+    if run._policed is None:
+        return [None] * n
+    guards = run._guards or [None] * n
+    deadlines = run._deadlines or [None] * n
+    pid = os.getpid()
+    return [RemotePolicy(guards[i], deadlines[i], v.name, pid) if run._policed[i] else None
+            for i, v in enumerate(run.graph.vertices)]
+
+
 class RemoteDispatch(Dispatch):
     """Process pools and Dask: each attempt travels by pickle (:func:`call_remote`).
 
     Tiny tasks are batched: when the task being started and the next ready
-    ones are plain calls (no per-attempt wrapper) whose code ran shorter than
+    ones are plain calls (no per-attempt wrapper, guard or deadline) whose code ran shorter than
     a round trip to a worker costs, they go as one submission that runs them
     in sequence (:func:`call_batch`).  The completions are posted back as if
     a worker had chained them ("finished A, started B"), so reports, state and
@@ -468,16 +521,19 @@ class RemoteDispatch(Dispatch):
     def __init__(self, run: "Run"):
         super().__init__(run)
         self.stats = RemoteStats()
+        #: per task: the guard and deadline its attempts carry to the worker, or None
+        self.policies = remote_policies(run)
 
     def start(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
         run = self.run
         stats = self.stats
         calls_of, fns = run._calls, run._fns
         table = run._table
+        policies = self.policies
         members = [(i, attempt, iteration)]
-        calls = [(calls_of[i], kw)]
+        calls: list[tuple] = [(calls_of[i], kw, policies[i])]
         est = stats.tiny(fns[i]) if BATCH_MAX > 1 and not run.stop_on_error \
-            and is_plain(calls_of[i]) else None
+            and policies[i] is None and is_plain(calls_of[i]) else None
         if est is not None:
             ready, mod, vertices, results = run._ready, run._prio_mod, run.graph.vertices, \
                 run.results
@@ -491,7 +547,8 @@ class RemoteDispatch(Dispatch):
                         break       # a mapped task goes first: the scheduler starts it
                     j = ready[0] % mod
                     e = stats.tiny(fns[j])
-                    if e is None or e > budget or not is_plain(calls_of[j]):
+                    if e is None or e > budget or policies[j] is not None \
+                            or not is_plain(calls_of[j]):
                         break
                     heapq.heappop(ready)
                     budget -= e
@@ -502,7 +559,7 @@ class RemoteDispatch(Dispatch):
                 if v.wants_ctx:
                     kj["ctx"] = run._context(v, a, it)
                 table.state[j] = RUNNING
-                calls.append((calls_of[j], kj))
+                calls.append((calls_of[j], kj, None))
         sent = time.perf_counter()
         setup = run._worker_setup  # captured output: installed in the worker first
         try:

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -422,7 +423,7 @@ class DynamicFlows:
         if slot is not None:
             slot.at = ((m, k), attempt, None)
         t0 = mono()
-        result, err, _ = run_attempt(m.fn, call, kw)
+        result, err, _ = run_attempt(m.fn, call, kw, m.guard, m.deadline, name=m.name)
         t1 = mono()
         if slot is not None:
             if slot.ends is not None:
@@ -456,7 +457,10 @@ class DynamicFlows:
             base, items, param = m.base, m.items, m.param
             # (a capped instance's successor needs a pool slot: the scheduler starts it)
             chain = port.chaining and (self.pools is None or self.pools.capped[m.index] is None)
-            worker = threading.current_thread().name
+            me = threading.current_thread()
+            worker = me.name
+            guard, deadline, watchdog = m.guard, m.deadline, port.watchdog
+            real = mono is time.monotonic  # deadlines are real time (see ThreadDispatch.work)
             if port.tracking:  # captured output: this thread's slot, marked per attempt
                 slot = tracking.enter(port.log_sink, port.attempt_name)
             # --run-timeout: take nothing new once the run's deadline has passed
@@ -467,7 +471,11 @@ class DynamicFlows:
                 if slot is not None:
                     slot.at = ((m, k), attempt, None)
                 t0 = mono()
-                result, err, _ = run_attempt(fn, call, kw)
+                result, err, overran = run_attempt(fn, call, kw, guard, deadline, watchdog,
+                                                   (m, k), attempt, None, t0, me,
+                                                   t0 if real else None, m.name)
+                if overran:
+                    return  # the scheduler ended this attempt and gave up this thread
                 t1 = mono()
                 if slot is not None and slot.ends is not None:
                     slot.end()
@@ -502,8 +510,8 @@ class DynamicFlows:
         run = self.run
         try:
             setup = self.port.worker_setup
-            fut = run.executor.submit(call_remote, m.call, kw, setup) if setup else \
-                run.executor.submit(call_remote, m.call, kw)
+            fut = run.executor.submit(call_remote, m.call, kw, m.policy, setup) if setup else \
+                run.executor.submit(call_remote, m.call, kw, m.policy)
         except Exception as exc:  # noqa: BLE001 - a broken or closed pool fails the attempt
             now = run.clock.monotonic()
             run.q.put((M_INSTANCE_DONE, m, k, attempt, None, remote_failure(exc, m.instance(k)),
@@ -587,7 +595,7 @@ class DynamicFlows:
                          None, err, attempt, t1, worker)
                 return
             m.status[k] = I_WAITING
-            # the timer's iteration slot carries the instance (see Run._release_timers)
+            # the timer's iteration slot carries the instance (see Timers.release)
             port.push_timer(run.clock.monotonic() + delay, m.index, next_attempt, k)
             return
         if isinstance(decision, Finish):

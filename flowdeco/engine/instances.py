@@ -7,12 +7,14 @@ arrays of times); outcomes of instances are built from it on demand.
 
 from __future__ import annotations
 
+import os
 from array import array
 from typing import TYPE_CHECKING, Any
 
 from ..graph import Vertex
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, TaskOutcome,
                        format_error)
+from .attempt import RemotePolicy
 from .port import SchedulerPort
 from .states import SKIP_STOPPED
 from .views import Upstream
@@ -41,6 +43,7 @@ class MapState:
     """
 
     __slots__ = ("index", "vertex", "name", "key", "param", "items", "n", "base", "fn", "call",
+                 "guard", "deadline", "policy",
                  "wants_ctx", "upstream", "watched", "cursor", "left", "retry", "queued",
                  "status", "attempts", "t0", "t1", "results", "errors", "workers")
 
@@ -62,6 +65,12 @@ class MapState:
         self.base = base
         self.fn = v.fn
         self.call = port.calls[v.index]
+        #: every instance's attempt runs under the mapped task's guard and deadline
+        self.guard = port.guards[v.index] if port.guards is not None else None
+        self.deadline = port.deadlines[v.index] if port.deadlines is not None else None
+        #: the same, for an attempt on a remote worker (None: neither)
+        self.policy = None if self.guard is None and self.deadline is None else \
+            RemotePolicy(self.guard, self.deadline, v.name, os.getpid())
         self.wants_ctx = v.wants_ctx
         self.upstream = Upstream(run, v.deps) if v.wants_ctx else None
         #: successful attempts also go through flowdeco_attempt_done

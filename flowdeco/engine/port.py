@@ -36,6 +36,8 @@ class SchedulerPort:
       is the task index); both change under ``lock`` only;
     - ``prio``: the priority key of each task;
     - ``calls``: the per-task attempt wrapper (None: call the function);
+    - ``guards`` / ``deadlines``: per-task attempt guard and deadline (None: no task
+      has one); ``watchdog``: what enforces deadlines on flowdeco's thread pool, or None;
     - ``success_hooked``: tasks whose successful attempts go through
       ``flowdeco_attempt_done``; ``has_restore``, ``has_flush``,
       ``has_attempt_done``: whether those hooks have implementations;
@@ -68,6 +70,7 @@ class SchedulerPort:
     """
 
     __slots__ = ("table", "ready", "map_ready", "lock", "prio", "prio_mod", "calls",
+                 "guards", "deadlines", "watchdog",
                  "success_hooked", "has_restore", "has_flush", "has_attempt_done",
                  "restore_fields", "log_sink", "chaining", "tracking", "sync_slot",
                  "attempt_name", "worker_setup", "offset", "finish", "start",
@@ -82,6 +85,9 @@ class SchedulerPort:
         self.prio: list[int] = run._prio
         self.prio_mod: int = run._prio_mod
         self.calls: list[Any] = run._calls
+        self.guards: list[Any] | None = run._guards
+        self.deadlines: list[Any] | None = run._deadlines
+        self.watchdog = run._watchdog
         self.success_hooked = run._success_hooked
         self.has_restore: bool = run._has_restore
         self.has_flush: bool = run._has_flush
@@ -98,12 +104,12 @@ class SchedulerPort:
         self.start: Callable[[int, int, int | None], None] = run._start
         self.restore: Callable[[Run, Vertex, str], Restored | None] | None = \
             getattr(run, "_restore", None)
-        self.push_timer: Callable[[float, int, int, int | None], None] = run._push_timer
+        self.push_timer: Callable[[float, int, int, int | None], None] = run.timers.push
         self.flush: Callable[[], None] = run._flush
         self.handle: Callable[[tuple], None] = run._handle
         self.context: Callable[..., Context] = run._context
-        self.report: Callable[..., None] = run._report
-        self.report_started: Callable[..., None] = run._report_started
-        self.report_end: Callable[[str, TaskOutcome, float | None], None] = run._report_end
+        self.report: Callable[..., None] = run.reporter.event
+        self.report_started: Callable[..., None] = run.reporter.started
+        self.report_end: Callable[[str, TaskOutcome, float | None], None] = run.reporter.end
         self.add_scopes: Callable[..., None] | None = \
             run._add_scopes if run._scope is not None else None

@@ -7,44 +7,58 @@ events from other threads arrive as messages (:class:`~flowdeco.engine.states.Ms
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..outcome import FAILED, RESTORED, SKIPPED, SUCCEEDED, Event, TaskOutcome
 from ..signals import on_stop_signals
 from . import tracking
 from .attempt import format_traceback
-from .states import M_LOG, M_SIGNAL, S_SIGNALLED
+from .states import M_LOG, M_SIGNAL, S_SIGNALLED, StopState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scheduler import Run
 
 
-class RunReporting:
-    """Event reporting (mixed into :class:`~flowdeco.engine.scheduler.Run`)."""
+class Reporter:
+    """A run's event reporting (``run.reporter``): scheduler thread only, except :meth:`sink`."""
 
-    # -- reporting
-    def _report(self, name: str, task: str | None, fields: dict, mono: float | None = None,
-                outcome: TaskOutcome | None = None) -> None:
-        ts = (self.clock.monotonic() if mono is None else mono) + self._offset
-        self._report_hook(run=self, event=Event(name, ts, self.run_id, task, fields, outcome))
+    def __init__(self, run: "Run"):
+        self.run = run
+        #: ``hook.flowdeco_report`` (set at setup, when some plugin implements it)
+        self.hook: Any = None
+        self.interrupt_reported = False
 
-    def _sink(self, task: str, level: str, attempt: int, iteration: int | None, event: str,
-              fields: dict) -> None:
-        self.q.put((M_LOG, task, level, attempt, iteration, event, fields, self.clock.monotonic()))
+    def event(self, name: str, task: str | None, fields: dict, mono: float | None = None,
+              outcome: TaskOutcome | None = None) -> None:
+        """Report event ``name`` (``mono``: when, on the run's monotonic clock; default now)."""
+        run = self.run
+        ts = (run.clock.monotonic() if mono is None else mono) + run._offset
+        self.hook(run=run, event=Event(name, ts, run.run_id, task, fields, outcome))
 
-    def _report_started(self, name: str, attempt: int, iteration: int | None,
-                        mono: float | None = None) -> None:
+    def sink(self, task: str, level: str, attempt: int, iteration: int | None, event: str,
+             fields: dict) -> None:
+        """Where ``ctx.log`` records go (any thread): a message to the scheduler."""
+        run = self.run
+        run.q.put((M_LOG, task, level, attempt, iteration, event, fields, run.clock.monotonic()))
+
+    def started(self, name: str, attempt: int, iteration: int | None,
+                mono: float | None = None) -> None:
         f: dict[str, Any] = {"attempt": attempt}
         if iteration is not None:
             f["iteration"] = iteration
-        self._report("task_started", name, f, mono)
+        self.event("task_started", name, f, mono)
 
-    def _report_outcome(self, i: int) -> None:
-        self._report_end(self.graph.vertices[i].name, self.outcome_at(i), self._table.t1[i])
+    def outcome(self, i: int) -> None:
+        """Report how task ``i`` ended (from the task table)."""
+        run = self.run
+        self.end(run.graph.vertices[i].name, run.outcome_at(i), run._table.t1[i])
 
-    def _report_end(self, name: str, out: TaskOutcome, t1: float | None) -> None:
+    def end(self, name: str, out: TaskOutcome, t1: float | None) -> None:
         """Report how task (or mapped instance) ``name`` ended; ``t1`` on the monotonic clock."""
         status = out.status
         if status == SUCCEEDED:
             fields: dict[str, Any] = {"attempts": out.attempts, "duration": round(out.duration, 6)}
-            self._report("task_succeeded", name, fields, t1, out)
+            self.event("task_succeeded", name, fields, t1, out)
         elif status == FAILED:
             fields = {"attempts": out.attempts, "error": out.error}
             exc = out.exception
@@ -52,38 +66,40 @@ class RunReporting:
                 fields["traceback"] = format_traceback(exc)
             elif exc is not None and hasattr(exc, "remote_traceback"):
                 fields["traceback"] = exc.remote_traceback  # type: ignore[attr-defined]
-            self._report("task_failed", name, fields, t1, out)
+            self.event("task_failed", name, fields, t1, out)
         elif status == SKIPPED:
-            self._report("task_skipped", name, {"reason": out.reason}, None, out)
+            self.event("task_skipped", name, {"reason": out.reason}, None, out)
         elif status == RESTORED:
             fields = {"attempts": out.attempts}
-            if self._restore_fields:
-                fields.update(self._restore_fields.pop(name, ()))
-            self._report("task_restored", name, fields, None, out)
+            if self.run._restore_fields:
+                fields.update(self.run._restore_fields.pop(name, ()))
+            self.event("task_restored", name, fields, None, out)
         else:
-            self._report("task_interrupted", name, {"attempts": out.attempts}, None, out)
+            self.event("task_interrupted", name, {"attempts": out.attempts}, None, out)
 
-    def _report_interrupt(self, signum: int) -> None:
+    def interrupt(self, signum: int) -> None:
         """``run_interrupted`` (once): the signal, and how many running tasks are waited for."""
-        if self._interrupt_reported or not self.reporting:
+        if self.interrupt_reported or not self.run.reporting:
             return
-        self._interrupt_reported = True
+        self.interrupt_reported = True
         try:
             name = signal.Signals(signum).name
         except ValueError:
             name = str(signum)
-        self._report("run_interrupted", None, {"signal": name, "running": self.running_count()})
+        self.event("run_interrupted", None, {"signal": name, "running": self.run.running_count()})
 
-    def _install_signals(self) -> Callable[[], None]:
+    def install_signals(self) -> Callable[[], None]:
+        """Ctrl-C / SIGTERM handling for the run; returns what restores the old handlers."""
         received = [0]
+        run = self.run
 
         def handler(signum: int, frame: Any) -> None:
             received[0] += 1
-            if self._stop_state < S_SIGNALLED:  # workers stop chaining at once
-                self._stop_state = S_SIGNALLED
-            if received[0] >= 2 and self.sync_busy:
+            if run.stop_state < S_SIGNALLED:  # workers stop chaining at once
+                run.stop_state = StopState.SIGNALLED
+            if received[0] >= 2 and run.sync_busy:
                 raise KeyboardInterrupt  # stop waiting for a task running on this thread
-            if received[0] == 1 and self.sync_busy:
+            if received[0] == 1 and run.sync_busy:
                 # the scheduler is this thread, inside a task (no hook is running):
                 # say what happens now, not when the task ends -- as the engine, not
                 # as output the task's attempt printed (captured output)
@@ -92,10 +108,10 @@ class RunReporting:
                 if slot is not None:
                     at, slot.at = slot.at, None
                 try:
-                    self._report_interrupt(signum)
+                    self.interrupt(signum)
                 finally:
                     if slot is not None:
                         slot.at = at
-            self.q.put((M_SIGNAL, signum))
+            run.q.put((M_SIGNAL, signum))
 
         return on_stop_signals(handler)

@@ -42,13 +42,15 @@ from ..threadpool import ThreadPool
 from .attempt import SCOPES
 from .pools import parse_limits
 from .port import SchedulerPort
-from .reporting import RunReporting
-from .setup import RunSetup
+from .reporting import Reporter
+from .setup import setup
 from .states import (DONE, M_CALL, M_CRASH, M_DONE, M_EMIT, M_EXPIRED, M_INSTANCE_DONE, M_LOG,
-                     M_SIGNAL, OK, PENDING, READY, RUNNING, S_ABANDONED, S_INTERRUPTED,
-                     S_RUNNING, S_STOPPING, WAITING, InternalError)
+                     M_SIGNAL, OK, PENDING, READY, RUNNING, S_ABANDONED, S_STOPPING, WAITING,
+                     InternalError, StopState)
 from .surface import RunSurface
+from .ending import finalize, subflow_end
 from .table import TaskTable
+from .timers import Timers
 from .views import Outcomes, Upstream
 
 def _priority_keys(graph: Graph) -> tuple[list[int], bool]:
@@ -62,7 +64,7 @@ def _priority_keys(graph: Graph) -> tuple[list[int], bool]:
     return [ranks[v.priority] * n + v.index for v in graph.vertices], False
 
 
-class Run(RunSurface, RunSetup, RunReporting):
+class Run(RunSurface):
     """One execution of a graph.  Passed to run hooks as ``run``.
 
     Plugins read ``run_id``, ``config``, ``graph``, ``clock``, ``params``,
@@ -114,7 +116,11 @@ class Run(RunSurface, RunSetup, RunReporting):
         n = len(graph)
         self.results: list[Any] = [None] * n
         self.q: SimpleQueue = SimpleQueue()
-        self._stop_state = S_RUNNING
+        #: how far the run is from starting new work (:class:`StopState`); read it,
+        #: don't set it (use :meth:`stop`): a plain attribute, the dispatchers read it per task
+        self.stop_state = StopState.RUNNING
+        #: the run's event reporting (:class:`~flowdeco.engine.reporting.Reporter`)
+        self.reporter = Reporter(self)
         # compact per-task records; TaskOutcome objects are built on demand
         self._table = TaskTable(graph)
         # ready tasks as int keys (priority rank * n + index: highest priority, then
@@ -131,14 +137,13 @@ class Run(RunSurface, RunSetup, RunReporting):
         # tasks whose dependency was skipped for a reason they inherit
         self._map_ready: list[int] = []
         self._dyn: Any = None
-        self._timers: list[tuple[float, int, int, int, int | None]] = []
-        self._timer_seq = 0
+        #: tasks waiting for a retry, a delay or their next interval
+        self.timers = Timers(self)
         #: engine (scheduler and dynamic flows): attempts and mapped instances in flight
         self.inflight = 0
         self._signals = 0
         #: engine: the sync executor is running a task on the scheduler thread
         self.sync_busy = False
-        self._interrupt_reported = False
         #: guards the ready heap, which thread workers also pop from (see ThreadDispatch)
         self._lock = threading.Lock()
         #: extra ``task_restored`` fields (``Restored.fields``) by task or instance name
@@ -168,12 +173,12 @@ class Run(RunSurface, RunSetup, RunReporting):
     # -- the loop
     def execute(self) -> RunResult:
         try:
-            self._setup()
+            setup(self)
             if self.reporting:
                 fields: dict[str, Any] = {"flow": self.graph.name, "tasks": len(self.graph)}
                 if self.resumed:
                     fields["resumed"] = True
-                self._report("run_started", None, fields)
+                self.reporter.event("run_started", None, fields)
         except BaseException:
             # a plugin refused to start (a run in use, a foreign store): release
             # what the run owns before the error reaches the user
@@ -182,7 +187,7 @@ class Run(RunSurface, RunSetup, RunReporting):
             raise
         if self.run_timeout is not None:
             self.run_deadline = self.started + self.run_timeout
-        restore = self._install_signals()
+        restore = self.reporter.install_signals()
         try:
             try:
                 if self._dispatcher.in_order:  # no counters needed unless it leaves the order
@@ -205,8 +210,8 @@ class Run(RunSurface, RunSetup, RunReporting):
                 self._loop()
             except KeyboardInterrupt:
                 # a second Ctrl-C while the sync executor ran a task on this thread
-                self._stop_state = S_ABANDONED
-            self._finalize()
+                self.stop_state = StopState.ABANDONED
+            finalize(self)
         finally:
             restore()
             if self._watchdog is not None:
@@ -224,7 +229,7 @@ class Run(RunSurface, RunSetup, RunReporting):
                            metrics=self.metrics)
         if self.reporting:
             counts = result.counts()
-            self._report("run_finished", None, {"status": status, "duration": round(result.duration, 6),
+            self.reporter.event("run_finished", None, {"status": status, "duration": round(result.duration, 6),
                                                 **{k: v for k, v in counts.items() if v}})
         if self._has_flush:
             self.hook.flowdeco_report_flush(run=self)
@@ -239,6 +244,7 @@ class Run(RunSurface, RunSetup, RunReporting):
         handle = self._handle
         dispatch = self._dispatcher.fill
         deadline = self.run_deadline   # --run-timeout (None: none)
+        timers = self.timers
         while True:
             if deadline is not None and clock.monotonic() >= deadline:
                 deadline = None
@@ -246,14 +252,14 @@ class Run(RunSurface, RunSetup, RunReporting):
             dispatch()
             if self.flush_due:
                 self._flush()
-            if self._stop_state == S_ABANDONED:
+            if self.stop_state == S_ABANDONED:
                 return
-            if self.inflight == 0 and (self._stop_state >= S_STOPPING or (
-                    not self._ready and not self._map_ready and not self._timers)):
+            if self.inflight == 0 and (self.stop_state >= S_STOPPING or (
+                    not self._ready and not self._map_ready and not self.timers)):
                 return
             timeout = None
-            if self._timers:
-                timeout = self._timers[0][0] - clock.monotonic()
+            if timers:
+                timeout = timers.next_due() - clock.monotonic()
             if deadline is not None:  # wake up (a fake clock: jump) at the run's deadline
                 left = deadline - clock.monotonic()
                 if timeout is None or left < timeout:
@@ -261,13 +267,13 @@ class Run(RunSurface, RunSetup, RunReporting):
             try:
                 msg = clock.wait(get, timeout, self.inflight == 0)
             except Empty:
-                self._release_timers()
+                timers.release()
                 continue
             handle(msg)
             while not empty():
                 handle(get())
-            if self._timers:
-                self._release_timers()
+            if timers:
+                timers.release()
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
 
@@ -279,11 +285,12 @@ class Run(RunSurface, RunSetup, RunReporting):
         ``interrupted`` (exit 2) and can be resumed.  Reported as
         ``run_interrupted`` with ``reason: "run_timeout"`` (no ``signal``).
         """
-        if self._stop_state >= S_INTERRUPTED:
+        if self.stop_state >= StopState.INTERRUPTED:
             return
-        if self.reporting and not self._interrupt_reported:
-            self._interrupt_reported = True
-            self._report("run_interrupted", None, {"reason": "run_timeout",
+        report = self.reporter
+        if self.reporting and not report.interrupt_reported:
+            report.interrupt_reported = True
+            report.event("run_interrupted", None, {"reason": "run_timeout",
                                                    "run_timeout": self.run_timeout,
                                                    "running": self.running_count()})
         self._stop(interrupted=True)
@@ -291,10 +298,6 @@ class Run(RunSurface, RunSetup, RunReporting):
     def scheduler_port(self) -> "SchedulerPort":
         """What dynamic flows may use of this run's scheduler (after setup)."""
         return SchedulerPort(self)
-
-    def _expire(self, armed: Any) -> None:
-        """The watchdog's thread: an attempt overran its deadline; the scheduler ends it."""
-        self.q.put((M_EXPIRED, armed))
 
     def _flush(self) -> None:
         """Flush reports made outside message handling, so gates waiting on them open."""
@@ -314,26 +317,31 @@ class Run(RunSurface, RunSetup, RunReporting):
                 if iteration is not None:
                     extra["iteration"] = iteration
                 extra.update(fields)
-                self._report(event, task, extra, mono)
+                self.reporter.event(event, task, extra, mono)
         elif kind == M_EMIT:
             _, name, task, fields, mono = msg
             if self.reporting:
-                self._report(name, task, fields, mono)
+                self.reporter.event(name, task, fields, mono)
         elif kind == M_SIGNAL:
             self._signals += 1
             if self._signals == 1:
-                self._report_interrupt(msg[1])
+                self.reporter.interrupt(msg[1])
                 self._stop(interrupted=True)
             else:
-                self._stop_state = S_ABANDONED
+                self.stop_state = StopState.ABANDONED
         elif kind == M_EXPIRED:
             i, attempt, iteration, t0, thread, deadline, guard, token = msg[1][2:]
             self.executor.give_up(thread)
-            error = deadline.error(self.graph.vertices[i].name)
+            instance = type(i) is tuple  # (MapState, k): a mapped task's instance
+            error = deadline.error(i[0].name if instance else self.graph.vertices[i].name)
             if guard is not None:
                 guard.exit(token, error)  # the overrun counts as the guarded call's failure
-            self._on_done(i, attempt, iteration, None, error, t0, self.clock.monotonic(),
-                          thread.name, None, 0)
+            if instance:
+                self._dyn.on_done(i[0], i[1], attempt, None, error, t0, self.clock.monotonic(),
+                                  thread.name, -1)
+            else:
+                self._on_done(i, attempt, iteration, None, error, t0, self.clock.monotonic(),
+                              thread.name, None, 0)
         elif kind == M_CALL:
             msg[1]()
         elif kind == M_CRASH:
@@ -353,7 +361,7 @@ class Run(RunSurface, RunSetup, RunReporting):
         self._table.state[i] = RUNNING
         self.inflight += 1
         if self.reporting:
-            self._report_started(v.name, attempt, iteration)
+            self.reporter.started(v.name, attempt, iteration)
         self._start_attempt(i, kw, attempt, iteration)
 
     def _start_scoped(self, i: int, attempt: int, iteration: int | None) -> None:
@@ -366,7 +374,7 @@ class Run(RunSurface, RunSetup, RunReporting):
         self._table.state[i] = RUNNING
         self.inflight += 1
         if self.reporting:
-            self._report_started(v.name, attempt, iteration)
+            self.reporter.started(v.name, attempt, iteration)
         self._add_scopes(kw, v, v.name, attempt, iteration)
         self._start_attempt(i, kw, attempt, iteration)
 
@@ -405,7 +413,7 @@ class Run(RunSurface, RunSetup, RunReporting):
             table.t1[i] = t1
             table.worker[i] = worker
             if self.reporting:
-                self._report_outcome(i)
+                self.reporter.outcome(i)
             remaining = table.remaining
             gated = table.gated
             plain = self._plain_release
@@ -429,7 +437,7 @@ class Run(RunSurface, RunSetup, RunReporting):
         else:
             self._after_attempt(i, attempt, iteration, result, err, t0, t1, worker)
         if nxt is not None and self.reporting:
-            self._report_started(self.graph.vertices[nxt].name, self._table.next_attempt[nxt],
+            self.reporter.started(self.graph.vertices[nxt].name, self._table.next_attempt[nxt],
                                  self._table.next_iter[nxt], t1)
         if seq:
             # last: what this completion released is in the ready heap now
@@ -454,7 +462,7 @@ class Run(RunSurface, RunSetup, RunReporting):
             self._table.last_error[i] = err
             self._table.attempts[i] = attempt
             if err is not None and self.reporting:
-                self._report("task_retrying", self.graph.vertices[i].name,
+                self.reporter.event("task_retrying", self.graph.vertices[i].name,
                              {"attempt": attempt, "delay": delay, "error": format_error(err),
                               **decision.fields}, t1)
             if self.stopping:
@@ -462,7 +470,7 @@ class Run(RunSurface, RunSetup, RunReporting):
                              None, err, attempt, t1, worker)
                 return
             self._table.state[i] = WAITING
-            self._push_timer(self.clock.monotonic() + delay, i, next_attempt, next_iter)
+            self.timers.push(self.clock.monotonic() + delay, i, next_attempt, next_iter)
             return
         if isinstance(decision, Finish):
             result, err = decision.result, decision.error
@@ -495,7 +503,7 @@ class Run(RunSurface, RunSetup, RunReporting):
             elif status == FAILED and self.stop_on_error and not self.stopping:
                 self._stop(interrupted=False)
             if self.reporting:
-                self._report_outcome(i)
+                self.reporter.outcome(i)
             # what an all_succeeded dependent inherits (see .dynamic): plain skips
             # ("condition", "trigger", "stopped") pass on, anything else that is not a
             # success gives "upstream"
@@ -518,26 +526,6 @@ class Run(RunSurface, RunSetup, RunReporting):
                         state[s] = DONE
                         todo.append(done)
 
-    def _push_timer(self, deadline: float, i: int, attempt: int, iteration: int | None) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, i, attempt, iteration))
-
-    def _release_timers(self) -> None:
-        now = self.clock.monotonic()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, i, attempt, iteration = heapq.heappop(timers)
-            if self._table.gated[i] and self._dynamic().timer(i, attempt, iteration):
-                continue  # a mapped instance's retry, or a mapped task's delay ended
-            self._table.state[i] = READY
-            self._table.next_attempt[i] = attempt
-            self._table.next_iter[i] = iteration
-            if self.pools is not None and self.pools.capped[i] is not None:
-                self.pools.admit(i)
-                continue
-            with self._lock:
-                heapq.heappush(self._ready, self._prio[i])
-
     def _make_ready(self, i: int) -> tuple | None:
         """Dependencies are done: queue ``i``, or return how it ends right away.
 
@@ -549,7 +537,7 @@ class Run(RunSurface, RunSetup, RunReporting):
         slow = self._table.gated[i]
         if slow:
             if v.kind is SUBFLOW:
-                return self._subflow_end(v)
+                return subflow_end(self, v)
             done = self._dynamic().gate(v)
             if done is not None:
                 return done
@@ -565,7 +553,7 @@ class Run(RunSurface, RunSetup, RunReporting):
             delay = self.hook.flowdeco_task_delay(run=self, task=v)
             if delay:
                 self._table.state[i] = WAITING
-                self._push_timer(self.clock.monotonic() + float(delay), i, 1,
+                self.timers.push(self.clock.monotonic() + float(delay), i, 1,
                                  self._table.first_iteration[i])
                 return None
         if slow and v.spec.map is not None:  # type: ignore[union-attr]
@@ -578,40 +566,12 @@ class Run(RunSurface, RunSetup, RunReporting):
             heapq.heappush(self._ready, self._prio[i])
         return None
 
-    def _subflow_end(self, v: Vertex) -> tuple:
-        status = self._table.status
-        failed = [self.graph.vertices[m].name for m in v.members if status[m] == FAILED]
-        now = self.clock.monotonic()
-        starts = [t for m in v.members if (t := self._table.t0[m]) is not None]
-        self._table.t0[v.index] = min(starts) if starts else now
-        if failed:
-            err = f"SubflowFailed: {len(failed)} inner task(s) failed: {', '.join(failed)}"
-            return (v.index, FAILED, None, err, 1, now, None, None)
-        if any(status[m] is None or status[m] == INTERRUPTED for m in v.members):
-            return (v.index, INTERRUPTED, None, None, 0, now, None, None)
-        skipped = [self._table.reason[m] for m in v.members if status[m] == SKIPPED]
-        # the node did not run as a whole: report why, like a skipped task (an inner
-        # task skipped by its condition or trigger rule is routing, not a reason to
-        # skip the node -- unless nothing inside ran)
-        hard = [r for r in skipped if r not in ("condition", "trigger")]
-        if hard:
-            reason = "upstream" if "upstream" in hard else hard[0]
-            return (v.index, SKIPPED, None, None, 0, None, None, reason)
-        if skipped and len(skipped) == len(v.members):
-            reason = "condition" if "condition" in skipped else "upstream"
-            return (v.index, SKIPPED, None, None, 0, None, None, reason)
-        if len(v.sinks) == 1:
-            result = self.results[v.sinks[0][1]]
-        else:
-            result = {name: self.results[m] for name, m in v.sinks}
-        return (v.index, SUCCEEDED, result, None, 1, now, None, None)
-
     def _stop(self, interrupted: bool) -> None:
         """Start nothing new; tasks waiting for a retry or a delay end now."""
-        self._stop_state = max(self._stop_state, S_INTERRUPTED if interrupted else S_STOPPING)
-        timers, self._timers = self._timers, []
+        self.stop_state = max(self.stop_state,
+                              StopState.INTERRUPTED if interrupted else StopState.STOPPING)
         now = self.clock.monotonic()
-        for _, _, i, attempt, iteration in sorted(timers):
+        for _, _, i, attempt, iteration in self.timers.take_all():
             if self._table.gated[i] and self._dyn is not None and \
                     self._dyn.stop_timer(i, iteration, interrupted, now):
                 continue  # a mapped instance waiting for a retry
@@ -623,36 +583,3 @@ class Run(RunSurface, RunSetup, RunReporting):
             else:
                 self._finish(i, INTERRUPTED if interrupted else FAILED, None, err,
                              self._table.attempts[i], now)
-
-    def _finalize(self) -> None:
-        """Give every task an outcome: in-flight ones interrupted, the rest skipped."""
-        now = self.clock.monotonic()
-        for i in self.graph.order:
-            if self._table.status[i] is not None:
-                continue
-            v = self.graph.vertices[i]
-            state = self._table.state[i]
-            if v.kind is SUBFLOW:
-                done = self._subflow_end(v)
-            elif self._dyn is not None and i in self._dyn.maps:
-                done = self._dyn.finalize(i)  # a mapped task: its instances first
-            elif state == RUNNING:
-                if self._table.t0[i] is None:
-                    self._table.t0[i] = now
-                done = (i, INTERRUPTED, None, None, max(self._table.attempts[i], 1), now, None, None)
-            elif self.stopping:
-                done = (i, SKIPPED, None, None, 0, None, None, "stopped")
-            else:
-                raise InternalError(f"task {v.name!r} was never scheduled (state {state})")
-            _, status, result, err, attempts, t1, worker, reason = done
-            self._table.state[i] = DONE
-            self._table.status[i] = status
-            self._table.error[i] = err
-            self._table.attempts[i] = attempts
-            self._table.t1[i] = t1
-            self._table.reason[i] = reason
-            if status in OK:
-                self.results[i] = result
-            if self.reporting:
-                self._report_outcome(i)
-

@@ -1,7 +1,7 @@
 """The session: one invocation's plugin manager, configuration, collection and run.
 
 :func:`run` (``flowdeco.run``) and the CLI both go through :class:`Session`:
-``start`` leases a plugin manager and parses options, ``collect`` builds the
+``start`` borrows a plugin manager and parses options, ``collect`` builds the
 graph, ``execute`` picks the executor (``flowdeco_make_executor``) and hands
 the graph to a :class:`~flowdeco.engine.scheduler.Run`, ``close`` gives the
 plugin manager back.
@@ -22,7 +22,7 @@ from ..config import Config, Parser, check_run_timeout, merge_options, parse_par
 from ..errors import CollectionError, FlowError, UsageError, shorten
 from ..executors import choose_executor
 from ..graph import Graph, build_graph
-from ..manager import Lease, acquire, release
+from ..manager import PooledManager, acquire, release
 from ..outcome import RunResult
 from ..params import (check_params, declare_secrets, parse_param_env, scrub_options,
                       wrap_secrets)
@@ -51,20 +51,20 @@ def new_run_id(clock: Clock) -> str:
 class Session:
     """One invocation: plugin manager, configuration, collection, run, teardown."""
 
-    def __init__(self, config: Config, params: Mapping[str, Any], lease: Lease | None = None):
+    def __init__(self, config: Config, params: Mapping[str, Any], manager: PooledManager | None = None):
         self.config = config
         self.params = dict(params)
-        self._lease = lease
+        self._manager = manager
 
     @classmethod
     def start(cls, *, plugins: Iterable[Any] = (), disable: Iterable[str] = (),
               options: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
               clock: Clock | None = None, from_cli: bool = False,
               parser: Parser | None = None, pm: Any = None) -> "Session":
-        lease = None
+        managed = None
         if pm is None:
-            lease = acquire(plugins, disable)
-            pm, parser = lease.pm, lease.parser
+            managed = acquire(plugins, disable)
+            pm, parser = managed.pm, managed.parser
         if parser is None:
             parser = Parser()
             pm.hook.flowdeco_addoption(parser=parser)
@@ -76,10 +76,10 @@ class Session:
             all_params.update(params or {})
             declare_secrets(all_params, values.get("secret"))
         except BaseException:
-            if lease is not None:
-                release(lease)
+            if managed is not None:
+                release(managed)
             raise
-        session = cls(config, all_params, lease)
+        session = cls(config, all_params, managed)
         config.params = session.params  # type: ignore[attr-defined]
         try:
             pm.hook.flowdeco_configure(config=config)
@@ -92,9 +92,9 @@ class Session:
         try:
             self.config.hook.flowdeco_unconfigure(config=self.config)
         finally:
-            if self._lease is not None:
-                release(self._lease)
-                self._lease = None
+            if self._manager is not None:
+                release(self._manager)
+                self._manager = None
 
     def collect(self, target: Any, unset_ok: bool = False) -> Graph:
         """Resolve the target, build and validate the graph, check the run parameters,

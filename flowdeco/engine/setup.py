@@ -3,14 +3,15 @@
 Which hooks have implementations is asked once here, so an idle plugin costs
 nothing per task; each task's call (``flowdeco_task_wrap``), guard
 (``flowdeco_task_guards``) and deadline (``flowdeco_task_deadlines``) are
-looked up into per-task lists the workers index.
+looked up into per-task lists the workers index, on every executor (remote
+attempts carry theirs to the worker).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..deadlines import Watchdog
 from ..executors import SyncExecutor
@@ -19,149 +20,130 @@ from ..manager import direct_caller
 from .attempt import Scoped, invoke
 from .dispatch import make_dispatcher
 from .pools import make_pools
+from .states import M_EXPIRED
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scheduler import Run
 
 
-class RunSetup:
-    """``Run._setup`` and its helpers (mixed into :class:`~flowdeco.engine.scheduler.Run`)."""
+def setup(run: "Run") -> None:
+    """Ask the run-start hooks, plan each task's call, guard and deadline, pick the strategy."""
+    hook = run.hook
+    report = run.reporter
+    run._offset = run.clock.time() - run.clock.monotonic()
+    run.started = run.clock.monotonic()
+    run.sync = isinstance(run.executor, SyncExecutor)
+    run.local = run.sync or isinstance(run.executor, ThreadPoolExecutor)
+    hook.flowdeco_run_start(run=run)
+    has = lambda h: bool(h.get_hookimpls())  # noqa: E731
+    run.reporting = has(hook.flowdeco_report)
+    report.hook = hook.flowdeco_report
+    run._has_flush = has(hook.flowdeco_report_flush)
+    run._has_restore = has(hook.flowdeco_task_restore)
+    run._has_delay = has(hook.flowdeco_task_delay)
+    run._has_attempt_done = has(hook.flowdeco_attempt_done)
+    run._success_hooked = run.on_success if run._has_attempt_done else frozenset()
+    wrap = direct_caller(hook.flowdeco_task_wrap, ("run", "task")) \
+        if has(hook.flowdeco_task_wrap) else None
+    #: flowdeco_attempt_scope, or None: then every attempt starts from the scheduler
+    #: (_start, DynamicFlows.start), which adds its scopes to its arguments
+    run._scope = direct_caller(hook.flowdeco_attempt_scope,
+                               ("run", "task", "name", "attempt", "iteration")) \
+        if has(hook.flowdeco_attempt_scope) else None
+    scoped = run._scope is not None
+    if scoped:
+        run.inline_successors = False  # no worker chaining: see the hook's doc
+        run._start = run._start_scoped  # type: ignore[method-assign]
+    if run._has_restore:
+        run._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
+                                      firstresult=True)
+    if has(hook.flowdeco_task_deadlines):
+        setup_deadlines(run, hook.flowdeco_task_deadlines(run=run))
+    if has(hook.flowdeco_task_guards):
+        run._guards = per_task(run, hook.flowdeco_task_guards(run=run))
+    #: per task: an attempt with a guard or deadline (None: no task has one)
+    run._policed = None if run._guards is None and run._deadlines is None else [
+        g is not None or d is not None for g, d in zip(
+            run._guards or [None] * len(run.graph),
+            run._deadlines or [None] * len(run.graph))]
+    local = run.local
+    calls: list[Callable[[dict], Any] | None]
+    if wrap is None and local and not scoped:
+        calls = [None] * len(run.graph)  # every task a plain call, made inline
+    else:
+        calls = []
+        for v in run.graph.vertices:
+            call = None
+            if v.kind is TASK:
+                decos = wrap(run, v) if wrap is not None else ()  # (no None in it)
+                if decos or not local or scoped:
+                    call = partial(invoke, v.fn)
+                    for deco in reversed(decos):
+                        call = deco(call)
+                    if scoped:
+                        call = Scoped(call)
+            calls.append(call)
+    run._calls = calls
+    run._fns = [v.fn for v in run.graph.vertices]
+    # --limit: the pool gate (None unless a limit can bind; see engine/pools.py)
+    run.pools = make_pools(run)
+    if run.pools is not None:
+        run._on_done = run.pools.wrap_done(run._on_done)  # type: ignore[method-assign]
+    # thread workers take their next task themselves (no hand-off through the
+    # scheduler) unless a plugin needs to see each completion first
+    run._workers_pick = run.local and not run.sync and run.inline_successors
+    # ... and a successor released by their own completion only when it goes
+    # through no ready-time hook (restore, delay)
+    run._chaining = run._workers_pick and not run._has_restore and not run._has_delay
+    #: per worker thread: completions the scheduler has handled (see ThreadDispatch)
+    run._handled: dict[str, int] = {}
+    run._log_sink = report.sink if run.reporting else None
+    #: mark the thread running each attempt (engine/tracking.py), when a plugin asked
+    #: and something reports what it attributes
+    run._tracking = bool(run.track_attempts) and run.reporting
+    run._attempt_name = partial(attempt_name, run)
+    #: what a remote attempt runs first in its worker process (see call_remote)
+    run._worker_setup = tuple(run.worker_setup) if run._tracking else ()
+    # a released task with no ready-time hook (restore, delay) goes straight to the heap
+    run._plain_release = not run._has_restore and not run._has_delay and run.pools is None
+    run._dispatcher = make_dispatcher(run)
+    run._start_attempt = run._dispatcher.start
 
-    # -- setup
-    def _setup(self) -> None:
-        hook = self.hook
-        self._offset = self.clock.time() - self.clock.monotonic()
-        self.started = self.clock.monotonic()
-        self.sync = isinstance(self.executor, SyncExecutor)
-        self.local = self.sync or isinstance(self.executor, ThreadPoolExecutor)
-        hook.flowdeco_run_start(run=self)
-        has = lambda h: bool(h.get_hookimpls())  # noqa: E731
-        self.reporting = has(hook.flowdeco_report)
-        self._report_hook = hook.flowdeco_report
-        self._has_flush = has(hook.flowdeco_report_flush)
-        self._has_restore = has(hook.flowdeco_task_restore)
-        self._has_delay = has(hook.flowdeco_task_delay)
-        self._has_attempt_done = has(hook.flowdeco_attempt_done)
-        self._success_hooked = self.on_success if self._has_attempt_done else frozenset()
-        wrap = direct_caller(hook.flowdeco_task_wrap, ("run", "task")) \
-            if has(hook.flowdeco_task_wrap) else None
-        #: flowdeco_attempt_scope, or None: then every attempt starts from the scheduler
-        #: (_start, DynamicFlows.start), which adds its scopes to its arguments
-        self._scope = direct_caller(hook.flowdeco_attempt_scope,
-                                    ("run", "task", "name", "attempt", "iteration")) \
-            if has(hook.flowdeco_attempt_scope) else None
-        scoped = self._scope is not None
-        if scoped:
-            self.inline_successors = False  # no worker chaining: see the hook's doc
-            self._start = self._start_scoped  # type: ignore[method-assign]
-        if self._has_restore:
-            self._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
-                                          firstresult=True)
-        if self.can_abandon and has(hook.flowdeco_task_deadlines):
-            self._setup_deadlines(hook.flowdeco_task_deadlines(run=self))
-        if self.local and has(hook.flowdeco_task_guards):
-            self._guards = self._per_task(hook.flowdeco_task_guards(run=self))
-        local = self.local
-        calls: list[Callable[[dict], Any] | None]
-        if wrap is None and local and not scoped:
-            calls = [None] * len(self.graph)  # every task a plain call, made inline
-        else:
-            calls = []
-            for v in self.graph.vertices:
-                call = None
-                if v.kind is TASK:
-                    decos = wrap(self, v) if wrap is not None else ()  # (no None in it)
-                    if decos or not local or scoped:
-                        call = partial(invoke, v.fn)
-                        for deco in reversed(decos):
-                            call = deco(call)
-                        if scoped:
-                            call = Scoped(call)
-                calls.append(call)
-        self._calls = calls
-        self._fns = [v.fn for v in self.graph.vertices]
-        # --limit: the pool gate (None unless a limit can bind; see engine/pools.py)
-        self.pools = make_pools(self)
-        if self.pools is not None:
-            self._on_done = self.pools.wrap_done(self._on_done)
-        # thread workers take their next task themselves (no hand-off through the
-        # scheduler) unless a plugin needs to see each completion first
-        self._workers_pick = self.local and not self.sync and self.inline_successors
-        # ... and a successor released by their own completion only when it goes
-        # through no ready-time hook (restore, delay)
-        self._chaining = self._workers_pick and not self._has_restore and not self._has_delay
-        self._chain_next = self._chains() if self._chaining else [None] * len(self.graph)
-        #: per worker thread: completions the scheduler has handled (see ThreadDispatch)
-        self._handled: dict[str, int] = {}
-        self._log_sink = self._sink if self.reporting else None
-        #: mark the thread running each attempt (engine/tracking.py), when a plugin asked
-        #: and something reports what it attributes
-        self._tracking = bool(self.track_attempts) and self.reporting
-        #: what a remote attempt runs first in its worker process (see call_remote)
-        self._worker_setup = tuple(self.worker_setup) if self._tracking else ()
-        # a released task with no ready-time hook (restore, delay) goes straight to the heap
-        self._plain_release = not self._has_restore and not self._has_delay \
-            and self.pools is None
-        self._dispatcher = make_dispatcher(self)
-        self._start_attempt = self._dispatcher.start
 
-    def _attempt_name(self, key: Any) -> str:
-        """The name of what a tracked attempt runs: task index ``i`` or instance ``(m, k)``."""
-        if type(key) is int:
-            return self.graph.vertices[key].name
-        return key[0].instance(key[1])
+def attempt_name(run: "Run", key: Any) -> str:
+    """The name of what a tracked attempt runs: task index ``i`` or instance ``(m, k)``."""
+    if type(key) is int:
+        return run.graph.vertices[key].name
+    return key[0].instance(key[1])
 
-    def _chains(self) -> list[int | None]:
-        """For each task, the successor a worker may run right after it, or None.
 
-        Only a task that depends on nothing else qualifies, and only when no
-        other successor (which may become ready by the same completion) would
-        have to start first by the priority rule, and never a task that goes
-        through the dynamic gate (``map=``, ``when=``, ``trigger=``) or that a
-        pool caps (it needs a slot first).
-        """
-        vertices = self.graph.vertices
-        watched, slow = self._success_hooked, self._table.gated
-        capped = self.pools.capped if self.pools is not None else None
-        out: list[int | None] = []
-        for i, first in enumerate(self._first_successors()):
-            best = None
-            if first is not None and i not in watched:
-                w = vertices[first]
-                if w.kind is TASK and len(w.deps) == 1 and not slow[first] and (
-                        capped is None or capped[first] is None):  # a pool slot first
-                    best = first
-            out.append(best)
-        return out
+def per_task(run: "Run", answers: list) -> list | None:
+    """``{task index: value}`` answers merged into a per-vertex list (first answer wins),
+    keeping tasks only (a mapped task's value serves its instances; sub-flow nodes
+    take none); None if empty."""
+    answers = [a for a in answers if a]
+    if not answers:
+        return None
+    vertices = run.graph.vertices
+    out: list[Any] = list(map(answers[-1].get, range(len(vertices))))  # one pass in C
+    for answer in reversed(answers[:-1]):
+        for i, x in answer.items():
+            if x is not None:
+                out[i] = x
+    for i in run.graph.dynamic:  # sub-flow nodes take none
+        if vertices[i].kind is not TASK:
+            out[i] = None
+    return out if out.count(None) < len(out) else None
 
-    def _first_successors(self) -> list[int | None]:
-        """Each task's successor that goes first by the priority rule (None: no successor)."""
-        first = self.__dict__.get("_first_succs")
-        if first is None:
-            get = self._prio.__getitem__
-            first = self._first_succs = [min(succ, key=get) if succ else None
-                                    for succ in self.graph.succs]
-        return first
 
-    def _per_task(self, answers: list) -> list | None:
-        """``{task index: value}`` answers merged into a per-vertex list (first answer wins),
-        keeping plain tasks only (not sub-flow nodes, not mapped tasks); None if empty."""
-        answers = [a for a in answers if a]
-        if not answers:
-            return None
-        vertices = self.graph.vertices
-        out: list[Any] = list(map(answers[-1].get, range(len(vertices))))  # one pass in C
-        for answer in reversed(answers[:-1]):
-            for i, x in answer.items():
-                if x is not None:
-                    out[i] = x
-        for i in self.graph.dynamic:  # sub-flow nodes and mapped tasks take none
-            v = vertices[i]
-            if v.kind is not TASK or v.spec.map is not None:  # type: ignore[union-attr]
-                out[i] = None
-        return out if out.count(None) < len(out) else None
-
-    def _setup_deadlines(self, answers: list) -> None:
-        deadlines = self._per_task(answers)
-        if deadlines is not None:
-            self._deadlines = deadlines
-            self._watchdog = Watchdog(self._expire)
-            self._watchdog.start()
+def setup_deadlines(run: "Run", answers: list) -> None:
+    """Per-task deadlines; on flowdeco's thread pool (``can_abandon``) a watchdog
+    enforces them, elsewhere each attempt does (``engine.attempt.call_limited``)."""
+    deadlines = per_task(run, answers)
+    if deadlines is not None:
+        run._deadlines = deadlines
+        if run.can_abandon:
+            put = run.q.put  # the watchdog's thread: an overrun attempt, for the scheduler to end
+            run._watchdog = Watchdog(lambda armed: put((M_EXPIRED, armed)))
+            run._watchdog.start()
 

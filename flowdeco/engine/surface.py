@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..graph import Vertex
 from ..outcome import SKIPPED, TaskOutcome, format_error
 from .states import (M_CALL, M_EMIT, OK, RUNNING, S_ABANDONED, S_INTERRUPTED, S_STOPPING,
-                     SKIP_STOPPED, SKIP_UPSTREAM, StopState)
+                     SKIP_STOPPED, SKIP_UPSTREAM)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .records import TaskRecords
@@ -22,26 +22,21 @@ if TYPE_CHECKING:  # pragma: no cover
 class RunSurface:
     """Public methods of a run (mixed into :class:`~flowdeco.engine.scheduler.Run`)."""
 
-    # -- stop state (read-only views kept for plugins)
-    @property
-    def stop_state(self) -> StopState:
-        """How far the run is from starting new work (see :class:`StopState`)."""
-        return StopState(self._stop_state)
-
+    # -- stop state (read-only views; ``stop_state`` itself is an attribute)
     @property
     def stopping(self) -> bool:
         """Nothing new starts: ``-x``, :meth:`stop`, or an interrupt."""
-        return self._stop_state >= S_STOPPING
+        return self.stop_state >= S_STOPPING
 
     @property
     def interrupted(self) -> bool:
         """Ctrl-C, SIGTERM, or ``stop(interrupted=True)``."""
-        return self._stop_state >= S_INTERRUPTED
+        return self.stop_state >= S_INTERRUPTED
 
     @property
     def abandoned(self) -> bool:
         """A second signal: in-flight attempts are not waited for."""
-        return self._stop_state == S_ABANDONED
+        return self.stop_state == S_ABANDONED
 
     # -- public helpers for plugins
     def emit(self, name: str, task: str | None = None, **fields: Any) -> None:

@@ -38,7 +38,7 @@ import os
 import sys
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 import structlog
 
@@ -46,6 +46,11 @@ from ..errors import engine_decided
 from ..manager import hookimpl
 from ..outcome import Event
 from ..secret import mask
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config, Parser
+    from ..engine.scheduler import Run
+    from ..outcome import RunResult
 
 NAME = "audit"
 
@@ -171,7 +176,7 @@ def read_events(path: str | os.PathLike, names: tuple[str, ...] | None = None
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     parser.addoption("--log-format", dest="log_format", default=None,
                      choices=("console", "json"), group="state and output",
                      help="how events are shown on the console (default: console; "
@@ -179,7 +184,7 @@ def flowdeco_addoption(parser: Any) -> None:
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     fmt = config.getoption("log_format")
     if fmt is None and config.from_cli:
         fmt = "console"
@@ -192,7 +197,7 @@ def flowdeco_configure(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     plugin = config.pluginmanager.get_plugin("audit-trail")
     if plugin is not None:
         plugin.close()
@@ -219,7 +224,7 @@ class AuditTrail:
         self.error: OSError | None = None
 
     @hookimpl
-    def flowdeco_run_start(self, run: Any) -> None:
+    def flowdeco_run_start(self, run: Run) -> None:
         if run.state_dir is not None:
             self.path = audit_path(run.state_dir, run.run_id)
             try:
@@ -248,7 +253,7 @@ class AuditTrail:
                 cache_logger_on_first_use=True)
 
     @hookimpl
-    def flowdeco_report(self, run: Any, event: Any) -> None:
+    def flowdeco_report(self, run: Run, event: Event) -> None:
         name = event.name
         file_log = self._file_log
         data = None
@@ -296,7 +301,7 @@ class AuditTrail:
             self._console_log.msg(name, **data)
 
     @hookimpl
-    def flowdeco_report_durable(self, run: Any, tasks: list[str]) -> None:
+    def flowdeco_report_durable(self, run: Run, tasks: list[str]) -> None:
         unconfirmed = self._unconfirmed
         if unconfirmed:
             if len(tasks) == 1:
@@ -368,7 +373,7 @@ class AuditTrail:
                 pass
 
     @hookimpl
-    def flowdeco_report_flush(self, run: Any) -> None:
+    def flowdeco_report_flush(self, run: Run) -> None:
         if self.file is not None:
             try:
                 self.file.flush()
@@ -376,7 +381,7 @@ class AuditTrail:
                 self._file_failed(run, exc)
 
     @hookimpl
-    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+    def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
         self.close()
 
     def close(self) -> None:

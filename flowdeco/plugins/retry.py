@@ -42,13 +42,19 @@ configured on tasks that never fail costs nothing.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CollectionError, UsageError
 from ..manager import hookimpl
 from ..outcome import Finish, Reschedule
 # the policy lives in the core (pipelines use it too); re-exported here for compatibility
 from ..policies.retry import BACKOFFS, Backoff, RandomSource, Retry, RetryError  # noqa: F401
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config, Parser
+    from ..engine.scheduler import Run
+    from ..graph import Graph, Vertex
+    from ..outcome import Attempt
 
 NAME = "retry"
 
@@ -66,7 +72,7 @@ def _shorthand(retries: int) -> Retry:
 
 
 @hookimpl(trylast=True)  # listed after the core's own options in --help
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     parser.addoption("--retries", dest="retries", type=int, default=None, metavar="N",
                      group="running",
                      help="retries after a failed attempt, for tasks that set no retries= "
@@ -77,7 +83,7 @@ def flowdeco_addoption(parser: Any) -> None:
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     retries = config.getoption("retries")
     policy = config.getoption("retry")
     if retries is not None and policy is not None:
@@ -94,7 +100,7 @@ def flowdeco_configure(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     config.stash.pop(_STASH_DEFAULT, None)
 
 
@@ -104,7 +110,7 @@ def flowdeco_task_options() -> list[str]:
 
 
 @hookimpl
-def flowdeco_collection_finish(config: Any, graph: Any) -> None:
+def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
     for v in graph.using("retry"):
         spec = v.spec
         if not isinstance(spec.retry, Retry):
@@ -113,7 +119,7 @@ def flowdeco_collection_finish(config: Any, graph: Any) -> None:
                 f"{spec.retry!r} (for a number of retries use retries=N)")
 
 
-def _policy(run: Any, task: Any) -> Retry | None:
+def _policy(run: Run, task: Vertex) -> Retry | None:
     spec = task.spec
     if spec is not None and spec.retry is not None:
         return spec.retry
@@ -123,7 +129,7 @@ def _policy(run: Any, task: Any) -> Retry | None:
 
 
 @hookimpl
-def flowdeco_run_start(run: Any) -> None:
+def flowdeco_run_start(run: Run) -> None:
     """Tasks whose policy has ``retry_if=`` see their successful attempts too."""
     polled = set()
     default = run.config.stash.get(_STASH_DEFAULT)
@@ -139,7 +145,7 @@ def flowdeco_run_start(run: Any) -> None:
 
 
 @hookimpl(tryfirst=True)
-def flowdeco_attempt_done(run: Any, task: Any, attempt: Any) -> Reschedule | Finish | None:
+def flowdeco_attempt_done(run: Run, task: Vertex, attempt: Attempt) -> Reschedule | Finish | None:
     err = attempt.error
     if err is None and _STASH_POLLED not in run.stash:
         return None  # another plugin watches successes (state, intervals): not ours

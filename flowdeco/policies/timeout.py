@@ -1,8 +1,9 @@
 """Time limits on one call: the :class:`TaskTimeout` error and the ways to enforce it.
 
-Used by every caller that limits time: the ``timeout`` plugin (attempts of
-tasks that a scheduler deadline cannot cover: other executors, mapped
-instances) and pipeline stages (:mod:`flowdeco.pipeline`, per call).
+Used by every caller that limits time: the engine's attempt primitive
+(``engine.attempt.run_attempt``, for attempts no watchdog covers: the sync
+executor, worker processes, Dask worker threads) and pipeline stages
+(:mod:`flowdeco.pipeline`, per call).
 
 - :func:`call_in_thread`: the call runs on a pooled helper daemon thread while
   the caller waits at most the limit.  A Python thread cannot be killed: on
@@ -111,30 +112,34 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def call_in_thread(call: Callable[[dict], Any], kwargs: dict, seconds: float, name: str) -> Any:
+def call_in_thread(call: Callable[[dict], Any], kwargs: dict, seconds: float, name: str,
+                   error: Callable[[str], BaseException] | None = None) -> Any:
     """Run ``call(kwargs)`` on a helper thread; raise :class:`TaskTimeout` after ``seconds``.
 
     The helper cannot be stopped: on timeout it is abandoned and the code
-    keeps running until it returns by itself.
+    keeps running until it returns by itself.  ``error(name)``, if given,
+    makes the exception raised on expiry instead (a :class:`~flowdeco.Deadline`'s).
     """
     job = _Job(call, kwargs)
     _hand_off(job)
     if not job.done.acquire(timeout=seconds):
-        raise TaskTimeout(timeout_message(name, seconds))
+        raise TaskTimeout(timeout_message(name, seconds)) if error is None else error(name)
     if job.error is not None:
         err, job.error = job.error, None
         raise err
     return job.result
 
 
-def call_with_alarm(call: Callable[[dict], Any], kwargs: dict, seconds: float, name: str) -> Any:
+def call_with_alarm(call: Callable[[dict], Any], kwargs: dict, seconds: float, name: str,
+                    error: Callable[[str], BaseException] | None = None) -> Any:
     """Run ``call(kwargs)`` in this (main) thread under a ``SIGALRM`` timer.
 
-    On expiry the signal handler raises :class:`TaskTimeout` inside the call.
-    The previous ``SIGALRM`` handler is restored afterwards.  Main thread only.
+    On expiry the signal handler raises :class:`TaskTimeout` (or ``error(name)``)
+    inside the call.  The previous ``SIGALRM`` handler is restored afterwards.
+    Main thread only.
     """
     def on_alarm(signum: int, frame: Any) -> None:
-        raise TaskTimeout(timeout_message(name, seconds))
+        raise TaskTimeout(timeout_message(name, seconds)) if error is None else error(name)
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     try:
@@ -148,6 +153,19 @@ def call_with_alarm(call: Callable[[dict], Any], kwargs: dict, seconds: float, n
 
 
 _HAS_ALARM = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+
+
+def can_alarm(driver_pid: int) -> bool:
+    """A ``SIGALRM`` timer may limit a call here: the main thread of a process other
+    than ``driver_pid`` (the run's own process keeps its signals to itself)."""
+    return _HAS_ALARM and os.getpid() != driver_pid \
+        and threading.current_thread() is threading.main_thread()
+
+
+def timeout_error(seconds: float, name: str) -> TaskTimeout:
+    """The :class:`TaskTimeout` of ``name`` for a limit of ``seconds`` (picklable as a
+    ``partial``: a deadline's error travels to worker processes)."""
+    return TaskTimeout(timeout_message(name, seconds))
 
 
 class TimeoutCall:
@@ -166,8 +184,7 @@ class TimeoutCall:
         self.driver_pid = driver_pid
 
     def __call__(self, kwargs: dict) -> Any:
-        if _HAS_ALARM and os.getpid() != self.driver_pid \
-                and threading.current_thread() is threading.main_thread():
+        if can_alarm(self.driver_pid):
             return call_with_alarm(self.call, kwargs, self.seconds, self.name)
         return call_in_thread(self.call, kwargs, self.seconds, self.name)
 

@@ -43,7 +43,7 @@ import functools
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import StateError, UsageError, shorten
 from ...executors import SyncExecutor
@@ -63,6 +63,12 @@ from .storage import ResultStore, normalize_choice
 from .store import RunLock, SQLiteStore, Store, TaskRecord, TaskRow
 from .versions import snapshot, snapshot_json, version_of
 from .writer import UNREPORTED, UnstorableResult, Writer, wrapper
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...config import Config, Parser
+    from ...engine.scheduler import Run
+    from ...graph import Vertex
+    from ...outcome import Attempt, RunResult
 
 PLUGIN_NAME = "state-store"
 RESTORER_NAME = "state-restorer"
@@ -102,7 +108,7 @@ def _rerun_list(value: Any) -> list[str]:
 
 
 @hookimpl
-def flowdeco_addoption(parser: Any) -> None:
+def flowdeco_addoption(parser: Parser) -> None:
     g = "state and output"
     parser.addoption("--resume", dest="resume", default=None, metavar="ID|last", group=g,
                      help="continue saved run ID ('last': the latest run of this flow): "
@@ -134,13 +140,13 @@ def flowdeco_task_options() -> list[str]:
 
 
 @hookimpl(trylast=True)
-def flowdeco_state_store(state_dir: str, config: Any) -> Store:
+def flowdeco_state_store(state_dir: str, config: Config) -> Store:
     sync = "normal" if config is None else config.getoption("state_sync", "normal")
     return SQLiteStore(state_dir, synchronous=sync)
 
 
 @hookimpl
-def flowdeco_configure(config: Any) -> None:
+def flowdeco_configure(config: Config) -> None:
     resume = config.getoption("resume", None)
     rerun = _rerun_list(config.getoption("rerun", None))
     if rerun and resume is None:
@@ -180,7 +186,7 @@ def flowdeco_configure(config: Any) -> None:
 
 
 @hookimpl
-def flowdeco_unconfigure(config: Any) -> None:
+def flowdeco_unconfigure(config: Config) -> None:
     pm = config.pluginmanager
     plugin = pm.get_plugin(PLUGIN_NAME)
     if plugin is not None:
@@ -217,7 +223,7 @@ class _Restorer:
         self.cache = cache
 
     @hookimpl
-    def flowdeco_task_restore(self, run: Any, task: Any, name: str) -> Restored | None:
+    def flowdeco_task_restore(self, run: Run, task: Vertex, name: str) -> Restored | None:
         if name == task.name:
             hit = self.restore.pop(task.index, None)
         else:
@@ -299,7 +305,7 @@ class StatePlugin:
                           + self._hint())
 
     @hookimpl
-    def flowdeco_collection_finish(self, config: Any, graph: Graph) -> None:
+    def flowdeco_collection_finish(self, config: Config, graph: Graph) -> None:
         self._check_store(graph)
         if self.resume is not None:
             self._prepare_resume(graph)
@@ -412,7 +418,7 @@ class StatePlugin:
 
     # -- run start
     @hookimpl(tryfirst=True)
-    def flowdeco_run_start(self, run: Any) -> None:
+    def flowdeco_run_start(self, run: Run) -> None:
         graph = run.graph
         store = self.store
         if self.resume is not None and self.resume_id is None:
@@ -618,7 +624,7 @@ class StatePlugin:
 
     # -- attempts
     @hookimpl(tryfirst=True)
-    def flowdeco_attempt_done(self, run: Any, task: Any, attempt: Any) -> Finish | None:
+    def flowdeco_attempt_done(self, run: Run, task: Vertex, attempt: Attempt) -> Finish | None:
         """End a task whose result cannot be stored, without retry.
 
         Other failures are the retry plugin's (None).  With executors in other
@@ -644,7 +650,7 @@ class StatePlugin:
         return None
 
     @hookimpl
-    def flowdeco_task_wrap(self, run: Any, task: Any) -> Any:
+    def flowdeco_task_wrap(self, run: Run, task: Vertex) -> Any:
         if not self.local or task.kind is not TASK:
             return None
         # an interval task's successful iteration is not its completion: not waited for
@@ -663,7 +669,7 @@ class StatePlugin:
 
     # -- recording
     @hookimpl(tryfirst=True)  # run_finished: drained before the audit trail writes it
-    def flowdeco_report(self, run: Any, event: Event) -> None:
+    def flowdeco_report(self, run: Run, event: Event) -> None:
         name = event.name
         if name == "task_started":
             task = event.task
@@ -762,7 +768,7 @@ class StatePlugin:
             return None, "failed", error
 
     @hookimpl
-    def flowdeco_report_flush(self, run: Any) -> None:
+    def flowdeco_report_flush(self, run: Run) -> None:
         writer = self.writer
         if writer is not None:
             if writer.error is not None:
@@ -841,7 +847,7 @@ class StatePlugin:
 
     # -- finish
     @hookimpl
-    def flowdeco_run_finish(self, run: Any, result: Any) -> None:
+    def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
         try:
             writer, self.writer = self.writer, None
             if writer is not None:

@@ -101,6 +101,7 @@ class TestDaskClient(ExecutorConformance):
     fail_after = TIMEOUT
     remote = True
     batches = True
+    one_breaker_state = False  # two worker processes, each with its own breaker state
     dead_worker_error = r"WorkerCrashed: dask worker tcp://\S+ died while running task 'crash'"
 
     @pytest.fixture(autouse=True)
