@@ -18,6 +18,7 @@ import importlib.util
 import operator
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -157,6 +158,9 @@ def load_module(name: str) -> ModuleType:
         raise CollectionError(_import_failure(name, exc)) from None
 
 
+_LOAD_LOCK = threading.RLock()
+
+
 def load_file(path: Path) -> ModuleType:
     """Import a ``.py`` file as a module named after it, its folder put first on ``sys.path``.
 
@@ -177,6 +181,13 @@ def load_file(path: Path) -> ModuleType:
         modname, folder = path.parent.name, path.parent.parent
     else:
         modname, folder = path.stem, path.parent
+    # runs started from several threads at once (backfill --max-active, run() in threads)
+    # must not see each other's half-executed module
+    with _LOAD_LOCK:
+        return _load(path, modname, folder)
+
+
+def _load(path: Path, modname: str, folder: Path) -> ModuleType:
     existing = sys.modules.get(modname)
     if existing is not None and _same_file(getattr(existing, "__file__", None), path):
         return existing

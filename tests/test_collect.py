@@ -356,3 +356,38 @@ def test_empty_list_and_empty_flow():
 def test_collection_errors_are_flow_errors():
     assert issubclass(CollectionError, FlowError)
     assert issubclass(NoTasksError, FlowError)
+
+
+def test_a_file_loaded_from_two_threads_at_once_is_never_seen_half_executed(tmp_path):
+    """Two runs of one file started at once (backfill --max-active, run() in threads): the
+    second must wait for the first's import, not collect its half-executed module."""
+    import threading
+    import types
+    from flowdeco.collect import load_file
+
+    hold = types.ModuleType("_fd_collect_hold")
+    hold.entered, hold.release = threading.Event(), threading.Event()
+    sys.modules[hold.__name__] = hold
+    path = tmp_path / "fd_slow_import_flow.py"
+    path.write_text("import _fd_collect_hold as h\nh.entered.set()\nh.release.wait(10)\n\n"
+                    "def work():\n    return 1\n")
+    seen: dict[str, bool] = {}
+
+    def load(who):
+        seen[who] = hasattr(load_file(path), "work")
+
+    first = threading.Thread(target=load, args=("first",))
+    try:
+        first.start()
+        assert hold.entered.wait(10)
+        second = threading.Thread(target=load, args=("second",))
+        second.start()
+        second.join(0.5)  # half-executed module handed out at once (the bug), or waiting
+        hold.release.set()
+        first.join(10)
+        second.join(10)
+    finally:
+        hold.release.set()
+        sys.modules.pop(hold.__name__, None)
+        sys.modules.pop("fd_slow_import_flow", None)
+    assert seen == {"first": True, "second": True}
