@@ -20,7 +20,10 @@ from .errors import FlowError, UsageError
 from .manager import make_pluginmanager
 from .outcome import ExitCode
 from .params import describe as describe_params, unset as unset_params
-from .engine.session import NoTasksError, Session
+
+# The engine (flowdeco.engine.session: the scheduler, structlog, executors) is imported
+# when a run needs it, not here: a plugin's command (``python -m flowdeco ui``, ``runs``)
+# starts without it.
 
 _EPILOG = """\
 commands (python -m flowdeco COMMAND --help): {commands}
@@ -108,6 +111,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "flowdeco") -> int:
         if target is None:
             raise UsageError("missing TARGET: give a file path, a module name or module:flow")
         values = {k: v for k, v in vars(ns).items() if k != "target"}
+        from .engine.session import Session
         session = Session.start(options=values, from_cli=True, parser=parser, pm=pm)
         listing = bool(ns.collect_only or ns.graph)
         # a listing needs no run parameters: required ones not given are shown as unset
@@ -214,6 +218,7 @@ def exit_code_for(exc: BaseException, err: Any = None) -> int:
     all map errors to pytest's exit codes the same way.
     """
     err = err or sys.stderr
+    from .engine.session import NoTasksError
     if isinstance(exc, NoTasksError):
         print(f"flowdeco: {exc}", file=err)
         return ExitCode.NO_TASKS_COLLECTED

@@ -156,6 +156,9 @@ def test_event_sequence_for_two_task_flow(flows, capsys):
     assert all(e["attempt"] == 1 for e in started)
     succeeded = [e for e in events if e["event"] == "task_succeeded"]
     assert all(e["attempts"] == 1 for e in succeeded)
+    # the worker that ran the attempt (the dashboard's timeline lanes)
+    assert all(isinstance(e["worker"], str) and e["worker"] for e in succeeded)
+    assert "worker" not in started[0]  # known only when the attempt ends
     assert events[-1]["status"] == "succeeded"
     assert "task" not in events[0] and "task" not in events[-1]
 
@@ -171,6 +174,7 @@ def test_failed_task_event_has_attempts_error_and_traceback(flows, capsys):
     assert ev["task"] == "explode"
     assert ev["attempts"] == 1
     assert ev["error"] == "ValueError: bad record 7"
+    assert isinstance(ev["worker"], str) and ev["worker"]
     tb = ev["traceback"]
     assert isinstance(tb, str)
     assert f'File "{path}", line' in tb and "in explode" in tb

@@ -179,6 +179,35 @@ def test_per_item_events_are_written_to_the_audit_trail(tmp_path):
     assert failed[0]["item_index"] == 13 and failed[0]["run_id"] == "p1"
 
 
+def test_pipeline_finished_carries_per_stage_figures_and_queue_high_water_marks(tmp_path):
+    import json
+
+    pipe = squares_pipeline()
+
+    @task
+    def numbers():
+        return list(range(40))
+
+    node = pipe.as_task("squares", source=numbers)
+    result = flowdeco.run([numbers, node], state_dir=tmp_path, run_id="p2")
+    assert result.ok, result.outcomes
+    metrics = result.results["squares"].metrics
+    lines = (tmp_path / "runs" / "p2" / "audit.jsonl").read_text().splitlines()
+    done = [json.loads(x) for x in lines if '"pipeline_finished"' in x][0]
+    assert (done["items"], done["outputs"], done["failed"]) == (40, 39, 1)
+    assert done["max_in_flight"] == metrics.max_in_flight >= 1
+    stages = done["stages"]
+    assert [s["stage"] for s in stages] == ["parse", "square"]
+    parse, square = stages
+    assert (parse["items_in"], parse["items_out"], parse["items_failed"]) == (40, 39, 1)
+    assert (square["items_in"], square["items_out"], square["items_failed"]) == (39, 39, 0)
+    for s in stages:
+        m = metrics.stages[s["stage"]]
+        assert s["queue_hwm"] == m.queue_hwm >= 1  # every item waited in its input queue
+        assert s["throughput"] == pytest.approx(m.throughput, rel=1e-3)
+        assert s["workers"] == m.workers
+
+
 def test_stop_on_error_fails_the_node_and_skips_downstream():
     pipe = squares_pipeline()
 

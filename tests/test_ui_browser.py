@@ -139,6 +139,29 @@ class Server:
             self.proc.kill()
 
 
+PIPE = flowdeco.Pipeline("squares")
+
+
+@PIPE.stage(workers=2)
+def parse(x):
+    if x == 3:
+        raise ValueError("unlucky")
+    return int(x)
+
+
+@PIPE.stage(workers=1)
+def square(n):
+    return n * n
+
+
+@task
+def numbers():
+    return list(range(10))
+
+
+SQUARES = PIPE.as_task("squares", source=numbers)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("uib")
@@ -146,6 +169,7 @@ def work(tmp_path_factory) -> Path:
     state = w / "state"
     flowdeco.run([one, two, broken], state_dir=state, run_id="r-fail", quiet=2)
     flowdeco.run([one, two, xss_task], state_dir=state, run_id="r-ok", quiet=2)
+    flowdeco.run([numbers, SQUARES], state_dir=state, run_id="r-pipe", workers=2, quiet=2)
     _synthetic(state, "r-groups", ["prep.a", "prep.b", "prep.c", "load"] +
                [f"scan[{i}]" for i in range(6)])
     return w
@@ -290,6 +314,19 @@ def test_failed_task_panel_shows_its_traceback(clean_console, server):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("FLOWDECO_UPDATE_SCREENSHOT"):
         (ROOT / "docs" / "ui-run.png").write_bytes(png)
+
+
+def test_pipeline_stages_and_worker_lanes_show_on_the_run_page(clean_console, server):
+    d = clean_console
+    d.get(server.url + "/runs/r-pipe")
+    ready(d)
+    WebDriverWait(d, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pipeline tr.stage"))
+    cells = {r.get_attribute("data-stage"): [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+             for r in d.find_elements(By.CSS_SELECTOR, "#pipeline tr.stage")}
+    assert list(cells) == ["parse", "square"]
+    assert cells["parse"][1:4] == ["10", "9", "1"] and cells["square"][1:4] == ["9", "9", "0"]
+    assert all(int(c[5]) >= 1 for c in cells.values())  # queue high-water mark
+    assert "one lane per worker" in d.find_element(By.ID, "timeline-note").text
 
 
 def test_filters_survive_a_reload(clean_console, server):

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -491,6 +492,102 @@ def test_lanes_are_packed_so_no_two_attempts_overlap(state):
         assert all(a[1] <= b[0] + 1e-9 for a, b in zip(spans, spans[1:]))
 
 
+_BOTH = threading.Barrier(2, timeout=30)
+
+
+@task
+def left():
+    _BOTH.wait()  # left and right run at the same time: on two workers
+    return 1
+
+
+@task
+def right():
+    _BOTH.wait()
+    return 2
+
+
+@task
+def joined(left, right):
+    return left + right
+
+
+def test_timeline_has_one_lane_per_worker_the_trail_names(tmp_path):
+    d = tmp_path / "s"
+    flowdeco.run([left, right, joined], state_dir=d, run_id="w2", workers=2,
+                 log_format="json", quiet=2)
+    m = client(d).get("/api/runs/w2").json()
+    tl = m["timeline"]
+    assert tl["workers_recorded"] is True
+    assert len(tl["lanes"]) == 2 and m["metrics"]["lanes"] == 2
+    assert not any(lane.startswith("lane ") for lane in tl["lanes"])  # real names, not packed
+    lane = {b["task"]: b["lane"] for b in tl["bars"]}
+    assert lane["left"] != lane["right"]
+    assert {b["worker"] for b in tl["bars"]} == set(tl["lanes"])
+    d_left = client(d).get("/api/runs/w2/tasks/left").json()
+    assert d_left["attempts"][0]["worker"] == tl["lanes"][lane["left"]]
+
+
+def test_pipeline_nodes_show_per_stage_figures_and_queue_high_water_marks(tmp_path):
+    pipe = flowdeco.Pipeline("squares")
+
+    @pipe.stage(workers=2)
+    def parse(x):
+        if x == 3:
+            raise ValueError("unlucky")
+        return int(x)
+
+    @pipe.stage(workers=1)
+    def square(n):
+        return n * n
+
+    @task
+    def numbers():
+        return list(range(10))
+
+    d = tmp_path / "s"
+    node = pipe.as_task("squares", source=numbers)
+    flowdeco.run([numbers, node], state_dir=d, run_id="pipe", log_format="json", quiet=2)
+    m = client(d).get("/api/runs/pipe").json()
+    (p,) = m["pipeline"]
+    assert (p["task"], p["items"], p["outputs"], p["failed"]) == ("squares", 10, 9, 1)
+    assert p["high_water"] >= 1 and p["max_in_flight"] >= 1
+    rows = {s["stage"]: s for s in p["stages"]}
+    assert list(rows) == ["parse", "square"]
+    assert (rows["parse"]["in"], rows["parse"]["out"], rows["parse"]["failed"]) == (10, 9, 1)
+    assert (rows["square"]["in"], rows["square"]["out"], rows["square"]["failed"]) == (9, 9, 0)
+    assert all(r["queue_hwm"] >= 1 and r["rate"] is not None for r in rows.values())
+    assert p["high_water"] == max(r["queue_hwm"] for r in rows.values())
+
+
+def _ev(name, task, sec, **fields):
+    return {"event": name, "task": task, "timestamp": f"2026-01-01T00:00:{sec:06.3f}Z",
+            **fields}
+
+
+def test_older_trails_without_workers_are_packed_and_running_attempts_get_a_lane():
+    from flowdeco.ui.model import Trail, _timeline
+    old = Trail()  # an audit trail written before attempt-end events named the worker
+    old.feed([_ev("task_started", "a", 1, attempt=1), _ev("task_started", "b", 1.5, attempt=1),
+              _ev("task_succeeded", "a", 2), _ev("task_started", "c", 2.5, attempt=1),
+              _ev("task_succeeded", "b", 3), _ev("task_succeeded", "c", 4)])
+    tl = _timeline(old)
+    assert tl["workers_recorded"] is False and tl["lanes"] == ["lane 1", "lane 2"]
+    live = Trail()  # a live run: the running attempt's worker is not known yet
+    live.feed([_ev("task_started", "a", 1, attempt=1), _ev("task_started", "b", 1.5, attempt=1),
+               _ev("task_succeeded", "a", 2, worker="w-0")])
+    tl = _timeline(live)
+    assert tl["workers_recorded"] is True and tl["lanes"] == ["w-0", "running 1"]
+    assert {b["task"]: tl["lanes"][b["lane"]] for b in tl["bars"]} == {
+        "a": "w-0", "b": "running 1"}
+
+
+def test_retried_attempts_keep_their_worker_lane(state):
+    m = client(state).get("/api/runs/r-retry").json()
+    assert m["timeline"]["workers_recorded"] is True
+    assert all(b["worker"] for b in m["timeline"]["bars"])
+
+
 def test_retries_show_as_retried_attempts_with_their_wait(state):
     c = client(state)
     m = c.get("/api/runs/r-retry").json()
@@ -669,3 +766,20 @@ def test_ctrl_c_stops_the_ui_even_with_live_streams_open(state, tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_ui_starts_without_importing_the_engine_or_structlog(tmp_path):
+    """Ready in under 1 s: everything the command does up to serving imports what it
+    serves with, not the engine (the scheduler) or structlog, which only runs need."""
+    code = ("import sys, uvicorn\n"
+            "uvicorn.Server.run = lambda self, sockets=None: None  # stop where it serves\n"
+            "from flowdeco.cli import main\n"
+            f"assert main(['ui', '--state-dir', {str(tmp_path)!r}, '--port', '0']) == 0\n"
+            "heavy = sorted(m for m in ('structlog', 'flowdeco.engine.session',\n"
+            "               'flowdeco.engine.scheduler', 'flowdeco.context') if m in sys.modules)\n"
+            "print('heavy', heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "flowdeco ui: http://127.0.0.1:" in out.stdout
+    assert out.stdout.strip().endswith("heavy []")

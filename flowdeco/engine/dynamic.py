@@ -589,7 +589,7 @@ class DynamicFlows:
                 if run.reporting:
                     port.report("task_retrying", m.instance(k),
                                 {"attempt": attempt, "delay": delay, "error": format_error(err),
-                                 **decision.fields}, t1)
+                                 "worker": worker, **decision.fields}, t1)
             if run.stopping:
                 self.end(m, k, I_INTERRUPTED if run.interrupted or err is None else I_FAILED,
                          None, err, attempt, t1, worker)

@@ -58,9 +58,13 @@ class Reporter:
         status = out.status
         if status == SUCCEEDED:
             fields: dict[str, Any] = {"attempts": out.attempts, "duration": round(out.duration, 6)}
+            if out.worker is not None:  # who ran the last attempt (the dashboard's lanes)
+                fields["worker"] = out.worker
             self.event("task_succeeded", name, fields, t1, out)
         elif status == FAILED:
             fields = {"attempts": out.attempts, "error": out.error}
+            if out.worker is not None:
+                fields["worker"] = out.worker
             exc = out.exception
             if exc is not None and exc.__traceback__ is not None:
                 fields["traceback"] = format_traceback(exc)
@@ -75,7 +79,10 @@ class Reporter:
                 fields.update(self.run._restore_fields.pop(name, ()))
             self.event("task_restored", name, fields, None, out)
         else:
-            self.event("task_interrupted", name, {"attempts": out.attempts}, None, out)
+            fields = {"attempts": out.attempts}
+            if out.worker is not None:
+                fields["worker"] = out.worker
+            self.event("task_interrupted", name, fields, None, out)
 
     def interrupt(self, signum: int) -> None:
         """``run_interrupted`` (once): the signal, and how many running tasks are waited for."""

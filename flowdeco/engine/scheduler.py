@@ -464,7 +464,7 @@ class Run(RunSurface):
             if err is not None and self.reporting:
                 self.reporter.event("task_retrying", self.graph.vertices[i].name,
                              {"attempt": attempt, "delay": delay, "error": format_error(err),
-                              **decision.fields}, t1)
+                              "worker": worker, **decision.fields}, t1)
             if self.stopping:
                 self._finish(i, INTERRUPTED if self.interrupted or err is None else FAILED,
                              None, err, attempt, t1, worker)

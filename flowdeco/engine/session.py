@@ -10,7 +10,6 @@ plugin manager back.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import time
 from concurrent.futures import Executor
@@ -19,26 +18,17 @@ from typing import Any, Iterable, Mapping
 from ..clock import Clock
 from ..collect import resolve_target
 from ..config import Config, Parser, check_run_timeout, merge_options, parse_params
-from ..errors import CollectionError, FlowError, UsageError, shorten
+from ..errors import CollectionError, FlowError, UsageError
 from ..executors import choose_executor
 from ..graph import Graph, build_graph
 from ..manager import PooledManager, acquire, release
 from ..outcome import RunResult
 from ..params import (check_params, declare_secrets, parse_param_env, scrub_options,
                       wrap_secrets)
+from ..runid import RUN_ID_RE, validate_run_id  # noqa: F401 - re-exported
 from ..selection import compile_expression
 from .pools import parse_limits
 from .scheduler import Run
-
-RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def validate_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or run_id in (".", ".."):
-        raise UsageError(
-            f"invalid run id {shorten(run_id)}: use 1-128 characters from A-Z a-z 0-9 . _ - "
-            "(and not '.' or '..')")
-    return run_id
 
 
 def new_run_id(clock: Clock) -> str:

@@ -11,7 +11,9 @@ From there it reports per-item events to the run's audit trail through
 ``item_index``, ``attempt``, ``delay``, ``error``), ``item_failed``
 (``stage``, ``item_index``, ``attempts``, ``error``, and ``traceback`` for
 the first 100 failures) and ``pipeline_finished`` (``items``, ``outputs``,
-``failed``, ``duration``).  In a worker process (no ``ctx.run``) the same
+``failed``, ``duration``, ``max_in_flight``, and ``stages``: per stage ``stage``,
+``workers``, ``items_in``, ``items_out``, ``items_failed``, ``throughput`` (items/s)
+and ``queue_hwm``, the most items that waited in its input queue).  In a worker process (no ``ctx.run``) the same
 events go through ``ctx.log``.  An interrupt of the run (Ctrl-C) stops
 feeding; the items in flight drain and the node fails.
 
@@ -83,6 +85,15 @@ class _LogReporter(_EmitReporter):
         super().__init__(emit, task)
 
 
+def stage_figures(m: Any) -> list[dict]:
+    """Per stage, for ``pipeline_finished``: the counters the engine keeps anyway (read
+    once, when the node ends; nothing is added to the per-item path)."""
+    return [{"stage": s.name, "workers": s.workers, "items_in": s.items_in,
+             "items_out": s.items_out, "items_failed": s.items_failed,
+             "throughput": round(s.throughput, 3), "queue_hwm": s.queue_hwm}
+            for s in m.stages.values()]
+
+
 class _Node:
     """The body of a pipeline node (called by the generated task function)."""
 
@@ -122,7 +133,8 @@ class _Node:
         m = result.metrics
         if reporter is not None:
             reporter.emit("pipeline_finished", task=task_name, items=m.items, outputs=m.outputs,
-                          failed=m.failed, duration=round(m.duration, 6))
+                          failed=m.failed, duration=round(m.duration, 6),
+                          max_in_flight=m.max_in_flight, stages=stage_figures(m))
         if execution.flags.interrupted:
             raise PipelineStopped(f"pipeline {self.pipe.name!r} interrupted after "
                                   f"{m.items} items ({m.outputs} delivered)")

@@ -40,8 +40,6 @@ from collections import deque
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator
 
-import structlog
-
 from ..errors import engine_decided
 from ..manager import hookimpl
 from ..outcome import Event
@@ -66,11 +64,16 @@ _RANK = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _FILE_ONLY = frozenset({"task_log", "task_output"})
 
 
+#: exact types that cannot hold a Secret: passed as they are (most fields of most events)
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _mask_secrets(logger: Any, method: str, event_dict: dict) -> dict:
     """Replace every Secret (also nested) by ``***``, and put ``event`` first."""
     out = {"event": event_dict.pop("event")}
+    plain = _PLAIN
     for k, v in event_dict.items():
-        out[k] = mask(v)
+        out[k] = v if type(v) in plain else mask(v)
     return out
 
 
@@ -91,6 +94,7 @@ def stopping_line(fields: dict) -> str:
 
 
 def _json() -> Any:
+    import structlog  # (imported when a run starts: commands like `ui` never need it)
     return structlog.processors.JSONRenderer(serializer=json.dumps, default=repr,
                                              ensure_ascii=False)
 
@@ -112,18 +116,29 @@ def make_private_dirs(folder: Path) -> None:
         f.mkdir(mode=0o700, exist_ok=True)
 
 
-class _EscapingPrintLogger(structlog.PrintLogger):
-    """A console line the stream cannot encode (a lone surrogate on a strict UTF-8
-    stream) is printed with backslash escapes instead of failing the run."""
+_ESCAPING: Any = None
 
-    def msg(self, message: str) -> None:
-        try:
-            super().msg(message)
-        except UnicodeEncodeError:
-            super().msg(message.encode("utf-8", "backslashreplace").decode("utf-8"))
 
-    log = debug = info = warn = warning = err = error = critical = exception = failure = fatal \
-        = msg
+def _escaping_print_logger(stream: IO[str]) -> Any:
+    """A structlog ``PrintLogger`` that prints a line the stream cannot encode (a lone
+    surrogate on a strict UTF-8 stream) with backslash escapes instead of failing the run.
+    (The class is made on first use: importing structlog is left to runs that log.)"""
+    global _ESCAPING
+    if _ESCAPING is None:
+        import structlog
+
+        class _EscapingPrintLogger(structlog.PrintLogger):
+            def msg(self, message: str) -> None:
+                try:
+                    super().msg(message)
+                except UnicodeEncodeError:
+                    super().msg(message.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+            log = debug = info = warn = warning = err = error = critical = exception = \
+                failure = fatal = msg
+
+        _ESCAPING = _EscapingPrintLogger
+    return _ESCAPING(stream)
 
 
 def _open_private(path: Path) -> IO[str]:
@@ -225,6 +240,7 @@ class AuditTrail:
 
     @hookimpl
     def flowdeco_run_start(self, run: Run) -> None:
+        import structlog
         if run.state_dir is not None:
             self.path = audit_path(run.state_dir, run.run_id)
             try:
@@ -248,7 +264,7 @@ class AuditTrail:
                     exception_formatter=structlog.dev.plain_traceback, sort_keys=False,
                     pad_event_to=0)
             self._console_log = structlog.wrap_logger(
-                _EscapingPrintLogger(stream),
+                _escaping_print_logger(stream),
                 processors=[_mask_secrets, renderer], context_class=dict,
                 cache_logger_on_first_use=True)
 

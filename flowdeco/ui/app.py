@@ -43,8 +43,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..engine.session import validate_run_id
 from ..errors import FlowError, StateError
+from ..runid import validate_run_id
 from .data import RUN_FILTERS, StateReader, day_bounds, read_audit
 from .model import run_model, task_detail
 

@@ -79,6 +79,8 @@ class Trail:
                 if a is not None:
                     a.update(end=ts, outcome="retried", error=e.get("error"),
                              delay=e.get("delay"))
+                    if e.get("worker"):  # written when the attempt ends (since 0.x)
+                        a["worker"] = e["worker"]
             elif name in _END:
                 status = _END[name]
                 self.status[task] = status
@@ -86,6 +88,8 @@ class Trail:
                 a = self._open(task, None)
                 if a is not None and status in ("succeeded", "failed", "interrupted"):
                     a.update(end=ts, outcome=status, error=e.get("error"))
+                    if e.get("worker"):
+                        a["worker"] = e["worker"]
             elif name == "pipeline_finished":
                 self.pipeline[task] = e
             else:
@@ -221,23 +225,21 @@ def _timeline(trail: Trail) -> dict:
     now = max((b["end"] or b["start"] for b in bars), default=None)
     lanes: list[str] = []
     recorded = any(b["worker"] for b in bars)
-    if recorded:
+    if recorded:  # one lane per worker the trail names (attempt-end events carry it)
+        index: dict[str, int] = {}
+        unknown = []
         for b in bars:
-            w = str(b["worker"] or "?")
-            if w not in lanes:
-                lanes.append(w)
-            b["lane"] = lanes.index(w)
-    else:  # the audit trail names no worker: pack attempts into the fewest lanes
-        free: list[tuple[float, int]] = []
-        for b in bars:
-            end = b["end"] if b["end"] is not None else (now or b["start"])
-            if free and free[0][0] <= b["start"] + 1e-9:
-                _, lane = heapq.heappop(free)
-            else:
-                lane = len(lanes)
-                lanes.append(f"lane {lane + 1}")
-            b["lane"] = lane
-            heapq.heappush(free, (end, lane))
+            w = b["worker"]
+            if not w:  # still running (the worker is written when the attempt ends)
+                unknown.append(b)
+                continue
+            if w not in index:
+                index[w] = len(lanes)
+                lanes.append(str(w))
+            b["lane"] = index[w]
+        _pack(unknown, lanes, now, "running")
+    else:  # an older trail that names no worker: pack attempts into the fewest lanes
+        _pack(bars, lanes, now, "lane")
     shown = bars
     if len(bars) > MAX_BARS:
         shown = sorted(bars, key=lambda b: -((b["end"] or b["start"]) - b["start"]))[:MAX_BARS]
@@ -248,6 +250,21 @@ def _timeline(trail: Trail) -> dict:
         end = max(end, trail.finished)
     return {"lanes": lanes, "workers_recorded": recorded, "bars": shown, "total": len(bars),
             "start": start, "end": end}
+
+
+def _pack(bars: list[dict], lanes: list[str], now: float | None, label: str) -> None:
+    """Put ``bars`` (sorted by start) on the fewest new lanes with no two overlapping."""
+    free: list[tuple[float, int]] = []
+    first = len(lanes)
+    for b in bars:
+        end = b["end"] if b["end"] is not None else (now or b["start"])
+        if free and free[0][0] <= b["start"] + 1e-9:
+            _, lane = heapq.heappop(free)
+        else:
+            lane = len(lanes)
+            lanes.append(f"{label} {lane - first + 1}")
+        b["lane"] = lane
+        heapq.heappush(free, (end, lane))
 
 
 def _critical_path(names: list[str], edges: list[list[int]], trail: Trail) -> list[str]:
@@ -311,14 +328,25 @@ def _metrics(timeline: dict, critical: list[str], trail: Trail) -> dict:
 
 
 def _pipeline(trail: Trail) -> list[dict]:
+    """Pipeline nodes from their ``pipeline_finished``: totals, and per stage items in/out/
+    failed, items/s and the queue high-water mark (``stages``: older trails have none)."""
     out = []
     for task, e in trail.pipeline.items():
         dur = e.get("duration") or 0
         items = e.get("items")
+        stages = []
+        for s in e.get("stages") or ():
+            if isinstance(s, dict):
+                stages.append({"stage": s.get("stage"), "workers": s.get("workers"),
+                               "in": s.get("items_in"), "out": s.get("items_out"),
+                               "failed": s.get("items_failed"), "rate": s.get("throughput"),
+                               "queue_hwm": s.get("queue_hwm")})
+        marks = [s["queue_hwm"] for s in stages if isinstance(s["queue_hwm"], int)]
         out.append({"task": task, "items": items, "outputs": e.get("outputs"),
                     "failed": e.get("failed"), "duration": dur,
                     "rate": (items / dur) if isinstance(items, (int, float)) and dur else None,
-                    "high_water": e.get("queue_high_water")})
+                    "high_water": max(marks) if marks else None,
+                    "max_in_flight": e.get("max_in_flight"), "stages": stages})
     return out
 
 

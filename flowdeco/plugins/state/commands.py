@@ -40,7 +40,7 @@ from typing import IO, Any, Sequence
 from ...cli import Command
 from ...errors import FlowError, StateError, UsageError, shorten
 from ...outcome import ExitCode
-from ...engine.session import validate_run_id
+from ...runid import validate_run_id
 from .plugin import make_store
 from .queries import diff_versions, run_detail
 from .results import INSTANCES, UNSAVED, ResultFiles, parse_ref
@@ -54,7 +54,6 @@ _ORDER = ("succeeded", "restored", "failed", "interrupted", "skipped", "running"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors are exit 4, like the main CLI
         raise UsageError(f"runs: {message} (see python -m flowdeco runs --help)")
-
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)

@@ -50,7 +50,7 @@ from ...executors import SyncExecutor
 from ...graph import SUBFLOW, TASK, Graph
 from ...manager import direct_caller, hookimpl, swap_plugin
 from ...outcome import Event, Finish, Restored
-from ...engine.session import validate_run_id
+from ...runid import validate_run_id
 from ..audit import audit_path, read_events
 from ...selection import compile_expression
 from . import hookspecs

@@ -173,7 +173,7 @@
     s.appendChild(FD.sv('text', { x: left + W, y: tl.lanes.length * LH + 18, 'text-anchor': 'end' }, '+' + FD.secs(span)));
     s.addEventListener('click', function (e) { var t = e.target.getAttribute && e.target.getAttribute('data-task'); if (t) panel(t, null); });
     box.appendChild(s);
-    $('timeline-note').textContent = (tl.workers_recorded ? 'one lane per worker' : 'workers not recorded: attempts packed into lanes') +
+    $('timeline-note').textContent = (tl.workers_recorded ? 'one lane per worker (a running attempt shows on a "running" lane until its worker is recorded, when it ends)' : 'workers not recorded (older trail): attempts packed into lanes') +
       (tl.total > tl.bars.length ? ' · the ' + tl.bars.length + ' longest of ' + tl.total + ' attempts' : '') +
       ' · bars: succeeded green, failed red, retried orange (dashed: the wait), running blue; black outline: critical path';
   }
@@ -203,11 +203,17 @@
     if (M.pipeline && M.pipeline.length) {
       p.appendChild(FD.el('h3', null, 'pipelines'));
       var pt = FD.el('table'), ph = FD.el('tr');
-      ['node', 'items in', 'out', 'failed', 'items/s', 'duration'].forEach(function (k) { ph.appendChild(FD.el('th', null, k)); }); pt.appendChild(ph);
+      var num = function (v, d) { return v === null || v === undefined ? '-' : (d ? v.toFixed(d) : v); };
+      ['node / stage', 'items in', 'out', 'failed', 'items/s', 'queue high-water', 'duration'].forEach(function (k) { ph.appendChild(FD.el('th', null, k)); }); pt.appendChild(ph);
       M.pipeline.forEach(function (x) {
-        var tr = FD.el('tr');
-        [x.task, x.items, x.outputs, x.failed, x.rate === null ? '-' : x.rate.toFixed(1), FD.secs(x.duration)].forEach(function (v) { tr.appendChild(FD.el('td', null, v)); });
+        var tr = FD.el('tr', { 'data-pipeline': x.task });
+        [x.task, x.items, x.outputs, x.failed, num(x.rate, 1), num(x.high_water), FD.secs(x.duration)].forEach(function (v) { tr.appendChild(FD.el('td', null, v)); });
         pt.appendChild(tr);
+        (x.stages || []).forEach(function (st) {  // per stage: the node's pipeline_finished
+          var sr = FD.el('tr', { 'data-stage': st.stage, 'class': 'stage' });
+          ['\u2003' + st.stage + (st.workers ? ' \u00d7' + st.workers : ''), num(st['in']), num(st.out), num(st.failed), num(st.rate, 1), num(st.queue_hwm), ''].forEach(function (v) { sr.appendChild(FD.el('td', null, v)); });
+          pt.appendChild(sr);
+        });
       });
       p.appendChild(pt);
     }
