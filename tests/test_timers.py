@@ -581,3 +581,20 @@ def test_a_hand_made_schedule_that_never_fires_is_refused_not_a_stop_iteration()
         sched.next_after(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     assert sched.ticks(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
                        dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)) == []
+
+
+def test_a_zone_name_too_long_for_a_file_is_a_usage_error(monkeypatch):
+    """With the tzdata package installed (pandas brings it), ZoneInfo raises OSError
+    (ENAMETOOLONG) for a huge name instead of ZoneInfoNotFoundError: still exit 4, one line."""
+    import errno
+    import zoneinfo
+
+    from flowdeco.errors import UsageError
+    from flowdeco.plugins.timers import zone_info
+
+    def too_long(name):
+        raise OSError(errno.ENAMETOOLONG, "File name too long", name)
+
+    monkeypatch.setattr(zoneinfo, "ZoneInfo", too_long)
+    with pytest.raises(UsageError, match="unknown time zone"):
+        zone_info("1" * 10_000)

@@ -334,7 +334,8 @@ def zone_info(zone: _dt.tzinfo | str | None) -> _dt.tzinfo:
         return _dt.timezone.utc
     try:
         return ZoneInfo(str(zone))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a
+        # file name, where the tzdata package is installed (pandas brings it)
         raise UsageError(f"unknown time zone {_cut(zone)}: use an IANA name such as "
                          "'Europe/Berlin' or 'UTC'") from None
 
