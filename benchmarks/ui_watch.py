@@ -18,7 +18,9 @@ can: the worst case for the stream's polling.  The figure is the median run
 time (wall clock of the run process) of each mode and their ratio; the target
 (issue 17) is watched <= 1.05x unwatched.  The machine is shared, so rounds
 are interleaved and medians reported; a ratio near 1.0 within noise is the
-expected outcome.
+expected outcome.  The dashboard server's CPU time during the run (from
+``/proc``) is printed too: on a busy machine it is the steadier figure of what
+watching takes from the run.
 """
 
 from __future__ import annotations
@@ -99,7 +101,16 @@ def start_ui(state: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(m.group(1))
 
 
-def one_run(flow: Path, state: Path, run_id: str, watched: bool) -> tuple[float, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_run(flow: Path, state: Path, run_id: str, watched: bool) -> tuple[float, int, float]:
     ui = None
     clients: list[SSE] = []
     if watched:
@@ -108,11 +119,13 @@ def one_run(flow: Path, state: Path, run_id: str, watched: bool) -> tuple[float,
         for c in clients:
             c.start()
         time.sleep(0.5)  # both streams connected and polling before the run starts
+    cpu0 = cpu_seconds(ui.pid) if ui else 0.0
     t0 = time.perf_counter()
     rc = subprocess.run([sys.executable, "-m", "flowdeco", str(flow), "--state-dir", str(state),
                          "--run-id", run_id, "-qq", "-p", "no:progress"], env=env(),
                         stdout=subprocess.DEVNULL).returncode
     elapsed = time.perf_counter() - t0
+    ui_cpu = cpu_seconds(ui.pid) - cpu0 if ui else 0.0
     events = 0
     if watched:
         time.sleep(1.0)  # let the stream deliver the tail
@@ -124,7 +137,7 @@ def one_run(flow: Path, state: Path, run_id: str, watched: bool) -> tuple[float,
         ui.wait(10)
     if rc != 0:
         raise SystemExit(f"run {run_id} exited {rc}")
-    return elapsed, events
+    return elapsed, events, ui_cpu
 
 
 def main() -> None:
@@ -143,16 +156,21 @@ def main() -> None:
         state = Path(tmp) / "state"
         one_run(flow, state, "warmup", False)
         streamed = 0
+        ui_cpu: list[float] = []
         for r in range(rounds):
             order = ("unwatched", "watched") if r % 2 == 0 else ("watched", "unwatched")
             for mode in order:
-                t, ev = one_run(flow, state, f"r{r}-{mode}", mode == "watched")
+                t, ev, cpu = one_run(flow, state, f"r{r}-{mode}", mode == "watched")
                 times[mode].append(t)
+                if mode == "watched":
+                    ui_cpu.append(cpu)
                 streamed = max(streamed, ev)
     u, w = statistics.median(times["unwatched"]), statistics.median(times["watched"])
     print(f"{tasks} tasks x {ns.work} ms, {rounds} rounds (medians, wall clock of the run)")
     print(f"  unwatched  {u * 1000:9.1f} ms")
     print(f"  watched    {w * 1000:9.1f} ms   ({streamed} audit events streamed to the client)")
+    print(f"  ui server CPU during the run {statistics.median(ui_cpu) * 1000:.1f} ms "
+          f"({statistics.median(ui_cpu) / w * 100:.1f}% of one core)")
     print(f"  ratio      {w / u:9.3f}x   (target <= 1.05x)")
 
 
