@@ -1,0 +1,40 @@
+"""Regressions found by testing this session's features as a new user (branch qa-user).
+
+Each test goes through what users touch (``run()``, the CLI, state files) and
+failed before its fix.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+import flowdeco
+
+
+def test_mapped_instances_on_one_worker_with_state_do_not_stall(tmp_path):
+    """A mapped task with more instances than workers, state on: each instance after the
+    first on a worker waited 2 s (PREVIOUS_WAIT) for the *mapped task's* completion to be
+    committed -- which only comes after the last instance.  6 trivial instances on one
+    worker took > 10 s; they take milliseconds (5 s is a generous margin on a busy box)."""
+    flow = tmp_path / "mapflow.py"
+    flow.write_text(textwrap.dedent("""
+        from flowdeco import task
+
+        @task
+        def items():
+            return list(range(6))
+
+        @task(map="items")
+        def double(items):
+            return items * 2
+
+        @task
+        def total(double):
+            return sum(double)
+    """))
+    t0 = time.monotonic()
+    result = flowdeco.run(str(flow), workers=1, state_dir=str(tmp_path / "state"))
+    elapsed = time.monotonic() - t0
+    assert result.ok and result.results["total"] == 30
+    assert elapsed < 5.0, f"6 trivial mapped instances took {elapsed:.1f}s"
