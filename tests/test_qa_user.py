@@ -38,3 +38,18 @@ def test_mapped_instances_on_one_worker_with_state_do_not_stall(tmp_path):
     elapsed = time.monotonic() - t0
     assert result.ok and result.results["total"] == 30
     assert elapsed < 5.0, f"6 trivial mapped instances took {elapsed:.1f}s"
+
+
+def test_a_non_string_tag_is_named_plainly():
+    """QA: the message listed reprs of reprs (``got ["'db'", '3']``)."""
+    import pytest
+
+    from flowdeco import task
+    from flowdeco.errors import TaskDefinitionError
+
+    def load():
+        return 1
+
+    with pytest.raises(TaskDefinitionError) as info:
+        task(tags=["db", 3])(load)
+    assert "tags must be strings, got 'db', 3" in str(info.value)
