@@ -53,3 +53,27 @@ def test_a_non_string_tag_is_named_plainly():
     with pytest.raises(TaskDefinitionError) as info:
         task(tags=["db", 3])(load)
     assert "tags must be strings, got 'db', 3" in str(info.value)
+
+
+def test_a_wrong_type_for_state_dir_or_select_is_a_usage_error(tmp_path, monkeypatch):
+    """QA: run(state_dir=True) / run(select=True) (or `state_dir = true` in flowdeco.toml)
+    crashed with TypeError/AttributeError instead of naming the option."""
+    import pytest
+
+    from flowdeco import cli
+    from flowdeco.errors import UsageError
+
+    def one():
+        return 1
+
+    with pytest.raises(UsageError, match="state_dir"):
+        flowdeco.run([one], state_dir=True)
+    with pytest.raises(UsageError, match="select"):
+        flowdeco.run([one], state_dir=None, select=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLOWDECO_ADDOPTS", raising=False)
+    (tmp_path / "qaflow_sd.py").write_text("from flowdeco import task\n\n@task\ndef a():\n"
+                                           "    return 1\n")
+    for body in ("state_dir = true\n", "select = true\n"):
+        (tmp_path / "flowdeco.toml").write_text(body)
+        assert cli.main(["qaflow_sd.py", "-qq"]) == 4, body
