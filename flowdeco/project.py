@@ -29,6 +29,7 @@ takes its options as arguments (module ``flowdeco_plugins`` apply to both).
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import os
 import sys
 from pathlib import Path
@@ -122,14 +123,20 @@ def _convert(o: Any, key: str, value: Any, where: str) -> Any:
             value = [f"{k}={v}" for k, v in value.items()]
         elif not isinstance(value, (list, tuple)):
             value = [value]
-        return [_one(kw, x, bad) for x in value]
-    return _one(kw, value, bad)
+        return [_one(kw, x, bad, bool(o.flags)) for x in value]
+    return _one(kw, value, bad, bool(o.flags))
 
 
-def _one(kw: Mapping[str, Any], value: Any, bad: str) -> Any:
+def _one(kw: Mapping[str, Any], value: Any, bad: str, flagged: bool = False) -> Any:
     conv = kw.get("type")
     if isinstance(value, (Mapping, list, tuple)) and conv is None:
         raise UsageError(bad + "expected a single value")
+    if conv is None and flagged and isinstance(value, (int, float, _dt.date, _dt.time)) \
+            and not isinstance(value, bool):
+        # argparse hands a flag without type= text: `state_dir = 5` or `run_id = 2026-01-01`
+        # means what `--state-dir 5` does (as a number or date it crashed or was refused);
+        # a boolean stays one, as run() takes it (store = false)
+        value = value.isoformat() if isinstance(value, (_dt.date, _dt.time)) else str(value)
     if conv is not None:
         try:
             value = conv(value if isinstance(value, str) else
@@ -156,6 +163,9 @@ def _load_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: not UTF-8 (byte {exc.start}); save it as "
+                         "UTF-8") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
 

@@ -24,6 +24,8 @@ Matcher = Callable[[str], bool]
 
 def compile_expression(expr: str) -> Matcher:
     """Compile ``expr`` into a predicate on task names; :class:`UsageError` if malformed."""
+    if not isinstance(expr, str):
+        raise UsageError(f"-k / select must be an expression string, got {expr!r}")
     tokens = _tokenize(expr)
     if not tokens:
         raise UsageError("-k: empty expression")

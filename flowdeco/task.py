@@ -248,7 +248,7 @@ def make_spec(fn: Any, *, owner: "Flow | None" = None, name: str | None = None,
         tags = (tags,)
     tags_set = frozenset(tags) if tags else _NO_TAGS
     if not all(isinstance(t, str) for t in tags_set):
-        raise TaskDefinitionError(f"{where}: tags must be strings, got {sorted(repr(t) for t in tags_set)}")
+        raise TaskDefinitionError(f"{where}: tags must be strings, got {', '.join(sorted(repr(t) for t in tags_set))}")
     if isinstance(after, (str, bytes)) or callable(after) or not isinstance(after, Iterable):
         after = (after,)
     after_t = tuple(after)

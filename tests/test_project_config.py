@@ -164,6 +164,35 @@ def test_a_bad_file_is_one_error_line_naming_file_and_key_exit_4(proj, capsys, b
         assert str(proj / "flowdeco.toml") in line
 
 
+def test_a_file_that_is_not_utf8_is_one_line_not_a_traceback(proj, capsys):
+    """QA: a flowdeco.toml in another encoding crashed with UnicodeDecodeError (exit 3)."""
+    flow = write(proj / f"{unique('flow')}.py", FLOW)
+    cfg = proj / "flowdeco.toml"
+    cfg.write_bytes(b"workers = 2\n# caf\xe9\n")
+    code, out, err = run_cli(flow.name, capsys=capsys)
+    assert code == 4, out + err
+    line = assert_one_error_line(err)
+    assert "not valid TOML: not UTF-8" in line and str(cfg) in line
+
+
+@pytest.mark.parametrize("body, where, run_id", [
+    ("state_dir = 5\n", "5", None),
+    ("run_id = 12\nstate_dir = 's'\n", "s", "12"),
+    ("run_id = 2026-01-01\nstate_dir = 's'\n", "s", "2026-01-01"),
+])
+def test_a_number_or_date_for_a_text_option_means_what_the_flag_would(proj, capsys, body,
+                                                                     where, run_id):
+    """QA: `state_dir = 5` crashed (TypeError, exit 3) and `run_id = 12` was refused, while
+    `--state-dir 5` / `--run-id 12` work: a file value is what argparse would make of it."""
+    flow = write(proj / f"{unique('flow')}.py", FLOW)
+    write(proj / "flowdeco.toml", body)
+    code, out, err = run_cli(flow.name, capsys=capsys)
+    assert code == 0, out + err
+    assert (proj / where / "state.db").exists()
+    if run_id:
+        assert (proj / where / "runs" / run_id / "audit.jsonl").exists()
+
+
 def test_a_bad_key_in_pyproject_names_the_table(proj, capsys):
     flow = write(proj / f"{unique('flow')}.py", FLOW)
     write(proj / "pyproject.toml", "[tool.flowdeco]\nstate_dri = 'x'\n")

@@ -128,6 +128,8 @@ class Session:
     def execute(self, graph: Graph) -> RunResult:
         cfg = self.config
         state_dir = None if cfg.getoption("no_state") else cfg.getoption("state_dir")
+        if state_dir is not None and not isinstance(state_dir, str):
+            raise UsageError(f"state_dir (--state-dir) must be a folder path, got {state_dir!r}")
         run_id = cfg.getoption("run_id")
         run_id = validate_run_id(run_id) if run_id is not None else new_run_id(cfg.clock)
         workers = cfg.getoption("workers")
@@ -168,8 +170,9 @@ def run(target: Any, *, workers: int | None = None, params: Mapping[str, Any] | 
                                  stop_on_error=stop_on_error, select=select, **options)
     if state_dir is None:
         given["no_state"] = True
-    else:
-        given["state_dir"] = os.fspath(state_dir)
+    else:  # (a value of another type is refused by execute, naming the option)
+        given["state_dir"] = os.fspath(state_dir) if isinstance(state_dir, os.PathLike) \
+            else state_dir
     if resume is not None:
         given["resume"] = resume
     plugins = tuple(plugins)

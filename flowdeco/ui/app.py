@@ -351,8 +351,9 @@ class Dashboard:
             if now_size != size:
                 size = now_size
                 events, new = await asyncio.to_thread(read_audit, path, offset, 1 << 20)
-                for end, event in events:
-                    yield f"id: {end}\nevent: audit\ndata: {json.dumps(event)}\n\n"
+                if events:  # one write per poll, not one per event (a busy run has hundreds)
+                    yield "".join(f"id: {end}\nevent: audit\ndata: {json.dumps(event)}\n\n"
+                                  for end, event in events)
                 changed = new != offset
                 offset = new
                 if events:  # more may wait beyond the 1 MB read: look again at once

@@ -664,8 +664,9 @@ class StatePlugin:
             encode = self.codec.dumps
         else:
             encode = _unchecked
-        return wrapper(task.name, encode, self.encoded, self.writer, self.seqs,
-                       task.deps, task.index if final else -1)
+        # nor is a mapped instance's end its task's (that comes after the last instance)
+        last = task.index if final and not getattr(task.spec, "map", None) else -1
+        return wrapper(task.name, encode, self.encoded, self.writer, self.seqs, task.deps, last)
 
     # -- recording
     @hookimpl(tryfirst=True)  # run_finished: drained before the audit trail writes it
