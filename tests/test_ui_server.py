@@ -731,6 +731,9 @@ def test_audit_history_pages_backwards_before_an_offset(state):
     d = c.get("/api/runs/r-fail/audit", params={"before": ends[2], "limit": 5}).json()
     assert [o for o, _ in d["events"]] == ends[:2] and d["more"] is False
     assert c.get("/api/runs/r-fail/audit", params={"before": "x"}).status_code == 400
+    bad = c.get("/api/runs/r-fail/audit", params={"from": "abc"})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "from must be a whole number (a byte offset or a count), got 'abc'"
 
 
 def test_a_running_run_shows_its_duration_so_far(tmp_path):

@@ -297,9 +297,9 @@ class Dashboard:
         q = request.query_params
         try:
             run_id = self._run_id(request)
-            start = int(q.get("from") or 0)
-            before = int(q["before"]) if q.get("before") else None
-            limit = min(max(int(q.get("limit") or 300), 1), 1000)
+            start = _whole(q, "from", 0)
+            before = _whole(q, "before", None)
+            limit = min(max(_whole(q, "limit", 300), 1), 1000)  # type: ignore[type-var]
         except (FlowError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         path = self.reader.audit_file(run_id)
@@ -314,8 +314,9 @@ class Dashboard:
     async def run_stream(self, request: Request) -> Response:
         try:
             run_id = self._run_id(request)
-            start = int(request.headers.get("last-event-id")
-                        or request.query_params.get("from") or 0)
+            event_id = request.headers.get("last-event-id")
+            start = _whole({"Last-Event-ID": event_id}, "Last-Event-ID", 0) if event_id \
+                else _whole(request.query_params, "from", 0)
         except (FlowError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         limit = self._stream_limit(request)
@@ -440,3 +441,15 @@ def create_app(state_dir: str | os.PathLike, host: str = "127.0.0.1", port: int 
     return HostGuard(app, allowed_hosts(host, port) | (
         {f"localhost:{port}"} if unspecified(host) else set()),
         port if unspecified(host) else None)
+
+
+def _whole(params: Any, name: str, default: Any) -> Any:
+    """A whole-number request parameter (a byte offset, a count), or ``default``."""
+    text = params.get(name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number (a byte offset or a count), "
+                         f"got {text[:40]!r}") from None
