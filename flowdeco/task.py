@@ -334,6 +334,10 @@ def _check_dynamic(where: str, params: tuple[Param, ...], map: Any, when: Any, t
             raise TaskDefinitionError(
                 f"{where}: map= cannot be combined with every=/cron= (map an interval "
                 "task's result from a downstream task instead)")
+        if trigger == "always":
+            raise TaskDefinitionError(
+                f"{where}: map= needs the result it maps over, but trigger='always' starts "
+                "the task before that result exists (use 'all_done' to run whatever happened)")
     if when is None:
         return ()
     if not callable(when):

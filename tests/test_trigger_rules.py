@@ -491,3 +491,14 @@ def test_any_graph_matches_airflows_table(spec, executor):
         out = result[f"t{i}"]
         assert (out.status, out.reason) == expected, (i, spec)
         final[i] = expected
+
+
+def test_a_mapped_task_with_trigger_always_is_refused_when_defined():
+    """``always`` starts a task when the run starts, before the result it maps over exists:
+    it could only ever fail at run time, so the decorator says so."""
+    from flowdeco import TaskDefinitionError, task
+
+    with pytest.raises(TaskDefinitionError, match="trigger='always' starts the task before"):
+        @task(map="items", trigger="always")
+        def each(items):
+            return items
