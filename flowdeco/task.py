@@ -37,7 +37,7 @@ _NO_TAGS: frozenset[str] = frozenset()
 _NO_OPTIONS: Mapping[str, Any] = types.MappingProxyType({})
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class Param:
     """One parameter of a task function, read once at decoration time."""
 
@@ -47,7 +47,7 @@ class Param:
     annotation: Any = None
 
 
-@attrs.frozen(eq=False)
+@attrs.frozen(eq=False, weakref_slot=False)
 class TaskSpec:
     """Everything ``@task(...)`` said about a function.
 
@@ -101,8 +101,9 @@ class TaskSpec:
         object.__setattr__(self, "uses", uses + tuple(self.options))
         object.__setattr__(self, "dynamic", self.map is not None or self.when is not None
                            or self.trigger != "all_succeeded")
-        object.__setattr__(self, "arg_names", tuple(p.name for p in self.params if p.name != CTX))
-        object.__setattr__(self, "wants_ctx", len(self.arg_names) < len(self.params))
+        names = tuple(p.name for p in self.params if p.name != CTX)
+        object.__setattr__(self, "arg_names", names)
+        object.__setattr__(self, "wants_ctx", len(names) < len(self.params))
 
     @property
     def source_name(self) -> str:
@@ -417,7 +418,11 @@ def _params_from_code(fn: types.FunctionType, where: str) -> tuple[Param, ...]:
     names = code.co_varnames[:npos + nkw]
     defaults = fn.__defaults__ or ()
     kwdefaults = fn.__kwdefaults__ or {}
-    annotations = fn.__annotations__ or {}
+    # reading ``__annotations__`` of a function without any makes (and keeps) an empty
+    # dict on it: 64 bytes per task; setting None gives the slot back (as before the read)
+    annotations = fn.__annotations__
+    if not annotations:
+        fn.__annotations__ = None  # type: ignore[assignment]
     first_default = npos - len(defaults)
     params = []
     for k, name in enumerate(names):

@@ -147,8 +147,10 @@ def test_sync_fast_path_matches_the_general_loop(dag, data):
         journal = Journal()
         result = run(build_tasks(n, deps, prios, journal, failing, declared),
                      executor="sync", stop_on_error=stop, state_dir=None)
-        return journal.events, {name: (o.status, o.reason, o.error, o.attempts, o.result)
-                                for name, o in result.outcomes.items()}, result.status
+        _check_sync_times(journal, result)
+        return journal.events, {name: (o.status, o.reason, o.error, o.attempts, o.result,
+                                       o.worker) for name, o in result.outcomes.items()}, \
+            result.status
 
     fast = once()
     init = SyncDispatch.__init__
@@ -161,6 +163,22 @@ def test_sync_fast_path_matches_the_general_loop(dag, data):
         m.setattr(SyncDispatch, "__init__", general_only)
         general = once()
     assert fast == general
+
+
+def _check_sync_times(journal, result):
+    """Timestamps of a sync run (the fast path reads the clock once per task): each ran
+    task has started <= finished and duration = finished - started, and in the order
+    the bodies ran, a task starts no earlier than the previous one finished."""
+    ran = [name for kind, name in journal.events if kind == "start"]
+    prev = None
+    for name in ran:
+        o = result.outcomes[name]
+        assert o.started is not None and o.finished is not None, (name, o)
+        assert o.started <= o.finished, (name, o)
+        assert o.duration == pytest.approx(o.finished - o.started, abs=1e-6), (name, o)
+        if prev is not None:
+            assert prev.finished <= o.started, (name, prev, o)
+        prev = o
 
 
 @st.composite

@@ -50,9 +50,12 @@ def subflow_end(run: "Run", v: Vertex) -> tuple:
 
 def finalize(run: "Run") -> None:
     """Give every task an outcome: in-flight ones interrupted, the rest skipped."""
+    statuses = run._table.status
+    if None not in statuses:  # every task ended (the usual run): no per-task loop
+        return
     now = run.clock.monotonic()
     for i in run.graph.order:
-        if run._table.status[i] is not None:
+        if statuses[i] is not None:
             continue
         v = run.graph.vertices[i]
         state = run._table.state[i]

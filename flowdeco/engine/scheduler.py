@@ -59,7 +59,9 @@ def _priority_keys(graph: Graph) -> tuple[list[int], bool]:
     n = max(len(graph), 1)
     priorities = {v.priority for v in graph.vertices}
     if len(priorities) < 2:
-        return list(range(len(graph))), True
+        # the key is the index: an upstream-first graph's order is that very list (shared,
+        # neither is ever changed; a list of n fresh ints is 40 bytes per task)
+        return graph.order if graph.declared_in_order else list(range(len(graph))), True
     ranks = {p: r for r, p in enumerate(sorted(priorities, reverse=True))}
     return [ranks[v.priority] * n + v.index for v in graph.vertices], False
 
