@@ -42,6 +42,7 @@ from ..graph import TASK, kahn_order
 from ..outcome import SUCCEEDED
 from . import tracking
 from .attempt import run_attempt
+from .ending import run_timed_out
 from .states import DONE, M_CRASH, M_DONE, PENDING, READY, RUNNING, S_RUNNING, S_STOPPING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -319,7 +320,7 @@ class SyncDispatch(Dispatch):
         deadline = run.run_deadline
         while (ready or map_ready) and run.stop_state < S_STOPPING:
             if deadline is not None and run.clock.monotonic() >= deadline:
-                run.run_timed_out()
+                run_timed_out(run)
                 break
             if map_ready and run._dyn.sync_step():  # a mapped task's instance went first
                 continue
@@ -380,7 +381,7 @@ class SyncDispatch(Dispatch):
         deadline = run.run_deadline
         for i in order:
             if deadline is not None and mono() >= deadline:
-                run.run_timed_out()
+                run_timed_out(run)
             if run.stop_state >= S_STOPPING:
                 return self.leave_order()
             if run.flush_due:
