@@ -50,9 +50,10 @@ from .records import (_ADDED_IN, _RUN_COLUMNS, _TASK_COLUMNS, MAX_ERROR, MAX_NAM
                       RunSummary, TaskRecord, TaskRow, _max_len, _non_negative, _timestamp,
                       checksum, result_intact, structure)
 from .runlock import RunLock
-from .store_open import (_CHECKPOINT_EVERY, APPLICATION_ID, DB_NAME, INIT_LOCK,  # noqa: F401
-                         MIGRATIONS, QUICK_CHECK_MAX_BYTES, SCHEMA_VERSION, SQLiteDatabase,
-                         StoreChanged, _reading, _rollback)
+from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION  # noqa: F401
+from .store_open import (_CHECKPOINT_EVERY, DB_NAME, INIT_LOCK,  # noqa: F401
+                         QUICK_CHECK_MAX_BYTES, SQLiteDatabase, StoreChanged, _reading,
+                         _rollback)
 
 __all__ = ["Store", "SQLiteStore", "RunRecord", "TaskRecord", "TaskRow", "RunSummary", "CacheEntry",
            "RunLock", "StoreChanged", "SCHEMA_VERSION", "APPLICATION_ID", "checksum",
