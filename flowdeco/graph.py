@@ -1,307 +1,416 @@
-"""The dependency graph: vertices, their dependencies, a topological order.
+"""The dependency graph, built and validated once at collection (the graph itself: :mod:`.dag`).
 
-Built and validated once at collection (:mod:`flowdeco.graph_build`:
-declare, resolve, check).  Vertices are numbered in declaration order, which
-is also the tie-break among ready tasks of equal priority.  The runner works
-on these integer indices only.
+Building has three phases (like doit's ``control.py``):
+
+1. *declare*: every task and sub-flow node gets a vertex with its qualified
+   name (``validate.check_format``); duplicate names in one flow are refused;
+2. *resolve*: each parameter becomes a data dependency (a task of the flow, of
+   an enclosing flow, or an imported task), a run parameter, ``ctx``, or keeps
+   its default; ``after=`` entries become ordering dependencies;
+3. *check*: a topological order is computed; a cycle is reported with its path.
+
+Vertices are numbered in declaration order, which is also the tie-break among
+ready tasks of equal priority.  The runner works on these integer indices only.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import gc
-import heapq
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from .errors import CycleError
-from .flow import SubflowNode
-from .task import TaskSpec
-
-TASK = "task"
-SUBFLOW = "subflow"
-_NO_CONSTS: Mapping[str, Any] = {}
+from .errors import CollectionError, CycleError, DuplicateTaskError, MissingDependencyError
+from .flow import Flow, SubflowNode
+# the model, exported from here as it always was (flowdeco.graph.Graph, ...)
+from .dag import (_NO_CONSTS, SUBFLOW, TASK, Graph, SubflowVertex, Vertex,  # noqa: F401
+                  gc_paused, kahn_order)
+from .params import secret_annotation
+from .secret import Secret
+from .task import CTX, SPEC_ATTR, TaskSpec, get_spec
 
 
-class Vertex:
-    """One node of the compiled graph: a task, or (:class:`SubflowVertex`) the completion
-    point of a sub-flow node."""
+class _Scope:
+    """Names visible inside one flow while building: its members, then its parents'."""
 
-    __slots__ = ("index", "name", "kind", "spec", "fn", "deps", "argnames", "argdeps", "consts",
-                 "wants_ctx", "priority", "tags")
-
-    #: sub-flow vertices only (slots of SubflowVertex): every inner vertex, the sinks with
-    #: their inner names, the node.  A task shares these empty defaults: 24 bytes and
-    #: three stores less per task
-    members: tuple[int, ...] = ()
-    sinks: tuple[tuple[str, int], ...] = ()
-    node: SubflowNode | None = None
-
-    def __init__(self, index: int, name: str, kind: str, spec: TaskSpec | None,
-                 priority: int, tags: frozenset[str], node: SubflowNode | None = None):
-        if node is not None and not isinstance(self, SubflowVertex):
-            raise TypeError("a sub-flow node's vertex is a SubflowVertex")
-        self.index = index
-        self.name = name
-        self.kind = kind
-        self.spec = spec
-        self.fn: Callable[..., Any] | None = spec.fn if spec is not None else None
-        self.deps: tuple[int, ...] = ()
-        #: the data dependencies: parameter names and, position by position, the
-        #: upstream vertices they take results from (two flat tuples, the first
-        #: usually the spec's own: few objects per vertex for the garbage collector)
-        self.argnames: tuple[str, ...] = ()
-        self.argdeps: tuple[int, ...] = ()
-        #: parameters bound to run parameters (a shared empty dict until one is bound)
-        self.consts: Mapping[str, Any] = _NO_CONSTS
-        self.wants_ctx = False
-        self.priority = priority
-        self.tags = tags
-
-    def __repr__(self) -> str:
-        return f"<Vertex {self.index} {self.name!r} {self.kind}>"
-
-    @property
-    def args(self) -> tuple[tuple[str, int], ...]:
-        """(parameter, upstream vertex) pairs: the data dependencies."""
-        return tuple(zip(self.argnames, self.argdeps))
-
-    def arguments(self, results: Sequence[Any]) -> dict[str, Any]:
-        """The keyword arguments from upstream ``results`` (by vertex index) and bound
-        run parameters; not ``ctx``.  Called before every attempt: most tasks take
-        one to three results, so those get a literal instead of a loop."""
-        names = self.argnames
-        n = len(names)
-        if n == 1:
-            kw = {names[0]: results[self.argdeps[0]]}
-        elif n == 2:
-            d = self.argdeps
-            kw = {names[0]: results[d[0]], names[1]: results[d[1]]}
-        elif n == 3:
-            d = self.argdeps
-            kw = {names[0]: results[d[0]], names[1]: results[d[1]], names[2]: results[d[2]]}
-        elif n:
-            kw = dict(zip(names, map(results.__getitem__, self.argdeps)))
-        else:
-            kw = {}
-        if self.consts:
-            kw.update(self.consts)
-        return kw
-
-
-class SubflowVertex(Vertex):
-    """The completion point of a sub-flow node: it ends when its inner vertices have."""
-
-    __slots__ = ("members", "sinks", "node")
-
-    def __init__(self, index: int, name: str, kind: str, spec: TaskSpec | None,
-                 priority: int, tags: frozenset[str], node: SubflowNode | None = None):
-        super().__init__(index, name, kind, spec, priority, tags)
-        self.members: tuple[int, ...] = ()
-        self.sinks: tuple[tuple[str, int], ...] = ()
+    def __init__(self, flow: Flow | None, flow_name: str, prefix: str, parent: "_Scope | None",
+                 bind: Mapping[str, str], node: SubflowNode | None):
+        self.flow = flow
+        self.flow_name = flow_name
+        self.prefix = prefix
+        self.parent = parent
+        self.bind = bind
         self.node = node
+        self.after: tuple[int, ...] = ()   # vertices every member waits for (a node's after=)
+        self.local: dict[str, int] = {}
+
+    def visible(self) -> list[str]:
+        names: list[str] = []
+        s: _Scope | None = self
+        while s is not None:
+            names.extend(s.local)
+            s = s.parent
+        return names
+
+    def flows(self) -> list[str]:
+        out: list[str] = []
+        s: _Scope | None = self
+        while s is not None:
+            if s.flow is not None:
+                out.append(s.flow.name)
+            s = s.parent
+        return out[::-1]
 
 
-class Graph:
-    """A validated DAG of :class:`Vertex` objects in declaration order.
+class GraphBuilder:
+    """Turns a root flow's members into a validated :class:`Graph`."""
 
-    ``order`` is a topological order (Kahn's algorithm, declaration order among
-    ties); ``succs`` the successors of each vertex (computed on first use: a
-    ``sync`` run of a graph declared upstream-first never needs them);
-    :meth:`using` the tasks that set a plugin option, so a plugin looks at
-    those instead of scanning every vertex.
-    """
+    #: resolve simple root-flow tasks while declaring them (False: every task in phase 2,
+    #: the general path the property tests compare with)
+    resolve_early = True
 
-    def __init__(self, name: str, vertices: list[Vertex], special: Iterable[int] | None = None,
-                 declared_in_order: bool | None = None, by_name: dict[str, int] | None = None):
+    def __init__(self, name: str, params: Mapping[str, Any], root_flow: Flow | None = None,
+                 unset_ok: bool = False):
         self.name = name
-        self.vertices = vertices
-        #: (``by_name`` may be given by the builder, which has that dict already)
-        self.by_name = {v.name: v.index for v in vertices} if by_name is None else by_name
-        if declared_in_order is None:
-            declared_in_order = all(not v.deps or max(v.deps) < v.index for v in vertices)
-        #: the graph was declared upstream-first (every dependency before its dependents)
-        self.declared_in_order = declared_in_order
-        if special is None:  # (a task vertex always has its spec)
-            special = [v.index for v in vertices
-                       if v.kind is not TASK or v.spec.uses or v.spec.dynamic]  # type: ignore[union-attr]
-        using: dict[str, list[Vertex]] = {}
-        dynamic: list[int] = []
-        for i in special:
-            v = vertices[i]
-            spec = v.spec
-            if v.kind is not TASK or spec.dynamic:  # type: ignore[union-attr]
-                dynamic.append(i)
-            if spec is not None:
-                for opt in spec.uses:
-                    using.setdefault(opt, []).append(v)
-        self._using = {opt: tuple(vs) for opt, vs in using.items()}
-        #: sub-flow nodes and tasks with ``map=``, ``when=`` or a trigger rule other
-        #: than ``all_succeeded`` (their readiness goes through the dynamic gate)
-        self.dynamic: tuple[int, ...] = tuple(dynamic)
-        # an upstream-first graph's order is its declaration order (by induction, the
-        # lowest ready index is always the next one), and it cannot have a cycle
-        self.order = list(range(len(vertices))) if self.declared_in_order else kahn_order(self)
+        self.params = params
+        #: a required parameter nothing fills is left unset instead of refused
+        #: (``--collect-only`` and ``--graph`` list a flow without its run parameters)
+        self.unset_ok = unset_ok
+        self.vertices: list[Vertex] = []
+        #: task vertices left to resolve and the scope each was declared in (parallel
+        #: lists: no tuple per task for the garbage collector to scan)
+        self._tasks: list[int] = []
+        self._scopes: list[_Scope] = []
+        self._nodes: list[tuple[int, _Scope, _Scope]] = []
+        #: vertices the Graph indexes (plugin options, dynamic tasks, sub-flow nodes)
+        self._special: list[int] = []
+        #: every dependency seen so far was declared before its dependent
+        self._in_order = True
+        self._root = _Scope(root_flow, name, "", None, {}, None)
 
-    @functools.cached_property
-    def succs(self) -> list[tuple[int, ...]]:
-        """Successors (dependents) of each vertex, in declaration order.
+    def build(self, members: Sequence[Any]) -> Graph:
+        self._declare(self._root, members)
+        for index, outer, inner in self._nodes:          # parents before children
+            node = self.vertices[index].node
+            assert node is not None
+            inner.after = outer.after + tuple(
+                self._lookup_after(outer, a, self.vertices[index].name) for a in node.after)
+        self._resolve_tasks()
+        for index, _outer, inner in self._nodes:
+            self._resolve_node(self.vertices[index], inner)
+        # without sub-flows the root scope's names are every vertex's, in index order
+        return Graph(self.name, self.vertices, self._special, self._in_order,
+                     None if self._nodes else self._root.local)
 
-        Built with the garbage collector paused: the one temporary list per
-        vertex would otherwise survive into the oldest generation mid-build
-        and set off a full collection (measured: 5 µs per task at 100,000);
-        the tuples live as long as the graph, so they are promoted unscanned.
-        """
-        with gc_paused(promote=True):
-            succs: list[list[int]] = [[] for _ in self.vertices]
+    # -- phase 1: declare
+    def _declare(self, scope: _Scope, members: Sequence[Any]) -> None:
+        # One loop body per task, no calls (the declare phase's cost on a big flow):
+        # _claim only reports a duplicate.
+        # In the root flow a task whose parameters all name tasks declared before it,
+        # with no after= or map= (nearly every task of a big flow), is resolved right
+        # here: its dependencies are known, and phase 2 never visits it.
+        local, prefix = scope.local, scope.prefix
+        vertices, tasks, scopes, special = self.vertices, self._tasks, self._scopes, self._special
+        new = object.__new__
+        get = local.get
+        fast = self.resolve_early and scope.parent is None
+        for m in members:
+            spec = getattr(m, SPEC_ATTR, None)
+            if spec is None or not callable(m):
+                if isinstance(m, SubflowNode):
+                    self._declare_node(scope, m)
+                    continue
+                if not isinstance(m, TaskSpec):
+                    raise CollectionError(f"flow {scope.flow_name!r}: {m!r} is not a task")
+                spec = m
+            name = spec.name
+            if name in local:
+                self._claim(scope, name, spec)  # raises DuplicateTaskError
+            index = len(vertices)
+            v = new(Vertex)  # Vertex(index, prefix + name, TASK, spec, ...), field by field
+            v.index = index
+            v.name = prefix + name
+            v.kind = TASK
+            v.spec = spec
+            v.fn = spec.fn
+            v.deps = v.argnames = v.argdeps = ()
+            v.consts = _NO_CONSTS
+            v.wants_ctx = spec.wants_ctx
+            v.priority = spec.priority
+            v.tags = spec.tags
+            vertices.append(v)
+            if spec.uses or spec.dynamic:
+                special.append(index)
+            # (looked up before this task's own name is bound: a name found is an
+            # earlier vertex, and a task naming itself goes to phase 2, a cycle)
+            if fast and not spec.after and spec.map is None:
+                names = spec.arg_names
+                n = len(names)
+                if n == 1:
+                    d = get(names[0])
+                    if d is not None:
+                        v.argnames = names
+                        v.argdeps = v.deps = (d,)
+                        local[name] = index
+                        continue
+                elif n == 2:
+                    d = get(names[0])
+                    d2 = get(names[1])
+                    if d is not None and d2 is not None:
+                        v.argnames = names
+                        v.argdeps = v.deps = (d, d2)  # (one vertex per name: distinct)
+                        local[name] = index
+                        continue
+                elif n:
+                    found = tuple(map(get, names))
+                    if None not in found:
+                        v.argnames = names
+                        v.argdeps = v.deps = found
+                        local[name] = index
+                        continue
+                else:
+                    local[name] = index
+                    continue
+            local[name] = index
+            tasks.append(index)
+            scopes.append(scope)
+
+    def _claim(self, scope: _Scope, name: str, origin: TaskSpec | str) -> int:
+        """The next vertex index for ``name`` in ``scope``; two members of one flow with
+        the same name are refused, naming where both come from."""
+        if name in scope.local:
+            first = self.vertices[scope.local[name]]
+            was = first.spec.source_name if first.spec is not None else \
+                f"sub-flow node of flow {first.node.flow.name!r}"  # type: ignore[union-attr]
+            where = origin.source_name if isinstance(origin, TaskSpec) else origin
+            raise DuplicateTaskError(scope.prefix + name, [was, where])
+        index = len(self.vertices)
+        scope.local[name] = index
+        return index
+
+    def _declare_node(self, scope: _Scope, node: SubflowNode) -> None:
+        chain = scope.flows()
+        if node.flow.name in chain:
+            cyc = chain[chain.index(node.flow.name):] + [node.flow.name]
+            raise CycleError(cyc)
+        index = self._claim(scope, node.name, f"sub-flow node of flow {node.flow.name!r}")
+        vertex = SubflowVertex(index, scope.prefix + node.name, SUBFLOW, None, node.priority,
+                               node.tags, node)
+        self.vertices.append(vertex)
+        self._special.append(index)
+        inner = _Scope(node.flow, node.flow.name, vertex.name + ".", scope, node.bind, node)
+        self._nodes.append((index, scope, inner))
+        start = len(self.vertices)
+        self._declare(inner, node.flow.members)
+        vertex.members = tuple(range(start, len(self.vertices)))
+
+    # -- phase 2: resolve
+    def _lookup(self, scope: _Scope, name: str) -> int | None:
+        s: _Scope | None = scope
+        while s is not None:
+            if name in s.local:
+                return s.local[name]
+            if name in s.bind and s.parent is not None:
+                found = self._lookup(s.parent, s.bind[name])
+                if found is None:
+                    raise MissingDependencyError(
+                        s.prefix.rstrip("."), s.bind[name], "parameter", s.parent.visible())
+                return found
+            s = s.parent
+        return None
+
+    def _lookup_qualified(self, scope: _Scope, name: str) -> int | None:
+        s: _Scope | None = scope
+        while s is not None:
             for v in self.vertices:
-                for d in v.deps:
-                    succs[d].append(v.index)
-            return [tuple(s) if s else () for s in succs]
+                if v.name == s.prefix + name:
+                    return v.index
+            s = s.parent
+        return None
 
-    def using(self, option: str) -> tuple[Vertex, ...]:
-        """The tasks that set the plugin option ``option`` (``retry``, ``circuit``, a
-        third-party option...), in declaration order."""
-        return self._using.get(option, ())
+    def _import(self, spec: TaskSpec) -> int:
+        """Add a task defined outside the flow (imported) that something depends on."""
+        found = self._root.local.get(spec.name)
+        if found is not None:
+            return found
+        self._declare(self._root, (spec,))
+        return len(self.vertices) - 1
 
-    @property
-    def options_used(self) -> list[str]:
-        """Every plugin option some task of the graph sets."""
-        return list(self._using)
+    def _lookup_after(self, scope: _Scope, entry: Any, who: str) -> int:
+        spec = None
+        if isinstance(entry, SubflowNode):
+            name = entry.name
+        elif isinstance(entry, str):
+            name = entry
+        else:
+            spec = get_spec(entry)
+            if spec is None:
+                raise CollectionError(f"task {who!r}: after= entry {entry!r} is not a task")
+            name = spec.name
+        found = self._lookup_qualified(scope, name) if "." in name else self._lookup(scope, name)
+        if found is None and spec is not None and spec.owner is None:
+            found = self._import(spec)
+        if found is None:
+            raise MissingDependencyError(who, name, "after", scope.visible())
+        return found
 
-    def __len__(self) -> int:
-        return len(self.vertices)
+    def _resolve_tasks(self) -> None:
+        """Resolve the task vertices phase 1 left: imported tasks are appended as found."""
+        tasks, scopes, vertices = self._tasks, self._scopes, self.vertices
+        i = 0
+        while i < len(tasks):
+            self._resolve_task(vertices[tasks[i]], scopes[i])
+            i += 1
 
-    def __iter__(self):
-        return iter(self.vertices)
+    def _resolve_task(self, v: Vertex, scope: _Scope) -> None:
+        spec = v.spec
+        assert spec is not None
+        v.wants_ctx = spec.wants_ctx
+        names = spec.arg_names
+        # the root flow binds nothing from outside: a name is its member or nothing
+        if scope.parent is None:
+            get = scope.local.get
+            found_all = [get(name) for name in names]
+        else:
+            found_all = [self._lookup(scope, name) for name in names]
+        if None not in found_all:  # the usual case: every parameter names a task of the flow
+            if v.index in found_all:
+                raise CycleError([v.name, v.name])
+            # (in the root flow each name is one vertex: the dependencies are distinct)
+            self._resolve_rest(v, scope, names, found_all,  # type: ignore[arg-type]
+                               scope.parent is None or len(found_all) < 2)
+        else:
+            self._resolve_rest(v, scope, *self._resolve_params(v, scope, found_all), False)
 
-    def __getitem__(self, name: str) -> Vertex:
-        return self.vertices[self.by_name[name]]
+    def _resolve_params(self, v: Vertex, scope: _Scope, found_all: list[int | None]
+                        ) -> tuple[tuple[str, ...], list[int]]:
+        """Parameters that are not all tasks of the flow: imported tasks, run
+        parameters, defaults -- or a missing dependency."""
+        spec = v.spec
+        assert spec is not None
+        names: list[str] = []
+        deps: list[int] = []
+        for p, found in zip([p for p in spec.params if p.name != CTX], found_all):
+            if found is None:
+                imported = get_spec((getattr(spec.fn, "__globals__", None) or {}).get(p.name))
+                if imported is not None and imported.owner is None:
+                    found = self._import(imported)
+            if found is not None:
+                if found == v.index:
+                    raise CycleError([v.name, v.name])
+                names.append(p.name)
+                deps.append(found)
+            elif p.name in self.params:
+                if v.consts is _NO_CONSTS:
+                    v.consts = {}
+                v.consts[p.name] = coerce_param(  # type: ignore[index]
+                    v.name, p.name, self.params[p.name], p.annotation)
+            elif not p.has_default and not self.unset_ok:
+                raise MissingDependencyError(
+                    v.name, p.name, "parameter", scope.visible() + list(self.params) + [CTX])
+        return tuple(names), deps
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.by_name)
+    def _resolve_rest(self, v: Vertex, scope: _Scope, names: tuple[str, ...],
+                      found: list[int], distinct: bool) -> None:
+        """``after=`` entries, the sub-flow node's ``after=``, ``map=``; then store."""
+        spec = v.spec
+        assert spec is not None
+        v.argnames = names
+        v.argdeps = tuple(found)
+        deps = found
+        if spec.after or scope.after:
+            deps = list(found)
+            for a in spec.after:
+                dep = self._lookup_after(scope, a, v.name)
+                if dep == v.index:
+                    raise CycleError([v.name, v.name])
+                deps.append(dep)
+            deps.extend(scope.after)
+        if spec.map is not None and spec.map not in names:
+            what = "a run parameter" if spec.map in v.consts else "not bound to any task"
+            raise CollectionError(
+                f"task {v.name!r}: map={spec.map!r} must name a parameter bound to an upstream "
+                f"task (the task runs once per element of that task's result), but "
+                f"{spec.map!r} is {what}")
+        if deps:
+            if deps is found and distinct:
+                v.deps = v.argdeps
+            else:
+                v.deps = tuple(dict.fromkeys(deps))
+            if self._in_order and max(deps) > v.index:
+                self._in_order = False
 
-    def ancestors(self, indices: Iterable[int]) -> set[int]:
-        """``indices`` plus everything they (transitively) depend on."""
-        seen: set[int] = set()
-        stack = list(indices)
-        while stack:
-            i = stack.pop()
-            if i in seen:
-                continue
-            seen.add(i)
-            stack.extend(self.vertices[i].deps)
-        return seen
-
-    def descendants(self, indices: Iterable[int]) -> set[int]:
-        """``indices`` plus everything that (transitively) depends on them."""
-        seen: set[int] = set()
-        stack = list(indices)
-        while stack:
-            i = stack.pop()
-            if i in seen:
-                continue
-            seen.add(i)
-            stack.extend(self.succs[i])
-        return seen
-
-    def subgraph(self, keep: Iterable[int]) -> "Graph":
-        """A new graph of the kept vertices (dependencies must be kept too)."""
-        keep_sorted = sorted(set(keep))
-        remap = {old: new for new, old in enumerate(keep_sorted)}
-        out: list[Vertex] = []
-        for old in keep_sorted:
-            v = self.vertices[old]
-            w = type(v)(remap[old], v.name, v.kind, v.spec, v.priority, v.tags, v.node)
-            w.fn = v.fn
-            w.deps = tuple(remap[d] for d in v.deps if d in remap)
-            w.argnames = v.argnames
-            w.argdeps = tuple(remap[d] for d in v.argdeps)
-            w.consts = v.consts
-            w.wants_ctx = v.wants_ctx
-            if isinstance(w, SubflowVertex):
-                w.members = tuple(remap[m] for m in v.members if m in remap)
-                w.sinks = tuple((n, remap[m]) for n, m in v.sinks if m in remap)
-            out.append(w)
-        return Graph(self.name, out)
+    def _resolve_node(self, v: Vertex, inner: _Scope) -> None:
+        members = set(v.members)
+        depended_on = {d for m in v.members for d in self.vertices[m].deps if d in members}
+        sinks = sorted(i for i in inner.local.values() if i not in depended_on)
+        v.sinks = tuple((self.vertices[i].name[len(inner.prefix):], i) for i in sinks)
+        v.deps = tuple(dict.fromkeys(v.members + inner.after))
+        self._in_order = False  # the node's vertex comes before its members
 
 
-def kahn_order(graph: Graph, keys: Sequence[int] | None = None) -> list[int]:
-    """Kahn's algorithm: among ready vertices the lowest key goes first.
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
-    ``keys`` are ints whose remainder modulo ``len(graph)`` is the vertex index
-    (the runner's priority keys, ``rank * n + index``); by default the index
-    itself, i.e. declaration order among ties.  Raises :class:`CycleError`.
+
+def coerce_param(task: str, name: str, value: Any, annotation: Any) -> Any:
+    """Convert a string run parameter for a parameter annotated int, float, bool or Path.
+
+    A parameter annotated ``Secret`` (``Secret[int]``, ...) receives a
+    :class:`~flowdeco.Secret`; a value already wrapped (``--secret``) is
+    converted inside its wrapper.  A secret's value never appears in the error.
     """
-    n = max(len(graph.vertices), 1)
-    key = range(n) if keys is None else keys
-    succs = graph.succs
-    indeg = [len(v.deps) for v in graph.vertices]
-    ready = [key[i] for i, d in enumerate(indeg) if d == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        i = heapq.heappop(ready) % n
-        order.append(i)
-        for s in succs[i]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                heapq.heappush(ready, key[s])
-    if len(order) != len(graph.vertices):
-        left = {i for i, d in enumerate(indeg) if d > 0}
-        raise CycleError([graph.vertices[i].name for i in _find_cycle(graph, left)])
-    return order
+    is_secret, inner = secret_annotation(annotation)
+    if is_secret:
+        annotation = inner
+    if isinstance(value, Secret):
+        is_secret = True
+        raw = value.reveal()
+        if not isinstance(raw, str) or annotation is None:
+            return value
+        return Secret(_convert(task, name, raw, annotation, secret=True))
+    if not isinstance(value, str) or annotation is None:
+        return Secret(value) if is_secret else value
+    out = _convert(task, name, value, annotation, secret=is_secret)
+    return Secret(out) if is_secret else out
 
 
-def _find_cycle(graph: Graph, left: set[int]) -> list[int]:
-    """A cycle among ``left`` (vertices Kahn could not order), upstream first."""
-    # Walk dependencies from any vertex left over; every one of them has a
-    # dependency that is also left over, so the walk must revisit a vertex.
-    start = min(left)
-    path: list[int] = []
-    pos: dict[int, int] = {}
-    i = start
-    while i not in pos:
-        pos[i] = len(path)
-        path.append(i)
-        i = next(d for d in graph.vertices[i].deps if d in left)
-    cycle = path[pos[i]:] + [i]
-    cycle.reverse()  # deps point upstream; report in the direction work flows
-    return cycle
-
-
-
-@contextlib.contextmanager
-def gc_paused(promote: bool = False) -> Iterator[None]:
-    """Pause the cyclic garbage collector while building long-lived, acyclic structures.
-
-    ``promote``: when the block succeeds, move what it built (with every other
-    tracked object) to the oldest generation without scanning it
-    (``gc.freeze()`` + ``gc.unfreeze()``), instead of leaving the first young
-    collection to scan every new object once -- about 0.5 µs per task on a
-    10,000-task graph.  Skipped when the program froze objects itself.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    ok = False
+def _convert(task: str, name: str, value: str, annotation: Any, secret: bool) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
     try:
-        yield
-        ok = True
-    finally:
-        if enabled:
-            if ok and promote and gc.get_freeze_count() == 0:
-                gc.freeze()
-                gc.unfreeze()
-            gc.enable()
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            low = value.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(value)
+        if kind in ("Path", "pathlib.Path"):
+            from pathlib import Path
+            return Path(value)
+    except ValueError:
+        from .errors import UsageError, shorten
+        shown = f"{name}=***" if secret else f"{name}={shorten(value)}"
+        what = "the secret value" if secret else shorten(value)
+        raise UsageError(
+            f"run parameter {shown}: task {task!r} declares {name}: {kind}, "
+            f"and {what} is not a valid {kind}") from None
+    return value
 
 
-#: built here until the split; imported lazily (graph_build imports this module)
-_BUILDING = ("GraphBuilder", "build_graph", "coerce_param")
+def build_graph(name: str, members: Sequence[Any], params: Mapping[str, Any] | None = None,
+                root_flow: Flow | None = None, unset_ok: bool = False) -> Graph:
+    """Build and validate the graph of ``members`` (tasks and sub-flow nodes).
 
+    The cyclic garbage collector is paused while building: building creates
+    several long-lived objects per task and no garbage cycles, and with 10,000
+    tasks the collector's repeated full passes would cost more than the build.
+    No user code runs here (the target was imported before).  ``unset_ok``
+    leaves required run parameters nothing fills unset (for listings only).
+    The graph lives as long as the run, so it goes straight to the oldest
+    generation (see :func:`gc_paused`).
+    """
+    with gc_paused(promote=True):
+        return GraphBuilder(name, params or {}, root_flow, unset_ok).build(members)
 
-def __getattr__(name: str) -> Any:
-    if name in _BUILDING:
-        from . import graph_build
-        return getattr(graph_build, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
