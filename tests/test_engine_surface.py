@@ -106,8 +106,10 @@ def test_dynamic_flows_use_the_scheduler_port_not_run_privates():
     from pathlib import Path
 
     import flowdeco.engine.dynamic as dynamic
+    import flowdeco.engine.rules as rules
 
     assert _private_run_reads(Path(dynamic.__file__)) == []
+    assert _private_run_reads(Path(rules.__file__)) == []
 
 
 def test_private_run_reads_checker_finds_each_spelling(tmp_path):

@@ -42,11 +42,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..executors import remote_failure
-from ..graph import TASK, kahn_order
+from ..graph import kahn_order
 from ..outcome import SUCCEEDED
 from ..pickling import load_outcome
 from . import tracking
 from .attempt import RemotePolicy, call_batch, call_remote, is_plain, run_attempt
+from .chaining import chains, first_successors
+from .ending import run_timed_out
 from .states import (DONE, M_CRASH, M_DONE, M_LOG, PENDING, READY, RUNNING, S_RUNNING,
                      S_STOPPING)
 
@@ -66,40 +68,6 @@ def make_dispatcher(run: "Run") -> "Dispatch":
     if run.local:
         return ThreadDispatch(run)
     return RemoteDispatch(run)
-
-
-def chains(run: "Run") -> list[int | None]:
-    """For each task, the successor a worker may run right after it, or None.
-
-    Only a task that depends on nothing else qualifies, and only when no
-    other successor (which may become ready by the same completion) would
-    have to start first by the priority rule, and never a task that goes
-    through the dynamic gate (``map=``, ``when=``, ``trigger=``) or that a
-    pool caps (it needs a slot first).
-    """
-    vertices = run.graph.vertices
-    watched, slow = run._success_hooked, run._table.gated
-    capped = run.pools.capped if run.pools is not None else None
-    out: list[int | None] = []
-    for i, first in enumerate(first_successors(run)):
-        best = None
-        if first is not None and i not in watched:
-            w = vertices[first]
-            if w.kind is TASK and len(w.deps) == 1 and not slow[first] and (
-                    capped is None or capped[first] is None):  # a pool slot first
-                best = first
-        out.append(best)
-    return out
-
-
-def first_successors(run: "Run") -> list[int | None]:
-    """Each task's successor that goes first by the priority rule (None: no successor)."""
-    first = run.__dict__.get("_first_succs")
-    if first is None:
-        get = run._prio.__getitem__
-        first = run._first_succs = [min(succ, key=get) if succ else None
-                                    for succ in run.graph.succs]
-    return first
 
 
 class Dispatch:
@@ -324,7 +292,7 @@ class SyncDispatch(Dispatch):
         deadline = run.run_deadline
         while (ready or map_ready) and run.stop_state < S_STOPPING:
             if deadline is not None and run.clock.monotonic() >= deadline:
-                run.run_timed_out()
+                run_timed_out(run)
                 break
             if map_ready and run._dyn.sync_step():  # a mapped task's instance went first
                 continue
@@ -390,7 +358,7 @@ class SyncDispatch(Dispatch):
         t = mono()  # when the next task starts, if chained
         for i in order:
             if deadline is not None and mono() >= deadline:
-                run.run_timed_out()
+                run_timed_out(run)
             if run.stop_state >= S_STOPPING:
                 return self.leave_order()
             if run.flush_due:

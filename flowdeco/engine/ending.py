@@ -1,8 +1,9 @@
 """How a run's tasks end when no attempt decides it: sub-flow nodes, and the run's last step.
 
 A sub-flow node's outcome follows from its members' (:func:`subflow_end`);
-when the loop is over, :func:`finalize` gives every task still without an
-outcome one -- in-flight ones ``interrupted``, the rest ``skipped``.
+when the run's deadline passes, :func:`run_timed_out` stops it; when the
+loop is over, :func:`finalize` gives every task still without an outcome
+one -- in-flight ones ``interrupted``, the rest ``skipped``.
 Scheduler thread only.
 """
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..graph import SUBFLOW, Vertex
 from ..outcome import FAILED, INTERRUPTED, SKIPPED, SUCCEEDED
-from .states import DONE, OK, RUNNING, InternalError
+from .states import DONE, OK, RUNNING, InternalError, StopState
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Run
@@ -82,3 +83,22 @@ def finalize(run: "Run") -> None:
             run.results[i] = result
         if run.reporting:
             run.reporter.outcome(i)
+
+
+def run_timed_out(run: "Run") -> None:
+    """The run's deadline passed (``--run-timeout``): stop like a first Ctrl-C.
+
+    Scheduler thread.  Nothing new starts, tasks waiting for a retry or a
+    delay end, running ones are waited for and recorded; the run is
+    ``interrupted`` (exit 2) and can be resumed.  Reported as
+    ``run_interrupted`` with ``reason: "run_timeout"`` (no ``signal``).
+    """
+    if run.stop_state >= StopState.INTERRUPTED:
+        return
+    report = run.reporter
+    if run.reporting and not report.interrupt_reported:
+        report.interrupt_reported = True
+        report.event("run_interrupted", None, {"reason": "run_timeout",
+                                               "run_timeout": run.run_timeout,
+                                               "running": run.running_count()})
+    run._stop(interrupted=True)

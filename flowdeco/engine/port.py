@@ -13,7 +13,10 @@ engine counters on the run (``inflight``, ``flush_due``, ``sync_busy``).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
+
+from .scopes import add_scopes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..outcome import Restored, TaskOutcome
@@ -112,4 +115,4 @@ class SchedulerPort:
         self.report_started: Callable[..., None] = run.reporter.started
         self.report_end: Callable[[str, TaskOutcome, float | None], None] = run.reporter.end
         self.add_scopes: Callable[..., None] | None = \
-            run._add_scopes if run._scope is not None else None
+            partial(add_scopes, run) if run._scope is not None else None

@@ -39,7 +39,6 @@ from ..graph import SUBFLOW, TASK, Graph, Vertex
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
                        Finish, Reschedule, RunResult, format_error)
 from ..threadpool import ThreadPool
-from .attempt import SCOPES
 from .pools import parse_limits
 from .port import SchedulerPort
 from .reporting import Reporter
@@ -48,7 +47,7 @@ from .states import (DONE, M_CALL, M_CRASH, M_DONE, M_EMIT, M_EXPIRED, M_INSTANC
                      M_SIGNAL, OK, PENDING, READY, RUNNING, S_ABANDONED, S_STOPPING, WAITING,
                      InternalError, StopState)
 from .surface import RunSurface
-from .ending import finalize, subflow_end
+from .ending import finalize, run_timed_out, subflow_end
 from .table import TaskTable
 from .timers import Timers
 from .views import Outcomes, Upstream
@@ -250,7 +249,7 @@ class Run(RunSurface):
         while True:
             if deadline is not None and clock.monotonic() >= deadline:
                 deadline = None
-                self.run_timed_out()
+                run_timed_out(self)
             dispatch()
             if self.flush_due:
                 self._flush()
@@ -278,24 +277,6 @@ class Run(RunSurface):
                 timers.release()
             if self._has_flush:
                 self.hook.flowdeco_report_flush(run=self)
-
-    def run_timed_out(self) -> None:
-        """The run's deadline passed (``--run-timeout``): stop like a first Ctrl-C.
-
-        Scheduler thread.  Nothing new starts, tasks waiting for a retry or a
-        delay end, running ones are waited for and recorded; the run is
-        ``interrupted`` (exit 2) and can be resumed.  Reported as
-        ``run_interrupted`` with ``reason: "run_timeout"`` (no ``signal``).
-        """
-        if self.stop_state >= StopState.INTERRUPTED:
-            return
-        report = self.reporter
-        if self.reporting and not report.interrupt_reported:
-            report.interrupt_reported = True
-            report.event("run_interrupted", None, {"reason": "run_timeout",
-                                                   "run_timeout": self.run_timeout,
-                                                   "running": self.running_count()})
-        self._stop(interrupted=True)
 
     def scheduler_port(self) -> "SchedulerPort":
         """What dynamic flows may use of this run's scheduler (after setup)."""
@@ -365,27 +346,6 @@ class Run(RunSurface):
         if self.reporting:
             self.reporter.started(v.name, attempt, iteration)
         self._start_attempt(i, kw, attempt, iteration)
-
-    def _start_scoped(self, i: int, attempt: int, iteration: int | None) -> None:
-        """``_start`` when a plugin gives attempts scopes (set at setup: the plain
-        ``_start`` never checks for them)."""
-        v = self.graph.vertices[i]
-        kw = v.arguments(self.results)
-        if v.wants_ctx:
-            kw["ctx"] = self._context(v, attempt, iteration)
-        self._table.state[i] = RUNNING
-        self.inflight += 1
-        if self.reporting:
-            self.reporter.started(v.name, attempt, iteration)
-        self._add_scopes(kw, v, v.name, attempt, iteration)
-        self._start_attempt(i, kw, attempt, iteration)
-
-    def _add_scopes(self, kw: dict, v: Vertex, name: str, attempt: int,
-                    iteration: int | None) -> None:
-        """The attempt's ``flowdeco_attempt_scope`` answers travel in its arguments."""
-        scopes = self._scope(self, v, name, attempt, iteration)  # type: ignore[misc]
-        if scopes:
-            kw[SCOPES] = scopes
 
     # -- completion
     def _on_done(self, i: int, attempt: int, iteration: int | None, result: Any,

@@ -20,6 +20,7 @@ from ..manager import direct_caller
 from .attempt import Scoped, invoke
 from .dispatch import make_dispatcher
 from .pools import make_pools
+from .scopes import start_scoped
 from .states import M_EXPIRED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,7 +54,7 @@ def setup(run: "Run") -> None:
     scoped = run._scope is not None
     if scoped:
         run.inline_successors = False  # no worker chaining: see the hook's doc
-        run._start = run._start_scoped  # type: ignore[method-assign]
+        run._start = partial(start_scoped, run)  # type: ignore[method-assign]
     if run._has_restore:
         run._restore = direct_caller(hook.flowdeco_task_restore, ("run", "task", "name"),
                                       firstresult=True)

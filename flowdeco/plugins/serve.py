@@ -57,13 +57,8 @@ each tick, and the runs use the same clock).
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import fcntl
-import json
 import os
 import re
-import sys
-import threading
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import IO, Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -71,12 +66,12 @@ from typing import IO, Any, Callable, Iterable, Literal, Mapping, Sequence
 import attrs
 
 from ..clock import Clock
-from ..config import Parser
-from ..project import command_defaults, env_args
 from ..errors import FlowError, StateError, UsageError
 from ..outcome import INTERRUPTED, ExitCode, RunResult
 from ..engine.session import Session, validate_run_id
 from ..signals import on_stop_signals
+from .serve_state import (STATE_VERSION, ServeLock, is_served, load_serve_state,
+                          write_serve_state)
 from .timers import CronSchedule, parse_cron, zone_info
 
 UTC = _dt.timezone.utc
@@ -87,8 +82,6 @@ MAX_WAIT = 60.0
 MAX_MISSED = 10_000
 
 _STOP = "stop"
-_STATE_VERSION = 1
-
 StopReason = Literal["max_ticks", "stopped", "interrupted"]
 
 
@@ -226,7 +219,7 @@ class Scheduler:
                 lock.release()
 
     def _discover(self) -> tuple[str, list[_Entry], dict[str, Any], _Claim | None,
-                                 _ServeLock | None]:
+                                 ServeLock | None]:
         """Collect the flow, parse its schedules, lock and read its serve state."""
         session = self.start_session({})
         lock = None
@@ -465,32 +458,20 @@ class Scheduler:
         path = self._state_path(flow)
         if path is None:
             return
-        data = {"version": _STATE_VERSION, "flow": flow, "last_tick": tick.timestamp(),
+        data = {"version": STATE_VERSION, "flow": flow, "last_tick": tick.timestamp(),
                 "last_tick_utc": tick.astimezone(UTC).isoformat(), "running": running,
                 "schedules": self.schedules}
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            _private_dirs(path.parent)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            write_serve_state(path, data)
         except OSError as exc:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             what = "claim" if running is not None else "record the end of"
             raise StateError(f"{path}: cannot {what} tick {tick.isoformat()} of flow {flow!r} "
                              f"({exc.strerror or exc}); serve stopped; free space or fix the "
                              "permissions, then start serve again with --catch-up") from None
 
-    def _lock(self, flow: str) -> _ServeLock | None:
+    def _lock(self, flow: str) -> ServeLock | None:
         path = self._state_path(flow)
-        return None if path is None else _ServeLock.acquire(flow, path.with_suffix(".lock"),
+        return None if path is None else ServeLock.acquire(flow, path.with_suffix(".lock"),
                                                             self.state_dir)
 
     # -- signals
@@ -502,171 +483,12 @@ class Scheduler:
         return on_stop_signals(lambda signum, frame: stop())
 
 
-def load_serve_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated contents of a serve state file ``STATE_DIR/serve/FLOW.json``.
-
-    Keys: ``version``, ``flow``, ``last_tick`` (POSIX seconds), ``last_tick_utc``,
-    ``running`` (the claim: ``run_id``, ``tick``, ``tasks``; None when no run
-    is in progress or cut short) and ``schedules`` (``key``, ``expr``, ``tz``
-    -- an IANA name, None for the machine's zone --, ``tasks``; absent in files
-    of older releases).  FlowError naming the file when it is unreadable.
-    Used by serve itself and by the UI's schedules view
-    (:func:`flowdeco.plugins.state.queries.schedules`).
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
-            raise ValueError("not a serve state file of this version")
-        last = data.get("last_tick")
-        if last is not None and not _number(last):
-            raise ValueError("last_tick is not a timestamp")
-        _check_claim(data.get("running"))
-        return data
-    except (OSError, ValueError) as exc:
-        raise FlowError(f"{path}: unreadable serve state ({_short(exc)}); delete it to "
-                        "start afresh (missed ticks will not be reported once)") from None
-
-
-def is_served(lock_path: str | os.PathLike) -> bool:
-    """Whether a serve holds ``STATE_DIR/serve/FLOW.lock`` now (reads only, writes nothing).
-
-    Within this process :data:`_HELD` answers (record locks do not exclude
-    within a process, and closing a descriptor of the file would drop serve's
-    own lock); else a non-blocking shared ``lockf`` is tried and let go.
-    """
-    key = os.path.realpath(lock_path)
-    with _HELD_LOCK:
-        if key in _HELD:
-            return True
-        try:
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            return exc.errno in (errno.EAGAIN, errno.EACCES)
-        finally:
-            os.close(fd)  # (drops the probe's lock)
-        return False
-
-
-class _ServeLock:
-    """``STATE_DIR/serve/FLOW.lock``, held while serving: two serves of one flow would
-    claim the same ticks and clear each other's claims.
-
-    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process
-    only, so worker processes forked by a tick run (``--executor process``)
-    never hold it, and the kernel drops it the moment serve dies, even if such
-    a worker lives on.  Record locks do not exclude within a process, so
-    :data:`_HELD` does that.
-    """
-
-    def __init__(self, fd: int, key: str):
-        self.fd = fd
-        self.key = key
-
-    @classmethod
-    def acquire(cls, flow: str, path: Path, state_dir: Any) -> "_ServeLock":
-        try:
-            _private_dirs(path.parent)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StateError(f"{path}: cannot create the serve lock "
-                             f"({exc.strerror or exc})") from None
-        key = os.path.realpath(path)
-        busy = False
-        with _HELD_LOCK:
-            if key in _HELD:
-                busy = True
-            else:
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        os.close(fd)
-                        raise StateError(f"{path}: cannot lock ({exc.strerror or exc})") from None
-                    busy = True
-                else:
-                    _HELD.add(key)
-        if busy:
-            os.close(fd)
-            raise StateError(f"flow {flow!r} is already served from state dir {state_dir} by "
-                             f"another serve ({path} is locked); stop it first, or use another "
-                             "--state-dir")
-        return cls(fd, key)
-
-    def release(self) -> None:
-        with _HELD_LOCK:
-            _HELD.discard(self.key)
-            os.close(self.fd)  # closing drops the record lock
-
-
-#: lock files held by serves of this process
-_HELD: set[str] = set()
-_HELD_LOCK = threading.Lock()
-
-
-def _number(value: Any) -> bool:
-    """A POSIX timestamp a datetime can hold (not NaN, not 1e300, not a bool)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        _dt.datetime.fromtimestamp(value, UTC)
-    except (OverflowError, ValueError, OSError):
-        return False
-    return True
-
-
-def _check_claim(running: Any) -> None:
-    """A claim is None or {"run_id": str, "tick": number, "tasks": [str, ...]}."""
-    if running is None:
-        return
-    if not isinstance(running, dict):
-        raise ValueError("running is not an object")
-    run_id, tick, tasks = running.get("run_id"), running.get("tick"), running.get("tasks", [])
-    if not isinstance(run_id, str):
-        raise ValueError("running.run_id is not a string")
-    try:
-        validate_run_id(run_id)
-    except UsageError as exc:
-        raise ValueError(f"running.run_id: {exc}") from None
-    if not _number(tick):
-        raise ValueError("running.tick is not a timestamp")
-    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-        raise ValueError("running.tasks is not a list of task names")
-    running["tasks"] = tasks
-
-
 def _zone_name(tz: _dt.tzinfo) -> str | None:
     """An IANA name (or "UTC") that :func:`~flowdeco.plugins.timers.zone_info` reads back."""
     if tz is UTC:
         return "UTC"
     key = getattr(tz, "key", None)
     return key if isinstance(key, str) else None
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _private_dirs(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for p in (path, path.parent):
-        try:
-            os.chmod(p, 0o700)
-        except OSError:
-            pass
 
 
 def tasks_of(entries: Iterable[_Entry]) -> tuple[str, ...] | None:
@@ -733,122 +555,17 @@ def serve(target: Any, *, cron: str | None = None, tz: _dt.tzinfo | str | None =
     return sched.run()
 
 
-# --------------------------------------------------------------------------- CLI
-
-_DESCRIPTION = """\
-Run the flow at each tick of its cron schedules: the tasks with cron= (plus
-what they need), and/or the whole flow with --cron EXPR.  Each tick starts
-one run with its own id (FLOW-YYYYmmddTHHMMSSZ).  SIGTERM / Ctrl-C stop it
-(exit 0 while waiting, 2 when a run was interrupted).  With --backfill FROM TO,
-run each tick in that past range once instead, and exit."""
 
 
-def _max_ticks(text: str) -> int:
-    import argparse
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {n}")
-    return n
-
-
-def _max_active(text: str) -> int:
-    import argparse
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {n}")
-    return n
-
-
-def _cli_factories(first: SessionFactory, n: int, argv: Sequence[str], values: dict,
-                   clock: Clock | None) -> list[SessionFactory]:
-    """One session factory per concurrent backfill run: the command's plugin manager,
-    then managers built the same way (-p / -p no:), so runs never share one."""
-    from ..cli import plugin_args
-    from ..manager import make_pluginmanager
-
-    out = [first]
-    for _ in range(n - 1):
-        pm = make_pluginmanager(*plugin_args(list(argv)))
-        parser = Parser()
-        pm.hook.flowdeco_addoption(parser=parser)
-        out.append(lambda extra, pm=pm, parser=parser: Session.start(
-            options={**values, **extra}, from_cli=True, parser=parser, pm=pm, clock=clock))
-    return out
+#: the old private name (tests and the backfill's tests acquire the lock through it)
+_ServeLock = ServeLock
 
 
 def main(argv: Sequence[str], pluginmanager: Any, clock: Clock | None = None) -> int:
-    """``python -m flowdeco serve TARGET [options]``; returns the exit code."""
-    err = sys.stderr
-    try:
-        parser = Parser()
-        pluginmanager.hook.flowdeco_addoption(parser=parser)
-        ap = parser.argparser(prog="flowdeco serve", description=_DESCRIPTION)
-        g = ap.add_argument_group("serve")
-        g.add_argument("--cron", dest="serve_cron", default=None, metavar="EXPR",
-                       help="also run the whole flow on this schedule (e.g. '0 * * * *')")
-        g.add_argument("--tz", dest="serve_tz", default=None, metavar="ZONE",
-                       help="time zone of the cron expressions (default: the machine's)")
-        g.add_argument("--catch-up", dest="serve_catch_up", action="store_true", default=False,
-                       help="run the ticks missed while serve was down (and resume a tick run "
-                            "that was cut short) before serving")
-        g.add_argument("--max-ticks", dest="serve_max_ticks", type=_max_ticks, default=None,
-                       metavar="N", help="stop after N scheduled runs (default: never)")
-        g.add_argument("--backfill", dest="serve_backfill", nargs=2, default=None,
-                       metavar=("FROM", "TO"),
-                       help="run every tick in [FROM, TO] once, oldest first, then exit "
-                            "(ISO dates/times, in the schedule's zone); ticks already done in "
-                            "the store are skipped, cut-short ones resumed")
-        g.add_argument("--max-active", dest="serve_max_active", type=_max_active, default=None,
-                       metavar="N", help="with --backfill: run up to N tick runs at once "
-                                         "(default 1)")
-        # the project's config file and FLOWDECO_ADDOPTS, as for a single run
-        ap.set_defaults(**command_defaults(parser, argv))
-        ns = ap.parse_args(env_args() + list(argv))
-        values = vars(ns)
-        target = values.pop("target")
-        cron = values.pop("serve_cron")
-        tz = values.pop("serve_tz")
-        catch_up = values.pop("serve_catch_up")
-        max_ticks = values.pop("serve_max_ticks")
-        backfill_range = values.pop("serve_backfill")
-        max_active = values.pop("serve_max_active")
-        if max_active is not None and backfill_range is None:
-            raise UsageError("serve: --max-active needs --backfill FROM TO")
-        if backfill_range is not None and (catch_up or max_ticks is not None):
-            raise UsageError("serve: --backfill runs a fixed range; it takes neither "
-                             "--catch-up nor --max-ticks")
-        if target is None:
-            raise UsageError("serve: missing TARGET: give a file path, a module name or "
-                             "module:flow")
-        for dest, flag in (("run_id", "--run-id"), ("resume", "--resume"),
-                           ("collect_only", "--collect-only"), ("graph", "--graph")):
-            if values.get(dest):
-                raise UsageError(f"serve: {flag} cannot be used here (each tick run gets its "
-                                 "own id; use python -m flowdeco TARGET for one run)")
-        state_dir = None if values.get("no_state") else values.get("state_dir")
+    """``python -m flowdeco serve TARGET [options]``; the exit code (see :mod:`.serve_cli`)."""
+    from .serve_cli import run_command
 
-        def start(extra: Mapping[str, Any]) -> Session:
-            return Session.start(options={**values, **extra}, from_cli=True, parser=parser,
-                                 pm=pluginmanager, clock=clock)
-
-        sched = Scheduler(target, start, state_dir=state_dir, cron=cron, tz=tz,
-                          catch_up=catch_up, max_ticks=max_ticks, clock=clock, out=sys.stdout,
-                          quiet=values.get("quiet") or 0, can_resume="resume" in parser)
-        if backfill_range is not None:
-            from .backfill import Backfill
-            return int(Backfill(sched, *backfill_range, _cli_factories(
-                start, max_active or 1, argv, values, clock)).run().exit_code)
-        return int(sched.run().exit_code)
-    except (Exception, KeyboardInterrupt, SystemExit) as exc:  # noqa: BLE001 - one mapping for all commands
-        from ..cli import exit_code_for
-        return exit_code_for(exc, err)
-
+    return run_command(argv, pluginmanager, clock)
 
 __all__ = ["serve", "Scheduler", "ServeReport", "TickRun", "tick_run_id", "main",
            "load_serve_state", "is_served"]

@@ -64,9 +64,9 @@ from __future__ import annotations
 
 from .codec import Codec, Unstorable, register_type
 from .serializers import Serializer, register_serializer
-from .plugin import (StatePlugin, flowdeco_addoption, flowdeco_cli_commands,
-                     flowdeco_configure, flowdeco_state_store, flowdeco_task_options,
-                     flowdeco_unconfigure, make_store)
+from .hooks import (flowdeco_addoption, flowdeco_cli_commands, flowdeco_configure,
+                    flowdeco_state_store, flowdeco_task_options, flowdeco_unconfigure)
+from .plugin import StatePlugin, make_store
 from .store import RunLock, RunRecord, RunSummary, SQLiteStore, Store, TaskRecord, TaskRow
 
 NAME = "state"
