@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..engine.session import validate_run_id
+from ..runid import validate_run_id
 from ..errors import FlowError, StateError, UsageError
 
 UTC = _dt.timezone.utc

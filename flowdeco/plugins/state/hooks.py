@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ...engine.session import validate_run_id
+from ...runid import validate_run_id
 from ...errors import UsageError, shorten
 from ...manager import hookimpl, swap_plugin
 from ...selection import compile_expression
