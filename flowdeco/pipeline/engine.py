@@ -12,7 +12,7 @@ One pipeline run has three kinds of threads::
   without bound: the feeder simply stops a window ahead of the oldest
   unfinished item.
 - Each stage has ``workers`` threads reading its bounded input queue (a
-  :class:`_Channel`) and writing to the next one; a full queue blocks the
+  :class:`Channel`) and writing to the next one; a full queue blocks the
   writer (backpressure).  Items move in small chunks: a worker takes as many
   waiting items as it can process in about ``_BUDGET`` seconds (one at a time
   when calls are slow, so a slow item never holds back items another worker
@@ -35,24 +35,23 @@ Shutdown: the feeder closes ``q0`` when the source ends (or feeding is
 stopped); the last worker of stage k to finish closes ``q(k+1)``; the
 collector ends when the last queue is closed and empty.  An abort
 (Ctrl-C in the calling thread, a crash) wakes every waiting thread, and every
-wait also re-checks the abort flag every ``_POLL`` seconds, so no thread stays
+wait also re-checks the abort flag every ``POLL`` seconds, so no thread stays
 blocked forever; stage threads are daemons, so a call that never returns
 cannot keep the process alive.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import threading
-from collections import deque
 from itertools import count, islice
-from time import monotonic, perf_counter
+from time import perf_counter
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..errors import FlowError
 from ..outcome import format_error
 from ..policies.timeout import call_in_thread
+from .channels import Aborted, Channel, Flags, Window
 from .result import (HIST_BIAS, HIST_SIZE, ItemError, PipelineMetrics, PipelineResult,
                      StageMetrics, StageWorkerMetrics, _BASE, percentile)
 
@@ -60,14 +59,8 @@ from .result import (HIST_BIAS, HIST_SIZE, ItemError, PipelineMetrics, PipelineR
 MAX_CHUNK = 64
 #: seconds of calls a worker takes from a shared queue at once
 _BUDGET = 0.002
-#: how often a blocked thread re-checks the abort flag, in seconds
-_POLL = 0.25
 #: the collector reads up to this many entries at once
 _SINK_CHUNK = 4096
-
-
-class _Abort(Exception):
-    """Raised inside pipeline threads when the run is aborted."""
 
 
 class PipelineStopped(FlowError):
@@ -92,178 +85,6 @@ class _Failed:
 
     def __init__(self, error: ItemError):
         self.error = error
-
-
-class _Flags:
-    __slots__ = ("abort", "stop", "interrupted", "crash", "source_error")
-
-    def __init__(self) -> None:
-        self.abort = False
-        self.stop = False
-        self.interrupted = False
-        self.crash: BaseException | None = None
-        self.source_error: BaseException | None = None
-
-
-class _Window:
-    """In-flight slots: the feeder takes them before pulling, the collector returns them."""
-
-    def __init__(self, size: int, flags: _Flags):
-        self.size = size
-        self.flags = flags
-        self.inflight = 0
-        #: True while the feeder waits for a slot: batch stages then take partial batches
-        self.stalled = False
-        self.cond = threading.Condition(threading.Lock())
-        self.waiting = False
-        self.batch_channels: list[_Channel] = []
-
-    def acquire(self, want: int) -> int:
-        """Take up to ``want`` slots (at least one, waiting if needed); 0 when feeding stops."""
-        flags = self.flags
-        with self.cond:
-            while self.inflight >= self.size:
-                if flags.stop or flags.abort:
-                    return 0
-                if not self.stalled:
-                    self.stalled = True
-                    for ch in self.batch_channels:
-                        ch.wake()
-                self.waiting = True
-                self.cond.wait(_POLL)
-                self.waiting = False
-            if flags.stop or flags.abort:
-                return 0
-            self.stalled = False
-            n = min(want, self.size - self.inflight)
-            self.inflight += n
-            return n
-
-    def release(self, n: int) -> None:
-        with self.cond:
-            self.inflight -= n
-            if self.waiting:
-                self.cond.notify()
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
-
-
-class _Channel:
-    """A bounded FIFO of ``(index, item)`` entries, plus the reading stage's delay heap.
-
-    ``get`` returns ``(entries, attempt)``: a due retry first (one unit, with
-    its attempt number), else up to ``limit`` waiting entries (attempt 1); a
-    batch stage's channel waits for a full batch unless it is closed or the
-    window is stalled.  ``None`` means closed and drained.
-    """
-
-    def __init__(self, capacity: int, flags: _Flags, batch: int = 0,
-                 window: _Window | None = None):
-        self.dq: deque = deque()
-        self.cap = capacity
-        self.batch = batch
-        self.flags = flags
-        self.window = window
-        lock = threading.Lock()
-        self.lock = lock
-        self.not_empty = threading.Condition(lock)
-        self.not_full = threading.Condition(lock)
-        self.getters = 0
-        self.putters = 0
-        #: a reader is waiting for entries and no writer has woken it yet: writers
-        #: holding finished results pass them on before their next call
-        self.hungry = False
-        self.closed = False
-        self.hwm = 0
-        self.delayed: list[tuple[float, int, list, int]] = []
-        self._seq = 0
-
-    def put(self, entries: list) -> None:
-        n = len(entries)
-        with self.lock:
-            dq = self.dq
-            while len(dq) + n > self.cap:
-                room = self.cap - len(dq)
-                if room > 0:
-                    dq.extend(entries[:room])
-                    entries = entries[room:]
-                    n -= room
-                    if len(dq) > self.hwm:
-                        self.hwm = len(dq)
-                    if self.getters and len(dq) >= self.batch:
-                        self.hungry = False
-                        self.not_empty.notify(room)
-                if self.flags.abort:
-                    raise _Abort
-                self.putters += 1
-                self.not_full.wait(_POLL)
-                self.putters -= 1
-            dq.extend(entries)
-            if len(dq) > self.hwm:
-                self.hwm = len(dq)
-            if self.getters and len(dq) >= self.batch:  # a batch reader wants a full batch
-                self.hungry = False
-                self.not_empty.notify(n)
-
-    def get(self, limit: int) -> tuple[list, int] | None:
-        with self.lock:
-            flags = self.flags
-            while True:
-                if flags.abort:
-                    raise _Abort
-                delayed = self.delayed
-                if delayed and delayed[0][0] <= monotonic():
-                    _, _, entries, attempt = heapq.heappop(delayed)
-                    return entries, attempt
-                dq = self.dq
-                n = len(dq)
-                if n:
-                    if self.batch:
-                        if n < self.batch and not self.closed and not (
-                                self.window is not None and self.window.stalled):
-                            n = 0  # wait for a full batch
-                        else:
-                            limit = self.batch
-                    if n:
-                        if n <= limit:
-                            entries = list(dq)
-                            dq.clear()
-                        else:
-                            pop = dq.popleft
-                            entries = [pop() for _ in range(limit)]
-                        if self.putters:
-                            self.not_full.notify_all()
-                        return entries, 1
-                elif self.closed and not delayed:
-                    return None
-                timeout = _POLL
-                if delayed:
-                    timeout = min(_POLL, max(delayed[0][0] - monotonic(), 0.0))
-                self.getters += 1
-                if not self.batch:  # (a batch reader needs a whole batch, not one more item)
-                    self.hungry = True
-                self.not_empty.wait(timeout)
-                self.getters -= 1
-
-    def defer(self, delay: float, entries: list, attempt: int) -> None:
-        """Put a failed unit back for another attempt after ``delay`` seconds."""
-        with self.lock:
-            self._seq += 1
-            heapq.heappush(self.delayed, (monotonic() + delay, self._seq, entries, attempt))
-            if self.getters:
-                self.not_empty.notify()
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            self.not_empty.notify_all()
-
-    def wake(self) -> None:
-        with self.lock:
-            self.not_empty.notify_all()
-            self.not_full.notify_all()
 
 
 class _WorkerStats:
@@ -335,16 +156,16 @@ class Execution:
         self.reporter = reporter
         self.should_stop = should_stop
         self.chunk = min(MAX_CHUNK, queue_size)
-        self.flags = _Flags()
-        self.window = _Window(window_size(stages, queue_size), self.flags)
+        self.flags = Flags()
+        self.window = Window(window_size(stages, queue_size), self.flags)
         self.channels = []
         for s in stages:
-            ch = _Channel(max(queue_size, s.batch_size or 0), self.flags, s.batch_size or 0,
+            ch = Channel(max(queue_size, s.batch_size or 0), self.flags, s.batch_size or 0,
                           self.window)
             self.channels.append(ch)
             if s.batch_size:
                 self.window.batch_channels.append(ch)
-        self.sink = _Channel(queue_size, self.flags)
+        self.sink = Channel(queue_size, self.flags)
         self.channels.append(self.sink)
         self.calls = [s.fn if s.timeout is None else
                       _TimedCall(s.fn, s.timeout, f"{name}.{s.name}") for s in stages]
@@ -452,7 +273,7 @@ class Execution:
                 if got < n:
                     break
                 limit = cap if elapsed <= 0 else max(1, min(cap, int(_BUDGET * got / elapsed)))
-        except _Abort:
+        except Aborted:
             return
         except BaseException as exc:  # noqa: BLE001 - never leave the collector waiting
             self._crash(exc)
@@ -518,7 +339,7 @@ class Execution:
                     put(out)
                 limit = cap if elapsed <= 0 else \
                     max(1, min(cap, int(_BUDGET * len(entries) / elapsed)))
-        except _Abort:
+        except Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - never leave the collector waiting
             self._crash(exc)
@@ -578,7 +399,7 @@ class Execution:
                     continue
                 ws.items_out += n
                 put([(entry[0], r) for entry, r in zip(entries, results)])
-        except _Abort:
+        except Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - never leave the collector waiting
             self._crash(exc)
@@ -634,7 +455,7 @@ class Execution:
         while True:
             try:
                 got = get(_SINK_CHUNK)
-            except _Abort:
+            except Aborted:
                 if self.flags.crash is not None:
                     raise RuntimeError(
                         f"pipeline {self.name!r}: a worker crashed inside flowdeco") \
