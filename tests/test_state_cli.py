@@ -373,3 +373,22 @@ def test_the_example_fails_then_resumes(fdi, tmp_path):
     assert report["total"] == 4950 and report["rows"] == 100
     # the expensive extract ran once
     assert (tmp_path / "extract-calls.txt").read_text().count("x") == 1
+
+
+def test_a_live_run_with_nothing_finished_yet_does_not_say_no_tasks(fdi, tmp_path):
+    """Tasks are recorded as they end: a run still going with none ended has tasks, just
+    none finished ("no tasks" read as an empty flow)."""
+    import time as _time
+
+    from flowdeco.plugins.state.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / ".flowdeco")
+    store.open()
+    store.begin_run("live", "etl", _time.time() - 5, resumed=False)  # pid: this process
+    store.close()
+    listed = fdi("runs")
+    assert listed.returncode == 0 and "no task finished yet" in listed.stdout, listed.stdout
+    shown = fdi("runs", "show", "live")
+    assert shown.returncode == 0, shown.stderr
+    assert "running" in shown.stdout and "no task finished yet" in shown.stdout
+    assert "no tasks" not in listed.stdout + shown.stdout

@@ -187,9 +187,11 @@ def _seconds(s: float | None) -> str:
     return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
-def _counts(counts: dict[str, int]) -> str:
+def _counts(counts: dict[str, int], status: str = "") -> str:
+    """Tasks by status; a live run records tasks as they end, so none yet is not "no tasks"."""
     keys = sorted(counts, key=lambda k: (_ORDER.index(k) if k in _ORDER else 99, k))
-    return ", ".join(f"{counts[k]} {k}" for k in keys if counts[k]) or "no tasks"
+    return ", ".join(f"{counts[k]} {k}" for k in keys if counts[k]) or (
+        "no task finished yet" if status == "running" else "no tasks")
 
 
 def _alive(pid: int | None) -> bool:
@@ -230,7 +232,7 @@ def _list(store: Store, state_dir: str, flow: str | None, limit: int | None,
     for s in runs:
         r = s.run
         rows.append([r.run_id, r.flow, _status(r), _when(r.started), _seconds(r.duration),
-                     _counts(s.counts)])
+                     _counts(s.counts, _status(r))])
     _table(rows, out)
     return ExitCode.OK
 
@@ -250,7 +252,8 @@ def _show(store: Store, run_id: str, out: IO[str]) -> int:
     detail = run_detail(store, run_id) if isinstance(store, SQLiteStore) else None
     version = f", flow version {detail.flow_version}" if detail and detail.flow_version else ""
     print(f"run {run.run_id} of flow {run.flow}: {_status(run)}, started {_when(run.started)}"
-          f"{sessions}, {_seconds(run.duration)}{version}; {_counts(counts)}", file=out)
+          f"{sessions}, {_seconds(run.duration)}{version}; {_counts(counts, _status(run))}",
+          file=out)
     if not tasks:
         return ExitCode.OK
     rows = [["TASK", "STATUS", "ATTEMPTS", "DURATION", "DETAIL"]]
