@@ -38,17 +38,15 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from queue import SimpleQueue
-from typing import IO, Any, Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 import attrs
 
 from ..clock import Clock
-from ..engine.session import Session
 from ..errors import UsageError
 from ..outcome import FAILED, INTERRUPTED, SUCCEEDED, ExitCode
-from ..signals import on_stop_signals
-from .serve import (MAX_MISSED, UTC, Scheduler, SessionFactory, TickRun, merge_ticks,
-                    tasks_of, tick_run_id)
+from .serve import (MAX_MISSED, Scheduler, SessionFactory, TickRun, merge_ticks, tasks_of,
+                    tick_run_id, tick_sessions)
 
 #: a recorded tick run in one of these states is not run again
 _DONE = (SUCCEEDED, FAILED)
@@ -238,21 +236,8 @@ def backfill(target: Any, start: Any, end: Any, *, max_active: int = 1,
     """
     if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
         raise UsageError(f"max_active must be an int >= 1, got {max_active!r}")
-    plugins, disable = tuple(plugins), tuple(disable)
-    base = dict(options)
-    for refused in ("run_id", "resume"):
-        if refused in base:
-            raise UsageError(f"backfill: {refused}= is not accepted (each tick run has its id)")
-    if state_dir is None:
-        base["no_state"] = True
-    else:
-        base["state_dir"] = os.fspath(state_dir)
     clock = clock or Clock()
-
-    def start_session(extra: Mapping[str, Any]) -> Session:
-        # a plugin manager leased per session: concurrent runs never share one
-        return Session.start(plugins=plugins, disable=disable, options={**base, **extra},
-                             params=params or {}, clock=clock)
+    start_session = tick_sessions("backfill", plugins, disable, options, state_dir, params, clock)
 
     sched = Scheduler(target, start_session, state_dir=state_dir, cron=cron, tz=tz,
                       clock=clock, out=out, can_resume="state" not in disable)

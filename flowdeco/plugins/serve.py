@@ -514,6 +514,30 @@ def merge_ticks(entries: list[_Entry], after: _dt.datetime, until: _dt.datetime
 # --------------------------------------------------------------------------- Python API
 
 
+
+def tick_sessions(command: str, plugins: Sequence[Any], disable: Sequence[str],
+                  options: Mapping[str, Any], state_dir: Any, params: Mapping[str, Any] | None,
+                  clock: Clock) -> SessionFactory:
+    """What starts one tick run's session (``serve``, ``backfill``): the caller's options,
+    its state dir, and the tick's own (``extra``); ``run_id``/``resume`` are refused, each
+    tick run has its id.  Each call leases its own plugin manager, so concurrent tick runs
+    never share one."""
+    plugins, disable = tuple(plugins), tuple(disable)
+    base = dict(options)
+    for refused in ("run_id", "resume"):
+        if refused in base:
+            raise UsageError(f"{command}: {refused}= is not accepted (each tick run gets its "
+                             "own id)")
+    if state_dir is None:
+        base["no_state"] = True
+    else:
+        base["state_dir"] = os.fspath(state_dir)
+
+    def start(extra: Mapping[str, Any]) -> Session:
+        return Session.start(plugins=plugins, disable=disable, options={**base, **extra},
+                             params=params or {}, clock=clock)
+    return start
+
 def serve(target: Any, *, cron: str | None = None, tz: _dt.tzinfo | str | None = None,
           catch_up: bool = False, max_ticks: int | None = None, clock: Clock | None = None,
           state_dir: str | os.PathLike | None = ".flowdeco", plugins: Iterable[Any] = (),
@@ -531,21 +555,8 @@ def serve(target: Any, *, cron: str | None = None, tz: _dt.tzinfo | str | None =
     ``scheduler`` to receive the :class:`Scheduler` (its ``stop()`` ends
     serving from another thread).
     """
-    plugins = tuple(plugins)
-    disable = tuple(disable)
-    base = dict(options)
-    for refused in ("run_id", "resume"):
-        if refused in base:
-            raise UsageError(f"serve: {refused}= is not accepted (each tick run gets its own id)")
-    if state_dir is None:
-        base["no_state"] = True
-    else:
-        base["state_dir"] = os.fspath(state_dir)
     clock = clock or Clock()
-
-    def start(extra: Mapping[str, Any]) -> Session:
-        return Session.start(plugins=plugins, disable=disable, options={**base, **extra},
-                             params=params or {}, clock=clock)
+    start = tick_sessions("serve", plugins, disable, options, state_dir, params, clock)
 
     sched = Scheduler(target, start, state_dir=state_dir, cron=cron, tz=tz, catch_up=catch_up,
                       max_ticks=max_ticks, clock=clock, out=out,
