@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 import pluggy
@@ -111,6 +111,22 @@ class Config:
             if default is not _NOTSET:
                 return default
             raise ValueError(f"no option named {name!r}") from None
+
+
+def positive_int(what: str) -> Callable[[str], int]:
+    """An argparse ``type=`` for a count >= 1 (``--workers``, ``--max-active``, ...):
+    its error names ``what`` is counted."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number of {what} >= 1, got {text!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"expected a number of {what} >= 1, got {n}")
+        return n
+    parse.__name__ = f"number of {what}"
+    return parse
 
 
 def merge_options(parser: Parser, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import check_run_timeout
+from .config import check_run_timeout, positive_int
 from .errors import UsageError
 from .manager import hookimpl
 
 
-def _workers(text: str) -> int:
-    import argparse
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of workers >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of workers >= 1, got {n}")
-    return n
+_workers = positive_int("workers")
 
 
 def _seconds(text: str) -> float:

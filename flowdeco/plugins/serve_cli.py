@@ -11,7 +11,7 @@ import sys
 from typing import Any, Mapping, Sequence
 
 from ..clock import Clock
-from ..config import Parser
+from ..config import Parser, positive_int
 from ..engine.session import Session
 from ..errors import UsageError
 from ..project import command_defaults, env_args
@@ -25,26 +25,8 @@ one run with its own id (FLOW-YYYYmmddTHHMMSSZ).  SIGTERM / Ctrl-C stop it
 run each tick in that past range once instead, and exit."""
 
 
-def _max_ticks(text: str) -> int:
-    import argparse
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of ticks >= 1, got {n}")
-    return n
-
-
-def _max_active(text: str) -> int:
-    import argparse
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of runs >= 1, got {n}")
-    return n
+_max_ticks = positive_int("ticks")
+_max_active = positive_int("runs")
 
 
 def _cli_factories(first: SessionFactory, n: int, argv: Sequence[str], values: dict,
