@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from ..errors import StateError
 from ..plugins.audit import audit_path
+from ..plugins.state.queries import shown_status
 from ..plugins.state.store import (DB_NAME, RunLock, RunRecord, SQLiteStore, StoreChanged,
                                    TaskRecord, _reading)
 
@@ -46,23 +47,9 @@ T = TypeVar("T")
 RUN_FILTERS = ("running", "succeeded", "failed", "interrupted", "crashed")
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def run_status(run: RunRecord) -> str:
     """``running`` only while its process lives; else ``crashed`` (as ``runs`` shows it)."""
-    if run.status == "running" and not _alive(run.pid):
-        return "crashed"
-    return run.status
+    return shown_status(run.status, run.pid)
 
 
 RunRow = dict  # run_id, flow, status, started, finished, duration, sessions, counts, version

@@ -42,7 +42,7 @@ from ...errors import FlowError, StateError, UsageError, shorten
 from ...outcome import ExitCode
 from ...runid import validate_run_id
 from .plugin import make_store
-from .queries import diff_versions, run_detail
+from .queries import diff_versions, run_detail, shown_status
 from .results import INSTANCES, UNSAVED, ResultFiles, parse_ref
 from .serializers import default_registry
 from .store import RunSummary, SQLiteStore, Store, StoreChanged, TaskRecord
@@ -194,23 +194,9 @@ def _counts(counts: dict[str, int], status: str = "") -> str:
         "no task finished yet" if status == "running" else "no tasks")
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def _status(summary_run: Any) -> str:
     """``running`` only while its process lives; a run whose process died shows ``crashed``."""
-    if summary_run.status == "running" and not _alive(summary_run.pid):
-        return "crashed"
-    return summary_run.status
+    return shown_status(summary_run.status, summary_run.pid)
 
 
 def _table(rows: list[list[str]], out: IO[str]) -> None:

@@ -125,7 +125,8 @@ def _conn(store: SQLiteStore) -> Any:
     return store.conn
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` (a run's recorded owner) still exists."""
     if pid is None:
         return False
     try:
@@ -137,8 +138,9 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def _shown_status(status: Any, pid: Any) -> Any:
-    return "crashed" if status == "running" and not _alive(pid) else status
+def shown_status(status: Any, pid: Any) -> Any:
+    """A run's status as shown: ``running`` only while its process lives, else ``crashed``."""
+    return "crashed" if status == "running" and not process_alive(pid) else status
 
 
 def _seconds(value: Any, what: str) -> float | None:
@@ -169,7 +171,7 @@ def _run_row(store: SQLiteStore, row: tuple, counts: Mapping[str, int]) -> RunRo
     if data["status"] not in RUN_STATUSES:
         raise StateError(f"{store.path}: run {str(data['run_id'])[:100]!r} has an unknown "
                          f"status {data['status'][:40]!r}")
-    data["status"] = _shown_status(data["status"], data["pid"])
+    data["status"] = shown_status(data["status"], data["pid"])
     data["counts"] = dict(counts)
     return structure(data, RunRow, f"{store.path}: the record of run {str(data['run_id'])[:100]!r}")
 
@@ -245,7 +247,7 @@ def list_runs(store: SQLiteStore, *, flow: str | None = None, status: str | None
             # whether its process lives is not in the table: filter here (runs in
             # progress are few), then page
             rows = conn.execute(f"SELECT {columns} FROM runs {clause} {_ORDER}", args).fetchall()
-            rows = [r for r in rows if (_shown_status("running", r[8]) == status)]
+            rows = [r for r in rows if (shown_status("running", r[8]) == status)]
             total = len(rows)
             rows = rows[offset:offset + limit]
         else:

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 from ...errors import StateError
 from ..audit import make_private_dirs
 from .serializers import CHUNK, MissingExtra, Registry, Serializer
+from .store_open import fsync_dir
 
 __all__ = ["FileRef", "ResultFiles", "ResultFileError", "ResultWriteError", "UNSAVED", "INSTANCES",
            "parse_ref", "is_record", "RESULTS_DIR"]
@@ -165,8 +166,8 @@ class ResultFiles:
             with self._lock:
                 if not folder.is_dir():
                     make_private_dirs(folder)
-                    _fsync_dir(self.root)
-                    _fsync_dir(self.state_dir)
+                    fsync_dir(self.root)
+                    fsync_dir(self.state_dir)
                 self._made.add(run_id)
         return folder
 
@@ -215,7 +216,7 @@ class ResultFiles:
             os.close(fd)
             if not ok:
                 path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return FileRef(sname, rel, fh.size, fh.sha.hexdigest()).text()
 
     def link(self, ref: FileRef, run_id: str, name: str) -> str:
@@ -242,7 +243,7 @@ class ResultFiles:
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise ResultWriteError(_write_failed(name, path, exc), exc) from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return FileRef(ref.serializer, rel, ref.size, ref.sha256).text()
 
     # -- reading
@@ -340,16 +341,3 @@ class ResultFiles:
 def _write_failed(name: str, where: Path, exc: OSError) -> str:
     """``where``: the file, or the folder it was to be made in."""
     return f"task {name!r}: cannot write its result file {where}: {exc.strerror or exc}"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

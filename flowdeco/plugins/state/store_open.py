@@ -206,7 +206,7 @@ class SQLiteDatabase:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
-            _fsync_dir(self.state_dir)
+            fsync_dir(self.state_dir)
         finally:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(tmp + suffix).unlink(missing_ok=True)
@@ -529,7 +529,9 @@ def _busy(exc: BaseException) -> bool:
     return code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (best effort: a folder that
+    cannot be opened or synced, e.g. on some network filesystems, is left as is)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
