@@ -7,11 +7,9 @@ opening it again: a database read ``immutable`` (no WAL when it was opened)
 raises :class:`StoreChanged` once a run writes to it; and a WAL connection
 loses its ``-wal``/``-shm`` when the last writer closes.
 
-The richer queries (filters, flow versions, graph snapshots) belong to
-``flowdeco.plugins.state.queries`` (store schema v4).  When that module is
-importable it is used -- the single ``try: import`` below is the switch --
-and until then this module answers from the v3 tables (``runs``, ``tasks``)
-and the audit trails, without edges (the audit trail does not carry them).
+The queries themselves (filters, pages, flow versions, graph snapshots,
+schedules) are ``flowdeco.plugins.state.queries``; this module adds the
+stale-connection handling, the shapes the pages draw and the audit trails.
 
 Change detection (:meth:`StateReader.stamp`) is a stat of the database
 files plus ``PRAGMA data_version`` on a WAL connection: cheap enough to poll
@@ -30,18 +28,13 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from ..errors import StateError
 from ..plugins.audit import audit_path
+from ..plugins.state import queries as _queries
 from ..plugins.state.queries import shown_status
-from ..plugins.state.store import (DB_NAME, RunLock, RunRecord, SQLiteStore, StoreChanged,
+from ..plugins.state.store import (DB_NAME, RunRecord, SQLiteStore, StoreChanged,
                                    TaskRecord, _reading)
 
-try:  # the data layer of issue 17 (schema v4); absent until it lands
-    from ..plugins.state import queries as _queries  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the branch
-    _queries = None
+__all__ = ["StateReader", "RunRow", "read_audit", "run_status"]
 
-__all__ = ["StateReader", "RunRow", "read_audit", "run_status", "HAVE_QUERIES"]
-
-HAVE_QUERIES = _queries is not None
 T = TypeVar("T")
 #: the statuses a run may be listed with (``crashed``: ``running`` whose process is gone)
 RUN_FILTERS = ("running", "succeeded", "failed", "interrupted", "crashed")
@@ -172,15 +165,12 @@ class StateReader:
         if status is not None and status not in RUN_FILTERS:
             raise StateError(f"unknown run status {status[:40]!r}: one of "
                              f"{', '.join(RUN_FILTERS)}")
-        if _queries is not None:
-            def q(store: SQLiteStore) -> tuple[list[RunRow], int]:
-                rows, total = _queries.list_runs(store, flow=flow, status=status, text=text,
-                                                 since=since, until=until, limit=limit,
-                                                 offset=offset)
-                return [_normal_row(r) for r in rows], total
-            return self._read(q, ([], 0))
-        return self._read(lambda s: _list_v3(s, flow, status, text, since, until, limit, offset),
-                          ([], 0))
+        def q(store: SQLiteStore) -> tuple[list[RunRow], int]:
+            rows, total = _queries.list_runs(store, flow=flow, status=status, text=text,
+                                             since=since, until=until, limit=limit,
+                                             offset=offset)
+            return [_normal_row(r) for r in rows], total
+        return self._read(q, ([], 0))
 
     def flows(self) -> list[str]:
         return self._read(lambda s: [r[0] for r in s.conn.execute(  # type: ignore[union-attr]
@@ -196,11 +186,8 @@ class StateReader:
                     "SELECT status, count(*) FROM tasks WHERE run_id=? GROUP BY status",
                     (run_id,)):
                 counts[str(st)] = int(n)
-            if _queries is not None:
-                detail = _queries.run_detail(store, run_id)
-                if detail is not None:
-                    return _normal_row(detail)
-            return _row(rec, counts)
+            detail = _queries.run_detail(store, run_id)
+            return _normal_row(detail) if detail is not None else _row(rec, counts)
         return self._read(q, None)
 
     def task_rows(self, run_id: str) -> list[tuple]:
@@ -227,38 +214,16 @@ class StateReader:
 
     def graph(self, run_id: str) -> dict | None:
         """The run's graph snapshot ``{"tasks": [...], "edges": [[up, down], ...]}`` or None."""
-        if _queries is None:
-            return None
         return self._read(lambda s: normal_graph(_queries.graph_snapshot(s, run_id)), None)
 
     def changed_tasks(self, run_id: str) -> set[str]:
-        """Tasks whose code changed since the previous run of the flow (needs the data layer)."""
-        if _queries is None:
-            return set()
+        """Tasks whose code changed since the previous run of the flow."""
         return self._read(lambda s: set(_queries.changed_tasks(s, run_id)), set())
 
     def schedules(self) -> list[dict]:
-        """What ``serve`` runs over this state dir: the data layer's ``schedules`` when
-        present (with next and missed ticks), else each ``serve/FLOW.json``: the flow, the
-        last tick claimed, the claim in progress, and whether a serve holds it now."""
-        if _queries is not None and hasattr(_queries, "schedules"):
-            return [_as_dict(r) for r in _queries.schedules(str(self.state_dir))]
-        out = []
-        folder = self.state_dir / "serve"
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                out.append({"flow": path.stem, "problem": "unreadable serve state file"})
-                continue
-            if not isinstance(data, dict):
-                continue
-            running = data.get("running") if isinstance(data.get("running"), dict) else None
-            out.append({"flow": str(data.get("flow", path.stem)),
-                        "serving": RunLock.held(path.with_suffix(".lock")),
-                        "last_tick": data.get("last_tick"),
-                        "claimed_run": running.get("run_id") if running else None})
-        return out
+        """What ``serve`` runs over this state dir: per flow, the last tick claimed, the
+        claim in progress, whether a serve holds it now, next and missed ticks."""
+        return [_as_dict(r) for r in _queries.schedules(str(self.state_dir))]
 
     def audit_file(self, run_id: str) -> Path:
         return audit_path(self.state_dir, run_id)
@@ -330,61 +295,6 @@ def normal_graph(snapshot: Any) -> dict | None:
             seen.add(tuple(e))
             unique.append(e)
     return {"tasks": names, "edges": unique, "options": options}
-
-
-def _list_v3(store: SQLiteStore, flow: str | None, status: str | None, text: str | None,
-             since: float | None, until: float | None, limit: int,
-             offset: int) -> tuple[list[RunRow], int]:
-    """The runs page from schema v3 tables: filters in SQL, counts for the page only."""
-    conn = store.conn
-    assert conn is not None
-    where, args = [], []  # type: ignore[var-annotated]
-    if flow:
-        where.append("flow = ?")
-        args.append(flow)
-    if status in ("running", "crashed"):
-        where.append("status = 'running'")
-    elif status:
-        where.append("status = ?")
-        args.append(status)
-    if text:
-        where.append("(instr(lower(run_id), ?) > 0 OR instr(lower(flow), ?) > 0)")
-        args += [text.lower(), text.lower()]
-    if since is not None:
-        where.append("started >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("started < ?")
-        args.append(until)
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
-    cols = "run_id, flow, status, started, session_started, finished, duration, sessions, pid"
-    order = "ORDER BY session_started DESC, started DESC, run_id"
-    if status in ("running", "crashed"):  # alive or not is known only here: filter in Python
-        rows = [_record(r) for r in conn.execute(f"SELECT {cols} FROM runs {clause} {order}",
-                                                 args)]
-        rows = [r for r in rows if run_status(r) == status]
-        total = len(rows)
-        rows = rows[offset:offset + limit]
-    else:
-        total = conn.execute(f"SELECT count(*) FROM runs {clause}", args).fetchone()[0]
-        rows = [_record(r) for r in conn.execute(
-            f"SELECT {cols} FROM runs {clause} {order} LIMIT ? OFFSET ?",
-            args + [int(limit), int(offset)])]
-    counts: dict[str, dict[str, int]] = {}
-    ids = [r.run_id for r in rows]
-    if ids:
-        for rid, st, n in conn.execute(
-                "SELECT run_id, status, count(*) FROM tasks WHERE run_id IN "
-                f"({', '.join('?' * len(ids))}) GROUP BY run_id, status", ids):
-            counts.setdefault(rid, {})[str(st)] = int(n)
-    return [_row(r, counts.get(r.run_id, {})) for r in rows], int(total)
-
-
-def _record(row: tuple) -> RunRecord:
-    from ..plugins.state.store import structure
-    cols = ("run_id", "flow", "status", "started", "session_started", "finished", "duration",
-            "sessions", "pid")
-    return structure(dict(zip(cols, row)), RunRecord, "a record of table runs")
 
 
 def read_audit(path: Path, offset: int = 0, max_bytes: int = 4 << 20,
