@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import operator
 import os
 import sys
 import threading
@@ -28,7 +27,7 @@ import attrs
 
 from .errors import CollectionError, suggest
 from .flow import Flow, SubflowNode
-from .task import SPEC_ATTR, TaskSpec, get_spec, make_spec
+from .task import get_spec
 
 
 @attrs.frozen
@@ -39,6 +38,10 @@ class Target:
     members: tuple[Any, ...]
     flow: Flow | None = None
     module: ModuleType | None = None
+    #: ``members`` is a list the user gave: plain functions among them get default
+    #: options and other objects are refused, both while the graph is declared
+    #: (``build_graph(loose=True)``: one pass over a 100,000-task list, not two)
+    loose: bool = False
 
 
 def resolve_target(target: Any) -> Target:
@@ -64,24 +67,9 @@ def resolve_target(target: Any) -> Target:
         "'module:flow', a Flow, or a list of task functions")
 
 
-_spec_of = operator.attrgetter(SPEC_ATTR)
-
-
 def _list_target(items: Sequence[Any]) -> Target:
-    try:
-        if all(map(_spec_of, items)):  # the usual list: every item a decorated function
-            return Target("tasks", tuple(items))
-    except AttributeError:
-        pass
-    members: list[Any] = []
-    for item in items:
-        if getattr(item, SPEC_ATTR, None) is not None or isinstance(item, (SubflowNode, TaskSpec)):
-            members.append(item)
-        elif callable(item) and not isinstance(item, type):
-            members.append(make_spec(item))  # plain function: default options, not mutated
-        else:
-            raise CollectionError(f"cannot run {item!r}: it is not a task function")
-    return Target("tasks", tuple(members))
+    # (the items are checked while the graph is declared: see Target.loose)
+    return Target("tasks", tuple(items), loose=True)
 
 
 def module_target(module: ModuleType) -> Target:

@@ -30,7 +30,7 @@ class Vertex:
     point of a sub-flow node."""
 
     __slots__ = ("index", "name", "kind", "spec", "fn", "deps", "argnames", "argdeps", "consts",
-                 "wants_ctx", "priority", "tags")
+                 "wants_ctx", "positional", "priority", "tags")
 
     #: sub-flow vertices only (slots of SubflowVertex): every inner vertex, the sinks with
     #: their inner names, the node.  A task shares these empty defaults: 24 bytes and
@@ -57,6 +57,11 @@ class Vertex:
         #: parameters bound to run parameters (a shared empty dict until one is bound)
         self.consts: Mapping[str, Any] = _NO_CONSTS
         self.wants_ctx = False
+        #: the arguments are exactly the upstream results of ``argdeps``, which the
+        #: function takes by position too (``TaskSpec.positional``; no ctx, no run
+        #: parameter, no default left): the ``sync`` in-order path calls it without
+        #: a keyword dict
+        self.positional = False
         self.priority = priority
         self.tags = tags
 
@@ -223,6 +228,7 @@ class Graph:
             w.argdeps = tuple(remap[d] for d in v.argdeps)
             w.consts = v.consts
             w.wants_ctx = v.wants_ctx
+            w.positional = v.positional
             if isinstance(w, SubflowVertex):
                 w.members = tuple(remap[m] for m in v.members if m in remap)
                 w.sinks = tuple((n, remap[m]) for n, m in v.sinks if m in remap)

@@ -24,7 +24,7 @@ from .dag import (_NO_CONSTS, SUBFLOW, TASK, Graph, SubflowVertex, Vertex,  # no
                   gc_paused, kahn_order)
 from .params import secret_annotation
 from .secret import Secret
-from .task import CTX, SPEC_ATTR, TaskSpec, get_spec
+from .task import CTX, SPEC_ATTR, TaskSpec, get_spec, make_spec
 
 
 class _Scope:
@@ -67,8 +67,12 @@ class GraphBuilder:
     resolve_early = True
 
     def __init__(self, name: str, params: Mapping[str, Any], root_flow: Flow | None = None,
-                 unset_ok: bool = False):
+                 unset_ok: bool = False, loose: bool = False):
         self.name = name
+        #: the members are a list the user gave (``run([f, g])``): a plain function gets
+        #: default options and anything else is refused as the list's item, checked
+        #: here rather than in a pass of its own over the list
+        self.loose = loose
         self.params = params
         #: a required parameter nothing fills is left unset instead of refused
         #: (``--collect-only`` and ``--graph`` list a flow without its run parameters)
@@ -113,13 +117,12 @@ class GraphBuilder:
         fast = self.resolve_early and scope.parent is None
         for m in members:
             spec = getattr(m, SPEC_ATTR, None)
-            if spec is None or not callable(m):
+            # (a decorated function is its spec's fn: callable without asking)
+            if spec is None or (spec.fn is not m and not callable(m)):
                 if isinstance(m, SubflowNode):
                     self._declare_node(scope, m)
                     continue
-                if not isinstance(m, TaskSpec):
-                    raise CollectionError(f"flow {scope.flow_name!r}: {m!r} is not a task")
-                spec = m
+                spec = m if isinstance(m, TaskSpec) else self._loose_member(scope, m)
             name = spec.name
             if name in local:
                 self._claim(scope, name, spec)  # raises DuplicateTaskError
@@ -136,11 +139,12 @@ class GraphBuilder:
             v.priority = spec.priority
             v.tags = spec.tags
             vertices.append(v)
-            if spec.uses or spec.dynamic:
+            dynamic = spec.dynamic
+            if dynamic or spec.uses:
                 special.append(index)
             # (looked up before this task's own name is bound: a name found is an
             # earlier vertex, and a task naming itself goes to phase 2, a cycle)
-            if fast and not spec.after and spec.map is None:
+            if fast and not spec.after and (not dynamic or spec.map is None):
                 names = spec.arg_names
                 n = len(names)
                 if n == 1:
@@ -148,6 +152,7 @@ class GraphBuilder:
                     if d is not None:
                         v.argnames = names
                         v.argdeps = v.deps = (d,)
+                        v.positional = spec.positional
                         local[name] = index
                         continue
                 elif n == 2:
@@ -156,6 +161,7 @@ class GraphBuilder:
                     if d is not None and d2 is not None:
                         v.argnames = names
                         v.argdeps = v.deps = (d, d2)  # (one vertex per name: distinct)
+                        v.positional = spec.positional
                         local[name] = index
                         continue
                 elif n:
@@ -163,14 +169,26 @@ class GraphBuilder:
                     if None not in found:
                         v.argnames = names
                         v.argdeps = v.deps = found
+                        v.positional = spec.positional
                         local[name] = index
                         continue
                 else:
+                    v.positional = spec.positional
                     local[name] = index
                     continue
+            v.positional = False  # (phase 2 may bind run parameters or keep defaults)
             local[name] = index
             tasks.append(index)
             scopes.append(scope)
+
+    def _loose_member(self, scope: _Scope, m: Any) -> TaskSpec:
+        """The spec of member ``m``, which is neither a task nor a sub-flow node: a plain
+        function of a list target gets default options; anything else is refused."""
+        if not self.loose:
+            raise CollectionError(f"flow {scope.flow_name!r}: {m!r} is not a task")
+        if getattr(m, SPEC_ATTR, None) is None and callable(m) and not isinstance(m, type):
+            return make_spec(m)  # default options; the function is not changed
+        raise CollectionError(f"cannot run {m!r}: it is not a task function")
 
     def _claim(self, scope: _Scope, name: str, origin: TaskSpec | str) -> int:
         """The next vertex index for ``name`` in ``scope``; two members of one flow with
@@ -400,17 +418,19 @@ def _convert(task: str, name: str, value: str, annotation: Any, secret: bool) ->
 
 
 def build_graph(name: str, members: Sequence[Any], params: Mapping[str, Any] | None = None,
-                root_flow: Flow | None = None, unset_ok: bool = False) -> Graph:
+                root_flow: Flow | None = None, unset_ok: bool = False,
+                loose: bool = False) -> Graph:
     """Build and validate the graph of ``members`` (tasks and sub-flow nodes).
 
     The cyclic garbage collector is paused while building: building creates
     several long-lived objects per task and no garbage cycles, and with 10,000
     tasks the collector's repeated full passes would cost more than the build.
     No user code runs here (the target was imported before).  ``unset_ok``
-    leaves required run parameters nothing fills unset (for listings only).
+    leaves required run parameters nothing fills unset (for listings only);
+    ``loose``: ``members`` is a user's list (:attr:`flowdeco.collect.Target.loose`).
     The graph lives as long as the run, so it goes straight to the oldest
     generation (see :func:`gc_paused`).
     """
     with gc_paused(promote=True):
-        return GraphBuilder(name, params or {}, root_flow, unset_ok).build(members)
+        return GraphBuilder(name, params or {}, root_flow, unset_ok, loose).build(members)
 

@@ -58,6 +58,21 @@ class TaskSpec:
 
     fn: Callable[..., Any]
     name: str
+    # (computed fields first: what collecting a task reads sits in the object's first
+    # cache line; they are not ``__init__`` arguments, so the constructor is unchanged)
+    #: names of the plugin-implemented options this task sets (computed once)
+    uses: tuple[str, ...] = attrs.field(init=False)
+    #: map=, when= or a trigger rule other than all_succeeded: the task's readiness
+    #: goes through the runner's dynamic gate (computed once)
+    dynamic: bool = attrs.field(init=False)
+    #: the parameter names other than ``ctx``, and whether ``ctx`` is one (computed once)
+    arg_names: tuple[str, ...] = attrs.field(init=False)
+    wants_ctx: bool = attrs.field(init=False)
+    #: ``fn`` is a plain function whose parameters are exactly ``arg_names``, in order,
+    #: none keyword-only: calling it with those values by position is the same call
+    #: as by name, without a keyword dict (the ``sync`` in-order path; computed once)
+    positional: bool = attrs.field(init=False)
+
     after: tuple[Any, ...] = ()
     retries: int | None = None
     retry: Any = None
@@ -87,15 +102,6 @@ class TaskSpec:
     #: the parameters of a ``cache=`` key function, read once at decoration
     cache_params: tuple[Param, ...] = ()
     owner: "Flow | None" = None
-    #: names of the plugin-implemented options this task sets (computed once)
-    uses: tuple[str, ...] = attrs.field(init=False)
-    #: map=, when= or a trigger rule other than all_succeeded: the task's readiness
-    #: goes through the runner's dynamic gate (computed once)
-    dynamic: bool = attrs.field(init=False)
-    #: the parameter names other than ``ctx``, and whether ``ctx`` is one (computed once)
-    arg_names: tuple[str, ...] = attrs.field(init=False)
-    wants_ctx: bool = attrs.field(init=False)
-
     def __attrs_post_init__(self) -> None:
         uses = tuple(k for k in _PLUGIN_OPTIONS if getattr(self, k) is not None)
         object.__setattr__(self, "uses", uses + tuple(self.options))
@@ -104,6 +110,7 @@ class TaskSpec:
         names = tuple(p.name for p in self.params if p.name != CTX)
         object.__setattr__(self, "arg_names", names)
         object.__setattr__(self, "wants_ctx", len(names) < len(self.params))
+        object.__setattr__(self, "positional", _positional(self.fn, names))
 
     @property
     def source_name(self) -> str:
@@ -124,6 +131,21 @@ TRIGGER_RULES = ("all_succeeded", "all_failed", "all_done", "all_skipped", "one_
 #: other names accepted for a rule (Airflow's ``all_success``; flowdeco's earlier
 #: ``any_failed``), stored as the rule they name
 TRIGGER_ALIASES = {"all_success": "all_succeeded", "any_failed": "one_failed"}
+
+
+def _positional(fn: Any, names: tuple[str, ...]) -> bool:
+    """Whether ``fn(*values)`` binds ``values`` to ``names`` exactly as ``fn(**kw)`` would.
+
+    Only for a plain function read from its own code (no ``__wrapped__`` or
+    ``__signature__`` standing in for it): its positional parameters are
+    ``names`` in order and it has no keyword-only ones.
+    """
+    if type(fn) is not types.FunctionType or hasattr(fn, "__wrapped__") \
+            or hasattr(fn, "__signature__"):
+        return False
+    code = fn.__code__
+    return not code.co_kwonlyargcount and not code.co_posonlyargcount \
+        and code.co_varnames[:code.co_argcount] == names
 
 
 def get_spec(obj: Any) -> TaskSpec | None:

@@ -18,6 +18,7 @@ from flowdeco import task
 from flowdeco.collect import resolve_target
 from flowdeco.errors import FlowError
 from flowdeco.graph import Graph, GraphBuilder, build_graph, gc_paused
+from flowdeco.task import SPEC_ATTR, make_spec
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -102,31 +103,44 @@ def test_root_flow_fast_path_builds_the_general_graph(fns, with_param):
     fast = _outcome(GraphBuilder, fns, params)
     general = _outcome(GeneralBuilder, fns, params)
     assert _shape(fast) == _shape(general)
+    if isinstance(fast, Graph):  # a vertex called by position takes exactly its results
+        for v in fast.vertices:
+            if v.positional:
+                code = v.fn.__code__
+                assert not v.consts and not v.wants_ctx and not code.co_kwonlyargcount
+                assert code.co_varnames[:code.co_argcount] == v.argnames
+                assert len(v.argdeps) == len(v.argnames)
     if isinstance(fast, Graph):  # and build_graph (the public entry) is the fast builder
         assert _shape(build_graph("f", list(fns), params)) == _shape(fast)
 
 
 @SETTINGS
-@given(fns=flows(), extra=st.sampled_from([None, "plain", "object"]))
-def test_list_target_shortcut_matches_the_item_by_item_check(fns, extra):
+@given(fns=flows(), extra=st.sampled_from([None, "plain", "object", "class"]))
+def test_list_target_checked_while_declaring_matches_the_item_by_item_check(fns, extra):
+    """A list target's items are checked while the graph is declared (one pass over
+    the list): the graph, or the error, is the one of converting item by item first."""
     items = list(fns)
     if extra == "plain":
         def plain():
             return 1
-        items.append(plain)       # a plain function: gets a default spec, not the shortcut
+        items.append(plain)       # a plain function: gets a default spec
     elif extra == "object":
         items.append(42)          # not a task: refused naming it
+    elif extra == "class":
+        items.append(dict)        # callable, but a class: refused naming it
+    target = resolve_target(items)
+    assert target.loose and target.members == tuple(items)
     try:
-        got = resolve_target(items)
+        got = build_graph(target.name, target.members, {"size": "3"}, loose=True)
     except FlowError as exc:
-        assert extra == "object" and "42" in str(exc)
-        return
-    assert len(got.members) == len(items)
-    for item, member in zip(items, got.members):
-        if extra == "plain" and item is items[-1]:
-            assert member.fn is item
-        else:
-            assert member is item
+        if extra in ("object", "class"):
+            assert str(exc) == f"cannot run {items[-1]!r}: it is not a task function"
+            return
+        got = (type(exc), str(exc))
+    assert extra not in ("object", "class") or not isinstance(got, Graph)
+    converted = [i if getattr(i, SPEC_ATTR, None) is not None else make_spec(i) for i in items]
+    expected = _outcome(GraphBuilder, converted, {"size": "3"})
+    assert _shape(got) == _shape(expected)
 
 
 def test_fast_path_is_taken_for_a_flow_declared_upstream_first(monkeypatch):

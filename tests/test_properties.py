@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from flowdeco import CycleError, run, task
+from flowdeco.clock import Clock
 from flowdeco.graph import build_graph
 from flowdeco.engine.dispatch import SyncDispatch
 
@@ -37,25 +39,29 @@ class Journal:
         self.events: list[tuple[str, str]] = []
 
     def body(self, ctx, args, fail=False):
+        name = ctx if isinstance(ctx, str) else ctx.task  # (a task without ctx names itself)
         with self.lock:
-            self.events.append(("start", ctx.task))
+            self.events.append(("start", name))
         wrong = [k for k, v in args.items() if v != k]
         with self.lock:
-            self.events.append(("end", ctx.task))
+            self.events.append(("end", name))
         if fail:
-            raise RuntimeError(f"{ctx.task} fails")
-        return ctx.task if not wrong else ("WRONG", wrong)
+            raise RuntimeError(f"{name} fails")
+        return name if not wrong else ("WRONG", wrong)
 
 
-def build_tasks(n, deps, prios, journal, failing=frozenset(), declared=None):
+def build_tasks(n, deps, prios, journal, failing=frozenset(), declared=None, plain=frozenset()):
+    """Tasks t0..t{n-1}; those in ``plain`` take their results only (no ctx): the sync
+    in-order path calls them by position."""
     fns = []
     for j in declared if declared is not None else range(n):
         data = [f"t{i}" for i, kind in deps[j].items() if kind == "data"]
         after = [f"t{i}" for i, kind in deps[j].items() if kind == "after"]
         ns = {"_journal": journal}
         args = ", ".join(f"{p!r}: {p}" for p in data)
-        exec(f"def t{j}({', '.join(['ctx'] + data)}):\n"
-             f"    return _journal.body(ctx, {{{args}}}, {j in failing})\n", ns)
+        params, me = (data, f"'t{j}'") if j in plain else (["ctx"] + data, "ctx")
+        exec(f"def t{j}({', '.join(params)}):\n"
+             f"    return _journal.body({me}, {{{args}}}, {j in failing})\n", ns)
         fns.append(task(after=after, priority=prios[j])(ns[f"t{j}"]))
     return fns
 
@@ -142,11 +148,12 @@ def test_sync_fast_path_matches_the_general_loop(dag, data):
     n, deps, prios, declared = dag
     failing = frozenset(data.draw(st.sets(st.integers(0, n - 1), max_size=3)))
     stop = data.draw(st.booleans())
+    plain = frozenset(data.draw(st.sets(st.integers(0, n - 1))))
 
     def once():
         journal = Journal()
-        result = run(build_tasks(n, deps, prios, journal, failing, declared),
-                     executor="sync", stop_on_error=stop, state_dir=None)
+        result = run(build_tasks(n, deps, prios, journal, failing, declared, plain),
+                     executor="sync", stop_on_error=stop, state_dir=None, clock=TickingClock())
         _check_sync_times(journal, result)
         return journal.events, {name: (o.status, o.reason, o.error, o.attempts, o.result,
                                        o.worker) for name, o in result.outcomes.items()}, \
@@ -165,16 +172,26 @@ def test_sync_fast_path_matches_the_general_loop(dag, data):
     assert fast == general
 
 
+class TickingClock(Clock):
+    """Real wall time; a monotonic clock that moves one second at every read, so a task's
+    start and end (read before and after its body) always differ."""
+
+    def __init__(self):
+        self._now = itertools.count(1000.0)
+        self.monotonic = lambda: float(next(self._now))
+
+
 def _check_sync_times(journal, result):
     """Timestamps of a sync run (the fast path reads the clock once per task): each ran
-    task has started <= finished and duration = finished - started, and in the order
-    the bodies ran, a task starts no earlier than the previous one finished."""
+    task has started < finished (the clock ticks at every read) and duration =
+    finished - started, and in the order the bodies ran, a task starts no earlier than
+    the previous one finished."""
     ran = [name for kind, name in journal.events if kind == "start"]
     prev = None
     for name in ran:
         o = result.outcomes[name]
         assert o.started is not None and o.finished is not None, (name, o)
-        assert o.started <= o.finished, (name, o)
+        assert o.started < o.finished, (name, o)
         assert o.duration == pytest.approx(o.finished - o.started, abs=1e-6), (name, o)
         if prev is not None:
             assert prev.finished <= o.started, (name, prev, o)

@@ -42,15 +42,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..executors import remote_failure
-from ..graph import kahn_order
-from ..outcome import SUCCEEDED
 from ..pickling import load_outcome
 from . import tracking
 from .attempt import RemotePolicy, call_batch, call_remote, is_plain, run_attempt
 from .chaining import chains, first_successors
 from .ending import run_timed_out
-from .states import (DONE, M_CRASH, M_DONE, M_LOG, PENDING, READY, RUNNING, S_RUNNING,
-                     S_STOPPING)
+from .inorder import leave_order, run_order
+from .states import M_CRASH, M_DONE, M_LOG, RUNNING, S_RUNNING, S_STOPPING
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Run
@@ -328,122 +326,13 @@ class SyncDispatch(Dispatch):
         return result, err, t0, t1
 
     def run_in_order(self) -> None:
-        """The fast path: run the tasks in the order the ready heap would give them,
-        with no heap and no dependency counting.
-
-        Taken when nothing can change that order (no restore, delay, dynamic task,
-        interval, or plugin watching successful attempts): run one by one, the ready
-        heap is exactly Kahn's algorithm keyed by priority then declaration, which
-        is the graph's own order when priorities are all equal.  The first attempt
-        that fails, or a stop, hands the rest over to the general loop
-        (:meth:`leave_order` rebuilds its ready heap and counters).
-        """
-        run = self.run
-        order = run.graph.order if run._uniform else kahn_order(run.graph, run._prio)
-        results = run.results
-        table = run._table
-        state, status, attempts = table.state, table.status, table.attempts
-        t0s, t1s, workers = table.t0, table.t1, table.worker
-        vertices = run.graph.vertices
-        calls, guards, deadlines, policed = run._calls, run._guards, run._deadlines, run._policed
-        mono = run.clock.monotonic
-        empty, get, handle = run.q.empty, run.q.get, run._handle
-        reporting, has_flush, report = run.reporting, run._has_flush, run.reporter
-        slot = self.slot
-        deadline = run.run_deadline
-        # one clock read per task: with no report hook between two tasks, the end of one
-        # is the start of the next (the next start includes building its arguments, well
-        # under a microsecond); otherwise, and after handling messages, the clock is read
-        chain = not reporting and not has_flush and slot is None
-        t = mono()  # when the next task starts, if chained
-        for i in order:
-            if deadline is not None and mono() >= deadline:
-                run_timed_out(run)
-            if run.stop_state >= S_STOPPING:
-                return self.leave_order()
-            if run.flush_due:
-                run._flush()
-                t = mono()
-            # start, attempt and success written out: the sync benchmark's per-task path
-            v = vertices[i]
-            names = v.argnames
-            if v.consts or len(names) > 2:
-                kw = v.arguments(results)
-            elif not names:
-                kw = {}
-            elif len(names) == 1:  # (Vertex.arguments inlined for one or two parameters)
-                kw = {names[0]: results[v.argdeps[0]]}
-            else:
-                d = v.argdeps
-                kw = {names[0]: results[d[0]], names[1]: results[d[1]]}
-            if v.wants_ctx:
-                kw["ctx"] = run._context(v, 1, None)
-            state[i] = RUNNING
-            if reporting:
-                report.started(v.name, 1, None)
-            call = calls[i]
-            run.sync_busy = True
-            if slot is not None:
-                slot.at = (i, 1, None)
-            t0 = t if chain else mono()
-            if policed is None or not policed[i]:
-                try:
-                    result, err = (v.fn(**kw) if call is None else call(kw)), None  # type: ignore[misc]
-                except BaseException as exc:  # noqa: BLE001 - a task may raise anything
-                    result, err = None, exc
-            else:
-                result, err, _ = run_attempt(
-                    v.fn, call, kw, guards[i] if guards is not None else None,
-                    deadlines[i] if deadlines is not None else None, name=v.name)
-            t = t1 = mono()
-            if slot is not None:
-                if slot.ends is not None:
-                    slot.end()
-                slot.at = None  # hooks run on this thread between attempts
-            run.sync_busy = False
-            if not empty():  # log records, events and signals that arrived during the task
-                while not empty():
-                    handle(get())
-                t = mono()
-            if err is not None:
-                self.leave_order()
-                run.inflight += 1
-                run._on_done(i, 1, None, result, err, t0, t1, "sync", None, 0)
-                if has_flush:
-                    run.hook.flowdeco_report_flush(run=run)
-                return None
-            results[i] = result
-            status[i] = SUCCEEDED
-            state[i] = DONE
-            attempts[i] = 1
-            t0s[i] = t0
-            t1s[i] = t1
-            workers[i] = "sync"
-            if reporting:
-                report.outcome(i)
-            if has_flush:
-                run.hook.flowdeco_report_flush(run=run)
-        return None
+        """Run the graph straight down its order (see :mod:`.inorder`) until the first
+        attempt that does not simply succeed, or a stop."""
+        run_order(self)
 
     def leave_order(self) -> None:
         """Build the general loop's ready heap and dependency counters mid-run."""
-        run = self.run
-        table = run._table
-        state, remaining, key = table.state, table.remaining, run._prio
-        ready: list[int] = []
-        for j, v in enumerate(run.graph.vertices):
-            if state[j] == PENDING or state[j] == READY:
-                r = 0
-                for d in v.deps:
-                    if state[d] != DONE:
-                        r += 1
-                remaining[j] = r
-                if r == 0:
-                    state[j] = READY
-                    ready.append(key[j])
-        heapq.heapify(ready)
-        with run._lock:
-            run._ready[:] = ready
+        leave_order(self.run)
 
 
 # --------------------------------------------------------------------------- remote

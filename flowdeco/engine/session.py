@@ -91,7 +91,7 @@ class Session:
         apply ``-k``.  ``unset_ok``: leave required run parameters unset (listings)."""
         resolved = resolve_target(target)
         graph = build_graph(resolved.name, resolved.members, self.params, resolved.flow,
-                            unset_ok=unset_ok)
+                            unset_ok=unset_ok, loose=resolved.loose)
         if not len(graph):
             raise NoTasksError(f"no tasks found in {resolved.name!r}: decorate functions with "
                                "@task (tasks imported from elsewhere are not collected on "
