@@ -299,7 +299,20 @@ def gc_paused(promote: bool = False) -> Iterator[None]:
         ok = True
     finally:
         if enabled:
-            if ok and promote and gc.get_freeze_count() == 0:
-                gc.freeze()
-                gc.unfreeze()
+            if ok and promote:
+                promote_young()
             gc.enable()
+
+
+def promote_young() -> None:
+    """Move every object the collector tracks to its oldest generation, unscanned.
+
+    A run's per-task lists (its table columns, results, calls) live as long as
+    the run; left young, each collection the run's own allocations set off walks
+    all of them (10,000 tasks: ~400 instructions per task).  ``gc.freeze()`` +
+    ``gc.unfreeze()`` splice the generation lists, O(1).  Skipped when the
+    program froze objects itself (``unfreeze`` would thaw them).
+    """
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()

@@ -116,7 +116,10 @@ class GraphBuilder:
         get = local.get
         fast = self.resolve_early and scope.parent is None
         for m in members:
-            spec = getattr(m, SPEC_ATTR, None)
+            try:
+                spec = m.__flowdeco_task__  # (SPEC_ATTR: an attribute read, not getattr())
+            except AttributeError:
+                spec = None
             # (a decorated function is its spec's fn: callable without asking)
             if spec is None or (spec.fn is not m and not callable(m)):
                 if isinstance(m, SubflowNode):
@@ -161,6 +164,16 @@ class GraphBuilder:
                     if d is not None and d2 is not None:
                         v.argnames = names
                         v.argdeps = v.deps = (d, d2)  # (one vertex per name: distinct)
+                        v.positional = spec.positional
+                        local[name] = index
+                        continue
+                elif n == 3:
+                    d = get(names[0])
+                    d2 = get(names[1])
+                    d3 = get(names[2])
+                    if d is not None and d2 is not None and d3 is not None:
+                        v.argnames = names
+                        v.argdeps = v.deps = (d, d2, d3)
                         v.positional = spec.positional
                         local[name] = index
                         continue

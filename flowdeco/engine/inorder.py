@@ -77,6 +77,8 @@ def run_plain(run: "Run", order: list[int]) -> None:
                     result = v.fn(results[d[0]])
                 elif n == 2:
                     result = v.fn(results[d[0]], results[d[1]])
+                elif n == 3:
+                    result = v.fn(results[d[0]], results[d[1]], results[d[2]])
                 elif not n:
                     result = v.fn()
                 else:

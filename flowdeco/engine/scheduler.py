@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 from ..config import Config, check_run_timeout
 from ..context import Context
+from ..dag import promote_young
 from ..deadlines import Watchdog
 from ..graph import SUBFLOW, TASK, Graph, Vertex
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
@@ -208,6 +209,7 @@ class Run(RunSurface):
                                 self._finish(*done)
                 if self._has_flush:
                     self.hook.flowdeco_report_flush(run=self)
+                promote_young()  # the run's per-task lists: not walked by every young collection
                 self._loop()
             except KeyboardInterrupt:
                 # a second Ctrl-C while the sync executor ran a task on this thread
@@ -220,8 +222,10 @@ class Run(RunSurface):
             if self.owns_executor:
                 self.executor.shutdown(wait=not self.abandoned, cancel_futures=True)
         finished = self.clock.monotonic()
+        statuses = self._table.status
         status = INTERRUPTED if self.interrupted else (
-            FAILED if self.stopping or FAILED in self._table.status else SUCCEEDED)
+            FAILED if self.stopping or (statuses.count(SUCCEEDED) != len(statuses)
+                                        and FAILED in statuses) else SUCCEEDED)
         result = RunResult(run_id=self.run_id, status=status,
                            outcomes=Outcomes(self.graph.by_name, self.outcome_at,
                                              self._dyn if self._dyn and self._dyn.maps else None),
