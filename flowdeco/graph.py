@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from .errors import CollectionError, CycleError, DuplicateTaskError, MissingDependencyError
 from .flow import Flow, SubflowNode
 # the model, exported from here as it always was (flowdeco.graph.Graph, ...)
-from .dag import (_NO_CONSTS, SUBFLOW, TASK, Graph, SubflowVertex, Vertex,  # noqa: F401
+from .dag import (_NO_CONSTS, SUBFLOW, TASK, Graph, SubflowVertex, Vertex, _FilledVertex,  # noqa: F401
                   gc_paused, kahn_order)
 from .params import secret_annotation
 from .secret import Secret
@@ -112,7 +112,6 @@ class GraphBuilder:
         # here: its dependencies are known, and phase 2 never visits it.
         local, prefix = scope.local, scope.prefix
         vertices, tasks, scopes, special = self.vertices, self._tasks, self._scopes, self._special
-        new = object.__new__
         get = local.get
         fast = self.resolve_early and scope.parent is None
         for m in members:
@@ -130,13 +129,12 @@ class GraphBuilder:
             if name in local:
                 self._claim(scope, name, spec)  # raises DuplicateTaskError
             index = len(vertices)
-            v = new(Vertex)  # Vertex(index, prefix + name, TASK, spec, ...), field by field
+            v = _FilledVertex()  # Vertex(index, prefix + name, TASK, spec, ...), field by field
             v.index = index
             v.name = prefix + name
             v.kind = TASK
             v.spec = spec
             v.fn = spec.fn
-            v.deps = v.argnames = v.argdeps = ()
             v.consts = _NO_CONSTS
             v.wants_ctx = spec.wants_ctx
             v.priority = spec.priority
@@ -186,10 +184,13 @@ class GraphBuilder:
                         local[name] = index
                         continue
                 else:
+                    v.deps = v.argnames = v.argdeps = ()
                     v.positional = spec.positional
                     local[name] = index
                     continue
-            v.positional = False  # (phase 2 may bind run parameters or keep defaults)
+            # (set in phase 2; it may also bind run parameters or keep defaults)
+            v.deps = v.argnames = v.argdeps = ()
+            v.positional = False
             local[name] = index
             tasks.append(index)
             scopes.append(scope)
