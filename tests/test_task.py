@@ -432,3 +432,90 @@ def test_decorating_leaves_no_empty_annotations_dict_on_the_function():
     want = dict(annotated.__annotations__)  # (strings under ``from __future__ import annotations``)
     assert want and annotated.__flowdeco_task__.params[0].annotation == want["a"]
     assert plain.__flowdeco_task__.params[0].annotation is None
+
+
+def test_positional_only_where_a_call_by_position_binds_like_one_by_name():
+    """``TaskSpec.positional`` lets the sync in-order path call ``fn(*results)``: only for
+    a plain function whose parameters are exactly its dependencies, in order."""
+    import functools
+
+    def plain(a, b):
+        return (a, b)
+
+    def with_ctx(ctx, a):
+        return a
+
+    def kw_only(a, *, b):
+        return (a, b)
+
+    def with_default(a, b=2):
+        return (a, b)
+
+    def star(a, *rest, **kw):
+        return (a, rest, kw)
+
+    def inner(a, b):
+        return (a, b)
+
+    @functools.wraps(inner)
+    def wrapped(*args, **kwargs):  # its signature is inner's: keywords must reach it as such
+        return inner(**kwargs)
+
+    class Callable:
+        def __call__(self, a):
+            return a
+
+    specs = {"plain": task(plain), "with_ctx": task(with_ctx), "kw_only": task(kw_only),
+             "with_default": task(with_default), "star": task(star),
+             "wrapped": task(wrapped), "object": task(name="obj")(Callable())}
+    got = {k: f.__flowdeco_task__.positional for k, f in specs.items()}
+    assert got == {"plain": True, "with_ctx": False, "kw_only": False, "with_default": True,
+                   "star": True, "wrapped": False, "object": False}
+
+
+def test_sync_run_calls_by_position_and_by_name_alike():
+    """The same flow gives the same results whichever way each task is called: functions
+    taking their results by position, ctx, a wrapped function and a default left alone."""
+    import functools
+
+    def pass_kwargs(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            assert not args, "flowdeco passes a wrapped function's arguments by name"
+            return fn(**kwargs)
+        return wrapper
+
+    @task
+    def a():
+        return 1
+
+    @task
+    def b(a):
+        return a + 1
+
+    @task
+    def c(b, a):
+        return (b, a)
+
+    @task
+    def d(c, b, a, ctx):
+        return (c, b, a, ctx.task)
+
+    @task
+    @pass_kwargs
+    def e(a, c):
+        return (a, c)
+
+    @task
+    def f(e, a, missing=7):
+        return (e, a, missing)
+
+    @task
+    def g(a, b, c, e):
+        return (a, b, c, e)
+
+    result = run_flow([a, b, c, d, e, f, g], executor="sync")
+    assert result.ok, result.failed()
+    assert result.results == {
+        "a": 1, "b": 2, "c": (2, 1), "d": ((2, 1), 2, 1, "d"), "e": (1, (2, 1)),
+        "f": ((1, (2, 1)), 1, 7), "g": (1, 2, (2, 1), (1, (2, 1)))}
