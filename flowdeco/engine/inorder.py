@@ -95,10 +95,7 @@ def run_plain(run: "Run", order: list[int]) -> None:
                 handle(get())
             t = mono()
         if err is not None:
-            leave_order(run)
-            run.inflight += 1
-            run._on_done(i, 1, None, result, err, t0, t1, "sync", None, 0)
-            return None
+            return fail_over(run, i, err, t0, t1)
         results[i] = result
         status[i] = SUCCEEDED
         state[i] = DONE
@@ -168,9 +165,7 @@ def run_in_order(dispatch: "SyncDispatch", order: list[int]) -> None:
                 handle(get())
             t = mono()
         if err is not None:
-            leave_order(run)
-            run.inflight += 1
-            run._on_done(i, 1, None, result, err, t0, t1, "sync", None, 0)
+            fail_over(run, i, err, t0, t1)
             if has_flush:
                 run.hook.flowdeco_report_flush(run=run)
             return None
@@ -186,6 +181,14 @@ def run_in_order(dispatch: "SyncDispatch", order: list[int]) -> None:
         if has_flush:
             run.hook.flowdeco_report_flush(run=run)
     return None
+
+
+def fail_over(run: "Run", i: int, err: BaseException, t0: float, t1: float) -> None:
+    """Task ``i``'s first attempt raised ``err``: the general loop takes over the run,
+    and the one completion path decides (retry, failure, stop)."""
+    leave_order(run)
+    run.inflight += 1
+    run._on_done(i, 1, None, None, err, t0, t1, "sync", None, 0)
 
 
 def leave_order(run: "Run") -> None:
