@@ -51,6 +51,8 @@ class Parser:
         self.options: list[Option] = []
         self._by_dest: dict[str, Option] = {}
         self._flags: set[str] = set()
+        #: ``{dest: default}``, made on first use (every run starts from a copy)
+        self._defaults: dict[str, Any] | None = None
 
     def addoption(self, *flags: str, dest: str, default: Any = None, help: str = "",
                   group: str = "general", **kwargs: Any) -> None:
@@ -65,9 +67,13 @@ class Parser:
         self.options.append(opt)
         self._by_dest[dest] = opt
         self._flags.update(flags)
+        self._defaults = None
 
     def defaults(self) -> dict[str, Any]:
-        return {o.dest: o.default for o in self.options}
+        """A new ``{dest: default}`` dict (a pooled parser serves many runs: built once)."""
+        if self._defaults is None:
+            self._defaults = {o.dest: o.default for o in self.options}
+        return dict(self._defaults)
 
     def __contains__(self, dest: str) -> bool:
         return dest in self._by_dest
@@ -98,7 +104,8 @@ class Config:
         self.pluginmanager = pluginmanager
         self.hook = pluginmanager.hook
         self.parser = parser
-        self.option = argparse.Namespace(**values)
+        self.option = argparse.Namespace()
+        vars(self.option).update(values)  # (Namespace(**values) sets them one by one)
         self.clock = clock or Clock()
         self.from_cli = from_cli
         #: plugin state that lives as long as the configuration (keys: :class:`StashKey`)

@@ -146,9 +146,11 @@ class PooledManager:
         self.base = _registrations(pm)
 
 
-def _registrations(pm: pluggy.PluginManager) -> set[tuple[str, int]]:
-    """Names with their plugins (blocked names map to None), to spot leftovers of a session."""
-    return {(name, id(plugin)) for name, plugin in pm.list_name_plugin()}
+def _registrations(pm: pluggy.PluginManager) -> list[tuple[str, Any]]:
+    """Names with their plugins (blocked names map to None), in registration order, to spot
+    leftovers of a session (a plugin unregistered and registered again also differs:
+    such a manager is dropped, which is only slower)."""
+    return pm.list_name_plugin()
 
 
 def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> PooledManager:

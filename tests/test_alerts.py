@@ -167,6 +167,31 @@ def test_alert_options_need_the_alerts_plugin(flows):
         flowdeco.run(str(path), state_dir=None, disable=["alerts"])
 
 
+def test_idle_alerts_and_notify_have_no_per_session_hooks():
+    """Without callbacks or --notify-url, these plugins implement only what every session
+    must ask (options, configure, collection checks): nothing runs at a run's start or
+    end, nor at the session's end."""
+    from flowdeco import manager
+    pm = manager.make_pluginmanager(load_entrypoints=False)
+    for hook in ("flowdeco_run_start", "flowdeco_run_finish", "flowdeco_unconfigure",
+                 "flowdeco_report"):
+        names = {impl.plugin_name for impl in getattr(pm.hook, hook).get_hookimpls()}
+        assert not names & {"alerts", "notify"}, hook
+
+
+def test_on_finish_and_notify_last_one_session_on_a_reused_manager(flows, webhook):
+    """What a session with on_finish= / --notify-url registers is gone after it: the next
+    run (on the same pooled plugin manager) calls neither."""
+    _, rec, url = webhook
+    path = flows.write(FLOW)
+    seen = []
+    assert not flowdeco.run(str(path), state_dir=None, on_finish=seen.append,
+                            notify_url=url).ok
+    for _ in range(2):
+        assert not flowdeco.run(str(path), state_dir=None).ok
+    assert len(seen) == 1 and len(rec.received) == 1
+
+
 # --------------------------------------------------------------------------- notify
 
 

@@ -664,6 +664,23 @@ def test_pooled_managers_keep_working_across_runs(mods):
         assert (st / "runs" / f"p{i}" / "audit.jsonl").exists()
 
 
+def test_parser_defaults_are_a_fresh_dict_that_follows_new_options():
+    """A pooled parser builds its defaults once: each run still gets its own dict, and an
+    option declared later is in it."""
+    from flowdeco.config import Config, Parser, merge_options
+    parser = Parser()
+    parser.addoption("--a", dest="a", default=1)
+    first = merge_options(parser, {"a": 5})
+    assert first == {"a": 5} and parser.defaults() == {"a": 1}
+    parser.defaults()["a"] = 9
+    parser.addoption("--b", dest="b", default=2)
+    assert parser.defaults() == {"a": 1, "b": 2}
+    config = Config(manager.make_pluginmanager(load_entrypoints=False), parser,
+                    merge_options(parser, {"b": 3}))
+    assert (config.getoption("a"), config.getoption("b"), vars(config.option)) == \
+        (1, 3, {"a": 1, "b": 3})
+
+
 def test_failed_configure_releases_cleanly(mods):
     name, _ = mods.write_module("""
         from flowdeco import FlowError, hookimpl

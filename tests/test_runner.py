@@ -432,6 +432,32 @@ def test_sync_executor_runs_in_the_calling_thread():
     assert seen == {caller}
 
 
+@pytest.mark.parametrize("executor", ["sync", "thread"])
+def test_run_routes_stop_signals_and_puts_the_old_handlers_back(executor):
+    """While a run started on the main thread runs, Ctrl-C and SIGTERM go to the run;
+    afterwards the application's own handlers (a callable, SIG_IGN) are back."""
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    during = []
+
+    @task
+    def look():
+        during.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, mine)
+    try:
+        assert run_flow([look], executor=executor).ok
+        after = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+    assert after == (signal.SIG_IGN, mine)
+    assert all(callable(h) and h is not mine for h in during[0])
+
+
 def test_thread_executor_runs_in_worker_threads():
     caller = threading.get_ident()
     seen = []

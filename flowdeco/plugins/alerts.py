@@ -97,6 +97,10 @@ class TaskCallbacks:
         self.due: list[tuple[Callable[..., Any], str, TaskAlert]] = []
 
     @hookimpl
+    def flowdeco_unconfigure(self, config: Config) -> None:
+        config.pluginmanager.unregister(self)  # registered for one session
+
+    @hookimpl
     def flowdeco_report(self, run: Run, event: Event) -> None:
         kind = _KINDS.get(event.name)
         if kind is None or event.task is None:
@@ -144,6 +148,10 @@ class FinishCallback:
     def __init__(self, fn: Callable[[Any], Any]):
         self.fn = fn
 
+    @hookimpl
+    def flowdeco_unconfigure(self, config: Config) -> None:
+        config.pluginmanager.unregister(self)  # registered for one session
+
     @hookimpl(tryfirst=True)
     def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
         try:
@@ -167,16 +175,22 @@ def flowdeco_task_options() -> list[str]:
     return list(OPTIONS)
 
 
+# What this plugin registers for a session unregisters itself at its end, so a session
+# without callbacks calls no unconfigure hook of this module.
+
+
 @hookimpl
 def flowdeco_configure(config: Config) -> None:
     fn = config.getoption("on_finish")
-    if fn is not None and not callable(fn):
+    if fn is None:
+        return
+    if not callable(fn):
         raise UsageError(f"on_finish={fn!r}: expected a callable taking the RunResult")
+    config.pluginmanager.register(FinishCallback(fn), _FINISH)
 
 
 @hookimpl
 def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
-    pm = config.pluginmanager
     used = False
     for option in OPTIONS:
         for v in graph.using(option):
@@ -185,17 +199,5 @@ def flowdeco_collection_finish(config: Config, graph: Graph) -> None:
             if not callable(fn):
                 raise FlowError(f"task {v.name!r}: {option}={fn!r} is not callable; give a "
                                 f"function taking the alert (def {option}(alert): ...)")
-    if used and pm.get_plugin(_TASKS) is None:
-        pm.register(TaskCallbacks(graph), _TASKS)
-    fn = config.getoption("on_finish")
-    if fn is not None and pm.get_plugin(_FINISH) is None:
-        pm.register(FinishCallback(fn), _FINISH)
-
-
-@hookimpl
-def flowdeco_unconfigure(config: Config) -> None:
-    pm = config.pluginmanager
-    for name in (_TASKS, _FINISH):
-        plugin = pm.get_plugin(name)
-        if plugin is not None:
-            pm.unregister(plugin)
+    if used and config.pluginmanager.get_plugin(_TASKS) is None:
+        config.pluginmanager.register(TaskCallbacks(graph), _TASKS)

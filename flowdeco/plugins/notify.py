@@ -102,6 +102,11 @@ class Webhook:
         self.url = url
         self.timeout = timeout
 
+    @hookimpl
+    def flowdeco_unconfigure(self, config: Config) -> None:
+        # registered for one session: a session without --notify-url calls nothing here
+        config.pluginmanager.unregister(self)
+
     @hookimpl(tryfirst=True)
     def flowdeco_run_finish(self, run: Run, result: RunResult) -> None:
         if result.status != "failed":
@@ -150,10 +155,3 @@ def flowdeco_configure(config: Config) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise UsageError(f"notify_timeout={timeout!r}: expected seconds > 0")
     config.pluginmanager.register(Webhook(check_url(url), float(timeout)), _PLUGIN)
-
-
-@hookimpl
-def flowdeco_unconfigure(config: Config) -> None:
-    plugin = config.pluginmanager.get_plugin(_PLUGIN)
-    if plugin is not None:
-        config.pluginmanager.unregister(plugin)
