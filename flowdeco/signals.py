@@ -11,10 +11,11 @@ import signal
 import threading
 from typing import Any, Callable
 
-try:  # the C function: signal.signal's wrapper converts numbers and handlers to and
-    from _signal import signal as _set_handler  # from enums, ~6x its cost (4 calls a run)
+try:  # the C functions: signal.signal's wrapper converts numbers and handlers to and
+    # from enums, ~6x their cost (several calls a run)
+    from _signal import getsignal as _get_handler, signal as _set_handler
 except ImportError:  # pragma: no cover - an interpreter without CPython's _signal
-    _set_handler = signal.signal
+    _get_handler, _set_handler = signal.getsignal, signal.signal
 
 Handler = Callable[[int, Any], None]
 
@@ -23,13 +24,17 @@ def on_stop_signals(handler: Handler) -> Callable[[], None]:
     """Route SIGINT and SIGTERM to ``handler``; returns the function that puts the old ones back.
 
     Signal handlers can only be set from the main thread: elsewhere (a run
-    started from a worker thread of the application) nothing changes.
+    started from a worker thread of the application) nothing changes.  Nor is
+    a handler installed outside Python (``getsignal`` gives None) replaced:
+    it could not be put back afterwards.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     old = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
+            if _get_handler(sig) is None:
+                continue
             old[sig] = _set_handler(sig, handler)
         except (ValueError, OSError):
             pass

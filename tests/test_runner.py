@@ -458,6 +458,41 @@ def test_run_routes_stop_signals_and_puts_the_old_handlers_back(executor):
     assert all(callable(h) and h is not mine for h in during[0])
 
 
+def test_a_handler_installed_outside_python_is_left_alone(monkeypatch):
+    """``signal.getsignal`` gives None for a handler a C library installed: the run can
+    neither read it nor put it back, so it does not replace it (before: the run took
+    the signal and then failed restoring None with a TypeError)."""
+    import signal
+
+    import flowdeco.signals as signals
+
+    foreign = {signal.SIGTERM}
+    get, set_ = getattr(signals, "_get_handler", signal.getsignal), signals._set_handler
+    calls = []
+
+    def getsignal(sig):
+        return None if sig in foreign else get(sig)
+
+    def setsignal(sig, handler):
+        calls.append(sig)
+        if handler is None:  # what CPython says to putting back an unknown handler
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable")
+        if sig in foreign:
+            return None  # the previous handler: installed outside Python
+        return set_(sig, handler)
+
+    monkeypatch.setattr(signals, "_get_handler", getsignal, raising=False)
+    monkeypatch.setattr(signals, "_set_handler", setsignal)
+
+    @task
+    def one():
+        return 1
+
+    result = run_flow([one], executor="sync")
+    assert result.ok
+    assert signal.SIGTERM not in calls and calls.count(signal.SIGINT) == 2
+
+
 def test_thread_executor_runs_in_worker_threads():
     caller = threading.get_ident()
     seen = []
