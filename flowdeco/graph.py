@@ -62,8 +62,9 @@ class _Scope:
 class GraphBuilder:
     """Turns a root flow's members into a validated :class:`Graph`."""
 
-    #: resolve simple root-flow tasks while declaring them (False: every task in phase 2,
-    #: the general path the property tests compare with)
+    #: resolve simple root-flow tasks while declaring them, and root-flow ``after=`` names
+    #: with one lookup (False: every task in phase 2 and every ``after=`` entry through
+    #: ``_lookup_after``, the general path the property tests compare with)
     resolve_early = True
 
     def __init__(self, name: str, params: Mapping[str, Any], root_flow: Flow | None = None,
@@ -349,8 +350,13 @@ class GraphBuilder:
         deps = found
         if spec.after or scope.after:
             deps = list(found)
+            # a task name in the root flow is its member or nothing: one dict lookup
+            # (a fan-in sink may wait for 10,000 tasks); anything else the general way
+            get = scope.local.get if scope.parent is None and self.resolve_early else None
             for a in spec.after:
-                dep = self._lookup_after(scope, a, v.name)
+                dep = get(a) if get is not None and type(a) is str else None
+                if dep is None:
+                    dep = self._lookup_after(scope, a, v.name)
                 if dep == v.index:
                     raise CycleError([v.name, v.name])
                 deps.append(dep)
