@@ -15,6 +15,7 @@ ready tasks of equal priority.  The runner works on these integer indices only.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any, Mapping, Sequence
 
 from .errors import CollectionError, CycleError, DuplicateTaskError, MissingDependencyError
@@ -312,6 +313,18 @@ class GraphBuilder:
         else:
             self._resolve_rest(v, scope, *self._resolve_params(v, scope, found_all), False)
 
+    def _root_after(self, scope: _Scope, after: tuple[Any, ...]) -> list[int] | None:
+        """The vertices of ``after=`` entries that all name members of the root flow,
+        looked up in C (a fan-in sink may wait for 10,000 tasks); else None."""
+        if scope.parent is not None or not self.resolve_early or not after:
+            return None
+        try:
+            found = list(map(scope.local.get, after, repeat(-1)))
+        except TypeError:  # an unhashable entry: refused by _lookup_after, naming it
+            return None
+        # (a name is str; a task function or node as a key finds nothing: -1)
+        return found if min(found) >= 0 else None
+
     def _resolve_params(self, v: Vertex, scope: _Scope, found_all: list[int | None]
                         ) -> tuple[tuple[str, ...], list[int]]:
         """Parameters that are not all tasks of the flow: imported tasks, run
@@ -352,14 +365,17 @@ class GraphBuilder:
             deps = list(found)
             # a task name in the root flow is its member or nothing: one dict lookup
             # (a fan-in sink may wait for 10,000 tasks); anything else the general way
-            get = scope.local.get if scope.parent is None and self.resolve_early else None
-            for a in spec.after:
-                dep = get(a) if get is not None and type(a) is str else None
-                if dep is None:
-                    dep = self._lookup_after(scope, a, v.name)
-                if dep == v.index:
+            after = self._root_after(scope, spec.after)
+            if after is not None:  # every entry the name of a root-flow member
+                if v.index in after:
                     raise CycleError([v.name, v.name])
-                deps.append(dep)
+                deps.extend(after)
+            else:
+                for a in spec.after:
+                    dep = self._lookup_after(scope, a, v.name)
+                    if dep == v.index:
+                        raise CycleError([v.name, v.name])
+                    deps.append(dep)
             deps.extend(scope.after)
         if spec.map is not None and spec.map not in names:
             what = "a run parameter" if spec.map in v.consts else "not bound to any task"
