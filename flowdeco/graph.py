@@ -313,17 +313,18 @@ class GraphBuilder:
         else:
             self._resolve_rest(v, scope, *self._resolve_params(v, scope, found_all), False)
 
-    def _root_after(self, scope: _Scope, after: tuple[Any, ...]) -> list[int] | None:
+    def _root_after(self, scope: _Scope, after: tuple[Any, ...]) -> dict[int, None] | None:
         """The vertices of ``after=`` entries that all name members of the root flow,
-        looked up in C (a fan-in sink may wait for 10,000 tasks); else None."""
+        looked up in C (a fan-in sink may wait for 10,000 tasks), as dict keys in
+        order without repeats; else None."""
         if scope.parent is not None or not self.resolve_early or not after:
             return None
         try:
-            found = list(map(scope.local.get, after, repeat(-1)))
+            found = dict.fromkeys(map(scope.local.get, after, repeat(-1)))
         except TypeError:  # an unhashable entry: refused by _lookup_after, naming it
             return None
-        # (a name is str; a task function or node as a key finds nothing: -1)
-        return found if min(found) >= 0 else None
+        # (a name is a str; a task function or node as a key finds nothing: -1)
+        return None if -1 in found else found
 
     def _resolve_params(self, v: Vertex, scope: _Scope, found_all: list[int | None]
                         ) -> tuple[tuple[str, ...], list[int]]:
@@ -360,23 +361,26 @@ class GraphBuilder:
         assert spec is not None
         v.argnames = names
         v.argdeps = tuple(found)
-        deps = found
+        deps: Any = found
+        unique = deps is found and distinct  # (deps has no repeated vertex)
         if spec.after or scope.after:
-            deps = list(found)
             # a task name in the root flow is its member or nothing: one dict lookup
-            # (a fan-in sink may wait for 10,000 tasks); anything else the general way
+            # each, in C (a fan-in sink may wait for 10,000 tasks); else the general way
             after = self._root_after(scope, spec.after)
             if after is not None:  # every entry the name of a root-flow member
                 if v.index in after:
                     raise CycleError([v.name, v.name])
-                deps.extend(after)
+                unique = not found and not scope.after
+                deps = after if unique else [*found, *after, *scope.after]
             else:
+                unique = False
+                deps = list(found)
                 for a in spec.after:
                     dep = self._lookup_after(scope, a, v.name)
                     if dep == v.index:
                         raise CycleError([v.name, v.name])
                     deps.append(dep)
-            deps.extend(scope.after)
+                deps.extend(scope.after)
         if spec.map is not None and spec.map not in names:
             what = "a run parameter" if spec.map in v.consts else "not bound to any task"
             raise CollectionError(
@@ -387,7 +391,7 @@ class GraphBuilder:
             if deps is found and distinct:
                 v.deps = v.argdeps
             else:
-                v.deps = tuple(dict.fromkeys(deps))
+                v.deps = tuple(deps) if unique else tuple(dict.fromkeys(deps))
             if self._in_order and max(deps) > v.index:
                 self._in_order = False
 
