@@ -111,6 +111,7 @@ class ThreadDispatch(Dispatch):
         self.exact_order = run.workers == 1
         self.chain_next = chains(run) if run._chaining else [None] * len(run.graph)
         self.nsuccs = [len(x) for x in run.graph.succs]
+        run._fns  # (built here, on the scheduler thread, before any worker reads it)
         key = run._prio
         # the best priority key among each task's successors
         self.best_succ = [_INF if f is None else key[f] for f in first_successors(run)] \
@@ -395,6 +396,7 @@ class RemoteDispatch(Dispatch):
     def __init__(self, run: "Run"):
         super().__init__(run)
         self.stats = RemoteStats()
+        run._fns  # (built here, on the scheduler thread, before a callback thread reads it)
         #: per task: the guard and deadline its attempts carry to the worker, or None
         self.policies = remote_policies(run)
 

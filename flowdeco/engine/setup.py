@@ -87,7 +87,6 @@ def setup(run: "Run") -> None:
     run._calls = calls
     #: every task a plain call of its function (no wrapper, no scope): see engine/inorder.py
     run._calls_inline = calls.count(None) == len(calls)
-    run._fns = [v.fn for v in run.graph.vertices]
     # --limit: the pool gate (None unless a limit can bind; see engine/pools.py)
     run.pools = make_pools(run)
     if run.pools is not None:
