@@ -786,3 +786,28 @@ def test_ui_starts_without_importing_the_engine_or_structlog(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "flowdeco ui: http://127.0.0.1:" in out.stdout
     assert out.stdout.strip().endswith("heavy []")
+
+
+def test_runs_listing_and_the_dashboard_show_the_same_times(state, capsys):
+    """One formatter for start times and durations (flowdeco/timefmt.py): ``runs`` on the
+    command line and the dashboard's runs page write a run's the same way."""
+    from flowdeco import cli
+    assert cli.main(["runs", "--state-dir", str(state)]) == 0
+    listed = {}
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        cols = line.split()
+        listed[cols[0]] = (f"{cols[3]} {cols[4]}", cols[5])  # STARTED is two words
+    page = client(state).get("/").text
+    rows = re.findall(r'<tr data-run="([^"]+)"[^>]*>.*?<td class="ts">([^<]*)</td>'
+                      r'<td class="dur">([^<]*)</td>', page, re.S)
+    shown = {run_id: (started, took) for run_id, started, took in rows}
+    assert set(shown) == set(listed) == {"r-fail", "r-ok", "r-secret", "r-retry"}
+    assert shown == listed
+
+
+def test_time_formats():
+    from flowdeco.timefmt import seconds, when
+    assert [seconds(s) for s in (None, 0.0, 0.0123, 0.9994, 1.0, 59.994, 75.5, 3725.0)] == [
+        "-", "0.0ms", "12.3ms", "999.4ms", "1.00s", "59.99s", "1m15s", "1h02m05s"]
+    assert when(None) == "-" and when(0.0) == "1970-01-01 00:00:00Z"
+    assert when(1_800_000_000.9) == "2027-01-15 08:00:00Z"

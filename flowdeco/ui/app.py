@@ -23,7 +23,6 @@ after a change, backing off to 0.8 s while nothing happens.
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import ipaddress
 import json
 import os
@@ -45,6 +44,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import FlowError, StateError
 from ..runid import validate_run_id
+from ..timefmt import seconds, when
 from .data import RUN_FILTERS, StateReader, day_bounds, read_audit
 from .model import run_model, task_detail
 
@@ -82,24 +82,6 @@ def cell(key: str, value: Any) -> tuple[str, str | None]:
         return "; ".join(cell(key, v)[0] for v in value) or "-", None
     link = value if key.endswith("run") and isinstance(value, str) else None
     return str(value), link
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.1f}ms"
-    if s < 60:
-        return f"{s:.2f}s"
-    m, sec = divmod(int(s), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
 def unspecified(host: str) -> bool:
