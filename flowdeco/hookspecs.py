@@ -278,7 +278,8 @@ def flowdeco_attempt_done(run: "Run", task: "Vertex", attempt: "Attempt") -> "Op
 
     Return ``Reschedule(delay, attempt=..., iteration=...)`` to run the task
     again after ``delay`` seconds without holding a worker (a retry after a
-    failed attempt is reported ``task_retrying``), ``Finish(result=...)`` or
+    failed attempt is reported ``task_retrying``; after a successful attempt,
+    only with ``Reschedule(retrying=True)``), ``Finish(result=...)`` or
     ``Finish(error=...)`` to end the task with that outcome (an interval task
     ending with the list of its results), or None to end it with the
     attempt's own result or error.  This is the attempt loop: the retry

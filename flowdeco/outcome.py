@@ -106,12 +106,20 @@ class Attempt:
 
 @attrs.frozen
 class Reschedule:
-    """Run the task again after ``delay`` seconds (see ``flowdeco_attempt_done``)."""
+    """Run the task again after ``delay`` seconds (see ``flowdeco_attempt_done``).
+
+    After a failed attempt this is a retry, reported ``task_retrying``.  After a
+    successful one it is not (an interval task's next iteration) unless
+    ``retrying`` is true: a successful attempt run again as a retry
+    (``Retry(retry_if=...)``), reported ``task_retrying`` too, with ``fields``
+    saying why instead of an ``error``.
+    """
 
     delay: float = 0.0
     attempt: int | None = None        # next attempt number; default: previous + 1
     iteration: int | None = None      # next iteration (interval tasks)
     fields: Mapping[str, Any] = attrs.field(factory=dict)  # extra fields for the event
+    retrying: bool = False            # a successful attempt retried: report task_retrying
 
 
 @attrs.frozen

@@ -380,3 +380,72 @@ def test_disabled_audit_writes_no_file(flows, capsys):
                           disable=["audit"])
     assert result.ok
     assert not audit_file(flows.cwd / "st2", "na").exists()
+
+
+# --------------------------------------------------------------------------- result retries
+
+POLLING = """
+    from flowdeco import Retry, task
+
+    @task(retry=Retry(retries=5, retry_if=lambda status: status != "done"))
+    def poll(ctx):
+        return "done" if ctx.attempt == 3 else "running"
+
+    @task
+    def after(poll):
+        return poll
+
+    @task(retries=1)
+    def flaky(ctx):
+        if ctx.attempt == 1:
+            raise ConnectionError("down")
+        return 1
+"""
+
+
+def test_result_retries_are_in_the_trail_runs_show_and_the_dashboard(flows, capsys):
+    """Retry(retry_if=...): every successful attempt run again is a ``task_retrying`` event
+    (reason ``retry_if`` and the result instead of an error), so a reader of the trail, ``runs
+    show`` and the dashboard agree on the attempts."""
+    path = flows.write(POLLING)
+    assert cli.main([str(path), "--state-dir", "st", "--run-id", "p1"]) == 0
+    console = capsys.readouterr().err
+    events = read_audit(flows.cwd / "st", "p1")
+    poll = [e for e in events if e.get("task") == "poll"]
+    assert [e["event"] for e in poll] == ["task_started", "task_retrying"] * 2 + [
+        "task_started", "task_succeeded"]
+    retrying = [e for e in poll if e["event"] == "task_retrying"]
+    assert [e["attempt"] for e in retrying] == [1, 2]
+    for e in retrying:
+        assert (e["reason"], e["result"], e["delay"]) == ("retry_if", "'running'", 0.0)
+        assert "error" not in e and isinstance(e["worker"], str) and e["worker"]
+    assert poll[-1]["attempts"] == 3
+    # an error retry keeps its own form
+    flaky = [e for e in events if e["event"] == "task_retrying" and e["task"] == "flaky"]
+    assert [(e["attempt"], e["error"], "reason" in e) for e in flaky] == [
+        (1, "ConnectionError: down", False)]
+    assert console.count("task_retrying") == 3 and console.count("reason=retry_if") == 2
+    # runs show: the same attempts
+    assert cli.main(["runs", "show", "p1", "--state-dir", "st"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    assert ["poll", "succeeded", "3"] in [r[:3] for r in rows]
+    # the dashboard's model of the trail: two retried attempts, then the one that succeeded
+    from flowdeco.ui.model import Trail
+    trail = Trail()
+    trail.feed(events)
+    attempts = trail.attempts["poll"]
+    assert [(a["n"], a["outcome"]) for a in attempts] == [
+        (1, "retried"), (2, "retried"), (3, "succeeded")]
+    assert all(a["end"] is not None for a in attempts)
+    assert [(a.get("reason"), a.get("result")) for a in attempts[:2]] == [
+        ("retry_if", "'running'")] * 2
+
+
+def test_quiet_console_hides_result_retries_but_not_error_retries(flows, capsys):
+    """A result retry is polling, not trouble: ``-q`` (warnings and errors) leaves it out."""
+    path = flows.write(POLLING)
+    assert cli.main([str(path), "--state-dir", "st", "--run-id", "q1", "-q"]) == 0
+    console = capsys.readouterr().err
+    assert console.count("task_retrying") == 1 and "ConnectionError: down" in console
+    assert [e["task"] for e in read_audit(flows.cwd / "st", "q1")
+            if e["event"] == "task_retrying"].count("poll") == 2  # the file has them all

@@ -320,6 +320,79 @@ def test_cli_limit_and_the_config_table(tmp_path, monkeypatch, capsys):
     assert "--limit 'db': expected TAG=N" in assert_one_error_line(capsys.readouterr().err)
 
 
+UNKNOWN_TAG_FLOW = """
+from flowdeco import task
+
+@task(tags=["net", "db"])
+def fetch():
+    return 1
+
+@task(tags="db")
+def load(fetch):
+    return fetch + 1
+"""
+
+
+def test_a_limit_for_a_tag_no_task_has_warns_once_and_the_run_goes_on(tmp_path):
+    """A typo in --limit (or a config file shared by several flows): one warning line naming
+    the tag and the tags the flow has; not an error."""
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "tagged_flow.py"
+    path.write_text(UNKNOWN_TAG_FLOW)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "flowdeco", str(path), "--no-state", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "NO_COLOR": "1"})
+
+    r = cli("--limit", "nope=1", "--limit", "db=1")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "nope" in ln]
+    assert len(lines) == 1, r.stderr
+    assert "--limit nope=1: no task has tag 'nope' (tags in this flow: db, net)" in lines[0]
+    assert "warning" in lines[0] and "Traceback" not in r.stderr
+    assert "no task has tag" not in cli("--limit", "db=1", "--limit", "net=9").stderr
+    # -q keeps warnings
+    assert "no task has tag 'nope'" in cli("-q", "--limit", "nope=1").stderr
+
+
+def test_run_limits_for_a_tag_no_task_has_are_a_warning_event():
+    from flowdeco.testing import FlowEvents
+
+    @task(tags="db")
+    def a():
+        return 1
+
+    @task
+    def b(a):
+        return a
+
+    events = FlowEvents()
+    result = run_flow([a, b], limits={"db": 1, "io": 2}, plugins=[events])
+    assert result.ok
+    [warning] = events.of("config_warning")
+    assert warning.fields == {"level": "warning",
+                              "message": "limits={'io': 2}: no task has tag 'io' "
+                                         "(tags in this flow: db)"}
+    events.clear()
+    assert run_flow([b, a], limits={"db": 1}, plugins=[events]).ok
+    assert events.of("config_warning") == []
+    # the sync executor has no pools, but the typo is still worth a word
+    assert run_flow([b, a], limits={"io": 1}, executor="sync", plugins=[events]).ok
+    assert len(events.of("config_warning")) == 1
+    events.clear()
+
+    @task
+    def plain():
+        return 1
+
+    assert run_flow([plain], limits={"db": 1}, plugins=[events]).ok
+    assert events.of("config_warning", message="limits={'db': 1}: no task has tag 'db' "
+                                               "(no task in this flow has a tag)")
+
+
 # --------------------------------------------------------------------------- property
 
 

@@ -163,8 +163,15 @@ def test_retry_if_polls_until_done():
     assert (result["job_status"].result, result["job_status"].attempts) == ("done", 4)
     assert [t - seen[0] for t in seen] == [0, 5, 10, 15]
     assert result["after"].result == "done"
-    # a result retry is not a failure: no task_retrying error events for it
-    assert events.of("task_retrying") == []
+    # each result retry is reported like an error retry, with a reason instead of an error
+    retrying = events.of("task_retrying", task="job_status")
+    assert [(e.fields["attempt"], e.fields["delay"]) for e in retrying] == [(1, 5.0), (2, 5.0),
+                                                                           (3, 5.0)]
+    for e in retrying:
+        assert e.fields["reason"] == "retry_if" and e.fields["result"] == "'running'"
+        assert "error" not in e.fields and e.fields["worker"]
+    assert events.names("job_status") == ["task_started", "task_retrying"] * 3 + [
+        "task_started", "task_succeeded"]
 
 
 def test_retry_if_still_true_when_the_limits_run_out_fails_the_task():
@@ -188,8 +195,13 @@ def test_retry_if_for_mapped_instances():
     def poll(ids, ctx):
         return (ids, ctx.attempt)
 
-    result = run_flow([ids, poll], clock=FakeClock())
+    events = FlowEvents()
+    result = run_flow([ids, poll], clock=FakeClock(), plugins=[events])
     assert result["poll"].result == [(1, 2), (2, 2)]
+    # each instance's result retry is reported under the instance's name
+    assert sorted((e.task, e.fields["attempt"], e.fields["reason"], e.fields["result"])
+                  for e in events.of("task_retrying")) == [
+        ("poll[0]", 1, "retry_if", "(1, 1)"), ("poll[1]", 1, "retry_if", "(2, 1)")]
 
 
 # --------------------------------------------------------------------------- waits

@@ -786,3 +786,94 @@ def test_ui_starts_without_importing_the_engine_or_structlog(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "flowdeco ui: http://127.0.0.1:" in out.stdout
     assert out.stdout.strip().endswith("heavy []")
+
+
+def test_runs_listing_and_the_dashboard_show_the_same_times(state, capsys):
+    """One formatter for start times and durations (flowdeco/timefmt.py): ``runs`` on the
+    command line and the dashboard's runs page write a run's the same way."""
+    from flowdeco import cli
+    assert cli.main(["runs", "--state-dir", str(state)]) == 0
+    listed = {}
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        cols = line.split()
+        listed[cols[0]] = (f"{cols[3]} {cols[4]}", cols[5])  # STARTED is two words
+    page = client(state).get("/").text
+    rows = re.findall(r'<tr data-run="([^"]+)"[^>]*>.*?<td class="ts">([^<]*)</td>'
+                      r'<td class="dur">([^<]*)</td>', page, re.S)
+    shown = {run_id: (started, took) for run_id, started, took in rows}
+    assert set(shown) == set(listed) == {"r-fail", "r-ok", "r-secret", "r-retry"}
+    assert shown == listed
+
+
+def test_time_formats():
+    from flowdeco.timefmt import seconds, when
+    assert [seconds(s) for s in (None, 0.0, 0.0123, 0.9994, 1.0, 59.994, 75.5, 3725.0)] == [
+        "-", "0.0ms", "12.3ms", "999.4ms", "1.00s", "59.99s", "1m15s", "1h02m05s"]
+    assert when(None) == "-" and when(0.0) == "1970-01-01 00:00:00Z"
+    assert when(1_800_000_000.9) == "2027-01-15 08:00:00Z"
+
+
+def _unsent_bytes(server_port: int, client_port: int) -> int | None:
+    """The server side's kernel send queue of one loopback connection (Linux)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        local, remote = cols[1], cols[2]
+        if int(local.split(":")[1], 16) == server_port \
+                and int(remote.split(":")[1], 16) == client_port:
+            return int(cols[4].split(":")[0], 16)
+    return None
+
+
+def test_ctrl_c_is_prompt_and_quiet_with_a_client_that_stopped_reading(tmp_path):
+    """A live stream whose client stopped reading waits in its write (the socket is full)
+    and never sees the server stop: Ctrl-C used to wait for uvicorn's 3 s graceful
+    timeout and print a CancelledError traceback."""
+    import signal
+    import socket
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs /proc/net/tcp to see that the server's writes are blocked")
+    d = tmp_path / "state"
+    _run(d, [first], "big")
+    line = json.dumps({"event": "task_log", "timestamp": "2026-01-01T00:00:00.000000Z",
+                       "run_id": "big", "task": "first", "level": "info",
+                       "message": "x" * 400}) + "\n"
+    with open(d / "runs" / "big" / "audit.jsonl", "a") as fh:
+        fh.write(line * 40_000)  # 20 MB: more than the socket buffers hold
+    p = subprocess.Popen([sys.executable, "-m", "flowdeco", "ui", "--state-dir", str(d),
+                          "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        m = re.match(r"flowdeco ui: http://127\.0\.0\.1:(\d+)/ ", p.stdout.readline())
+        assert m
+        port = int(m.group(1))
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(10)
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(f"GET /api/runs/big/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+                     .encode())
+        assert b"200" in conn.recv(100)  # the stream is open; from now on nothing is read
+        client_port = conn.getsockname()[1]
+        # wait until the server's send queue stops growing: its writes are blocked
+        deadline = time.monotonic() + 20
+        seen = []
+        while time.monotonic() < deadline:
+            seen = (seen + [_unsent_bytes(port, client_port) or 0])[-5:]
+            if len(seen) == 5 and seen[0] > 0 and len(set(seen)) == 1:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the server's writes never blocked (send queue: {seen})")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=10) == 0
+        took = time.monotonic() - t0
+        err = p.stderr.read()
+        assert "Traceback" not in err and "CancelledError" not in err, err
+        assert "timeout graceful shutdown" not in err, err
+        assert took < 1.5, f"Ctrl-C took {took:.2f} s"
+        conn.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -398,10 +398,12 @@ class DynamicFlows(TriggerGate):
             m.attempts[k] = attempt
             if err is not None:
                 m.errors[k] = err
-                if run.reporting:
-                    port.report("task_retrying", m.instance(k),
-                                {"attempt": attempt, "delay": delay, "error": format_error(err),
-                                 "worker": worker, **decision.fields}, t1)
+            if run.reporting and (err is not None or decision.retrying):
+                fields: dict[str, Any] = {"attempt": attempt, "delay": delay}
+                if err is not None:
+                    fields["error"] = format_error(err)
+                fields["worker"] = worker
+                port.report("task_retrying", m.instance(k), {**fields, **decision.fields}, t1)
             if run.stopping:
                 self.end(m, k, I_INTERRUPTED if run.interrupted or err is None else I_FAILED,
                          None, err, attempt, t1, worker)

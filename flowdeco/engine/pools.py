@@ -74,7 +74,10 @@ def parse_limits(value: Any) -> dict[str, int]:
 
 def make_pools(run: "Run") -> "Pools | None":
     """The run's gate, or None when no limit can bind (see the module docstring)."""
-    if not run.limits or run.sync:
+    if not run.limits:
+        return None
+    warn_unknown_tags(run)
+    if run.sync:
         return None
     binding = {t: n for t, n in run.limits.items() if n < run.workers}
     if not binding:
@@ -86,6 +89,34 @@ def make_pools(run: "Run") -> "Pools | None":
         capped.append(tags or None)
         any_capped = any_capped or bool(tags)
     return Pools(run, binding, capped) if any_capped else None
+
+
+def warn_unknown_tags(run: "Run") -> None:
+    """One ``config_warning`` event (level warning: a console line, a line in the
+    audit trail) per limited tag that no task of the run carries.
+
+    Most likely a typo (``--limit bd=2``), which would otherwise cap nothing in
+    silence; not an error, since a config file's ``[tool.flowdeco.limits]`` may
+    serve several flows.  Once per run, only when limits are given.
+    """
+    tags: set[str] = set()
+    for v in run.graph.vertices:
+        if v.kind is TASK and v.tags:
+            tags.update(v.tags)
+    unknown = [t for t in run.limits if t not in tags]
+    if not unknown:
+        return
+    cfg = run.config
+    selected = bool(cfg.getoption("select", None))
+    which = "selected task" if selected else "task"
+    known = (f"tags {'of the selected tasks' if selected else 'in this flow'}: "
+             + ", ".join(sorted(tags))) if tags else \
+        ("the selected tasks have no tags" if selected else "no task in this flow has a tag")
+    for t in unknown:
+        n = run.limits[t]
+        given = f"--limit {t}={n}" if cfg.from_cli else f"limits={{{t!r}: {n}}}"
+        run.emit("config_warning", level="warning",
+                 message=f"{given}: no {which} has tag {t!r} ({known})")
 
 
 class Pools:

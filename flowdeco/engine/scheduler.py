@@ -434,10 +434,13 @@ class Run(RunSurface):
             delay = max(float(decision.delay), 0.0)
             self._table.last_error[i] = err
             self._table.attempts[i] = attempt
-            if err is not None and self.reporting:
+            if self.reporting and (err is not None or decision.retrying):
+                fields: dict[str, Any] = {"attempt": attempt, "delay": delay}
+                if err is not None:
+                    fields["error"] = format_error(err)
+                fields["worker"] = worker
                 self.reporter.event("task_retrying", self.graph.vertices[i].name,
-                             {"attempt": attempt, "delay": delay, "error": format_error(err),
-                              "worker": worker, **decision.fields}, t1)
+                                    {**fields, **decision.fields}, t1)
             if self.stopping:
                 self._finish(i, INTERRUPTED if self.interrupted or err is None else FAILED,
                              None, err, attempt, t1, worker)

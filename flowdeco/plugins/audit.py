@@ -295,6 +295,8 @@ class AuditTrail:
                 data = event.to_dict()
                 del data["event"]
             level = data.get("level") or _LEVELS.get(name, "info")
+            if name == "task_retrying" and "error" not in data:
+                level = "info"  # a result retry (retry_if) is polling, not trouble: not in -q
             if name not in _CONSOLE_EVENTS and ("level" not in data or name in _FILE_ONLY):
                 return
             if _RANK.get(level, 20) < self.min_rank:

@@ -26,7 +26,11 @@ The policy object, :class:`~flowdeco.policies.retry.Retry`, lives in the core
 
 ``Retry(retry_if=predicate)`` also retries *successful* attempts whose result
 the predicate accepts (polling); for those tasks only, this module asks the
-core at run start to show it successful attempts (``run.on_success``).  When
+core at run start to show it successful attempts (``run.on_success``).  Each
+such retry is reported ``task_retrying`` too, with the same ``attempt``,
+``delay`` and ``worker`` fields but no ``error``: ``reason="retry_if"`` and
+``result``, the attempt's result as a ``repr`` cut to 80 characters (so the
+trail, ``runs show`` and the dashboard count it like any retry).  When
 ``retries``/``give_up_after`` run out while the predicate is still true, the
 task fails with :class:`~flowdeco.policies.retry.RetryError`.
 ``give_up_after`` is measured from the first attempt's start
@@ -174,7 +178,11 @@ def flowdeco_attempt_done(run: Run, task: Vertex, attempt: Attempt) -> Reschedul
             rng = rngs.get(policy)
             if rng is None:
                 rng = rngs[policy] = policy.rng()
-        return Reschedule(delay=policy.delay_before(attempt.number, rng, err))
+        delay = policy.delay_before(attempt.number, rng, err)
+        if err is None:  # a result retry: reported like an error retry, with why instead
+            return Reschedule(delay=delay, retrying=True,
+                              fields={"reason": "retry_if", "result": _short(attempt.result)})
+        return Reschedule(delay=delay)
     except Exception as exc:  # noqa: BLE001 - a user predicate or wait= may raise anything
         # the task fails with the policy's own error, the attempt's error as its cause
         if err is not None and exc.__cause__ is None and exc is not err:

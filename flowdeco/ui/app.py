@@ -23,7 +23,6 @@ after a change, backing off to 0.8 s while nothing happens.
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import ipaddress
 import json
 import os
@@ -31,6 +30,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -45,6 +45,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import FlowError, StateError
 from ..runid import validate_run_id
+from ..timefmt import seconds, when
 from .data import RUN_FILTERS, StateReader, day_bounds, read_audit
 from .model import run_model, task_detail
 
@@ -84,22 +85,9 @@ def cell(key: str, value: Any) -> tuple[str, str | None]:
     return str(value), link
 
 
-def when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1:
-        return f"{s * 1000:.1f}ms"
-    if s < 60:
-        return f"{s:.2f}s"
-    m, sec = divmod(int(s), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def unspecified(host: str) -> bool:
@@ -189,8 +177,40 @@ class Dashboard:
         self.env = templates()
         self.cwd = cwd or os.getcwd()
         self.stream_seconds = 300.0  # a stream ends after this; the browser reconnects
-        #: set when the server shuts down (Ctrl-C): live streams end at their next poll
+        #: set when the server shuts down (Ctrl-C, :meth:`stop`): live streams end
         self.stopping = False
+        #: live streams between two polls: (their loop, the future their pause waits on)
+        self._pauses: set[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = set()
+        self._pauses_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """The server shuts down: every live stream ends now, not at its next poll
+        (any thread; a stream stuck writing to a client that stopped reading is the
+        server's to drop, see ui/cli.py)."""
+        self.stopping = True
+        with self._pauses_lock:
+            pauses = list(self._pauses)
+        for loop, fut in pauses:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:  # that loop is closed: nothing waits there any more
+                pass
+
+    async def _pause(self, seconds: float) -> None:
+        """A live stream's wait between polls: ``seconds``, or until :meth:`stop`."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        timer = loop.call_later(seconds, _wake, fut)
+        key = (loop, fut)
+        with self._pauses_lock:
+            self._pauses.add(key)
+        try:
+            if not self.stopping:
+                await fut
+        finally:
+            timer.cancel()
+            with self._pauses_lock:
+                self._pauses.discard(key)
 
     # -- helpers
     def page(self, name: str, **ctx: Any) -> HTMLResponse:
@@ -367,7 +387,7 @@ class Dashboard:
             interval = FAST if changed else min(interval * 1.5, SLOW)
             if not changed:
                 yield ": idle\n\n"  # finds a closed connection
-            await asyncio.sleep(interval)
+            await self._pause(interval)
 
     async def _changes(self, seconds: float) -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
@@ -375,7 +395,9 @@ class Dashboard:
         stamp = await asyncio.to_thread(self.reader.stamp)
         interval = FAST
         while time.monotonic() < deadline and not self.stopping:
-            await asyncio.sleep(interval)
+            await self._pause(interval)
+            if self.stopping:
+                break
             now = await asyncio.to_thread(self.reader.stamp)
             if now != stamp:
                 stamp = now

@@ -8,6 +8,7 @@ command names the extra to install and exits 4.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import os
 import socket
@@ -16,6 +17,10 @@ from typing import Any, Sequence
 
 from ..errors import UsageError
 from ..outcome import ExitCode
+
+#: seconds after Ctrl-C before unfinished responses are dropped (a page or an API answer
+#: finishes well within it; a live stream ends at once unless its client stopped reading)
+DROP_AFTER = 0.5
 
 #: the modules ``flowdeco[ui]`` provides
 SERVER_MODULES = ("starlette", "uvicorn", "jinja2")
@@ -65,6 +70,16 @@ def bind(host: str, port: int) -> socket.socket:
     raise AssertionError("unreachable")
 
 
+def _drop_unfinished(server: Any) -> None:
+    """Close the connections of ``server`` (a uvicorn Server shutting down) whose
+    response is not finished: a live stream to a client that stopped reading."""
+    for conn in list(server.server_state.connections):
+        cycle = getattr(conn, "cycle", None)
+        transport = getattr(conn, "transport", None)
+        if cycle is not None and not cycle.response_complete and transport is not None:
+            transport.abort()
+
+
 def main(argv: Sequence[str], pluginmanager: Any = None) -> int:
     """Entry point of ``python -m flowdeco ui``; returns the exit code."""
     try:
@@ -106,10 +121,18 @@ def main(argv: Sequence[str], pluginmanager: Any = None) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
-            dashboard.stopping = True  # live streams end at their next poll (< 1 s)
+            dashboard.stop()  # live streams end now
             super().handle_exit(sig, frame)
 
-    # a stream that does not end by itself is closed 3 s after Ctrl-C
+        async def shutdown(self, sockets: Any = None) -> None:
+            # A stream whose client stopped reading waits in its write (the socket is
+            # full) and never sees stop(); uvicorn would wait out its graceful timeout,
+            # then cancel it with a traceback.  Drop what is still unfinished shortly
+            # after Ctrl-C instead: the write returns, the stream ends quietly.
+            asyncio.get_running_loop().call_later(DROP_AFTER, _drop_unfinished, self)
+            await super().shutdown(sockets)
+
+    # last resort (never reached unless dropping fails): cancel after 3 s
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=3)
     server = Server(config)

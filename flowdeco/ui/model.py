@@ -79,6 +79,8 @@ class Trail:
                 if a is not None:
                     a.update(end=ts, outcome="retried", error=e.get("error"),
                              delay=e.get("delay"))
+                    if e.get("reason"):  # a result retry (retry_if): why, and the result
+                        a.update(reason=e["reason"], result=e.get("result"))
                     if e.get("worker"):  # written when the attempt ends (since 0.x)
                         a["worker"] = e["worker"]
             elif name in _END:

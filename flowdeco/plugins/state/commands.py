@@ -41,6 +41,7 @@ from ...cli import Command
 from ...errors import FlowError, StateError, UsageError, shorten
 from ...outcome import ExitCode
 from ...runid import validate_run_id
+from ...timefmt import seconds, when
 from .plugin import make_store
 from .queries import diff_versions, run_detail, shown_status
 from .results import INSTANCES, UNSAVED, ResultFiles, parse_ref
@@ -171,22 +172,6 @@ def _iso(ts: float | None) -> str | None:
         timespec="seconds").replace("+00:00", "Z")
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 60:
-        return f"{s:.2f}s"
-    m, sec = divmod(int(s), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
-
-
 def _counts(counts: dict[str, int], status: str = "") -> str:
     """Tasks by status; a live run records tasks as they end, so none yet is not "no tasks"."""
     keys = sorted(counts, key=lambda k: (_ORDER.index(k) if k in _ORDER else 99, k))
@@ -217,7 +202,7 @@ def _list(store: Store, state_dir: str, flow: str | None, limit: int | None,
     rows = [["RUN ID", "FLOW", "STATUS", "STARTED", "DURATION", "TASKS"]]
     for s in runs:
         r = s.run
-        rows.append([r.run_id, r.flow, _status(r), _when(r.started), _seconds(r.duration),
+        rows.append([r.run_id, r.flow, _status(r), when(r.started), seconds(r.duration),
                      _counts(s.counts, _status(r))])
     _table(rows, out)
     return ExitCode.OK
@@ -237,8 +222,8 @@ def _show(store: Store, run_id: str, out: IO[str]) -> int:
     sessions = f", {run.sessions} sessions" if run.sessions > 1 else ""
     detail = run_detail(store, run_id) if isinstance(store, SQLiteStore) else None
     version = f", flow version {detail.flow_version}" if detail and detail.flow_version else ""
-    print(f"run {run.run_id} of flow {run.flow}: {_status(run)}, started {_when(run.started)}"
-          f"{sessions}, {_seconds(run.duration)}{version}; {_counts(counts, _status(run))}",
+    print(f"run {run.run_id} of flow {run.flow}: {_status(run)}, started {when(run.started)}"
+          f"{sessions}, {seconds(run.duration)}{version}; {_counts(counts, _status(run))}",
           file=out)
     if not tasks:
         return ExitCode.OK
@@ -246,7 +231,7 @@ def _show(store: Store, run_id: str, out: IO[str]) -> int:
     for t in _sorted_tasks(tasks):
         detail = t.error or (f"reason: {t.reason}" if t.reason else "")
         detail = detail.splitlines()[0] if detail else ""
-        rows.append([t.name, t.status, str(t.attempts), _seconds(t.duration), detail[:100]])
+        rows.append([t.name, t.status, str(t.attempts), seconds(t.duration), detail[:100]])
     _table(rows, out)
     return ExitCode.OK
 

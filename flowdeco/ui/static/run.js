@@ -327,6 +327,7 @@
         [a.n, FD.when(a.start), a.end === null ? 'running' : FD.secs(a.end - a.start), a.outcome, a.worker || '-',
          a.delay ? 'retry in ' + FD.secs(a.delay) : ''].forEach(function (v) { tr.appendChild(FD.el('td', null, v)); });
         if (a.error) tr.title = a.error;
+        else if (a.reason) tr.title = a.reason + (a.result ? ': result ' + a.result : '');
         tb.appendChild(tr);
       });
       b.appendChild(tb);
