@@ -609,13 +609,15 @@ def test_mapped_instances_are_rows_of_the_model(state):
 # ------------------------------------------------------------------- schedules
 
 
-def test_schedules_page_shows_what_serve_runs(tmp_path):
+def test_schedules_page_shows_what_serve_runs(tmp_path, write_module):
     import datetime as dt
     import io
     from flowdeco.plugins.serve import serve
     from flowdeco import FakeClock
-    flow = tmp_path / "hourly.py"
-    flow.write_text("from flowdeco import task\n\n@task\ndef tick():\n    return 1\n")
+    # (write_module drops the module afterwards: a later test's own "hourly" must not
+    # find this one in sys.modules)
+    flow = write_module("from flowdeco import task\n\n@task\ndef tick():\n    return 1\n",
+                        name="hourly")
     state = tmp_path / "s"
     clock = FakeClock(wall=dt.datetime.fromisoformat("2026-05-28T20:30:00+00:00").timestamp())
     serve(str(flow), cron="0 * * * *", tz="UTC", clock=clock, max_ticks=1, state_dir=state,
