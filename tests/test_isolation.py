@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import textwrap
 
 import flowdeco
 
@@ -33,3 +34,44 @@ def test_a_later_module_of_the_same_name_is_its_own(write_module):
 def test_no_folder_of_another_test_is_on_sys_path(tmp_path_factory):
     base = str(tmp_path_factory.getbasetemp())
     assert [p for p in sys.path if p.startswith(base)] == []
+
+
+# --------------------------------------------------------------------------- pooled managers
+
+PLUGIN = """
+    import flowdeco
+
+    SEEN = []
+
+    @flowdeco.hookimpl
+    def flowdeco_run_start(run):
+        SEEN.append({0!r})
+"""
+
+
+@flowdeco.task
+def one():
+    return 1
+
+
+def test_a_plugin_module_imported_again_is_used_not_the_pooled_managers_copy(mods):
+    """Runs started from Python borrow a pooled plugin manager keyed by the plugin names;
+    a module of that name imported again (edited, then reloaded or dropped from
+    ``sys.modules`` and imported) must be the one whose hooks run."""
+    name, path = mods.write_module(PLUGIN.format("first"))
+    first = importlib.import_module(name)
+    assert flowdeco.run([one], state_dir=None, plugins=[name]).ok
+    assert first.SEEN == ["first"]
+
+    path.write_text(textwrap.dedent(PLUGIN.format("second one")))  # (another size: no stale .pyc)
+    importlib.invalidate_caches()
+    second = importlib.reload(first)
+    assert flowdeco.run([one], state_dir=None, plugins=[name]).ok
+    assert second.SEEN == ["second one"]
+
+    path.write_text(textwrap.dedent(PLUGIN.format("third, imported")))
+    del sys.modules[name]
+    importlib.invalidate_caches()
+    third = importlib.import_module(name)
+    assert flowdeco.run([one], state_dir=None, plugins=[name]).ok
+    assert third.SEEN == ["third, imported"]
