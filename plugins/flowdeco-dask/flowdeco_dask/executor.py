@@ -100,9 +100,10 @@ class DaskExecutor(Executor):
         try:
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                 # the scheduler's HTTP server on a free port (8787 may be taken), no dashboard
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", scheduler_kwargs={"dashboard": False},
-                                       silence_logs=logging.CRITICAL if quiet else logging.WARN)
+                cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                    silence_logs=logging.CRITICAL if quiet else logging.WARN)
         finally:
             set_by_dask = _restore_environ(environ)
         try:
