@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import sys
 import threading
+from types import ModuleType
 from typing import Any, Iterable
 
 import pluggy
@@ -144,6 +146,14 @@ class PooledManager:
         self.parser = parser
         self.key = key
         self.base = _registrations(pm)
+        #: the registered modules with the import of each (``__spec__``: a reload makes a new
+        #: one) -- a module imported again since must not be called through this manager
+        self.modules = tuple((m, m.__spec__) for _, m in self.base if isinstance(m, ModuleType))
+
+    def current(self) -> bool:
+        """Every registered module is still the one ``sys.modules`` has, not reloaded since."""
+        modules = sys.modules
+        return all(modules.get(m.__name__) is m and m.__spec__ is spec for m, spec in self.modules)
 
 
 def _registrations(pm: pluggy.PluginManager) -> list[tuple[str, Any]]:
@@ -164,8 +174,10 @@ def acquire(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> PooledM
         key = (plugins, tuple(sorted(set(disable))))
         with _POOL_LOCK:
             idle = _POOL.get(key)
-            if idle:
-                return idle.pop()
+            while idle:
+                managed = idle.pop()
+                if managed.current():
+                    return managed
     pm = make_pluginmanager(plugins, disable)
     parser = Parser()
     pm.hook.flowdeco_addoption(parser=parser)

@@ -14,6 +14,31 @@ import pytest
 _counter = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def _own_imports(tmp_path_factory):
+    """Drop what a test left of its temporary modules: ``sys.modules`` entries loaded
+    from pytest's temporary folders and those folders on ``sys.path``.
+
+    ``flowdeco.run(path)`` and the CLI import a flow file under its stem and put its
+    folder on ``sys.path`` (by design: process workers import it by name), so a test
+    running a file by path left ``hourly`` behind and a later test's own ``hourly``
+    resolved to it (tests/test_isolation.py).  Set up before, torn down after every
+    other fixture of the test; a dict copy and one pass, cheap enough for every test.
+    """
+    base = str(tmp_path_factory.getbasetemp())
+    path = list(sys.path)
+    before = dict(sys.modules)
+    yield
+    for name, mod in list(sys.modules.items()):
+        if before.get(name) is not mod and (getattr(mod, "__file__", None) or "").startswith(base):
+            if name in before:
+                sys.modules[name] = before[name]
+            else:
+                del sys.modules[name]
+    if sys.path != path:
+        sys.path[:] = [p for p in sys.path if p in path or not p.startswith(base)]
+
+
 @pytest.fixture
 def write_module(tmp_path, monkeypatch):
     """Write a module file into ``tmp_path`` under a unique name; returns its path.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from concurrent.futures import Executor, Future
 from functools import partial
@@ -76,6 +77,8 @@ class DaskExecutor(Executor):
         self._max_workers = self.max_workers   # what the session reads of a given Executor
         #: files uploaded for the run (``flowdeco_dask.upload.Uploads``), released on shutdown
         self.uploads: Any = None
+        #: the driver's values of the variables the local cluster's nannies set (see start)
+        self._environ: dict[str, str | None] = {}
 
     @classmethod
     def start(cls, workers: int, address: str | None = None,
@@ -93,17 +96,24 @@ class DaskExecutor(Executor):
                 raise UsageError(f"--dask-address {address}: cannot reach a Dask scheduler "
                                  f"there ({type(exc).__name__}: {exc})") from None
             return cls(client, owns_client=True)
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            # the scheduler's HTTP server on a free port (8787 may be taken), no dashboard
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", scheduler_kwargs={"dashboard": False},
-                                   silence_logs=logging.CRITICAL if quiet else logging.WARN)
+        environ = dict(os.environ)
+        try:
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                # the scheduler's HTTP server on a free port (8787 may be taken), no dashboard
+                cluster = LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True,
+                    dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                    silence_logs=logging.CRITICAL if quiet else logging.WARN)
+        finally:
+            set_by_dask = _restore_environ(environ)
         try:
             client = Client(cluster, set_as_default=False)
         except BaseException:
             cluster.close()
             raise
-        return cls(client, cluster=cluster, owns_client=True)
+        ex = cls(client, cluster=cluster, owns_client=True)
+        ex._environ = {key: environ.get(key) for key in set_by_dask}
+        return ex
 
     @classmethod
     def wrap(cls, obj: Any) -> "DaskExecutor":
@@ -136,10 +146,34 @@ class DaskExecutor(Executor):
                 self.client.close()
             if self.cluster is not None:
                 self.cluster.close()
+                _restore_environ(self._environ, self._environ)
 
     def __repr__(self) -> str:
         where = "local cluster" if self.cluster is not None else "cluster"
         return f"<DaskExecutor {where} {self.client.scheduler.address if self.client.scheduler else '?'}>"
+
+
+def _restore_environ(before: dict[str, str | None] | dict[str, str],
+                     keys: Any = None) -> set[str]:
+    """Put back this process's environment variables as they were in ``before`` (only
+    ``keys``, default: every variable); returns the names that had changed.
+
+    A LocalCluster's nannies live in the driver and, before they spawn a worker, write
+    the worker's environment (``PYTHONHASHSEED``, ``MALLOC_TRIM_THRESHOLD_``,
+    ``OMP_NUM_THREADS``...) into ``os.environ`` (Dask's nanny.py); a run must not leave
+    them behind for the rest of the process and every subprocess it starts later.  The
+    nanny writes them again before each worker (re)start, so a restarted worker still
+    gets them.
+    """
+    keys = set(os.environ) | set(before) if keys is None else keys
+    changed = {key for key in keys if os.environ.get(key) != before.get(key)}
+    for key in changed:
+        value = before.get(key)
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    return changed
 
 
 def _worker_crash(exc: BaseException) -> BaseException | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import itertools
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -258,6 +259,28 @@ def test_executor_dask_starts_and_closes_a_local_cluster(tmp_path, capsys, monke
     assert workers == 2
     assert ex.cluster.status.name == "closed"
     assert ex.client.status == "closed"
+
+
+#: what a Dask nanny writes into its own process's environment before it spawns a worker
+DASK_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "MALLOC_TRIM_THRESHOLD_", "__DASK_PARENT_PID")
+
+
+def test_a_local_cluster_leaves_the_drivers_environment_as_it_found_it(monkeypatch):
+    """The nannies of a LocalCluster live in the driver and set PYTHONHASHSEED,
+    OMP_NUM_THREADS=1... in ``os.environ`` for their workers: the driver (and every
+    subprocess it starts later) keeps its own values."""
+    for key in DASK_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own value
+    before = dict(os.environ)
+    ex = DaskExecutor.start(1, quiet=True)
+    try:
+        assert ex.submit(os.getenv, "PYTHONHASHSEED").result(TIMEOUT)  # the workers' own
+        assert dict(os.environ) == before  # already during the run
+    finally:
+        ex.shutdown()
+    assert dict(os.environ) == before
 
 
 # --------------------------------------------------------------------------- captured output
