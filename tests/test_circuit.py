@@ -413,6 +413,53 @@ def test_circuit_must_be_a_breaker_or_a_name():
         run([odd], state_dir=None)
 
 
+def test_collection_checks_each_breaker_value_once_naming_the_first_task(monkeypatch):
+    """Collection resolves each distinct circuit= value once (not once per task); a bad
+    value is still reported for the first task, in declaration order, that sets it."""
+    import flowdeco.plugins.circuit as plugin
+    shared = fresh("shared-once")
+    seen = []
+    real = plugin.resolve
+    monkeypatch.setattr(plugin, "resolve", lambda v: seen.append(v.name) or real(v))
+
+    @task(circuit=shared)
+    def a():
+        pass
+
+    @task(circuit=shared.name)
+    def b():
+        pass
+
+    @task(circuit=shared)
+    def c():
+        pass
+
+    @task(circuit=shared.name)
+    def d():
+        pass
+
+    assert run([a, b, c, d], state_dir=None).ok
+    # collection: the first task of each value; run setup (its guards): one task of each
+    assert seen[:2] == ["a", "b"] and len(seen) == 4, seen
+
+    @task(circuit=7)
+    def first_bad():
+        pass
+
+    @task(circuit="no-such-breaker")
+    def second_bad():
+        pass
+
+    @task(circuit=7)
+    def third_bad():
+        pass
+
+    with pytest.raises(CollectionError, match="first_bad"):
+        run([a, first_bad, second_bad, third_bad], state_dir=None)
+    with pytest.raises(CollectionError, match="second_bad.*no-such-breaker"):
+        run([a, second_bad, first_bad, third_bad], state_dir=None)
+
+
 def test_retry_meets_open_breaker_waits_by_policy_then_half_open_trial_closes_it():
     """Breaker and run share a FakeClock: retry delays move time past reset_after."""
     clock = FakeClock()

@@ -22,6 +22,7 @@ own delays); a timed-out attempt counts as a failure of the breaker.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ..errors import CollectionError, suggest
@@ -115,8 +116,12 @@ def flowdeco_task_options() -> list[str]:
 @hookimpl
 def flowdeco_collection_finish(config: "Config", graph: "Graph") -> None:
     used = graph.using("circuit")
-    for v in used:
-        resolve(v)  # unknown names and wrong types fail here, before anything runs
+    # unknown names and wrong types fail here, before anything runs: each distinct
+    # circuit= value checked once (most flows share a few breakers), by the first task
+    # that sets it, in declaration order (it names that task in the error)
+    firsts = {id(v.spec.circuit): v for v in reversed(used)}  # type: ignore[union-attr]
+    for v in sorted(firsts.values(), key=attrgetter("index")):
+        resolve(v)
     if used and config.pluginmanager.get_plugin(_GUARD) is None:
         config.pluginmanager.register(CircuitGuard(), _GUARD)
 
