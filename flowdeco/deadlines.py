@@ -33,7 +33,9 @@ DUE, CLAIM, INDEX, ATTEMPT, ITERATION, T0, THREAD, DEADLINE, GUARD, TOKEN = rang
 #: the longest the watchdog sleeps: arming an attempt due later than its next look
 #: costs no thread switch (most attempts never overrun)
 IDLE_WAKE = 0.5
-_SCANNING = float("-inf")
+#: the watchdog's next look while it scans: +inf, so that one comparison on the hot
+#: path (``due < wake``) covers both "earlier than its next look" and "it is scanning"
+_SCANNING = float("inf")
 
 
 class Watchdog(threading.Thread):
@@ -64,8 +66,7 @@ class Watchdog(threading.Thread):
         due = (time.monotonic() if now is None else now) + deadline.seconds
         armed = [due, [None], i, attempt, iteration, t0, thread, deadline, guard, token]
         self._slots[thread] = armed
-        wake = self._wake
-        if due < wake or wake == _SCANNING:
+        if due < self._wake:  # earlier than its next look, or it is scanning (+inf)
             with self._cond:
                 self._cond.notify()
         return armed

@@ -460,6 +460,73 @@ def test_collection_checks_each_breaker_value_once_naming_the_first_task(monkeyp
         run([a, second_bad, first_bad, third_bad], state_dir=None)
 
 
+class Heard:
+    def __init__(self):
+        self.events = []
+
+    def state_change(self, b, old, new):
+        self.events.append(("state", str(old), str(new)))
+
+    def failure(self, b, exc):
+        self.events.append(("failure", type(exc).__name__))
+
+    def success(self, b):
+        self.events.append(("success",))
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_enter_exit_counts_exactly_as_call(listening):
+    """The attempt guard protocol (enter/exit, with its closed-and-clean shortcut) and
+    call() agree step by step: state, failures, what listeners hear."""
+    clocks = FakeClock(), FakeClock()
+    by_call = fresh("twin-call", threshold=3, reset_after=10, clock=clocks[0], exclude=KeyError)
+    by_guard = fresh("twin-guard", threshold=3, reset_after=10, clock=clocks[1],
+                     exclude=KeyError)
+    heard = Heard(), Heard()
+    if listening:
+        by_call.add_listener(heard[0])
+        by_guard.add_listener(heard[1])
+
+    def body(outcome):
+        if outcome == "fail":
+            raise ConnectionError("down")
+        if outcome == "excluded":
+            raise KeyError("business")
+        if outcome == "interrupt":
+            raise KeyboardInterrupt
+        return outcome
+
+    def through_guard(outcome):
+        token = by_guard.enter()
+        try:
+            result = body(outcome)
+        except BaseException as exc:
+            by_guard.exit(token, exc)
+            raise
+        by_guard.exit(token, None)
+        return result
+
+    script = ["ok", "fail", "ok", "fail", "fail", "excluded", "fail", "fail", "interrupt",
+              "fail", "ok", "wait", "ok", "fail", "fail", "fail", "wait", "fail", "wait",
+              "ok", "ok", "fail", "ok"]
+    for step in script:
+        if step == "wait":
+            for c in clocks:
+                c.advance(11)
+            continue
+        outs = []
+        for go in (lambda: by_call.call(body, step), lambda: through_guard(step)):
+            try:
+                outs.append(("result", go()))
+            except BaseException as exc:  # noqa: BLE001
+                outs.append(("raised", type(exc).__name__))
+        assert outs[0] == outs[1], step
+        assert (by_call.state, by_call.failures) == (by_guard.state, by_guard.failures), step
+    assert heard[0].events == heard[1].events
+    assert by_call.state == "closed" and ("state", "open", "half_open") in heard[1].events \
+        or not listening
+
+
 def test_retry_meets_open_breaker_waits_by_policy_then_half_open_trial_closes_it():
     """Breaker and run share a FakeClock: retry delays move time past reset_after."""
     clock = FakeClock()

@@ -155,3 +155,43 @@ def test_a_thread_given_up_after_taking_a_queued_job_is_replaced_for_the_next():
     finally:
         release.set()
         pool.shutdown(wait=False)
+
+
+class _CountingCond:
+    def __init__(self):
+        self.notified = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def notify(self):
+        self.notified += 1
+
+
+def test_arming_wakes_the_watchdog_only_when_it_must_look_earlier():
+    """Arming is lock-free unless the attempt is due before the watchdog's next look
+    or the watchdog is scanning (it would miss the new slot): then it is notified."""
+    import flowdeco
+    from flowdeco import deadlines
+    from flowdeco.deadlines import Watchdog
+
+    def late(name):
+        return TaskTimeout(f"{name} is late")
+
+    wd = Watchdog(lambda armed: None)  # (not started: its state is driven by hand)
+    wd._cond = cond = _CountingCond()
+    me = threading.current_thread()
+    now = time.monotonic()
+    wd._wake = deadlines._SCANNING
+    wd.arm(0, 1, None, now, me, flowdeco.Deadline(1000.0, late), now=now)
+    assert cond.notified == 1  # scanning: always told
+    wd._wake = now + 10.0
+    wd.arm(0, 1, None, now, me, flowdeco.Deadline(1000.0, late), now=now)
+    assert cond.notified == 1  # due after its next look: no lock, no wake-up
+    armed = wd.arm(0, 1, None, now, me, flowdeco.Deadline(5.0, late), now=now)
+    assert cond.notified == 2  # due before its next look
+    assert armed[0] == now + 5.0 and wd._slots[me] is armed
+    assert Watchdog.disarm(armed) and not Watchdog.disarm(armed)

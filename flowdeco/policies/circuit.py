@@ -398,6 +398,12 @@ class CircuitBreaker:
 
     def exit(self, token: Any, error: BaseException | None) -> None:
         """Count the end of a call admitted by enter(): ``error`` None on success."""
+        if error is None and type(token) is int:
+            # the usual end (admitted while closed, succeeded): nothing to count unless
+            # failures are pending or listeners want to hear of it
+            if self._failures or self._observers:
+                self._record_success(token, False)
+            return
         if type(token) is int:
             gen, trial = token, False
         else:
