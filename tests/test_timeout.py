@@ -265,3 +265,31 @@ def test_cli_run_with_an_hour_long_task_and_timeout_1_ends_with_exit_1(tmp_path,
     assert wall < 6, wall
     assert "FAILED hangs - TaskTimeout: task 'hangs' exceeded its timeout of 1 s" in output
     assert "1 succeeded, 1 failed" in output
+
+
+def test_per_task_answers_cost_no_call_of_the_values_eq(monkeypatch):
+    """Merging a hook's per-task answers compared every value to None with its own
+    ``__eq__``: a Python call per task for an attrs Deadline (the timeout plugin's)."""
+    import flowdeco
+
+    compared = []
+    monkeypatch.setattr(flowdeco.Deadline, "__eq__",
+                        lambda self, other: compared.append(other) or self is other)
+    deadline = flowdeco.Deadline(60.0, lambda name: TimeoutError(f"{name} is late"))
+
+    @task
+    def one():
+        return 1
+
+    @task
+    def two():
+        return 2
+
+    class Limits:
+        @flowdeco.hookimpl
+        def flowdeco_task_deadlines(self, run):
+            return {run.graph.by_name["one"]: deadline, run.graph.by_name["two"]: deadline}
+
+    result = run([one, two], state_dir=None, executor="thread", plugins=[Limits()])
+    assert result.results == {"one": 1, "two": 2}
+    assert compared == []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from itertools import repeat
+from operator import is_not
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..deadlines import Watchdog
@@ -135,7 +137,9 @@ def per_task(run: "Run", answers: list) -> list | None:
     for i in run.graph.dynamic:  # sub-flow nodes take none
         if vertices[i].kind is not TASK:
             out[i] = None
-    return out if out.count(None) < len(out) else None
+    # (not out.count(None): that compares each value to None with its own __eq__,
+    # a Python call per task for an attrs Deadline)
+    return out if any(map(is_not, out, repeat(None))) else None
 
 
 def setup_deadlines(run: "Run", answers: list) -> None:
