@@ -93,6 +93,8 @@ class CircuitGuard:
                 run.emit(EVENTS[new], breaker=b.name)  # its transitions, in the run's events
             breaker.subscribe(listener)  # type: ignore[union-attr]
             self._used[id(breaker)] = (breaker, listener)  # type: ignore[assignment]
+        if len(breakers) == 1:  # one breaker for all (the usual case): one pass in C
+            return dict.fromkeys([v.index for v in tasks], *breakers.values()) or None
         return {v.index: breakers[id(v.spec.circuit)] for v in tasks} or None  # type: ignore[union-attr,misc]
 
     @hookimpl
