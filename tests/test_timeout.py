@@ -293,3 +293,22 @@ def test_per_task_answers_cost_no_call_of_the_values_eq(monkeypatch):
     result = run([one, two], state_dir=None, executor="thread", plugins=[Limits()])
     assert result.results == {"one": 1, "two": 2}
     assert compared == []
+
+
+def test_policed_marks_tasks_with_a_guard_or_a_deadline():
+    """``setup.policed`` (built in C) against its definition, a falsy guard included."""
+    from flowdeco.engine import setup
+
+    class Falsy:
+        def __bool__(self):
+            return False
+
+    deadline = flowdeco.Deadline(60.0, lambda name: TimeoutError(f"{name} is late"))
+    guards = [None, Falsy(), None, "g", None]
+    deadlines = [None, None, deadline, deadline, None]
+    spelled_out = [g is not None or d is not None for g, d in zip(guards, deadlines)]
+    assert setup.policed(guards, deadlines) == spelled_out == [False, True, True, True, False]
+    assert setup.policed(guards, None) == [g is not None for g in guards]
+    assert setup.policed(None, deadlines) == [d is not None for d in deadlines]
+    assert setup.policed(None, None) is None
+    assert all(type(x) is bool for x in setup.policed(guards, deadlines))

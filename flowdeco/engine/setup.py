@@ -12,7 +12,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from itertools import repeat
-from operator import is_not
+from operator import is_not, or_
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..deadlines import Watchdog
@@ -65,10 +65,7 @@ def setup(run: "Run") -> None:
     if has(hook.flowdeco_task_guards):
         run._guards = per_task(run, hook.flowdeco_task_guards(run=run))
     #: per task: an attempt with a guard or deadline (None: no task has one)
-    run._policed = None if run._guards is None and run._deadlines is None else [
-        g is not None or d is not None for g, d in zip(
-            run._guards or [None] * len(run.graph),
-            run._deadlines or [None] * len(run.graph))]
+    run._policed = policed(run._guards, run._deadlines)
     local = run.local
     calls: list[Callable[[dict], Any] | None]
     if wrap is None and local and not scoped:
@@ -112,6 +109,16 @@ def setup(run: "Run") -> None:
     run._plain_release = not run._has_restore and not run._has_delay and run.pools is None
     run._dispatcher = make_dispatcher(run)
     run._start_attempt = run._dispatcher.start
+
+
+def policed(guards: list | None, deadlines: list | None) -> list[bool] | None:
+    """Per task: whether it has a guard or a deadline (None: no task has either);
+    built in C, no Python step per task."""
+    if guards is None and deadlines is None:
+        return None
+    if guards is None or deadlines is None:
+        return list(map(is_not, guards or deadlines, repeat(None)))  # type: ignore[arg-type]
+    return list(map(or_, map(is_not, guards, repeat(None)), map(is_not, deadlines, repeat(None))))
 
 
 def attempt_name(run: "Run", key: Any) -> str:

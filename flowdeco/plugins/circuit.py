@@ -42,6 +42,17 @@ NAME = "circuit"
 _GUARD = "circuit-guard"
 
 
+_INDEX = attrgetter("index")
+_CIRCUIT = attrgetter("spec.circuit")
+
+
+def _firsts(tasks: "tuple[Vertex, ...]") -> "dict[int, Vertex]":
+    """``{id(circuit= value): first task that sets it}``, built in C (no Python step
+    per task): one entry per distinct value, to resolve each once."""
+    last_first = tasks[::-1]
+    return dict(zip(map(id, map(_CIRCUIT, last_first)), last_first))
+
+
 def resolve(task: "Vertex") -> CircuitBreaker | None:
     """The breaker of a graph vertex (``circuit=`` object or name), or None.
 
@@ -86,7 +97,7 @@ class CircuitGuard:
         self.unsubscribe_all()
         tasks = run.graph.using("circuit")
         # resolve each distinct circuit= value once (most flows share a few breakers)
-        firsts = {id(v.spec.circuit): v for v in tasks}  # type: ignore[union-attr]
+        firsts = _firsts(tasks)
         breakers = {key: resolve(v) for key, v in firsts.items()}
         for breaker in {id(b): b for b in breakers.values()}.values():
             def listener(b: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
@@ -94,7 +105,7 @@ class CircuitGuard:
             breaker.subscribe(listener)  # type: ignore[union-attr]
             self._used[id(breaker)] = (breaker, listener)  # type: ignore[assignment]
         if len(breakers) == 1:  # one breaker for all (the usual case): one pass in C
-            return dict.fromkeys([v.index for v in tasks], *breakers.values()) or None
+            return dict.fromkeys(map(_INDEX, tasks), *breakers.values()) or None
         return {v.index: breakers[id(v.spec.circuit)] for v in tasks} or None  # type: ignore[union-attr,misc]
 
     @hookimpl
@@ -121,8 +132,7 @@ def flowdeco_collection_finish(config: "Config", graph: "Graph") -> None:
     # unknown names and wrong types fail here, before anything runs: each distinct
     # circuit= value checked once (most flows share a few breakers), by the first task
     # that sets it, in declaration order (it names that task in the error)
-    firsts = {id(v.spec.circuit): v for v in reversed(used)}  # type: ignore[union-attr]
-    for v in sorted(firsts.values(), key=attrgetter("index")):
+    for v in sorted(_firsts(used).values(), key=attrgetter("index")):
         resolve(v)
     if used and config.pluginmanager.get_plugin(_GUARD) is None:
         config.pluginmanager.register(CircuitGuard(), _GUARD)
