@@ -111,7 +111,8 @@ class ThreadDispatch(Dispatch):
         self.exact_order = run.workers == 1
         self.chain_next = chains(run) if run._chaining else [None] * len(run.graph)
         self.nsuccs = [len(x) for x in run.graph.succs]
-        run._fns  # (built here, on the scheduler thread, before any worker reads it)
+        #: each task's function by vertex index (read by the workers)
+        self.fns = [v.fn for v in run.graph.vertices]
         key = run._prio
         # the best priority key among each task's successors
         self.best_succ = [_INF if f is None else key[f] for f in first_successors(run)] \
@@ -139,7 +140,7 @@ class ThreadDispatch(Dispatch):
         try:
             mono = run.clock.monotonic
             calls = run._calls
-            fns = run._fns
+            fns = self.fns
             vertices = run.graph.vertices
             results = run.results
             table = run._table
@@ -313,8 +314,8 @@ class SyncDispatch(Dispatch):
         if slot is not None:
             slot.at = (i, attempt, iteration)
         t0 = mono()
-        result, err, _ = run_attempt(run._fns[i], run._calls[i], kw, guard, deadline,
-                                     name=run.graph.vertices[i].name)
+        v = run.graph.vertices[i]
+        result, err, _ = run_attempt(v.fn, run._calls[i], kw, guard, deadline, name=v.name)
         t1 = mono()
         if slot is not None:
             if slot.ends is not None:
@@ -396,14 +397,15 @@ class RemoteDispatch(Dispatch):
     def __init__(self, run: "Run"):
         super().__init__(run)
         self.stats = RemoteStats()
-        run._fns  # (built here, on the scheduler thread, before a callback thread reads it)
+        #: each task's function by vertex index
+        self.fns = [v.fn for v in run.graph.vertices]
         #: per task: the guard and deadline its attempts carry to the worker, or None
         self.policies = remote_policies(run)
 
     def start(self, i: int, kw: dict, attempt: int, iteration: int | None) -> None:
         run = self.run
         stats = self.stats
-        calls_of, fns = run._calls, run._fns
+        calls_of, fns = run._calls, self.fns
         table = run._table
         policies = self.policies
         members = [(i, attempt, iteration)]
@@ -472,7 +474,7 @@ class RemoteDispatch(Dispatch):
             outs = [(None, remote_failure(exc, vertices[m[0]].name), now, now, None, [])
                     for m in members]
         else:
-            self.stats.observe([run._fns[m[0]] for m in members],
+            self.stats.observe([self.fns[m[0]] for m in members],
                                [o[3] - o[2] for o in outs], time.perf_counter() - sent)
         shift = now - outs[-1][3]
         last = len(members) - 1

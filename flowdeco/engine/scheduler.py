@@ -26,7 +26,6 @@ and it reaches the scheduler only through a :class:`~flowdeco.engine.port.Schedu
 
 from __future__ import annotations
 
-import functools
 import heapq
 import threading
 from concurrent.futures import Executor
@@ -172,12 +171,6 @@ class Run(RunSurface):
         self.limits = parse_limits(config.getoption("limits", None))
         #: engine: the gate enforcing the limits (engine/pools.py), None when none can bind
         self.pools: Any = None
-
-    @functools.cached_property
-    def _fns(self) -> list[Any]:
-        """Each task's function by vertex index, for the dispatch strategies (built on
-        first use: a sync run of a plain graph never asks)."""
-        return [v.fn for v in self.graph.vertices]
 
     # -- the loop
     def execute(self) -> RunResult:

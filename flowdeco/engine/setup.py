@@ -12,7 +12,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from itertools import repeat
-from operator import is_not, or_
+from operator import is_not
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..deadlines import Watchdog
@@ -112,13 +112,12 @@ def setup(run: "Run") -> None:
 
 
 def policed(guards: list | None, deadlines: list | None) -> list[bool] | None:
-    """Per task: whether it has a guard or a deadline (None: no task has either);
-    built in C, no Python step per task."""
+    """Per task: whether it has a guard or a deadline (None: no task has either)."""
     if guards is None and deadlines is None:
         return None
-    if guards is None or deadlines is None:
+    if guards is None or deadlines is None:  # (one list: a C pass)
         return list(map(is_not, guards or deadlines, repeat(None)))  # type: ignore[arg-type]
-    return list(map(or_, map(is_not, guards, repeat(None)), map(is_not, deadlines, repeat(None))))
+    return [g is not None or d is not None for g, d in zip(guards, deadlines)]
 
 
 def attempt_name(run: "Run", key: Any) -> str:

@@ -42,7 +42,6 @@ hand-off); with the helper thread it costs one hand-off.
 from __future__ import annotations
 
 from functools import partial
-from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -59,8 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..graph import Graph, Vertex
 
 NAME = "timeout"
-_TIMEOUT = attrgetter("spec.timeout")
-_INDEX = attrgetter("index")
 _GUARD = "timeout-guard"
 
 
@@ -92,10 +89,10 @@ class TimeoutGuard:
         limited = run.graph.using("timeout") if default is None else \
             [v for v in run.graph.vertices if v.spec is not None]
         # one shared Deadline when the limits agree (the usual case): no object per task
-        same = set(map(_TIMEOUT, limited))  # (in C: no Python step per task)
+        same = {v.spec.timeout for v in limited}  # type: ignore[union-attr]
         if len(same) == 1:
             d = self._deadline(next(iter(same)) if None not in same else default)  # type: ignore[arg-type]
-            return dict.fromkeys(map(_INDEX, limited), d) or None
+            return dict.fromkeys([v.index for v in limited], d) or None
         return {v.index: self._deadline(self._limit(v)) for v in limited} or None
 
 
