@@ -40,13 +40,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 from ..context import Context
 from ..executors import remote_failure
 from ..outcome import (FAILED, INTERRUPTED, SKIPPED, SUCCEEDED, Attempt, Finish, Reschedule,
-                       TaskOutcome, format_error)
+                       TaskOutcome)
 from ..pickling import load_outcome
 from ..task import CTX
 from . import tracking
 from .attempt import call_remote, run_attempt
 from .instances import (ENDED, I_FAILED, I_INTERRUPTED, I_PENDING, I_RESTORED, I_RUNNING,
                         I_SKIPPED, I_SUCCEEDED, I_WAITING, MapState)
+from .reporting import retrying_fields
 from .rules import TriggerGate
 from .states import DONE, M_CRASH, M_INSTANCE_DONE, M_LOG, OK, RUNNING, InternalError
 
@@ -399,11 +400,8 @@ class DynamicFlows(TriggerGate):
             if err is not None:
                 m.errors[k] = err
             if run.reporting and (err is not None or decision.retrying):
-                fields: dict[str, Any] = {"attempt": attempt, "delay": delay}
-                if err is not None:
-                    fields["error"] = format_error(err)
-                fields["worker"] = worker
-                port.report("task_retrying", m.instance(k), {**fields, **decision.fields}, t1)
+                port.report("task_retrying", m.instance(k),
+                            retrying_fields(attempt, delay, err, worker, decision), t1)
             if run.stopping:
                 self.end(m, k, I_INTERRUPTED if run.interrupted or err is None else I_FAILED,
                          None, err, attempt, t1, worker)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..outcome import FAILED, RESTORED, SKIPPED, SUCCEEDED, Event, TaskOutcome
+from ..outcome import (FAILED, RESTORED, SKIPPED, SUCCEEDED, Event, Reschedule, TaskOutcome,
+                       format_error)
 from ..signals import on_stop_signals
 from . import tracking
 from .attempt import format_traceback
@@ -122,3 +123,15 @@ class Reporter:
             run.q.put((M_SIGNAL, signum))
 
         return on_stop_signals(handler)
+
+
+def retrying_fields(attempt: int, delay: float, err: BaseException | None, worker: Any,
+                    decision: Reschedule) -> dict[str, Any]:
+    """The ``task_retrying`` event's fields: ``error`` after a failed attempt; after a
+    successful one retried (``decision.retrying``) the decision's own fields say why."""
+    fields: dict[str, Any] = {"attempt": attempt, "delay": delay}
+    if err is not None:
+        fields["error"] = format_error(err)
+    fields["worker"] = worker
+    fields.update(decision.fields)
+    return fields

@@ -38,11 +38,11 @@ from ..dag import promote_young
 from ..deadlines import Watchdog
 from ..graph import SUBFLOW, TASK, Graph, Vertex
 from ..outcome import (FAILED, INTERRUPTED, RESTORED, SKIPPED, SUCCEEDED, Attempt, Deadline,
-                       Finish, Reschedule, RunResult, format_error)
+                       Finish, Reschedule, RunResult)
 from ..threadpool import ThreadPool
 from .pools import parse_limits
 from .port import SchedulerPort
-from .reporting import Reporter
+from .reporting import Reporter, retrying_fields
 from .setup import setup
 from .states import (DONE, M_CALL, M_CRASH, M_DONE, M_EMIT, M_EXPIRED, M_INSTANCE_DONE, M_LOG,
                      M_SIGNAL, OK, PENDING, READY, RUNNING, S_ABANDONED, S_STOPPING, WAITING,
@@ -428,12 +428,8 @@ class Run(RunSurface):
             self._table.last_error[i] = err
             self._table.attempts[i] = attempt
             if self.reporting and (err is not None or decision.retrying):
-                fields: dict[str, Any] = {"attempt": attempt, "delay": delay}
-                if err is not None:
-                    fields["error"] = format_error(err)
-                fields["worker"] = worker
                 self.reporter.event("task_retrying", self.graph.vertices[i].name,
-                                    {**fields, **decision.fields}, t1)
+                                    retrying_fields(attempt, delay, err, worker, decision), t1)
             if self.stopping:
                 self._finish(i, INTERRUPTED if self.interrupted or err is None else FAILED,
                              None, err, attempt, t1, worker)
